@@ -1,0 +1,80 @@
+//! `check`: validate the project file and plan every cohort's SQL against the real table
+//! schemas without running anything. Lists every problem found, not only the first.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::cohort;
+use crate::config::{Config, env_lookup};
+use crate::error::{Result, exit};
+use crate::lake::sql::Params;
+use crate::lake::{Lake, Location};
+
+/// What `check` found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub tables: usize,
+    pub cohorts: usize,
+    pub cohorts_planned: usize,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Runs every check; the report lists problems (exit 2) and warnings (exit 0).
+pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
+    let file = config.file.display().to_string();
+    let mut report = CheckReport {
+        tables: config.tables.len(),
+        cohorts: config.cohorts.len(),
+        problems: config.problems().into_iter().map(|p| format!("{file}: {p}")).collect(),
+        ..CheckReport::default()
+    };
+    for name in config.destinations.keys() {
+        if let Err(e) = config.credentials(name, &env_lookup) {
+            report.warnings.push(format!("{e} (needed by `sync`, not by `check`)"));
+        }
+    }
+    let location = match Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options) {
+        Ok(l) => l,
+        Err(e) => {
+            report.problems.push(format!("{file}: lake.url: {e}"));
+            return report;
+        }
+    };
+    let lake = Lake::new(location);
+    for (name, table) in &config.tables {
+        if let Err(e) = lake.register(name, table).await {
+            report.problems.push(e.to_string());
+        }
+    }
+    let params = Params { run_ts: at };
+    for name in config.cohorts.keys() {
+        // A cohort whose configuration is wrong was reported by `problems` already.
+        let Ok(c) = config.cohort(name) else { continue };
+        match cohort::plan(&lake, &c, &params).await {
+            Ok(_) => report.cohorts_planned += 1,
+            Err(e) => report.problems.push(format!("cohort `{name}`: {e}")),
+        }
+    }
+    report
+}
+
+/// The `check` command: problems and warnings on stderr, a JSON summary on stdout.
+pub async fn check(config_file: &Path, at: Option<DateTime<Utc>>) -> Result<i32> {
+    let config = Config::load_unchecked(config_file)?;
+    let report = check_project(&config, at.unwrap_or_else(Utc::now)).await;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    for p in &report.problems {
+        eprintln!("error: {p}");
+    }
+    let line = serde_json::json!({
+        "tables": report.tables, "cohorts": report.cohorts,
+        "cohorts_planned": report.cohorts_planned, "problems": report.problems.len(),
+        "warnings": report.warnings.len(),
+    });
+    println!("{line}");
+    Ok(if report.problems.is_empty() { exit::OK } else { exit::USAGE })
+}

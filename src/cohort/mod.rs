@@ -1,0 +1,153 @@
+//! Cohorts: plan a cohort's SQL against the lake, check its result has a string `user_id`, and
+//! compute its members — sorted, de-duplicated, NULL and empty ids skipped and counted.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::dataframe::DataFrame;
+use futures::StreamExt;
+use rayon::slice::ParallelSliceMut;
+
+use crate::config::Cohort;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::lake::sql::{Params, SqlSource};
+use crate::parallel::on_rayon;
+
+/// The member column every cohort query must return.
+pub const USER_ID: &str = "user_id";
+
+/// A cohort's members, ready to be cut into batches.
+#[derive(Debug, Clone)]
+pub struct Members {
+    /// Distinct non-empty ids in byte order (so a re-plan yields the same batches).
+    pub ids: Arc<StringArray>,
+    /// Rows the query returned.
+    pub rows: u64,
+    /// Rows whose `user_id` was NULL (skipped).
+    pub nulls_skipped: u64,
+    /// Rows whose `user_id` was the empty string (skipped: the partner cannot match them).
+    pub empty_skipped: u64,
+    /// Rows that repeated an id already seen.
+    pub duplicates_removed: u64,
+}
+
+/// Reads a cohort's SQL file and plans it read-only against the lake; nothing is executed.
+pub async fn plan(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<DataFrame> {
+    let origin = cohort.sql_file.display().to_string();
+    let text = std::fs::read_to_string(&cohort.sql_file).map_err(|e| Error::Sql {
+        location: origin.clone(),
+        message: format!("cannot read the SQL file of cohort `{}`: {e}", cohort.name),
+    })?;
+    let df = lake.plan_query(&SqlSource { origin: &origin, text: &text }, params).await?;
+    check_result_schema(&origin, df.schema().as_arrow())?;
+    Ok(df)
+}
+
+/// A cohort result needs a string `user_id` column; other columns are allowed (and ignored).
+pub fn check_result_schema(origin: &str, schema: &Schema) -> Result<()> {
+    let problem = match schema.field_with_name(USER_ID) {
+        Err(_) => format!(
+            "the result has no `{USER_ID}` column (it has: {}); select the member id AS {USER_ID}",
+            schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        Ok(f) if is_string(f.data_type()) => return Ok(()),
+        Ok(f) => format!(
+            "`{USER_ID}` is {} but must be a string; use CAST({USER_ID} AS VARCHAR)",
+            f.data_type()
+        ),
+    };
+    Err(Error::Sql { location: origin.to_string(), message: problem })
+}
+
+fn is_string(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_string(v),
+        _ => false,
+    }
+}
+
+/// Runs the cohort query and returns its members.
+pub async fn members(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<Members> {
+    let df = plan(lake, cohort, params).await?;
+    members_of(lake, df, &cohort.sql_file.display().to_string()).await
+}
+
+/// Executes a planned cohort query on the query runtime and collects its distinct ids.
+pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Members> {
+    let origin = origin.to_string();
+    let df = df
+        .select_columns(&[USER_ID])
+        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    let columns: Vec<StringArray> = lake
+        .cpu()
+        .run(async move {
+            let mut stream = df.execute_stream().await?;
+            let mut columns = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let column: ArrayRef = batch?.column(0).clone();
+                let utf8 = cast(&column, &DataType::Utf8)?;
+                columns.push(utf8.as_string::<i32>().clone());
+            }
+            Ok::<_, datafusion::error::DataFusionError>(columns)
+        })
+        .await?
+        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    Ok(on_rayon(move || distinct_sorted(&columns)).await)
+}
+
+/// Sorts and de-duplicates ids from many arrays into one compact array (rayon).
+pub fn distinct_sorted(columns: &[StringArray]) -> Members {
+    let rows: usize = columns.iter().map(Array::len).sum();
+    let nulls: usize = columns.iter().map(Array::null_count).sum();
+    let mut ids: Vec<&str> = Vec::with_capacity(rows - nulls);
+    for c in columns {
+        ids.extend(c.iter().flatten());
+    }
+    let before_empty = ids.len();
+    ids.retain(|s| !s.is_empty());
+    let empty = before_empty - ids.len();
+    ids.par_sort_unstable();
+    let before_dedup = ids.len();
+    ids.dedup();
+    Members {
+        rows: rows as u64,
+        nulls_skipped: nulls as u64,
+        empty_skipped: empty as u64,
+        duplicates_removed: (before_dedup - ids.len()) as u64,
+        ids: Arc::new(StringArray::from_iter_values(ids)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_sorted_distinct_and_counted() {
+        let a = StringArray::from(vec![Some("u3"), None, Some("u1"), Some("")]);
+        let b = StringArray::from(vec![Some("u1"), Some("u2"), None, Some("u3")]);
+        let m = distinct_sorted(&[a, b]);
+        assert_eq!(m.ids.iter().flatten().collect::<Vec<_>>(), ["u1", "u2", "u3"]);
+        assert_eq!(
+            (m.rows, m.nulls_skipped, m.empty_skipped, m.duplicates_removed),
+            (8, 2, 1, 2)
+        );
+    }
+
+    #[test]
+    fn result_schema_needs_a_string_user_id() {
+        use datafusion::arrow::datatypes::Field;
+        let ok = Schema::new(vec![Field::new("user_id", DataType::Utf8View, true)]);
+        assert!(check_result_schema("c.sql", &ok).is_ok());
+        let int = Schema::new(vec![Field::new("user_id", DataType::Int64, true)]);
+        let e = check_result_schema("c.sql", &int).unwrap_err().to_string();
+        assert!(e.contains("c.sql: `user_id` is Int64"), "{e}");
+        let none = Schema::new(vec![Field::new("id", DataType::Utf8, true)]);
+        let e = check_result_schema("c.sql", &none).unwrap_err().to_string();
+        assert!(e.contains("no `user_id` column (it has: id)"), "{e}");
+    }
+}

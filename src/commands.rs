@@ -1,0 +1,121 @@
+//! The commands behind the CLI, as library functions returning an exit code, so the demo, the
+//! tests and `main` share them.
+
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+use crate::config::{Config, env_lookup};
+use crate::error::{Error, Result, exit};
+use crate::lake::{Lake, Location};
+use crate::sync::{SyncOptions, sync_cohort};
+use crate::synth::{SynthSpec, generate as synth_generate};
+
+/// `sync`: every named cohort, one JSON line each on stdout; the exit code of the first failure.
+pub async fn sync(
+    config_file: &Path,
+    cohorts: &[String],
+    at: Option<DateTime<Utc>>,
+    progress: bool,
+) -> Result<i32> {
+    let config = Config::load(config_file)?;
+    // Usage problems first, before any work: unknown cohorts, unset secrets.
+    let mut credentials = Vec::new();
+    for name in cohorts {
+        let cohort = config.cohort(name).map_err(|m| Error::config(config.file.clone(), m))?;
+        credentials.push(config.credentials(&cohort.destination, &env_lookup)?);
+    }
+    let lake = Lake::open(&config).await?;
+    let options = SyncOptions { at: at.unwrap_or_else(Utc::now), progress };
+    let mut code = exit::OK;
+    for (name, creds) in cohorts.iter().zip(&credentials) {
+        match sync_cohort(&config, &lake, name, creds, options).await {
+            Ok(summary) => println!("{}", serde_json::to_string(&summary).expect("summary is JSON")),
+            Err(e) => {
+                eprintln!("error: cohort `{name}`: {e}");
+                let line = serde_json::json!({
+                    "cohort": name, "outcome": "failed", "exit_code": e.exit_code(), "error": e.to_string(),
+                });
+                println!("{line}");
+                if code == exit::OK {
+                    code = e.exit_code();
+                }
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `generate`: a synthetic lake at a path or URL.
+pub async fn generate(
+    out: &str,
+    users: u64,
+    days: u32,
+    seed: u64,
+    end_date: NaiveDate,
+    events_per_day: Option<u64>,
+) -> Result<i32> {
+    let location = Location::parse(out, Path::new("."), &Default::default())?;
+    let mut spec = SynthSpec::new(users, days, seed, end_date);
+    spec.events_per_day = events_per_day;
+    let started = std::time::Instant::now();
+    let report = synth_generate(location.store.clone(), &location.root, &spec)
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    let line = serde_json::json!({
+        "lake": location.url.as_str(), "users": report.users, "events": report.events,
+        "user_files": report.user_files, "event_files": report.event_files,
+        "end_date": end_date.to_string(), "seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("{line}");
+    Ok(exit::OK)
+}
+
+pub use crate::check::check;
+pub use crate::demo::demo;
+
+/// Parses `--at`: RFC 3339 (`2026-11-28T10:00:00Z`), Airflow's `2026-11-28 10:00:00+00:00`,
+/// a naive `2026-11-28T10:00:00` (taken as UTC) or a date `2026-11-28` (midnight UTC).
+pub fn parse_at(s: &str) -> std::result::Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, f) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    Err(format!(
+        "`{s}` is not a time: use RFC 3339 (2026-11-28T10:00:00Z), `2026-11-28 10:00:00+00:00` or 2026-11-28"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_accepts_what_schedulers_pass() {
+        let want: DateTime<Utc> = "2026-11-28T10:00:00Z".parse().unwrap();
+        for s in [
+            "2026-11-28T10:00:00Z",
+            "2026-11-28T10:00:00+00:00",
+            "2026-11-28 10:00:00+00:00",
+            "2026-11-28T11:00:00+01:00",
+            "2026-11-28T10:00:00",
+        ] {
+            assert_eq!(parse_at(s).unwrap(), want, "{s}");
+        }
+        assert_eq!(parse_at("2026-11-28").unwrap(), "2026-11-28T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert!(parse_at("yesterday").is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! The project file (`cohort-bridge.toml`): types with documented defaults, loading, validation
+//! that lists every problem with the key at fault, and secrets resolved from environment variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+
+/// The partner's published limit: 250,000 requests per hour per workspace (partner-api.md).
+pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 250_000.0 / 3600.0;
+/// The partner accepts at most 1,000 ids per request (partner-api.md).
+pub const MAX_BATCH_SIZE: usize = 1000;
+
+/// The whole project file, as written by the user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the lake lives.
+    pub lake: LakeConfig,
+    /// Tables under the lake, by the name SQL uses.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+    /// Where cohorts are delivered, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    /// Cohorts, by name.
+    #[serde(default)]
+    pub cohorts: BTreeMap<String, CohortConfig>,
+
+    /// The project file this came from; relative paths in it are relative to its folder.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// A local path (relative to the project file) or a URL: `file:///…`, `s3://bucket/prefix`,
+    /// `gs://…`, `az://…`, `memory://`.
+    pub url: String,
+    /// Extra object-store options (e.g. `aws_endpoint`, `aws_region`, `aws_allow_http`), applied
+    /// after the standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Never put secrets here.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Folder under the lake holding the table's files.
+    pub path: String,
+    /// File format; only `parquet` for now.
+    #[serde(default)]
+    pub format: TableFormat,
+    /// Hive partition columns (`event_date=2026-11-28/`), outermost first.
+    #[serde(default)]
+    pub partitions: Vec<PartitionColumn>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    #[default]
+    Parquet,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionColumn {
+    pub name: String,
+    /// `string` (default), `date` or `int`.
+    #[serde(rename = "type", default)]
+    pub kind: PartitionType,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionType {
+    #[default]
+    String,
+    Date,
+    Int,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    /// Braze's Partner Cohort Import API.
+    Braze,
+}
+
+/// A partner destination. Secrets are named by environment variable, never written here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub kind: DestinationKind,
+    /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com`.
+    pub base_url: String,
+    /// The `{partner}` segment of `/partners/{partner}/cohorts`.
+    pub partner: String,
+    /// Environment variable holding the `partner_api_key`.
+    pub partner_api_key_env: String,
+    /// Environment variable holding the workspace's `client_secret` (data import key).
+    pub client_secret_env: String,
+    /// Ids per request, 1..=1000. Default 1000 (the partner's maximum).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Requests per second across the whole run. Default 69.44 (250,000 per hour).
+    #[serde(default = "default_rps")]
+    pub requests_per_second: f64,
+    /// Requests in flight at once on one connection pool. Default 8.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Time limit for one attempt of one request. Default `30s`.
+    #[serde(default = "default_request_timeout", deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_batch_size() -> usize {
+    MAX_BATCH_SIZE
+}
+fn default_rps() -> f64 {
+    DEFAULT_REQUESTS_PER_SECOND
+}
+fn default_max_in_flight() -> usize {
+    8
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// How transient failures (423, 429, 5xx, timeouts, connection errors) are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per request, the first included. Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff; doubles each attempt, with full jitter. Default `200ms`.
+    #[serde(default = "default_initial_backoff", deserialize_with = "de_duration")]
+    pub initial_backoff: Duration,
+    /// Cap on one backoff (a server's `Retry-After` may ask for longer). Default `30s`.
+    #[serde(default = "default_max_backoff", deserialize_with = "de_duration")]
+    pub max_backoff: Duration,
+    /// Give up on a request once this much time has passed since its first attempt. Default `10m`.
+    #[serde(default = "default_max_elapsed", deserialize_with = "de_duration")]
+    pub max_elapsed: Duration,
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_elapsed() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            max_elapsed: default_max_elapsed(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CohortConfig {
+    /// The SQL file, relative to the project file. Default `queries/cohorts/<name>.sql`.
+    pub sql: Option<PathBuf>,
+    /// Destination name. Default: the only destination, when there is exactly one.
+    pub destination: Option<String>,
+    /// The partner's `cohort_id` (unique per workspace). Default: the cohort's name.
+    pub cohort_id: Option<String>,
+    /// Display name in the partner's dashboard. Default: the cohort's name.
+    pub name: Option<String>,
+}
+
+/// A cohort with every default applied.
+#[derive(Debug, Clone)]
+pub struct Cohort {
+    pub name: String,
+    pub sql_file: PathBuf,
+    pub destination: String,
+    pub cohort_id: String,
+    pub display_name: String,
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The two keys the partner wants in every request body.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub partner_api_key: Secret,
+    pub client_secret: Secret,
+}
+
+impl Config {
+    /// Reads, parses and validates a project file; lists every problem found.
+    pub fn load(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::config(file.to_path_buf(), format!("cannot read: {e}")))?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses and validates project-file text; `file` names it in messages and anchors paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Config> {
+        let config = Config::parse_unchecked(text, file)?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::config(file.to_path_buf(), problems.join("\n  ")))
+        }
+    }
+
+    /// Parses project-file text (syntax, types, unknown keys) without the semantic checks of
+    /// `problems`, so `check` can list all of those.
+    pub fn parse_unchecked(text: &str, file: &Path) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            Error::config(file.to_path_buf(), e.to_string().trim_end().to_string())
+        })?;
+        config.file = file.to_path_buf();
+        Ok(config)
+    }
+
+    /// Reads a project file, checking only what `parse_unchecked` checks.
+    pub fn load_unchecked(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::config(file.to_path_buf(), format!("cannot read: {e}")))?;
+        Config::parse_unchecked(&text, file)
+    }
+
+    /// The folder relative paths are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Every semantic problem, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.lake.url.trim().is_empty() {
+            out.push("lake.url: must not be empty".to_string());
+        }
+        for (name, table) in &self.tables {
+            if !is_identifier(name) {
+                out.push(format!(
+                    "tables.{name}: table names must be lowercase SQL identifiers ([a-z_][a-z0-9_]*)"
+                ));
+            }
+            if table.path.trim().is_empty() {
+                out.push(format!("tables.{name}.path: must not be empty"));
+            }
+            for (i, p) in table.partitions.iter().enumerate() {
+                if !is_identifier(&p.name) {
+                    out.push(format!(
+                        "tables.{name}.partitions[{i}].name: `{}` is not a lowercase SQL identifier",
+                        p.name
+                    ));
+                }
+            }
+        }
+        for (name, d) in &self.destinations {
+            let key = format!("destinations.{name}");
+            match url::Url::parse(&d.base_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => out.push(format!(
+                    "{key}.base_url: `{}` is not an http(s) URL",
+                    d.base_url
+                )),
+            }
+            if d.partner.is_empty() || d.partner.contains('/') {
+                out.push(format!("{key}.partner: must be a non-empty path segment"));
+            }
+            for (field, var) in [
+                ("partner_api_key_env", &d.partner_api_key_env),
+                ("client_secret_env", &d.client_secret_env),
+            ] {
+                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    out.push(format!(
+                        "{key}.{field}: must name an environment variable (letters, digits, _), got `{var}`"
+                    ));
+                }
+            }
+            if d.batch_size == 0 || d.batch_size > MAX_BATCH_SIZE {
+                out.push(format!(
+                    "{key}.batch_size: must be between 1 and {MAX_BATCH_SIZE} (the partner's limit), got {}",
+                    d.batch_size
+                ));
+            }
+            if !(d.requests_per_second.is_finite() && d.requests_per_second > 0.0) {
+                out.push(format!(
+                    "{key}.requests_per_second: must be a positive number, got {}",
+                    d.requests_per_second
+                ));
+            }
+            if d.max_in_flight == 0 || d.max_in_flight > 1024 {
+                out.push(format!(
+                    "{key}.max_in_flight: must be between 1 and 1024, got {}",
+                    d.max_in_flight
+                ));
+            }
+            if d.request_timeout.is_zero() {
+                out.push(format!("{key}.request_timeout: must be more than zero"));
+            }
+            if d.retry.max_attempts == 0 {
+                out.push(format!(
+                    "{key}.retry.max_attempts: must be at least 1 (the first attempt counts)"
+                ));
+            }
+        }
+        for name in self.cohorts.keys() {
+            if let Err(problem) = self.cohort(name) {
+                out.push(problem);
+            }
+        }
+        out
+    }
+
+    /// A cohort with defaults applied, or the problem with its configuration.
+    pub fn cohort(&self, name: &str) -> std::result::Result<Cohort, String> {
+        let Some(c) = self.cohorts.get(name) else {
+            let known: Vec<&str> = self.cohorts.keys().map(String::as_str).collect();
+            return Err(format!(
+                "no cohort named `{name}` (configured: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ));
+        };
+        let destination = match &c.destination {
+            Some(d) if self.destinations.contains_key(d) => d.clone(),
+            Some(d) => {
+                return Err(format!(
+                    "cohorts.{name}.destination: no destination named `{d}` (configured: {})",
+                    self.destinations.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            None if self.destinations.len() == 1 => {
+                self.destinations.keys().next().cloned().unwrap_or_default()
+            }
+            None => {
+                return Err(format!(
+                    "cohorts.{name}.destination: required when there is not exactly one destination"
+                ));
+            }
+        };
+        let cohort_id = c.cohort_id.clone().unwrap_or_else(|| name.to_string());
+        if cohort_id.trim().is_empty() {
+            return Err(format!("cohorts.{name}.cohort_id: must not be empty"));
+        }
+        let display_name = c.name.clone().unwrap_or_else(|| name.to_string());
+        if display_name.trim().is_empty() {
+            return Err(format!("cohorts.{name}.name: must not be empty"));
+        }
+        let sql = c
+            .sql
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("queries/cohorts/{name}.sql")));
+        Ok(Cohort {
+            name: name.to_string(),
+            sql_file: self.resolve(&sql),
+            destination,
+            cohort_id,
+            display_name,
+        })
+    }
+
+    /// A path from the project file, made relative to the project file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir().join(path) }
+    }
+
+    /// The destination of that name (the name was validated with the cohort).
+    pub fn destination(&self, name: &str) -> Result<&DestinationConfig> {
+        self.destinations.get(name).ok_or_else(|| {
+            Error::config(self.file.clone(), format!("no destination named `{name}`"))
+        })
+    }
+
+    /// Reads a destination's secrets through `lookup` (the process environment in production).
+    pub fn credentials(
+        &self,
+        destination: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Credentials> {
+        let d = self.destination(destination)?;
+        let read = |field: &str, var: &str| -> Result<Secret> {
+            match lookup(var) {
+                Some(v) if !v.is_empty() => Ok(Secret::new(v)),
+                _ => Err(Error::config(
+                    self.file.clone(),
+                    format!(
+                        "destinations.{destination}.{field}: environment variable {var} is not set"
+                    ),
+                )),
+            }
+        };
+        Ok(Credentials {
+            partner_api_key: read("partner_api_key_env", &d.partner_api_key_env)?,
+            client_secret: read("client_secret_env", &d.client_secret_env)?,
+        })
+    }
+}
+
+/// The process environment, for `Config::credentials`.
+pub fn env_lookup(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. 250ms, 30s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Seconds(f64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        Raw::Seconds(s) => Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[lake]
+url = "data/lake"
+
+[tables.users]
+path = "users"
+
+[tables.events]
+path = "events"
+partitions = [{ name = "event_date", type = "date" }]
+
+[destinations.braze]
+kind = "braze"
+base_url = "http://127.0.0.1:9"
+partner = "cohort-bridge"
+partner_api_key_env = "PK"
+client_secret_env = "CS"
+request_timeout = "250ms"
+
+[cohorts.paid]
+name = "Paid users"
+"#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("project/cohort-bridge.toml"))
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let c = parse(GOOD).unwrap();
+        let d = &c.destinations["braze"];
+        assert_eq!(d.batch_size, 1000);
+        assert_eq!(d.max_in_flight, 8);
+        assert_eq!(d.request_timeout, Duration::from_millis(250));
+        assert_eq!(d.retry.max_attempts, 10);
+        let cohort = c.cohort("paid").unwrap();
+        assert_eq!(cohort.destination, "braze");
+        assert_eq!(cohort.cohort_id, "paid");
+        assert_eq!(cohort.display_name, "Paid users");
+        assert_eq!(cohort.sql_file, PathBuf::from("project/queries/cohorts/paid.sql"));
+        assert_eq!(c.tables["events"].partitions[0].kind, PartitionType::Date);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = GOOD.replace("batch_size", "x").replace("partner = ", "partnr = ");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("project/cohort-bridge.toml"), "{err}");
+        assert!(err.contains("partnr"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_listed() {
+        let text = GOOD
+            .replace("request_timeout = \"250ms\"", "batch_size = 5000\nmax_in_flight = 0")
+            .replace("name = \"Paid users\"", "destination = \"nope\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("destinations.braze.batch_size: must be between 1 and 1000"), "{err}");
+        assert!(err.contains("destinations.braze.max_in_flight"), "{err}");
+        assert!(err.contains("cohorts.paid.destination: no destination named `nope`"), "{err}");
+    }
+
+    #[test]
+    fn missing_secret_is_named() {
+        let c = parse(GOOD).unwrap();
+        let err = c.credentials("braze", &|_| None).unwrap_err().to_string();
+        assert!(err.contains("environment variable PK is not set"), "{err}");
+        let ok = c
+            .credentials("braze", &|v| Some(format!("value-of-{v}")))
+            .unwrap();
+        assert_eq!(ok.client_secret.expose(), "value-of-CS");
+        assert!(!format!("{ok:?}").contains("value-of"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("2 weeks").is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Seeded fault injection (a tiny SplitMix64 PRNG drawn in arrival order) and the fixed-window rate limit.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{FaultConfig, RateLimitConfig};
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// SplitMix64: small, fast and good enough to pick faults reproducibly from a seed.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform draw in `[0, 1)`.
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        // The top 53 bits fill an f64 mantissa exactly.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What a request's fault draw decided, before the request is validated and applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    /// No fault: validate, apply and answer normally.
+    None,
+    /// Close the connection without a response; nothing applied.
+    Drop,
+    /// Answer 423 "Resource locked"; nothing applied.
+    Locked,
+    /// Answer 500; nothing applied.
+    ErrorBeforeApply,
+    /// Apply the change, then answer 500.
+    ErrorAfterApply,
+}
+
+/// The outcome of one draw: the fault, and whether to sleep before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FaultDecision {
+    pub(crate) kind: FaultKind,
+    pub(crate) slow: bool,
+}
+
+impl FaultDecision {
+    const NONE: Self = Self {
+        kind: FaultKind::None,
+        slow: false,
+    };
+}
+
+/// Decides faults per request from a seeded PRNG, in arrival order.
+#[derive(Debug)]
+pub(crate) struct FaultInjector {
+    config: FaultConfig,
+    enabled: bool,
+    rng: Mutex<SplitMix64>,
+}
+
+impl FaultInjector {
+    pub(crate) fn new(config: FaultConfig) -> Self {
+        let enabled = [
+            config.drop_connection,
+            config.locked,
+            config.error_before_apply,
+            config.error_after_apply,
+            config.slow,
+        ]
+        .iter()
+        .any(|p| *p > 0.0);
+        let rng = Mutex::new(SplitMix64::new(config.seed));
+        Self {
+            config,
+            enabled,
+            rng,
+        }
+    }
+
+    pub(crate) fn slow_delay(&self) -> Duration {
+        self.config.slow_delay
+    }
+
+    /// Draws the next request's faults. Always five draws (one per kind, fixed order) so the
+    /// sequence of decisions depends only on the seed and the number of requests before it.
+    /// Precedence when several hit: drop, locked, error before apply, error after apply; `slow`
+    /// combines with any of them.
+    pub(crate) fn decide(&self) -> FaultDecision {
+        if !self.enabled {
+            return FaultDecision::NONE;
+        }
+        let draws: [f64; 5] = {
+            let mut rng = lock(&self.rng);
+            std::array::from_fn(|_| rng.next_f64())
+        };
+        let c = &self.config;
+        let kind = if draws[0] < c.drop_connection {
+            FaultKind::Drop
+        } else if draws[1] < c.locked {
+            FaultKind::Locked
+        } else if draws[2] < c.error_before_apply {
+            FaultKind::ErrorBeforeApply
+        } else if draws[3] < c.error_after_apply {
+            FaultKind::ErrorAfterApply
+        } else {
+            FaultKind::None
+        };
+        FaultDecision {
+            kind,
+            slow: draws[4] < c.slow,
+        }
+    }
+}
+
+/// The rate-limit verdict for one authenticated request, with what the headers must say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateDecision {
+    pub(crate) allowed: bool,
+    pub(crate) limit: u64,
+    pub(crate) remaining: u64,
+    /// UTC epoch seconds at which the current window ends, rounded up.
+    pub(crate) reset_epoch: u64,
+    /// Whole seconds until the window ends, rounded up, at least 1.
+    pub(crate) retry_after: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    count: u64,
+}
+
+/// A fixed-window limiter for the (single) workspace: at most `requests` per `window`. A window
+/// starts with the first request after the previous one ended.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    limit: u64,
+    window: Duration,
+    state: Mutex<Window>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(config: &RateLimitConfig) -> Self {
+        let state = Mutex::new(Window {
+            start: Instant::now(),
+            count: 0,
+        });
+        Self {
+            limit: config.requests,
+            window: config.window,
+            state,
+        }
+    }
+
+    /// Counts one request and says whether it is within the limit.
+    pub(crate) fn check(&self) -> RateDecision {
+        let now = Instant::now();
+        let (count, end) = {
+            let mut w = lock(&self.state);
+            if now.duration_since(w.start) >= self.window {
+                w.start = now;
+                w.count = 0;
+            }
+            w.count = w.count.saturating_add(1);
+            (w.count, w.start + self.window)
+        };
+        let until_end = end.saturating_duration_since(now);
+        RateDecision {
+            allowed: count <= self.limit,
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(count),
+            reset_epoch: epoch_secs_ceil(SystemTime::now() + until_end),
+            retry_after: secs_ceil(until_end).max(1),
+        }
+    }
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn epoch_secs_ceil(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(secs_ceil).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix_is_deterministic_and_in_range() {
+        let mut a = SplitMix64::new(42);
+        let mut b = SplitMix64::new(42);
+        for _ in 0..1000 {
+            let x = a.next_f64();
+            assert_eq!(x, b.next_f64());
+            assert!((0.0..1.0).contains(&x));
+        }
+        // Reference value of SplitMix64 with seed 0.
+        assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+    }
+
+    #[test]
+    fn fault_sequence_depends_only_on_seed() {
+        let config = FaultConfig {
+            seed: 7,
+            locked: 0.3,
+            slow: 0.2,
+            ..FaultConfig::default()
+        };
+        let a = FaultInjector::new(config.clone());
+        let b = FaultInjector::new(config);
+        let seq_a: Vec<_> = (0..200).map(|_| a.decide()).collect();
+        let seq_b: Vec<_> = (0..200).map(|_| b.decide()).collect();
+        assert_eq!(seq_a, seq_b);
+        let locked = seq_a.iter().filter(|d| d.kind == FaultKind::Locked).count();
+        assert!((30..90).contains(&locked), "locked {locked} of 200");
+    }
+
+    #[test]
+    fn no_faults_by_default() {
+        let f = FaultInjector::new(FaultConfig::default());
+        assert!((0..100).all(|_| f.decide() == FaultDecision::NONE));
+    }
+
+    #[test]
+    fn rate_limiter_counts_and_resets() {
+        let config = RateLimitConfig {
+            requests: 2,
+            window: Duration::from_millis(200),
+        };
+        let limiter = RateLimiter::new(&config);
+        let first = limiter.check();
+        assert!(first.allowed);
+        assert_eq!(first.remaining, 1);
+        assert!(limiter.check().allowed);
+        let third = limiter.check();
+        assert!(!third.allowed);
+        assert_eq!(third.remaining, 0);
+        assert_eq!(third.retry_after, 1);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(limiter.check().allowed);
+    }
+}

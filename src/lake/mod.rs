@@ -1,0 +1,105 @@
+//! The lake: an object store holding Parquet tables, registered with DataFusion as listing
+//! tables, and read-only SQL over them. Query execution runs on its own runtime (`CpuRuntime`)
+//! so DataFusion's CPU work never stalls the runtime that drives HTTP.
+
+mod runtime;
+pub mod sql;
+pub mod store;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+pub use runtime::CpuRuntime;
+pub use store::Location;
+
+use crate::config::{Config, PartitionType, TableConfig};
+use crate::error::{Error, Result};
+
+/// An opened lake: its location, a DataFusion session with every configured table, and the
+/// runtime queries execute on.
+pub struct Lake {
+    pub location: Location,
+    ctx: SessionContext,
+    cpu: Arc<CpuRuntime>,
+}
+
+impl Lake {
+    /// Opens the lake of a project and registers every table. A table whose files cannot be
+    /// listed or read is an error naming the table and its URL.
+    pub async fn open(config: &Config) -> Result<Lake> {
+        let location = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
+            .map_err(|e| match e {
+                Error::Config { message, .. } => Error::config(config.file.clone(), message),
+                other => other,
+            })?;
+        let lake = Lake::new(location);
+        for (name, table) in &config.tables {
+            lake.register(name, table).await?;
+        }
+        Ok(lake)
+    }
+
+    /// A lake with no tables registered yet.
+    pub fn new(location: Location) -> Lake {
+        let session = SessionConfig::new()
+            .with_information_schema(true)
+            .set_bool("datafusion.sql_parser.collect_spans", true);
+        let ctx = SessionContext::new_with_config(session);
+        ctx.register_object_store(&location.store_url(), location.store.clone());
+        Lake { location, ctx, cpu: Arc::new(CpuRuntime::new()) }
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn cpu(&self) -> &Arc<CpuRuntime> {
+        &self.cpu
+    }
+
+    /// Registers one Parquet table (a folder under the lake, optionally hive-partitioned).
+    pub async fn register(&self, name: &str, table: &TableConfig) -> Result<()> {
+        let url = self.location.child_url(&table.path);
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Storage(format!("table `{name}` at {url}: {what}: {e}"))
+        };
+        let table_url = ListingTableUrl::parse(&url).map_err(|e| fail("bad URL", &e))?;
+        let partitions = table
+            .partitions
+            .iter()
+            .map(|p| {
+                let t = match p.kind {
+                    PartitionType::String => DataType::Utf8,
+                    PartitionType::Date => DataType::Date32,
+                    PartitionType::Int => DataType::Int64,
+                };
+                (p.name.clone(), t)
+            })
+            .collect();
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(partitions);
+        let state = self.ctx.state();
+        let config = self
+            .cpu
+            .run(async move {
+                ListingTableConfig::new(table_url)
+                    .with_listing_options(options)
+                    .infer_schema(&state)
+                    .await
+            })
+            .await?
+            .map_err(|e| fail("cannot read its schema (no Parquet files, or unreadable ones?)", &e))?;
+        let provider = ListingTable::try_new(config).map_err(|e| fail("cannot register", &e))?;
+        self.ctx
+            .register_table(name, Arc::new(provider))
+            .map_err(|e| fail("cannot register", &e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! The `cohort-bridge` command line. `main` only parses flags, sets up logging and the runtime,
+//! and maps a `Result` to a documented exit code, printing the error once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use cohort_bridge::commands;
+use cohort_bridge::error::{Error, exit};
+
+/// Sync SQL-defined cohorts from a Parquet lake to a marketing-automation partner (Braze).
+#[derive(Parser, Debug)]
+#[command(name = "cohort-bridge", version, about)]
+struct Cli {
+    /// The project file.
+    #[arg(long, global = true, env = "COHORT_BRIDGE_CONFIG", default_value = "cohort-bridge.toml")]
+    config: PathBuf,
+    /// Log format on stderr: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Deliver cohorts to their destination; one JSON summary line per cohort on stdout.
+    Sync {
+        /// Cohort names from the project file.
+        #[arg(required = true)]
+        cohorts: Vec<String>,
+        #[command(flatten)]
+        at: AtArg,
+        /// Never draw a progress bar (it is only drawn on a terminal anyway).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate the project file and plan every cohort's SQL against the real tables, without
+    /// running anything; lists every problem. Exit 2 if there is any.
+    Check {
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// Write a deterministic synthetic lake (users, and events partitioned by event_date).
+    Generate {
+        /// Output folder or object-store URL.
+        #[arg(long)]
+        out: String,
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Last day of events (UTC); default today.
+        #[arg(long)]
+        end_date: Option<NaiveDate>,
+        /// Events per day; default users / 5.
+        #[arg(long)]
+        events_per_day: Option<u64>,
+    },
+    /// Run a Braze-compatible partner emulator over HTTP (for demos, tests and benchmarks).
+    Emulator(EmulatorArgs),
+    /// From a fresh clone: generate a small lake, start the emulator, sync the example cohorts
+    /// and check the partner holds exactly what each cohort query returns.
+    Demo,
+}
+
+#[derive(Args, Debug)]
+struct AtArg {
+    /// The run's logical time, UTC (binds $run_ts and $run_date): RFC 3339, `YYYY-MM-DD HH:MM:SS+00:00`
+    /// (Airflow's `{{ data_interval_end }}`) or `YYYY-MM-DD`. Default: now.
+    #[arg(long, value_parser = parse_at)]
+    at: Option<DateTime<Utc>>,
+}
+
+#[derive(Args, Debug)]
+pub struct EmulatorArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// 0 picks a free port (printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The `{partner}` path segment accepted.
+    #[arg(long, default_value = "cohort-bridge")]
+    partner: String,
+    /// Environment variable holding the partner_api_key the emulator accepts.
+    #[arg(long, default_value = "BRAZE_PARTNER_API_KEY")]
+    partner_api_key_env: String,
+    /// Environment variable holding the client_secret the emulator accepts.
+    #[arg(long, default_value = "BRAZE_CLIENT_SECRET")]
+    client_secret_env: String,
+    /// Requests allowed per rate-limit window.
+    #[arg(long, default_value_t = 250_000)]
+    rate_limit: u64,
+    /// The rate-limit window, e.g. 1h, 1s.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    rate_window: std::time::Duration,
+    /// Seed of the fault generator.
+    #[arg(long, default_value_t = 0)]
+    fault_seed: u64,
+    /// Probability of a 500 answered before applying a request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_error_before: f64,
+    /// Probability of a 500 answered after applying a request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_error_after: f64,
+    /// Probability of a 423 Resource locked.
+    #[arg(long, default_value_t = 0.0)]
+    fault_locked: f64,
+    /// Probability of a slow answer.
+    #[arg(long, default_value_t = 0.0)]
+    fault_slow: f64,
+    /// How slow a slow answer is.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    fault_slow_delay: std::time::Duration,
+    /// Probability of closing the connection without an answer.
+    #[arg(long, default_value_t = 0.0)]
+    fault_drop: f64,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    cohort_bridge::config::parse_duration(s)
+}
+
+fn parse_at(s: &str) -> Result<DateTime<Utc>, String> {
+    commands::parse_at(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    runtime.shutdown_background();
+    ExitCode::from(code as u8)
+}
+
+async fn run(cli: Cli) -> i32 {
+    let result: Result<i32, Error> = match cli.command {
+        Command::Sync { cohorts, at, no_progress } => {
+            commands::sync(&cli.config, &cohorts, at.at, !no_progress).await
+        }
+        Command::Check { at } => commands::check(&cli.config, at.at).await,
+        Command::Generate { out, users, days, seed, end_date, events_per_day } => {
+            let end = end_date.unwrap_or_else(|| Utc::now().date_naive());
+            commands::generate(&out, users, days, seed, end, events_per_day).await
+        }
+        Command::Emulator(a) => {
+            let secret = |var: &str| {
+                std::env::var(var).map_err(|_| {
+                    Error::config(None, format!("environment variable {var} is not set (the emulator accepts the key it holds)"))
+                })
+            };
+            match (secret(&a.partner_api_key_env), secret(&a.client_secret_env)) {
+                (Ok(partner_api_key), Ok(client_secret)) => {
+                    let config = cohort_bridge::emulator::EmulatorConfig {
+                        partner: a.partner,
+                        partner_api_key,
+                        client_secret,
+                        rate_limit: cohort_bridge::emulator::RateLimitConfig {
+                            requests: a.rate_limit,
+                            window: a.rate_window,
+                        },
+                        faults: cohort_bridge::emulator::FaultConfig {
+                            seed: a.fault_seed,
+                            error_before_apply: a.fault_error_before,
+                            error_after_apply: a.fault_error_after,
+                            locked: a.fault_locked,
+                            slow: a.fault_slow,
+                            slow_delay: a.fault_slow_delay,
+                            drop_connection: a.fault_drop,
+                        },
+                    };
+                    cohort_bridge::emulator::serve_forever((a.host, a.port).into(), config)
+                        .await
+                        .map(|()| exit::OK)
+                        .map_err(|e| Error::Internal(format!("emulator: {e}")))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        Command::Demo => commands::demo(&cli.config).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,cohort_bridge=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
