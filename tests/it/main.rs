@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, a real lake of Parquet files, real HTTP on loopback
+//! against the in-process partner emulator. One test binary, so DataFusion is linked once.
+
+mod support;
+
+mod check;
+mod errors;
+mod faults;
+mod sync;

@@ -1,0 +1,255 @@
+//! Shared fixtures: a generated lake, project folders, an emulator on 127.0.0.1:0, the binary,
+//! and an independent reader of the lake's Parquet files (the parquet crate, no DataFusion).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, NaiveDate, Utc};
+use cohort_bridge::emulator::{self, EmulatorConfig, EmulatorHandle};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cohort-bridge");
+pub const KEY_VAR: &str = "IT_PARTNER_API_KEY";
+pub const SECRET_VAR: &str = "IT_CLIENT_SECRET";
+/// Distinctive values, so a test can search every log line for them.
+pub const KEY: &str = "pk-7f3a9c1e-never-log-me";
+pub const SECRET: &str = "cs-51d0b2aa-never-log-me";
+
+/// The lake all tests read: 20,000 users, 10 days of events ending 2026-11-27.
+pub const LAKE_USERS: u64 = 20_000;
+pub const LAKE_END: &str = "2026-11-27";
+/// The `--at` the tests pass.
+pub const AT: &str = "2026-11-27T12:00:00Z";
+
+pub fn at() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(AT).unwrap().with_timezone(&Utc)
+}
+
+/// Generated once per test binary through the real `generate` command; reused across runs
+/// when its completion marker is there.
+pub fn lake() -> &'static Path {
+    static LAKE: OnceLock<PathBuf> = OnceLock::new();
+    LAKE.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7"));
+        if !dir.join("_generated.json").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = Command::new(BIN)
+                .args(["generate", "--users", &LAKE_USERS.to_string(), "--days", "10", "--seed", "7"])
+                .args(["--end-date", LAKE_END, "--out"])
+                .arg(&dir)
+                .output()
+                .expect("run generate");
+            assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        dir
+    })
+}
+
+/// A partner emulator on 127.0.0.1:0 on its own runtime, for as long as the value lives.
+pub struct Partner {
+    pub handle: EmulatorHandle,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Partner {
+    pub fn start(config: EmulatorConfig) -> Partner {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = EmulatorConfig { partner_api_key: KEY.into(), client_secret: SECRET.into(), ..config };
+        let handle = runtime.block_on(emulator::start("127.0.0.1:0".parse().unwrap(), config)).unwrap();
+        Partner { handle, _runtime: runtime }
+    }
+
+    pub fn plain() -> Partner {
+        Partner::start(EmulatorConfig::default())
+    }
+
+    pub fn members(&self, cohort_id: &str) -> BTreeSet<String> {
+        self.handle.members(cohort_id).unwrap_or_default().into_iter().collect()
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// A project folder: `cohort-bridge.toml` plus cohort SQL files, over the shared lake.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// `destination` is the body of `[destinations.braze]` after `base_url`/keys; cohorts are
+    /// (name, SQL) pairs written to `queries/cohorts/NAME.sql`.
+    pub fn new(base_url: &str, destination_extra: &str, cohorts: &[(&str, &str)]) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
+        let mut toml = format!(
+            r#"[lake]
+url = "{lake}"
+
+[tables.users]
+path = "users"
+
+[tables.events]
+path = "events"
+partitions = [{{ name = "event_date", type = "date" }}]
+
+[destinations.braze]
+kind = "braze"
+base_url = "{base_url}"
+partner = "cohort-bridge"
+partner_api_key_env = "{KEY_VAR}"
+client_secret_env = "{SECRET_VAR}"
+{destination_extra}
+"#,
+            lake = lake().display(),
+        );
+        for (name, sql) in cohorts {
+            std::fs::write(dir.path().join(format!("queries/cohorts/{name}.sql")), sql).unwrap();
+            toml.push_str(&format!("\n[cohorts.{name}]\ncohort_id = \"{name}\"\nname = \"Cohort {name}\"\n"));
+        }
+        std::fs::write(dir.path().join("cohort-bridge.toml"), toml).unwrap();
+        Project { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs the binary in the project folder with the secrets set.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[(KEY_VAR, Some(KEY)), (SECRET_VAR, Some(SECRET))])
+    }
+
+    /// Runs the binary with extra environment (`None` removes a variable).
+    pub fn run_with(&self, args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path()).args(args).env_remove("RUST_LOG").env_remove("COHORT_BRIDGE_CONFIG");
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        Run(cmd.output().expect("run cohort-bridge"))
+    }
+}
+
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().expect("exited normally")
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// The JSON summary lines on stdout.
+    pub fn summaries(&self) -> Vec<serde_json::Value> {
+        self.stdout()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+            .collect()
+    }
+    /// Asserts success and returns the one summary.
+    pub fn summary(&self) -> serde_json::Value {
+        assert_eq!(self.code(), 0, "exit code; stderr:\n{}", self.stderr());
+        let mut s = self.summaries();
+        assert_eq!(s.len(), 1, "one summary line: {}", self.stdout());
+        s.remove(0)
+    }
+}
+
+// ---- the independent reader ----
+
+fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            parquet_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.push(path);
+        }
+    }
+}
+
+fn read_all(path: &Path) -> Vec<RecordBatch> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    builder.build().unwrap().map(|b| b.unwrap()).collect()
+}
+
+fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
+    let col = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
+    let s = col.as_string::<i32>();
+    s.is_valid(row).then(|| s.value(row).to_string())
+}
+
+/// A row of the users table, as the tests need it.
+pub struct User {
+    pub user_id: String,
+    pub plan: Option<String>,
+    pub last_seen_us: Option<i64>,
+}
+
+pub fn users() -> Vec<User> {
+    let mut files = Vec::new();
+    parquet_files(&lake().join("users"), &mut files);
+    let mut out = Vec::new();
+    for f in files {
+        for b in read_all(&f) {
+            let seen = b.column_by_name("last_seen_at").unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+            for row in 0..b.num_rows() {
+                out.push(User {
+                    user_id: string_at(&b, "user_id", row).expect("users.user_id is never null"),
+                    plan: string_at(&b, "plan", row),
+                    last_seen_us: seen.is_valid(row).then(|| seen.value(row)),
+                });
+            }
+        }
+    }
+    assert_eq!(out.len() as u64, LAKE_USERS);
+    out
+}
+
+/// Events of one name on the days in `[from, to)`: (user_id or None) per row.
+pub fn event_user_ids(name: &str, from: NaiveDate, to: NaiveDate) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(lake().join("events")).unwrap() {
+        let dir = entry.unwrap().path();
+        let Some(day) = dir.file_name().unwrap().to_str().unwrap().strip_prefix("event_date=") else {
+            continue;
+        };
+        let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+        if day < from || day >= to {
+            continue;
+        }
+        let mut files = Vec::new();
+        parquet_files(&dir, &mut files);
+        for f in files {
+            for b in read_all(&f) {
+                for row in 0..b.num_rows() {
+                    if string_at(&b, "event_name", row).as_deref() == Some(name) {
+                        out.push(string_at(&b, "user_id", row));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
