@@ -27,15 +27,22 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
     let mut report = CheckReport {
         tables: config.tables.len(),
         cohorts: config.cohorts.len(),
-        problems: config.problems().into_iter().map(|p| format!("{file}: {p}")).collect(),
+        problems: config
+            .problems()
+            .into_iter()
+            .map(|p| format!("{file}: {p}"))
+            .collect(),
         ..CheckReport::default()
     };
     for name in config.destinations.keys() {
         if let Err(e) = config.credentials(name, &env_lookup) {
-            report.warnings.push(format!("{e} (needed by `sync`, not by `check`)"));
+            report
+                .warnings
+                .push(format!("{e} (needed by `sync`, not by `check`)"));
         }
     }
-    let location = match Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options) {
+    let location = match Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
+    {
         Ok(l) => l,
         Err(e) => {
             report.problems.push(format!("{file}: lake.url: {e}"));
@@ -76,5 +83,9 @@ pub async fn check(config_file: &Path, at: Option<DateTime<Utc>>) -> Result<i32>
         "warnings": report.warnings.len(),
     });
     println!("{line}");
-    Ok(if report.problems.is_empty() { exit::OK } else { exit::USAGE })
+    Ok(if report.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::USAGE
+    })
 }

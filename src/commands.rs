@@ -22,15 +22,23 @@ pub async fn sync(
     // Usage problems first, before any work: unknown cohorts, unset secrets.
     let mut credentials = Vec::new();
     for name in cohorts {
-        let cohort = config.cohort(name).map_err(|m| Error::config(config.file.clone(), m))?;
+        let cohort = config
+            .cohort(name)
+            .map_err(|m| Error::config(config.file.clone(), m))?;
         credentials.push(config.credentials(&cohort.destination, &env_lookup)?);
     }
     let lake = Lake::open(&config).await?;
-    let options = SyncOptions { at: at.unwrap_or_else(Utc::now), progress };
+    let options = SyncOptions {
+        at: at.unwrap_or_else(Utc::now),
+        progress,
+    };
     let mut code = exit::OK;
     for (name, creds) in cohorts.iter().zip(&credentials) {
         match sync_cohort(&config, &lake, name, creds, options).await {
-            Ok(summary) => println!("{}", serde_json::to_string(&summary).expect("summary is JSON")),
+            Ok(summary) => println!(
+                "{}",
+                serde_json::to_string(&summary).expect("summary is JSON")
+            ),
             Err(e) => {
                 eprintln!("error: cohort `{name}`: {e}");
                 let line = serde_json::json!({
@@ -81,7 +89,11 @@ pub fn parse_at(s: &str) -> std::result::Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    for f in ["%Y-%m-%d %H:%M:%S%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z"] {
+    for f in [
+        "%Y-%m-%d %H:%M:%S%:z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(s, f) {
             return Ok(t.with_timezone(&Utc));
         }
@@ -115,7 +127,10 @@ mod tests {
         ] {
             assert_eq!(parse_at(s).unwrap(), want, "{s}");
         }
-        assert_eq!(parse_at("2026-11-28").unwrap(), "2026-11-28T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            parse_at("2026-11-28").unwrap(),
+            "2026-11-28T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         assert!(parse_at("yesterday").is_err());
     }
 }

@@ -248,9 +248,8 @@ impl Config {
     /// Parses project-file text (syntax, types, unknown keys) without the semantic checks of
     /// `problems`, so `check` can list all of those.
     pub fn parse_unchecked(text: &str, file: &Path) -> Result<Config> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            Error::config(file.to_path_buf(), e.to_string().trim_end().to_string())
-        })?;
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| Error::config(file.to_path_buf(), e.to_string().trim_end().to_string()))?;
         config.file = file.to_path_buf();
         Ok(config)
     }
@@ -357,7 +356,11 @@ impl Config {
             let known: Vec<&str> = self.cohorts.keys().map(String::as_str).collect();
             return Err(format!(
                 "no cohort named `{name}` (configured: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ));
         };
         let destination = match &c.destination {
@@ -365,7 +368,11 @@ impl Config {
             Some(d) => {
                 return Err(format!(
                     "cohorts.{name}.destination: no destination named `{d}` (configured: {})",
-                    self.destinations.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.destinations
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             None if self.destinations.len() == 1 => {
@@ -400,7 +407,11 @@ impl Config {
 
     /// A path from the project file, made relative to the project file's folder.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_path_buf() } else { self.base_dir().join(path) }
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir().join(path)
+        }
     }
 
     /// The destination of that name (the name was validated with the cohort).
@@ -449,7 +460,9 @@ fn is_identifier(s: &str) -> bool {
 /// Parses `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -459,7 +472,11 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))
 }
@@ -520,13 +537,18 @@ name = "Paid users"
         assert_eq!(cohort.destination, "braze");
         assert_eq!(cohort.cohort_id, "paid");
         assert_eq!(cohort.display_name, "Paid users");
-        assert_eq!(cohort.sql_file, PathBuf::from("project/queries/cohorts/paid.sql"));
+        assert_eq!(
+            cohort.sql_file,
+            PathBuf::from("project/queries/cohorts/paid.sql")
+        );
         assert_eq!(c.tables["events"].partitions[0].kind, PartitionType::Date);
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = GOOD.replace("batch_size", "x").replace("partner = ", "partnr = ");
+        let text = GOOD
+            .replace("batch_size", "x")
+            .replace("partner = ", "partnr = ");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("project/cohort-bridge.toml"), "{err}");
         assert!(err.contains("partnr"), "{err}");
@@ -536,12 +558,21 @@ name = "Paid users"
     #[test]
     fn every_semantic_problem_is_listed() {
         let text = GOOD
-            .replace("request_timeout = \"250ms\"", "batch_size = 5000\nmax_in_flight = 0")
+            .replace(
+                "request_timeout = \"250ms\"",
+                "batch_size = 5000\nmax_in_flight = 0",
+            )
             .replace("name = \"Paid users\"", "destination = \"nope\"");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("destinations.braze.batch_size: must be between 1 and 1000"), "{err}");
+        assert!(
+            err.contains("destinations.braze.batch_size: must be between 1 and 1000"),
+            "{err}"
+        );
         assert!(err.contains("destinations.braze.max_in_flight"), "{err}");
-        assert!(err.contains("cohorts.paid.destination: no destination named `nope`"), "{err}");
+        assert!(
+            err.contains("cohorts.paid.destination: no destination named `nope`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,12 @@ pub fn demo_end_date() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 27).expect("valid date")
 }
 pub fn demo_at() -> DateTime<Utc> {
-    demo_end_date().succ_opt().expect("valid date").and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+    demo_end_date()
+        .succ_opt()
+        .expect("valid date")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
 }
 
 pub async fn demo(config_file: &Path) -> Result<i32> {
@@ -41,9 +46,17 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         partner_api_key: Secret::new(format!("demo-partner-key-{nonce:x}")),
         client_secret: Secret::new(format!("demo-client-secret-{nonce:x}")),
     };
-    let partner = config.destinations.values().next().map(|d| d.partner.clone()).ok_or_else(|| {
-        Error::config(config.file.clone(), "the demo needs at least one destination")
-    })?;
+    let partner = config
+        .destinations
+        .values()
+        .next()
+        .map(|d| d.partner.clone())
+        .ok_or_else(|| {
+            Error::config(
+                config.file.clone(),
+                "the demo needs at least one destination",
+            )
+        })?;
     let partner_emulator = emulator::start(
         ([127, 0, 0, 1], 0).into(),
         EmulatorConfig {
@@ -55,7 +68,10 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     )
     .await
     .map_err(|e| Error::Internal(format!("cannot start the emulator: {e}")))?;
-    eprintln!("partner emulator listening on {}", partner_emulator.base_url());
+    eprintln!(
+        "partner emulator listening on {}",
+        partner_emulator.base_url()
+    );
     for d in config.destinations.values_mut() {
         d.base_url = partner_emulator.base_url();
         d.partner = partner.clone();
@@ -68,21 +84,49 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let names: Vec<String> = config.cohorts.keys().cloned().collect();
     let mut rows = Vec::new();
     for name in &names {
-        let summary = sync_cohort(&config, &lake, name, &creds, SyncOptions { at, progress: true }).await?;
-        println!("{}", serde_json::to_string(&summary).expect("summary is JSON"));
+        let summary = sync_cohort(
+            &config,
+            &lake,
+            name,
+            &creds,
+            SyncOptions { at, progress: true },
+        )
+        .await?;
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("summary is JSON")
+        );
         // Independently of the sync: run the query again and read back what the partner holds.
-        let c = config.cohort(name).map_err(|m| Error::config(config.file.clone(), m))?;
+        let c = config
+            .cohort(name)
+            .map_err(|m| Error::config(config.file.clone(), m))?;
         let members = cohort::members(&lake, &c, &Params { run_ts: at }).await?;
-        let expected: BTreeSet<&str> = (0..members.ids.len()).map(|i| members.ids.value(i)).collect();
-        let held: BTreeSet<String> =
-            partner_emulator.members(&c.cohort_id).unwrap_or_default().into_iter().collect();
-        let matches = held.len() == expected.len() && held.iter().all(|h| expected.contains(h.as_str()));
-        rows.push((name.clone(), c.cohort_id.clone(), expected.len(), held.len(), matches, summary.requests));
+        let expected: BTreeSet<&str> = (0..members.ids.len())
+            .map(|i| members.ids.value(i))
+            .collect();
+        let held: BTreeSet<String> = partner_emulator
+            .members(&c.cohort_id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let matches =
+            held.len() == expected.len() && held.iter().all(|h| expected.contains(h.as_str()));
+        rows.push((
+            name.clone(),
+            c.cohort_id.clone(),
+            expected.len(),
+            held.len(),
+            matches,
+            summary.requests,
+        ));
     }
     partner_emulator.shutdown();
 
     println!();
-    println!("{:<28} {:<28} {:>12} {:>14} {:>9} {:>6}", "cohort", "cohort_id", "query rows", "partner holds", "requests", "match");
+    println!(
+        "{:<28} {:<28} {:>12} {:>14} {:>9} {:>6}",
+        "cohort", "cohort_id", "query rows", "partner holds", "requests", "match"
+    );
     for (name, id, expected, held, ok, requests) in &rows {
         println!(
             "{name:<28} {id:<28} {expected:>12} {held:>14} {requests:>9} {:>6}",
@@ -90,11 +134,14 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         );
     }
     let all = rows.iter().all(|r| r.4);
-    println!("\n{}", if all {
-        "every cohort matches: the partner holds exactly what the cohort queries return"
-    } else {
-        "MISMATCH: the partner does not hold what the cohort queries return"
-    });
+    println!(
+        "\n{}",
+        if all {
+            "every cohort matches: the partner holds exactly what the cohort queries return"
+        } else {
+            "MISMATCH: the partner does not hold what the cohort queries return"
+        }
+    );
     Ok(if all { exit::OK } else { exit::FAILURE })
 }
 

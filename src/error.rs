@@ -19,7 +19,10 @@ pub mod exit {
 pub enum Error {
     /// The project file or the command line is wrong. `file` is the project file when known.
     #[error("{}{message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
-    Config { file: Option<PathBuf>, message: String },
+    Config {
+        file: Option<PathBuf>,
+        message: String,
+    },
 
     /// A cohort or analysis SQL file cannot be planned (parse error, unknown column, refused
     /// statement, wrong result shape). `location` is `file:line:column` or `file`.
@@ -36,7 +39,11 @@ pub enum Error {
 
     /// The partner refused a request permanently (HTTP 400 or 401).
     #[error("partner rejected {what} with HTTP {status}: {message}")]
-    PartnerRejected { what: String, status: u16, message: String },
+    PartnerRejected {
+        what: String,
+        status: u16,
+        message: String,
+    },
 
     /// Delivery failed: retries exhausted, timeouts, connection errors.
     #[error("delivery: {0}")]
@@ -49,7 +56,10 @@ pub enum Error {
 
 impl Error {
     pub fn config(file: impl Into<Option<PathBuf>>, message: impl Into<String>) -> Self {
-        Error::Config { file: file.into(), message: message.into() }
+        Error::Config {
+            file: file.into(),
+            message: message.into(),
+        }
     }
 
     /// The documented exit code for this error.

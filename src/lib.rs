@@ -7,16 +7,16 @@
 //! `emulator` is a Braze-compatible partner over real HTTP for the demo, tests and benchmarks;
 //! `synth` writes a deterministic synthetic lake.
 
-pub mod error;
+pub mod check;
 pub mod cohort;
+pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod emulator;
+pub mod error;
 pub mod lake;
 pub mod parallel;
 pub mod progress;
 pub mod sync;
 pub mod synth;
-pub mod check;
-pub mod commands;
-pub mod demo;

@@ -15,7 +15,12 @@ use cohort_bridge::error::{Error, exit};
 #[command(name = "cohort-bridge", version, about)]
 struct Cli {
     /// The project file.
-    #[arg(long, global = true, env = "COHORT_BRIDGE_CONFIG", default_value = "cohort-bridge.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "COHORT_BRIDGE_CONFIG",
+        default_value = "cohort-bridge.toml"
+    )]
     config: PathBuf,
     /// Log format on stderr: human-readable text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -138,7 +143,10 @@ fn parse_at(s: &str) -> Result<DateTime<Utc>, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -152,11 +160,20 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> i32 {
     let result: Result<i32, Error> = match cli.command {
-        Command::Sync { cohorts, at, no_progress } => {
-            commands::sync(&cli.config, &cohorts, at.at, !no_progress).await
-        }
+        Command::Sync {
+            cohorts,
+            at,
+            no_progress,
+        } => commands::sync(&cli.config, &cohorts, at.at, !no_progress).await,
         Command::Check { at } => commands::check(&cli.config, at.at).await,
-        Command::Generate { out, users, days, seed, end_date, events_per_day } => {
+        Command::Generate {
+            out,
+            users,
+            days,
+            seed,
+            end_date,
+            events_per_day,
+        } => {
             let end = end_date.unwrap_or_else(|| Utc::now().date_naive());
             commands::generate(&out, users, days, seed, end, events_per_day).await
         }
@@ -209,7 +226,9 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,cohort_bridge=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),

@@ -9,7 +9,6 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::cohort;
-use datafusion::arrow::array::Array;
 use crate::config::{Config, Credentials};
 use crate::deliver::destination::braze::Braze;
 use crate::deliver::plan::{batches, encode_in_background};
@@ -18,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::Params;
 use crate::progress::Progress;
+use datafusion::arrow::array::Array;
 
 /// How a run was asked to behave.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +56,9 @@ pub async fn sync_cohort(
     options: SyncOptions,
 ) -> Result<SyncSummary> {
     let started = Instant::now();
-    let cohort = config.cohort(name).map_err(|m| Error::config(config.file.clone(), m))?;
+    let cohort = config
+        .cohort(name)
+        .map_err(|m| Error::config(config.file.clone(), m))?;
     let dest = config.destination(&cohort.destination)?;
 
     let members = cohort::members(lake, &cohort, &Params { run_ts: options.at }).await?;
@@ -118,7 +120,11 @@ pub async fn sync_cohort(
 /// A 401 names the environment variables that hold the keys, so the fix is obvious.
 fn explain_rejection(e: Error, config: &Config, destination: &str) -> Error {
     match e {
-        Error::PartnerRejected { what, status: 401, message } => {
+        Error::PartnerRejected {
+            what,
+            status: 401,
+            message,
+        } => {
             let hint = config
                 .destinations
                 .get(destination)
@@ -129,7 +135,11 @@ fn explain_rejection(e: Error, config: &Config, destination: &str) -> Error {
                     )
                 })
                 .unwrap_or_default();
-            Error::PartnerRejected { what, status: 401, message: format!("{message}{hint}") }
+            Error::PartnerRejected {
+                what,
+                status: 401,
+                message: format!("{message}{hint}"),
+            }
         }
         other => other,
     }

@@ -41,7 +41,15 @@ pub async fn plan(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<DataF
         location: origin.clone(),
         message: format!("cannot read the SQL file of cohort `{}`: {e}", cohort.name),
     })?;
-    let df = lake.plan_query(&SqlSource { origin: &origin, text: &text }, params).await?;
+    let df = lake
+        .plan_query(
+            &SqlSource {
+                origin: &origin,
+                text: &text,
+            },
+            params,
+        )
+        .await?;
     check_result_schema(&origin, df.schema().as_arrow())?;
     Ok(df)
 }
@@ -51,7 +59,12 @@ pub fn check_result_schema(origin: &str, schema: &Schema) -> Result<()> {
     let problem = match schema.field_with_name(USER_ID) {
         Err(_) => format!(
             "the result has no `{USER_ID}` column (it has: {}); select the member id AS {USER_ID}",
-            schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Ok(f) if is_string(f.data_type()) => return Ok(()),
         Ok(f) => format!(
@@ -59,7 +72,10 @@ pub fn check_result_schema(origin: &str, schema: &Schema) -> Result<()> {
             f.data_type()
         ),
     };
-    Err(Error::Sql { location: origin.to_string(), message: problem })
+    Err(Error::Sql {
+        location: origin.to_string(),
+        message: problem,
+    })
 }
 
 fn is_string(t: &DataType) -> bool {
@@ -131,9 +147,17 @@ mod tests {
         let a = StringArray::from(vec![Some("u3"), None, Some("u1"), Some("")]);
         let b = StringArray::from(vec![Some("u1"), Some("u2"), None, Some("u3")]);
         let m = distinct_sorted(&[a, b]);
-        assert_eq!(m.ids.iter().flatten().collect::<Vec<_>>(), ["u1", "u2", "u3"]);
         assert_eq!(
-            (m.rows, m.nulls_skipped, m.empty_skipped, m.duplicates_removed),
+            m.ids.iter().flatten().collect::<Vec<_>>(),
+            ["u1", "u2", "u3"]
+        );
+        assert_eq!(
+            (
+                m.rows,
+                m.nulls_skipped,
+                m.empty_skipped,
+                m.duplicates_removed
+            ),
             (8, 2, 1, 2)
         );
     }

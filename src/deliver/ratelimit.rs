@@ -71,12 +71,14 @@ impl Pacer {
 
     /// Reads the partner's rate-limit headers from any answer.
     pub fn observe(&self, headers: &HeaderMap) {
-        let Some(remaining) = header_str(headers, "x-ratelimit-remaining")
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        let Some(remaining) =
+            header_str(headers, "x-ratelimit-remaining").and_then(|v| v.trim().parse::<f64>().ok())
         else {
             return;
         };
-        let Some(until_reset) = reset_in(headers) else { return };
+        let Some(until_reset) = reset_in(headers) else {
+            return;
+        };
         let now = Instant::now();
         let mut s = self.state.lock().expect("pacer lock");
         if remaining <= 0.0 {
@@ -128,7 +130,10 @@ mod tests {
         }
         // 2 leave at once, the other 10 at 10/s.
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(990) && took <= Duration::from_millis(1100), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

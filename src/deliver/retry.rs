@@ -15,9 +15,15 @@ pub enum Verdict {
     Success,
     /// Transient (423, 429, 5xx, 408, timeouts, connection errors): try again, after at least
     /// `after` when the partner said how long.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// Permanent for this request (400) or the whole run (401, 403, 404): stop.
-    Reject { status: u16, message: String },
+    Reject {
+        status: u16,
+        message: String,
+    },
 }
 
 /// Classifies an HTTP answer. `body` is the (possibly truncated) response text.
@@ -31,7 +37,10 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict 
             reason: format!("HTTP {} {message}", status.as_u16()),
             after: server_delay(headers),
         },
-        code => Verdict::Reject { status: code, message },
+        code => Verdict::Reject {
+            status: code,
+            message,
+        },
     }
 }
 
@@ -39,7 +48,11 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict 
 fn partner_message(body: &str) -> String {
     let text = serde_json::from_str::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| body.trim().to_string());
     let mut text: String = text.chars().take(300).collect();
     if text.is_empty() {
@@ -59,7 +72,10 @@ pub fn server_delay(headers: &HeaderMap) -> Option<Duration> {
             return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
         }
     }
-    let remaining = header_str(headers, "x-ratelimit-remaining")?.trim().parse::<f64>().ok()?;
+    let remaining = header_str(headers, "x-ratelimit-remaining")?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
     if remaining > 0.0 {
         return None;
     }
@@ -68,8 +84,14 @@ pub fn server_delay(headers: &HeaderMap) -> Option<Duration> {
 
 /// Time until the `X-RateLimit-Reset` epoch second.
 pub fn reset_in(headers: &HeaderMap) -> Option<Duration> {
-    let reset = header_str(headers, "x-ratelimit-reset")?.trim().parse::<f64>().ok()?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    let reset = header_str(headers, "x-ratelimit-reset")?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
     Duration::try_from_secs_f64((reset - now).max(0.0)).ok()
 }
 
@@ -86,7 +108,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(config: RetryConfig, seed: u64) -> Self {
-        Backoff { config, rng: Mutex::new(SplitMix64(seed)) }
+        Backoff {
+            config,
+            rng: Mutex::new(SplitMix64(seed)),
+        }
     }
 
     pub fn config(&self) -> &RetryConfig {
@@ -132,16 +157,32 @@ mod tests {
     fn statuses_are_classified() {
         let h = HeaderMap::new();
         assert_eq!(classify(StatusCode::CREATED, &h, ""), Verdict::Success);
-        assert_eq!(classify(StatusCode::ACCEPTED, &h, r#"{"message":"queued"}"#), Verdict::Success);
+        assert_eq!(
+            classify(StatusCode::ACCEPTED, &h, r#"{"message":"queued"}"#),
+            Verdict::Success
+        );
         for code in [423u16, 429, 500, 502, 503] {
             let s = StatusCode::from_u16(code).unwrap();
-            assert!(matches!(classify(s, &h, ""), Verdict::Retry { .. }), "{code}");
+            assert!(
+                matches!(classify(s, &h, ""), Verdict::Retry { .. }),
+                "{code}"
+            );
         }
         assert_eq!(
-            classify(StatusCode::UNAUTHORIZED, &h, r#"{"message":"invalid client secret"}"#),
-            Verdict::Reject { status: 401, message: "invalid client secret".into() }
+            classify(
+                StatusCode::UNAUTHORIZED,
+                &h,
+                r#"{"message":"invalid client secret"}"#
+            ),
+            Verdict::Reject {
+                status: 401,
+                message: "invalid client secret".into()
+            }
         );
-        assert!(matches!(classify(StatusCode::BAD_REQUEST, &h, "x"), Verdict::Reject { status: 400, .. }));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, &h, "x"),
+            Verdict::Reject { status: 400, .. }
+        ));
     }
 
     #[test]
@@ -150,11 +191,21 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("3"));
         assert_eq!(server_delay(&h), Some(Duration::from_secs(3)));
         let mut h = HeaderMap::new();
-        let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 5;
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 5;
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-        h.insert("x-ratelimit-reset", HeaderValue::from_str(&reset.to_string()).unwrap());
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&reset.to_string()).unwrap(),
+        );
         let d = server_delay(&h).unwrap();
-        assert!(d > Duration::from_secs(3) && d <= Duration::from_secs(5), "{d:?}");
+        assert!(
+            d > Duration::from_secs(3) && d <= Duration::from_secs(5),
+            "{d:?}"
+        );
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("7"));
         assert_eq!(server_delay(&h), None);
     }
@@ -168,10 +219,19 @@ mod tests {
         };
         let b = Backoff::new(cfg, 7);
         let d1 = b.delay(1);
-        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+            "{d1:?}"
+        );
         let d3 = b.delay(3);
-        assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+        assert!(
+            d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+            "{d3:?}"
+        );
         let d30 = b.delay(30);
-        assert!(d30 >= Duration::from_millis(500) && d30 <= Duration::from_secs(1), "{d30:?}");
+        assert!(
+            d30 >= Duration::from_millis(500) && d30 <= Duration::from_secs(1),
+            "{d30:?}"
+        );
     }
 }

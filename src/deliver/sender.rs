@@ -111,9 +111,18 @@ impl Sender {
             let verdict = self.attempt(request).await;
             let (reason, after) = match verdict {
                 Verdict::Success => {
-                    self.stats.acked_batches.fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
-                    self.stats.acked_ids.fetch_add(request.ids as u64, Ordering::Relaxed);
-                    debug!(batch = request.batch, ids = request.ids, attempt, "acknowledged");
+                    self.stats
+                        .acked_batches
+                        .fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
+                    self.stats
+                        .acked_ids
+                        .fetch_add(request.ids as u64, Ordering::Relaxed);
+                    debug!(
+                        batch = request.batch,
+                        ids = request.ids,
+                        attempt,
+                        "acknowledged"
+                    );
                     return Ok(());
                 }
                 Verdict::Reject { status, message } => {
@@ -162,7 +171,12 @@ impl Sender {
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(e) => return Verdict::Retry { reason: transport_error(&e), after: None },
+            Err(e) => {
+                return Verdict::Retry {
+                    reason: transport_error(&e),
+                    after: None,
+                };
+            }
         };
         self.pacer.observe(response.headers());
         let status = response.status();
@@ -171,7 +185,10 @@ impl Sender {
             // Drain the body so the connection goes back to the pool.
             return match response.bytes().await {
                 Ok(_) => Verdict::Success,
-                Err(e) => Verdict::Retry { reason: transport_error(&e), after: None },
+                Err(e) => Verdict::Retry {
+                    reason: transport_error(&e),
+                    after: None,
+                },
             };
         }
         let body = match response.bytes().await {
@@ -186,7 +203,10 @@ fn describe(request: &Request) -> String {
     if request.ids == 0 {
         format!("POST {}", request.url)
     } else {
-        format!("batch {} ({} ids) to {}", request.batch, request.ids, request.url)
+        format!(
+            "batch {} ({} ids) to {}",
+            request.batch, request.ids, request.url
+        )
     }
 }
 
@@ -208,5 +228,9 @@ fn transport_error(e: &reqwest::Error) -> String {
         detail = s.to_string();
         source = s.source();
     }
-    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
 }

@@ -52,7 +52,11 @@ impl Lake {
             .set_bool("datafusion.sql_parser.collect_spans", true);
         let ctx = SessionContext::new_with_config(session);
         ctx.register_object_store(&location.store_url(), location.store.clone());
-        Lake { location, ctx, cpu: Arc::new(CpuRuntime::new()) }
+        Lake {
+            location,
+            ctx,
+            cpu: Arc::new(CpuRuntime::new()),
+        }
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -95,7 +99,12 @@ impl Lake {
                     .await
             })
             .await?
-            .map_err(|e| fail("cannot read its schema (no Parquet files, or unreadable ones?)", &e))?;
+            .map_err(|e| {
+                fail(
+                    "cannot read its schema (no Parquet files, or unreadable ones?)",
+                    &e,
+                )
+            })?;
         let provider = ListingTable::try_new(config).map_err(|e| fail("cannot register", &e))?;
         self.ctx
             .register_table(name, Arc::new(provider))

@@ -19,7 +19,9 @@ impl CpuRuntime {
             .enable_all()
             .build()
             .expect("cannot start the query runtime (out of threads?)");
-        CpuRuntime { runtime: Some(runtime) }
+        CpuRuntime {
+            runtime: Some(runtime),
+        }
     }
 
     /// Runs `fut` on the query runtime and waits for it from any runtime.
@@ -33,7 +35,9 @@ impl CpuRuntime {
             .as_ref()
             .ok_or_else(|| Error::Internal("query runtime already shut down".into()))?
             .spawn(fut);
-        handle.await.map_err(|e| Error::Internal(format!("query task failed: {e}")))
+        handle
+            .await
+            .map_err(|e| Error::Internal(format!("query task failed: {e}")))
     }
 }
 

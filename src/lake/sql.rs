@@ -28,10 +28,12 @@ impl Params {
 
     /// `$run_date` (DATE, the UTC day of `run_ts`) and `$run_ts` (TIMESTAMP, UTC).
     fn values(&self) -> HashMap<String, ScalarValue> {
-        let epoch_days =
-            (self.run_ts.date_naive() - DateTime::UNIX_EPOCH.date_naive()).num_days();
+        let epoch_days = (self.run_ts.date_naive() - DateTime::UNIX_EPOCH.date_naive()).num_days();
         HashMap::from([
-            ("run_date".to_string(), ScalarValue::Date32(Some(epoch_days as i32))),
+            (
+                "run_date".to_string(),
+                ScalarValue::Date32(Some(epoch_days as i32)),
+            ),
             (
                 "run_ts".to_string(),
                 ScalarValue::TimestampMicrosecond(
@@ -54,7 +56,10 @@ impl Lake {
     pub async fn plan_query(&self, src: &SqlSource<'_>, params: &Params) -> Result<DataFrame> {
         let statement = parse_single_query(src)?;
         let state = self.context().state();
-        let plan = state.statement_to_plan(statement).await.map_err(|e| sql_error(src, &e))?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| sql_error(src, &e))?;
         read_only()
             .verify_plan(&plan)
             .map_err(|e| sql_error(src, &e))?;
@@ -100,12 +105,21 @@ fn parse_single_query(src: &SqlSource<'_>) -> Result<Statement> {
             Statement::Statement(s) => s.span().start.line,
             _ => 0,
         };
-        let mut what: String = stmt.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let mut what: String = stmt
+            .to_string()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
         if what.len() > 40 {
             what.truncate(40);
         }
         Error::Sql {
-            location: if line > 0 { format!("{}:{line}", src.origin) } else { src.origin.to_string() },
+            location: if line > 0 {
+                format!("{}:{line}", src.origin)
+            } else {
+                src.origin.to_string()
+            },
             message: format!(
                 "refused `{what} …`: {why}; cohort and analysis SQL is read-only (one SELECT or WITH query)"
             ),
@@ -121,7 +135,10 @@ fn parse_single_query(src: &SqlSource<'_>) -> Result<Statement> {
         1 => {}
         n => {
             let second = &statements[1];
-            return Err(refuse(second, &format!("found {n} statements, expected exactly one query")));
+            return Err(refuse(
+                second,
+                &format!("found {n} statements, expected exactly one query"),
+            ));
         }
     }
     let statement = statements.pop_front().expect("one statement");
@@ -166,7 +183,10 @@ pub fn sql_error(src: &SqlSource<'_>, e: &DataFusionError) -> Error {
             message,
         };
     }
-    Error::Sql { location: src.origin.to_string(), message: text }
+    Error::Sql {
+        location: src.origin.to_string(),
+        message: text,
+    }
 }
 
 /// DataFusion wraps messages in layers (`Error during planning: …`); keep the useful part.
@@ -192,7 +212,11 @@ fn split_parser_position(text: &str) -> Option<(String, u64, u64)> {
     let tail = &text[idx + " at Line: ".len()..];
     let (line, rest) = tail.split_once(", Column: ")?;
     let column: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    Some((text[..idx].to_string(), line.trim().parse().ok()?, column.parse().ok()?))
+    Some((
+        text[..idx].to_string(),
+        line.trim().parse().ok()?,
+        column.parse().ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -204,12 +228,17 @@ mod tests {
         let (m, l, c) =
             split_parser_position("Expected: an SQL statement, found: SELEC at Line: 3, Column: 7")
                 .unwrap();
-        assert_eq!((m.as_str(), l, c), ("Expected: an SQL statement, found: SELEC", 3, 7));
+        assert_eq!(
+            (m.as_str(), l, c),
+            ("Expected: an SQL statement, found: SELEC", 3, 7)
+        );
     }
 
     #[test]
     fn run_date_is_days_since_epoch() {
-        let p = Params { run_ts: "2026-11-28T10:00:00Z".parse().unwrap() };
+        let p = Params {
+            run_ts: "2026-11-28T10:00:00Z".parse().unwrap(),
+        };
         let v = p.values();
         // 2026-11-28 is day 20_785 since 1970-01-01.
         assert_eq!(v["run_date"], ScalarValue::Date32(Some(20_785)));

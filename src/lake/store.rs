@@ -60,7 +60,8 @@ impl Location {
 fn to_url(text: &str, base: &FsPath) -> Result<Url> {
     let text = text.trim();
     if text.contains("://") {
-        let mut url = Url::parse(text).map_err(|e| Error::config(None, format!("lake URL `{text}`: {e}")))?;
+        let mut url =
+            Url::parse(text).map_err(|e| Error::config(None, format!("lake URL `{text}`: {e}")))?;
         if !url.path().ends_with('/') {
             let path = format!("{}/", url.path());
             url.set_path(&path);
@@ -70,13 +71,23 @@ fn to_url(text: &str, base: &FsPath) -> Result<Url> {
     let path = base.join(text);
     let abs = std::path::absolute(&path)
         .map_err(|e| Error::config(None, format!("lake path `{}`: {e}", path.display())))?;
-    Url::from_directory_path(&abs)
-        .map_err(|_| Error::config(None, format!("lake path `{}` is not absolute", abs.display())))
+    Url::from_directory_path(&abs).map_err(|_| {
+        Error::config(
+            None,
+            format!("lake path `{}` is not absolute", abs.display()),
+        )
+    })
 }
 
 fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
     let bad_option = |k: &str| {
-        Error::config(None, format!("lake.options.{k}: not an option of the `{}` store", url.scheme()))
+        Error::config(
+            None,
+            format!(
+                "lake.options.{k}: not an option of the `{}` store",
+                url.scheme()
+            ),
+        )
     };
     let built = |e: object_store::Error| Error::config(None, format!("lake `{url}`: {e}"));
     let store: Arc<dyn ObjectStore> = match url.scheme() {
@@ -106,7 +117,9 @@ fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
         other => {
             return Err(Error::config(
                 None,
-                format!("lake `{url}`: unsupported scheme `{other}` (use a path, file://, s3://, gs://, az:// or memory://)"),
+                format!(
+                    "lake `{url}`: unsupported scheme `{other}` (use a path, file://, s3://, gs://, az:// or memory://)"
+                ),
             ));
         }
     };
@@ -119,11 +132,15 @@ mod tests {
 
     #[test]
     fn local_paths_become_file_urls_relative_to_the_project() {
-        let loc = Location::parse("data/lake", FsPath::new("/srv/project"), &BTreeMap::new()).unwrap();
+        let loc =
+            Location::parse("data/lake", FsPath::new("/srv/project"), &BTreeMap::new()).unwrap();
         assert_eq!(loc.url.as_str(), "file:///srv/project/data/lake/");
         assert_eq!(loc.root.as_ref(), "srv/project/data/lake");
         assert_eq!(loc.child("users").as_ref(), "srv/project/data/lake/users");
-        assert_eq!(loc.child_url("users"), "file:///srv/project/data/lake/users/");
+        assert_eq!(
+            loc.child_url("users"),
+            "file:///srv/project/data/lake/users/"
+        );
         assert_eq!(loc.store_url().as_str(), "file:///");
     }
 
@@ -136,9 +153,11 @@ mod tests {
         let loc = Location::parse("s3://bucket/lake", FsPath::new("."), &opts).unwrap();
         assert_eq!(loc.root.as_ref(), "lake");
         assert_eq!(loc.store_url().as_str(), "s3://bucket");
-        let err = Location::parse("s3://bucket/lake", FsPath::new("."), &BTreeMap::from([
-            ("no_such_option".to_string(), "x".to_string()),
-        ]))
+        let err = Location::parse(
+            "s3://bucket/lake",
+            FsPath::new("."),
+            &BTreeMap::from([("no_such_option".to_string(), "x".to_string())]),
+        )
         .unwrap_err()
         .to_string();
         assert!(err.contains("lake.options.no_such_option"), "{err}");

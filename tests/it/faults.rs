@@ -11,7 +11,11 @@ use crate::support::*;
 const PRO: &str = "SELECT user_id FROM users WHERE plan = 'pro'";
 
 fn pro_users() -> BTreeSet<String> {
-    users().into_iter().filter(|u| u.plan.as_deref() == Some("pro")).map(|u| u.user_id).collect()
+    users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .collect()
 }
 
 const FAST_RETRY: &str = "\n[destinations.braze.retry]\nmax_attempts = 30\ninitial_backoff = \"5ms\"\nmax_backoff = \"200ms\"\nmax_elapsed = \"2m\"\n";
@@ -20,20 +24,37 @@ const FAST_RETRY: &str = "\n[destinations.braze.retry]\nmax_attempts = 30\niniti
 fn rate_limited_requests_are_retried_after_the_partner_says() {
     // 15 requests per second at the partner; the client believes it may send 1,000.
     let partner = Partner::start(EmulatorConfig {
-        rate_limit: RateLimitConfig { requests: 15, window: Duration::from_secs(1) },
+        rate_limit: RateLimitConfig {
+            requests: 15,
+            window: Duration::from_secs(1),
+        },
         ..EmulatorConfig::default()
     });
-    let dest = format!("batch_size = 100\nrequests_per_second = 1000\nmax_in_flight = 8{FAST_RETRY}");
+    let dest =
+        format!("batch_size = 100\nrequests_per_second = 1000\nmax_in_flight = 8{FAST_RETRY}");
     let project = Project::new(&partner.handle.base_url(), &dest, &[("pro", PRO)]);
     let summary = project.run(&["sync", "pro", "--at", AT]).summary();
 
     let expected = pro_users();
-    assert!(expected.len() > 1_500, "fixture: {} pro users", expected.len());
-    assert!(partner.members("pro") == expected, "the partner holds a different set than the cohort");
+    assert!(
+        expected.len() > 1_500,
+        "fixture: {} pro users",
+        expected.len()
+    );
+    assert!(
+        partner.members("pro") == expected,
+        "the partner holds a different set than the cohort"
+    );
     let stats = partner.handle.stats();
-    assert!(stats.rate_limited > 0, "the test must actually hit the rate limit: {stats:?}");
+    assert!(
+        stats.rate_limited > 0,
+        "the test must actually hit the rate limit: {stats:?}"
+    );
     assert!(summary["retries"].as_u64().unwrap() >= stats.rate_limited);
-    assert_eq!(stats.redundant_adds, 0, "a 429 applies nothing, so nothing is sent twice");
+    assert_eq!(
+        stats.redundant_adds, 0,
+        "a 429 applies nothing, so nothing is sent twice"
+    );
 }
 
 #[test]
@@ -53,27 +74,50 @@ fn server_errors_locks_and_dropped_connections_are_retried() {
     let project = Project::new(&partner.handle.base_url(), &dest, &[("pro", PRO)]);
     let summary = project.run(&["sync", "pro", "--at", AT]).summary();
 
-    assert!(partner.members("pro") == pro_users(), "the partner holds a different set than the cohort");
+    assert!(
+        partner.members("pro") == pro_users(),
+        "the partner holds a different set than the cohort"
+    );
     let stats = partner.handle.stats();
     let count = |s: u16| stats.by_status.get(&s).copied().unwrap_or(0);
-    assert!(count(500) > 0 && count(423) > 0 && stats.dropped_connections > 0, "faults must fire: {stats:?}");
+    assert!(
+        count(500) > 0 && count(423) > 0 && stats.dropped_connections > 0,
+        "faults must fire: {stats:?}"
+    );
     assert!(summary["retries"].as_u64().unwrap() >= count(500) + count(423));
 }
 
 #[test]
 fn a_slow_partner_times_out_and_is_retried() {
     let partner = Partner::start(EmulatorConfig {
-        faults: FaultConfig { seed: 5, slow: 0.2, slow_delay: Duration::from_secs(3), ..FaultConfig::default() },
+        faults: FaultConfig {
+            seed: 5,
+            slow: 0.2,
+            slow_delay: Duration::from_secs(3),
+            ..FaultConfig::default()
+        },
         ..EmulatorConfig::default()
     });
-    let dest = format!("batch_size = 200\nrequests_per_second = 5000\nrequest_timeout = \"400ms\"{FAST_RETRY}");
+    let dest = format!(
+        "batch_size = 200\nrequests_per_second = 5000\nrequest_timeout = \"400ms\"{FAST_RETRY}"
+    );
     let project = Project::new(&partner.handle.base_url(), &dest, &[("pro", PRO)]);
     let run = project.run(&["sync", "pro", "--at", AT]);
     let summary = run.summary();
 
-    assert!(partner.members("pro") == pro_users(), "the partner holds a different set than the cohort");
-    assert!(summary["retries"].as_u64().unwrap() > 0, "timeouts must have been retried");
-    assert!(run.stderr().contains("timed out") || run.stderr().contains("timeout"), "stderr: {}", run.stderr());
+    assert!(
+        partner.members("pro") == pro_users(),
+        "the partner holds a different set than the cohort"
+    );
+    assert!(
+        summary["retries"].as_u64().unwrap() > 0,
+        "timeouts must have been retried"
+    );
+    assert!(
+        run.stderr().contains("timed out") || run.stderr().contains("timeout"),
+        "stderr: {}",
+        run.stderr()
+    );
     assert!(summary["seconds"].as_f64().unwrap() < 30.0);
 }
 
@@ -91,5 +135,9 @@ fn retries_are_bounded_and_a_dead_partner_fails_the_run() {
     assert_eq!(run.code(), 1, "stderr: {}", run.stderr());
     let s = run.summaries();
     assert_eq!(s[0]["outcome"], "failed");
-    assert!(run.stderr().contains("3 attempts") || run.stderr().contains("attempt"), "stderr: {}", run.stderr());
+    assert!(
+        run.stderr().contains("3 attempts") || run.stderr().contains("attempt"),
+        "stderr: {}",
+        run.stderr()
+    );
 }

@@ -28,7 +28,9 @@ pub const LAKE_END: &str = "2026-11-27";
 pub const AT: &str = "2026-11-27T12:00:00Z";
 
 pub fn at() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(AT).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(AT)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 /// Generated once per test binary through the real `generate` command; reused across runs
@@ -36,16 +38,29 @@ pub fn at() -> DateTime<Utc> {
 pub fn lake() -> &'static Path {
     static LAKE: OnceLock<PathBuf> = OnceLock::new();
     LAKE.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7"));
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7"));
         if !dir.join("_generated.json").exists() {
             let _ = std::fs::remove_dir_all(&dir);
             let out = Command::new(BIN)
-                .args(["generate", "--users", &LAKE_USERS.to_string(), "--days", "10", "--seed", "7"])
+                .args([
+                    "generate",
+                    "--users",
+                    &LAKE_USERS.to_string(),
+                    "--days",
+                    "10",
+                    "--seed",
+                    "7",
+                ])
                 .args(["--end-date", LAKE_END, "--out"])
                 .arg(&dir)
                 .output()
                 .expect("run generate");
-            assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "generate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         dir
     })
@@ -64,9 +79,18 @@ impl Partner {
             .enable_all()
             .build()
             .unwrap();
-        let config = EmulatorConfig { partner_api_key: KEY.into(), client_secret: SECRET.into(), ..config };
-        let handle = runtime.block_on(emulator::start("127.0.0.1:0".parse().unwrap(), config)).unwrap();
-        Partner { handle, _runtime: runtime }
+        let config = EmulatorConfig {
+            partner_api_key: KEY.into(),
+            client_secret: SECRET.into(),
+            ..config
+        };
+        let handle = runtime
+            .block_on(emulator::start("127.0.0.1:0".parse().unwrap(), config))
+            .unwrap();
+        Partner {
+            handle,
+            _runtime: runtime,
+        }
     }
 
     pub fn plain() -> Partner {
@@ -74,7 +98,11 @@ impl Partner {
     }
 
     pub fn members(&self, cohort_id: &str) -> BTreeSet<String> {
-        self.handle.members(cohort_id).unwrap_or_default().into_iter().collect()
+        self.handle
+            .members(cohort_id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
     }
 }
 
@@ -118,14 +146,12 @@ client_secret_env = "{SECRET_VAR}"
         );
         for (name, sql) in cohorts {
             std::fs::write(dir.path().join(format!("queries/cohorts/{name}.sql")), sql).unwrap();
-            toml.push_str(&format!("\n[cohorts.{name}]\ncohort_id = \"{name}\"\nname = \"Cohort {name}\"\n"));
+            toml.push_str(&format!(
+                "\n[cohorts.{name}]\ncohort_id = \"{name}\"\nname = \"Cohort {name}\"\n"
+            ));
         }
         std::fs::write(dir.path().join("cohort-bridge.toml"), toml).unwrap();
         Project { dir }
-    }
-
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
     }
 
     /// Runs the binary in the project folder with the secrets set.
@@ -136,7 +162,10 @@ client_secret_env = "{SECRET_VAR}"
     /// Runs the binary with extra environment (`None` removes a variable).
     pub fn run_with(&self, args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
         let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path()).args(args).env_remove("RUST_LOG").env_remove("COHORT_BRIDGE_CONFIG");
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("COHORT_BRIDGE_CONFIG");
         for (k, v) in env {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -163,7 +192,10 @@ impl Run {
     pub fn summaries(&self) -> Vec<serde_json::Value> {
         self.stdout()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
     /// Asserts success and returns the one summary.
@@ -194,7 +226,9 @@ fn read_all(path: &Path) -> Vec<RecordBatch> {
 }
 
 fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
-    let col = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
+    let col = batch
+        .column_by_name(column)
+        .unwrap_or_else(|| panic!("no column {column}"));
     let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
     let s = col.as_string::<i32>();
     s.is_valid(row).then(|| s.value(row).to_string())
@@ -213,7 +247,11 @@ pub fn users() -> Vec<User> {
     let mut out = Vec::new();
     for f in files {
         for b in read_all(&f) {
-            let seen = b.column_by_name("last_seen_at").unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+            let seen = b
+                .column_by_name("last_seen_at")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
             for row in 0..b.num_rows() {
                 out.push(User {
                     user_id: string_at(&b, "user_id", row).expect("users.user_id is never null"),
@@ -232,7 +270,13 @@ pub fn event_user_ids(name: &str, from: NaiveDate, to: NaiveDate) -> Vec<Option<
     let mut out = Vec::new();
     for entry in std::fs::read_dir(lake().join("events")).unwrap() {
         let dir = entry.unwrap().path();
-        let Some(day) = dir.file_name().unwrap().to_str().unwrap().strip_prefix("event_date=") else {
+        let Some(day) = dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .strip_prefix("event_date=")
+        else {
             continue;
         };
         let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();

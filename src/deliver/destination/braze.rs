@@ -47,9 +47,17 @@ impl Braze {
         body.extend_from_slice(b"\"name\":");
         push_json_str(&mut body, &self.display_name);
         body.extend_from_slice(b",\"created_at\":");
-        push_json_str(&mut body, &created_at.to_rfc3339_opts(SecondsFormat::Secs, true));
+        push_json_str(
+            &mut body,
+            &created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        );
         body.push(b'}');
-        Request { url: self.cohorts_url.clone(), body: Bytes::from(body), batch: 0, ids: 0 }
+        Request {
+            url: self.cohorts_url.clone(),
+            body: Bytes::from(body),
+            batch: 0,
+            ids: 0,
+        }
     }
 
     /// One `cohorts/users` request adding (or removing) `ids[range]`.
@@ -77,7 +85,12 @@ impl Braze {
             body.extend_from_slice(b",\"should_remove\":true");
         }
         body.extend_from_slice(b"}]}");
-        Request { url: self.users_url.clone(), body: Bytes::from(body), batch, ids: count }
+        Request {
+            url: self.users_url.clone(),
+            body: Bytes::from(body),
+            batch,
+            ids: count,
+        }
     }
 }
 
@@ -132,7 +145,10 @@ client_secret_env = "B""#,
         assert_eq!(v["partner_api_key"], "pk\"1");
         assert_eq!(v["client_secret"], "cs");
         assert_eq!(v["cohort_id"], "cid");
-        assert_eq!(v["cohort_changes"][0]["user_ids"], serde_json::json!(["b\"q", "c"]));
+        assert_eq!(
+            v["cohort_changes"][0]["user_ids"],
+            serde_json::json!(["b\"q", "c"])
+        );
         assert!(v["cohort_changes"][0].get("should_remove").is_none());
 
         let rm = b.change_members(4, &ids, 0..1, true);
