@@ -9,8 +9,9 @@ use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
-use datafusion::sql::sqlparser::ast::{Spanned, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -100,11 +101,9 @@ fn parse_single_query(src: &SqlSource<'_>) -> Result<Statement> {
         .build()
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| sql_error(src, &e))?;
-    let refuse = |stmt: &Statement, why: &str| {
-        let line = match stmt {
-            Statement::Statement(s) => s.span().start.line,
-            _ => 0,
-        };
+    let starts = statement_lines(src.text);
+    let refuse = |index: usize, stmt: &Statement, why: &str| {
+        let line = starts.get(index).copied().unwrap_or(0);
         let mut what: String = stmt
             .to_string()
             .split_whitespace()
@@ -136,6 +135,7 @@ fn parse_single_query(src: &SqlSource<'_>) -> Result<Statement> {
         n => {
             let second = &statements[1];
             return Err(refuse(
+                1,
                 second,
                 &format!("found {n} statements, expected exactly one query"),
             ));
@@ -144,8 +144,8 @@ fn parse_single_query(src: &SqlSource<'_>) -> Result<Statement> {
     let statement = statements.pop_front().expect("one statement");
     match &statement {
         Statement::Statement(s) if matches!(s.as_ref(), SqlStatement::Query(_)) => Ok(statement),
-        Statement::CopyTo(_) => Err(refuse(&statement, "COPY writes files")),
-        Statement::CreateExternalTable(_) => Err(refuse(&statement, "DDL is not allowed")),
+        Statement::CopyTo(_) => Err(refuse(0, &statement, "COPY writes files")),
+        Statement::CreateExternalTable(_) => Err(refuse(0, &statement, "DDL is not allowed")),
         Statement::Statement(s) => {
             let why = match s.as_ref() {
                 SqlStatement::Insert(_)
@@ -159,10 +159,32 @@ fn parse_single_query(src: &SqlSource<'_>) -> Result<Statement> {
                 | SqlStatement::AlterTable { .. } => "DDL is not allowed",
                 _ => "only queries are allowed",
             };
-            Err(refuse(&statement, why))
+            Err(refuse(0, &statement, why))
         }
-        _ => Err(refuse(&statement, "only queries are allowed")),
+        _ => Err(refuse(0, &statement, "only queries are allowed")),
     }
+}
+
+/// The line on which each statement starts (its first token that is not whitespace or a
+/// comment), so a refusal points at the statement, not at the top of the file.
+fn statement_lines(text: &str) -> Vec<u64> {
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, text).tokenize_with_location() else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    let mut at_start = true;
+    for t in tokens {
+        match t.token {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => at_start = true,
+            _ if at_start => {
+                lines.push(t.span.start.line);
+                at_start = false;
+            }
+            _ => {}
+        }
+    }
+    lines
 }
 
 /// Turns a DataFusion error into `file:line:column: message` where a position is known.

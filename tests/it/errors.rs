@@ -198,6 +198,7 @@ fn config_errors_name_the_file_and_key() {
     assert_eq!(run.code(), 2);
     assert!(run.stderr().contains("batch_size"), "{}", run.stderr());
 
+    let project = Project::new(&partner.handle.base_url(), "", &[("pro", PRO)]);
     let run = project.run(&["sync", "nope"]);
     assert_eq!(run.code(), 2);
     assert!(

@@ -97,6 +97,22 @@ impl Partner {
         Partner::start(EmulatorConfig::default())
     }
 
+    /// Another client of the same workspace spends `n` requests of the rate-limit window.
+    pub fn spend_quota(&self, n: usize) {
+        let url = format!("{}/partners/cohort-bridge/cohorts", self.handle.base_url());
+        let body = serde_json::json!({
+            "partner_api_key": KEY, "client_secret": SECRET, "cohort_id": "someone_else",
+            "name": "Another tool's cohort", "created_at": "2026-11-27T00:00:00Z",
+        });
+        self._runtime.block_on(async {
+            let client = reqwest::Client::new();
+            for _ in 0..n {
+                let status = client.post(&url).json(&body).send().await.unwrap().status();
+                assert!(status.is_success(), "quota spender got {status}");
+            }
+        });
+    }
+
     pub fn members(&self, cohort_id: &str) -> BTreeSet<String> {
         self.handle
             .members(cohort_id)
