@@ -12,12 +12,7 @@ use crate::sync::{SyncOptions, sync_cohort};
 use crate::synth::{SynthSpec, generate as synth_generate};
 
 /// `sync`: every named cohort, one JSON line each on stdout; the exit code of the first failure.
-pub async fn sync(
-    config_file: &Path,
-    cohorts: &[String],
-    at: Option<DateTime<Utc>>,
-    progress: bool,
-) -> Result<i32> {
+pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) -> Result<i32> {
     let config = Config::load(config_file)?;
     // Usage problems first, before any work: unknown cohorts, unset secrets.
     let mut credentials = Vec::new();
@@ -28,10 +23,6 @@ pub async fn sync(
         credentials.push(config.credentials(&cohort.destination, &env_lookup)?);
     }
     let lake = Lake::open(&config).await?;
-    let options = SyncOptions {
-        at: at.unwrap_or_else(Utc::now),
-        progress,
-    };
     let mut code = exit::OK;
     for (name, creds) in cohorts.iter().zip(&credentials) {
         match sync_cohort(&config, &lake, name, creds, options).await {

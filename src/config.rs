@@ -30,10 +30,47 @@ pub struct Config {
     /// Cohorts, by name.
     #[serde(default)]
     pub cohorts: BTreeMap<String, CohortConfig>,
+    /// Where snapshots, plans, journals and locks live, and how runs guard themselves.
+    #[serde(default)]
+    pub state: StateConfig,
 
     /// The project file this came from; relative paths in it are relative to its folder.
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// The state area: what the partner holds (snapshots), unfinished runs (plans and journals) and
+/// run locks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// A folder or URL like `lake.url`. Default: `_cohort_bridge/` under the lake.
+    pub url: Option<String>,
+    /// A run's lock expires this long after its last refresh (a live run refreshes it every
+    /// third of that). Default `10m`.
+    #[serde(default = "default_lock_ttl", deserialize_with = "de_duration")]
+    pub lock_ttl: Duration,
+    /// Removals above this share of the committed snapshot are held back unless
+    /// `--allow-mass-removal` is given. Default `0.5`.
+    #[serde(default = "default_max_removal_share")]
+    pub max_removal_share: f64,
+}
+
+fn default_lock_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_removal_share() -> f64 {
+    0.5
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            url: None,
+            lock_ttl: default_lock_ttl(),
+            max_removal_share: default_max_removal_share(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +311,15 @@ impl Config {
         let mut out = Vec::new();
         if self.lake.url.trim().is_empty() {
             out.push("lake.url: must not be empty".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.state.max_removal_share) {
+            out.push(format!(
+                "state.max_removal_share: must be between 0 and 1, got {}",
+                self.state.max_removal_share
+            ));
+        }
+        if self.state.lock_ttl < Duration::from_secs(1) {
+            out.push("state.lock_ttl: must be at least 1s".to_string());
         }
         for (name, table) in &self.tables {
             if !is_identifier(name) {

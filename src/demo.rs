@@ -1,7 +1,8 @@
 //! `demo`: the whole outbound loop on one laptop with no setup. Generates a small deterministic
 //! lake under the project's lake path (reused when present), starts the partner emulator
-//! in-process, syncs every configured cohort to it, and compares what the partner holds with
-//! what each cohort query returns. Exit 0 only if every cohort matches exactly.
+//! in-process, syncs every configured cohort to it twice (a full sync, then an incremental one a
+//! day later), and after each run compares what the partner holds with what the cohort query
+//! returns. Exit 0 only if every cohort matches exactly every time.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -79,70 +80,116 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         d.requests_per_second = d.requests_per_second.max(1000.0);
     }
 
+    // The emulator forgets everything when the demo ends, so the demo's state (snapshots,
+    // journals, locks) must too: a throwaway state area, not the lake's `_cohort_bridge/`.
+    let state_dir = std::env::temp_dir().join(format!("cohort-bridge-demo-{nonce:x}"));
+    config.state.url = Some(state_dir.display().to_string());
+
     let lake = Lake::open(&config).await?;
-    let at = demo_at();
     let names: Vec<String> = config.cohorts.keys().cloned().collect();
     let mut rows = Vec::new();
-    for name in &names {
-        let summary = sync_cohort(
-            &config,
-            &lake,
-            name,
-            &creds,
-            SyncOptions { at, progress: true },
-        )
-        .await?;
-        println!(
-            "{}",
-            serde_json::to_string(&summary).expect("summary is JSON")
-        );
-        // Independently of the sync: run the query again and read back what the partner holds.
-        let c = config
-            .cohort(name)
-            .map_err(|m| Error::config(config.file.clone(), m))?;
-        let members = cohort::members(&lake, &c, &Params { run_ts: at }).await?;
-        let expected: BTreeSet<&str> = (0..members.ids.len())
-            .map(|i| members.ids.value(i))
-            .collect();
-        let held: BTreeSet<String> = partner_emulator
-            .members(&c.cohort_id)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let matches =
-            held.len() == expected.len() && held.iter().all(|h| expected.contains(h.as_str()));
-        rows.push((
-            name.clone(),
-            c.cohort_id.clone(),
-            expected.len(),
-            held.len(),
-            matches,
-            summary.requests,
-        ));
+    // Two hourly-style runs a day apart: a first full sync, then an incremental one that sends
+    // only who entered and who left.
+    let rounds = [demo_at() - chrono::Duration::days(1), demo_at()];
+    let result = async {
+        for at in rounds {
+            for name in &names {
+                let summary = sync_cohort(
+                    &config,
+                    &lake,
+                    name,
+                    &creds,
+                    SyncOptions {
+                        progress: true,
+                        ..SyncOptions::at(at)
+                    },
+                )
+                .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string(&summary).expect("summary is JSON")
+                );
+                // Independently of the sync: run the query again and read back what the
+                // partner holds.
+                let c = config
+                    .cohort(name)
+                    .map_err(|m| Error::config(config.file.clone(), m))?;
+                let members = cohort::members(&lake, &c, &Params { run_ts: at }).await?;
+                let expected: BTreeSet<&str> = (0..members.ids.len())
+                    .map(|i| members.ids.value(i))
+                    .collect();
+                let held: BTreeSet<String> = partner_emulator
+                    .members(&c.cohort_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let matches = held.len() == expected.len()
+                    && held.iter().all(|h| expected.contains(h.as_str()));
+                rows.push(Row {
+                    at: at.format("%Y-%m-%d %H:%M").to_string(),
+                    name: name.clone(),
+                    members: expected.len() as u64,
+                    adds: summary.adds,
+                    removes: summary.removes,
+                    held: held.len() as u64,
+                    requests: summary.requests,
+                    matches,
+                });
+            }
+        }
+        Ok::<(), Error>(())
     }
+    .await;
     partner_emulator.shutdown();
+    let _ = std::fs::remove_dir_all(&state_dir);
+    result?;
 
     println!();
     println!(
-        "{:<28} {:<28} {:>12} {:>14} {:>9} {:>6}",
-        "cohort", "cohort_id", "query rows", "partner holds", "requests", "match"
+        "{:<17} {:<26} {:>8} {:>7} {:>7} {:>13} {:>8} {:>5}",
+        "run at (UTC)",
+        "cohort",
+        "members",
+        "adds",
+        "removes",
+        "partner holds",
+        "requests",
+        "match"
     );
-    for (name, id, expected, held, ok, requests) in &rows {
+    for r in &rows {
         println!(
-            "{name:<28} {id:<28} {expected:>12} {held:>14} {requests:>9} {:>6}",
-            if *ok { "yes" } else { "NO" }
+            "{:<17} {:<26} {:>8} {:>7} {:>7} {:>13} {:>8} {:>5}",
+            r.at,
+            r.name,
+            r.members,
+            r.adds,
+            r.removes,
+            r.held,
+            r.requests,
+            if r.matches { "yes" } else { "NO" }
         );
     }
-    let all = rows.iter().all(|r| r.4);
+    let all = rows.iter().all(|r| r.matches);
     println!(
         "\n{}",
         if all {
-            "every cohort matches: the partner holds exactly what the cohort queries return"
+            "every cohort matches after every run: the partner holds exactly what the cohort queries return"
         } else {
             "MISMATCH: the partner does not hold what the cohort queries return"
         }
     );
     Ok(if all { exit::OK } else { exit::FAILURE })
+}
+
+struct Row {
+    at: String,
+    name: String,
+    members: u64,
+    adds: u64,
+    removes: u64,
+    held: u64,
+    requests: u64,
+    matches: bool,
 }
 
 /// Generates the demo lake unless a finished one (with its marker) is already there.

@@ -10,8 +10,12 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Usage or configuration error: bad flags, project file, cohort SQL or a missing secret.
     pub const USAGE: i32 = 2;
+    /// Reserved: committed, but some ids were dead-lettered or some input quarantined.
+    pub const PARTIAL: i32 = 3;
     /// The partner refused the request permanently (400 or 401): retrying will not help.
     pub const PARTNER_REJECTED: i32 = 4;
+    /// Another run holds this cohort's lock; nothing was done.
+    pub const LOCKED: i32 = 5;
 }
 
 /// Everything that can stop a command.
@@ -49,6 +53,10 @@ pub enum Error {
     #[error("delivery: {0}")]
     Delivery(String),
 
+    /// Another run holds the cohort's lock (or took it over from this one).
+    #[error("locked: {0}")]
+    Locked(String),
+
     /// A bug or an unexpected state.
     #[error("internal: {0}")]
     Internal(String),
@@ -67,6 +75,7 @@ impl Error {
         match self {
             Error::Config { .. } | Error::Sql { .. } => exit::USAGE,
             Error::PartnerRejected { .. } => exit::PARTNER_REJECTED,
+            Error::Locked(_) => exit::LOCKED,
             Error::Storage(_) | Error::Query(_) | Error::Delivery(_) | Error::Internal(_) => {
                 exit::FAILURE
             }

@@ -18,5 +18,6 @@ pub mod error;
 pub mod lake;
 pub mod parallel;
 pub mod progress;
+pub mod state;
 pub mod sync;
 pub mod synth;

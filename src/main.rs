@@ -47,6 +47,17 @@ enum Command {
         /// Never draw a progress bar (it is only drawn on a terminal anyway).
         #[arg(long)]
         no_progress: bool,
+        /// Compute and print the change (members, adds, removes, requests, samples); send
+        /// nothing, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Re-send every member, not only the adds (repair after loss at the partner).
+        #[arg(long)]
+        full: bool,
+        /// Send removals even when the query returned no rows or they exceed
+        /// `state.max_removal_share` of the cohort.
+        #[arg(long)]
+        allow_mass_removal: bool,
     },
     /// Validate the project file and plan every cohort's SQL against the real tables, without
     /// running anything; lists every problem. Exit 2 if there is any.
@@ -164,7 +175,19 @@ async fn run(cli: Cli) -> i32 {
             cohorts,
             at,
             no_progress,
-        } => commands::sync(&cli.config, &cohorts, at.at, !no_progress).await,
+            dry_run,
+            full,
+            allow_mass_removal,
+        } => {
+            let options = cohort_bridge::sync::SyncOptions {
+                at: at.at.unwrap_or_else(chrono::Utc::now),
+                progress: !no_progress,
+                dry_run,
+                full,
+                allow_mass_removal,
+            };
+            commands::sync(&cli.config, &cohorts, options).await
+        }
         Command::Check { at } => commands::check(&cli.config, at.at).await,
         Command::Generate {
             out,

@@ -1,23 +1,29 @@
-//! `sync`: one cohort from SQL to the partner — members, create or rename the cohort, then every
-//! batch delivered and acknowledged — and the one-line summary a scheduler reads.
+//! `sync`: one cohort from SQL to the partner — resume an interrupted run, diff the cohort
+//! against the committed snapshot, send the adds and removes under a lock with every
+//! acknowledged batch journaled, commit the new snapshot — and the one-line summary a
+//! scheduler reads.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::cohort;
-use crate::config::{Config, Credentials};
+use crate::cohort::{self, diff};
+use crate::config::{Cohort, Config, Credentials, DestinationConfig};
 use crate::deliver::destination::braze::Braze;
 use crate::deliver::plan::{batches, encode_in_background};
 use crate::deliver::sender::Sender;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::Params;
+use crate::parallel::on_rayon;
 use crate::progress::Progress;
-use datafusion::arrow::array::Array;
+use crate::state::journal::{self, Journal};
+use crate::state::lock::{self, Lock};
+use crate::state::{self, CohortState, PlanMeta, Pointer, ids, new_run_id};
+use datafusion::arrow::array::{Array, StringArray};
 
 /// How a run was asked to behave.
 #[derive(Debug, Clone, Copy)]
@@ -26,28 +32,66 @@ pub struct SyncOptions {
     pub at: DateTime<Utc>,
     /// Draw a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// Compute and report the change; send nothing, write nothing, take no lock.
+    pub dry_run: bool,
+    /// Re-send every member (repair after loss at the partner), not only the adds.
+    pub full: bool,
+    /// Send removals even when the query returned nothing or they exceed
+    /// `state.max_removal_share` of the snapshot.
+    pub allow_mass_removal: bool,
+}
+
+impl SyncOptions {
+    pub fn at(at: DateTime<Utc>) -> Self {
+        SyncOptions {
+            at,
+            progress: false,
+            dry_run: false,
+            full: false,
+            allow_mass_removal: false,
+        }
+    }
 }
 
 /// The one-line JSON summary printed on stdout per cohort.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncSummary {
     pub cohort: String,
     pub cohort_id: String,
     pub destination: String,
+    pub run_id: String,
+    /// `delivered`, `unchanged` or `dry_run`.
     pub outcome: &'static str,
     pub members: u64,
     pub rows: u64,
     pub nulls_skipped: u64,
     pub empty_skipped: u64,
     pub duplicates_removed: u64,
+    /// Members the partner held (the committed snapshot) before this run.
+    pub snapshot_members: u64,
+    pub adds: u64,
+    pub removes: u64,
+    /// Removals not sent (zero-row result or mass removal without `--allow-mass-removal`).
+    pub removes_held_back: u64,
+    /// Batches of an interrupted earlier run sent by this one.
+    pub resumed_batches: u64,
+    /// Batches of an interrupted run that its journal showed acknowledged (not re-sent).
+    pub skipped_batches: u64,
     pub batches: u64,
     pub requests: u64,
     pub retries: u64,
     pub query_seconds: f64,
     pub seconds: f64,
+    /// `--dry-run` only: up to 5 ids of each kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_adds: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_removes: Option<Vec<String>>,
 }
 
-/// Syncs one cohort: every member is acknowledged by the partner, or an error says why not.
+/// Syncs one cohort: resumes an interrupted run if there is one, then sends the change between
+/// the committed snapshot and the cohort now, and commits the new snapshot once every batch is
+/// acknowledged.
 pub async fn sync_cohort(
     config: &Config,
     lake: &Lake,
@@ -60,61 +104,282 @@ pub async fn sync_cohort(
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
     let dest = config.destination(&cohort.destination)?;
-
-    let members = cohort::members(lake, &cohort, &Params { run_ts: options.at }).await?;
-    let query_seconds = started.elapsed().as_secs_f64();
-    info!(
-        cohort = %cohort.name,
-        members = members.ids.len(),
-        nulls_skipped = members.nulls_skipped,
-        duplicates_removed = members.duplicates_removed,
-        seconds = query_seconds,
-        "cohort computed"
-    );
-
-    let braze = Arc::new(Braze::new(dest, credentials, &cohort));
-    let sender = Sender::new(dest)?;
-    sender
-        .send(&braze.create_cohort(options.at))
-        .await
-        .map_err(|e| explain_rejection(e, config, &cohort.destination))?;
-
-    let plan = batches(members.ids.len(), dest.batch_size);
-    let planned = plan.len() as u64;
-    let progress = Progress::new(options.progress, planned, &cohort.name);
-    let requests = encode_in_background(
-        braze,
-        members.ids.clone(),
-        plan,
-        false,
-        (dest.max_in_flight * 2).max(16),
-    );
-    sender
-        .send_all(requests, |_| progress.inc())
-        .await
-        .map_err(|e| explain_rejection(e, config, &cohort.destination))?;
-    progress.finish();
-
-    let stats = sender.stats();
-    let summary = SyncSummary {
+    let (store, root) = state::area(config, &lake.location)?;
+    let state = CohortState::new(store, &root, &cohort.destination, &cohort.cohort_id);
+    let run_id = new_run_id();
+    let mut summary = SyncSummary {
         cohort: cohort.name.clone(),
         cohort_id: cohort.cohort_id.clone(),
         destination: cohort.destination.clone(),
-        outcome: "delivered",
-        members: members.ids.len() as u64,
-        rows: members.rows,
-        nulls_skipped: members.nulls_skipped,
-        empty_skipped: members.empty_skipped,
-        duplicates_removed: members.duplicates_removed,
-        batches: stats.acked_batches,
-        requests: stats.requests,
-        retries: stats.retries,
-        query_seconds,
-        seconds: started.elapsed().as_secs_f64(),
+        run_id: run_id.clone(),
+        ..SyncSummary::default()
     };
-    info!(cohort = %summary.cohort, batches = summary.batches, requests = summary.requests,
-        retries = summary.retries, seconds = summary.seconds, "cohort delivered");
+    let run = Run {
+        config,
+        dest,
+        cohort: &cohort,
+        credentials,
+        state: &state,
+        options,
+    };
+
+    if options.dry_run {
+        let change = run.change(lake, &mut summary, &started).await?;
+        summary.outcome = "dry_run";
+        summary.batches = (change.adds.len().div_ceil(dest.batch_size)
+            + change.removes.len().div_ceil(dest.batch_size)) as u64;
+        summary.requests = summary.batches + 1;
+        summary.sample_adds = Some(sample(&change.adds));
+        summary.sample_removes = Some(sample(&change.removes));
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+
+    let lock = Lock::acquire(&state, &run_id, config.state.lock_ttl).await?;
+    let (keeper, stop) = lock::keep_alive(lock);
+    let result = run.sync(lake, &mut summary, &started).await;
+    let _ = stop.send(());
+    let lock = keeper
+        .await
+        .map_err(|e| Error::Internal(format!("lock keeper: {e}")))?;
+    let released = lock.release().await;
+    result?;
+    released?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    info!(cohort = %summary.cohort, adds = summary.adds, removes = summary.removes,
+        batches = summary.batches, requests = summary.requests, retries = summary.retries,
+        seconds = summary.seconds, "cohort synced");
     Ok(summary)
+}
+
+fn sample(ids: &StringArray) -> Vec<String> {
+    ids.iter().flatten().take(5).map(str::to_string).collect()
+}
+
+/// What this run will send, and the snapshot it commits once sent.
+struct Change {
+    base: Option<Pointer>,
+    adds: Arc<StringArray>,
+    removes: Arc<StringArray>,
+    target: Arc<StringArray>,
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    dest: &'a DestinationConfig,
+    cohort: &'a Cohort,
+    credentials: &'a Credentials,
+    state: &'a CohortState,
+    options: SyncOptions,
+}
+
+impl Run<'_> {
+    async fn sync(&self, lake: &Lake, summary: &mut SyncSummary, started: &Instant) -> Result<()> {
+        let sender = Sender::new(self.dest)?;
+        let braze = Arc::new(Braze::new(self.dest, self.credentials, self.cohort));
+
+        // 1. An interrupted run first: finish exactly its plan.
+        if let Some(plan) = self.state.plan().await? {
+            let pointer = self.state.pointer().await?;
+            if pointer.as_ref().is_some_and(|p| p.run_id == plan.run_id) {
+                // It committed and died while cleaning up.
+                self.state.clean_up(&plan.target_snapshot).await?;
+            } else {
+                info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
+                let (sent, skipped) = self.deliver(&plan, &braze, &sender).await?;
+                summary.resumed_batches = sent;
+                summary.skipped_batches = skipped;
+                self.state.commit(&plan).await?;
+                self.state.clean_up(&plan.target_snapshot).await?;
+            }
+        }
+
+        // 2. This run's change.
+        let change = self.change(lake, summary, started).await?;
+        let nothing_to_send = change.adds.is_empty() && change.removes.is_empty();
+        if nothing_to_send && change.base.is_some() && summary.removes_held_back == 0 {
+            summary.outcome = "unchanged";
+        } else {
+            let plan = self.write_plan(&change, &summary.run_id).await?;
+            self.deliver(&plan, &braze, &sender).await?;
+            self.state.commit(&plan).await?;
+            self.state.clean_up(&plan.target_snapshot).await?;
+            summary.outcome = "delivered";
+        }
+        let stats = sender.stats();
+        summary.batches = stats.acked_batches;
+        summary.requests = stats.requests;
+        summary.retries = stats.retries;
+        Ok(())
+    }
+
+    /// Runs the query and diffs it against the committed snapshot.
+    async fn change(
+        &self,
+        lake: &Lake,
+        summary: &mut SyncSummary,
+        started: &Instant,
+    ) -> Result<Change> {
+        let members = cohort::members(
+            lake,
+            self.cohort,
+            &Params {
+                run_ts: self.options.at,
+            },
+        )
+        .await?;
+        summary.query_seconds = started.elapsed().as_secs_f64();
+        summary.members = members.ids.len() as u64;
+        summary.rows = members.rows;
+        summary.nulls_skipped = members.nulls_skipped;
+        summary.empty_skipped = members.empty_skipped;
+        summary.duplicates_removed = members.duplicates_removed;
+        info!(cohort = %self.cohort.name, members = members.ids.len(), nulls_skipped = members.nulls_skipped,
+            duplicates_removed = members.duplicates_removed, seconds = summary.query_seconds, "cohort computed");
+
+        let base = self.state.pointer().await?;
+        let snapshot = self.state.snapshot(base.as_ref()).await?;
+        summary.snapshot_members = snapshot.len() as u64;
+        let now = members.ids.clone();
+        let full = self.options.full;
+        let (adds, removes) = on_rayon(move || {
+            let d = diff::diff(&snapshot, &now);
+            let adds = if full { now.as_ref().clone() } else { d.adds };
+            (Arc::new(adds), Arc::new(d.removes))
+        })
+        .await;
+
+        // Safe removals: a query that returns nothing, or drops a large share of the cohort,
+        // is more often a bug (an empty partition, a broken filter) than a real exodus.
+        let share = if summary.snapshot_members == 0 {
+            0.0
+        } else {
+            removes.len() as f64 / summary.snapshot_members as f64
+        };
+        let suspicious = !removes.is_empty()
+            && (members.ids.is_empty() || share > self.config.state.max_removal_share);
+        let (removes, target) = if suspicious && !self.options.allow_mass_removal {
+            warn!(
+                cohort = %self.cohort.name, removes = removes.len(), members = members.ids.len(),
+                snapshot = summary.snapshot_members,
+                "holding back removals: {}; pass --allow-mass-removal if this is intended",
+                if members.ids.is_empty() {
+                    "the query returned no members".to_string()
+                } else {
+                    format!("{:.0}% of the cohort would leave (state.max_removal_share = {})",
+                        share * 100.0, self.config.state.max_removal_share)
+                }
+            );
+            summary.removes_held_back = removes.len() as u64;
+            let (ids, held) = (members.ids.clone(), removes.clone());
+            let target = on_rayon(move || Arc::new(diff::union(&ids, &held))).await;
+            (Arc::new(StringArray::from(Vec::<&str>::new())), target)
+        } else {
+            (removes, members.ids.clone())
+        };
+        summary.adds = adds.len() as u64;
+        summary.removes = removes.len() as u64;
+        Ok(Change {
+            base,
+            adds,
+            removes,
+            target,
+        })
+    }
+
+    /// Writes the target snapshot and the plan's id lists, then the plan itself: once
+    /// `plan.json` exists, the run is resumable.
+    async fn write_plan(&self, change: &Change, run_id: &str) -> Result<PlanMeta> {
+        let store = self.state.store.as_ref();
+        let target_snapshot = format!("snapshots/{run_id}.parquet");
+        ids::write(
+            store,
+            &self.state.path(&target_snapshot),
+            change.target.clone(),
+        )
+        .await?;
+        ids::write(
+            store,
+            &self.state.path("pending/adds.parquet"),
+            change.adds.clone(),
+        )
+        .await?;
+        ids::write(
+            store,
+            &self.state.path("pending/removes.parquet"),
+            change.removes.clone(),
+        )
+        .await?;
+        let size = self.dest.batch_size;
+        let plan = PlanMeta {
+            run_id: run_id.to_string(),
+            created_at: Utc::now(),
+            at: self.options.at,
+            base_run_id: change.base.as_ref().map(|p| p.run_id.clone()),
+            target_snapshot,
+            target_members: change.target.len() as u64,
+            batch_size: size,
+            adds: change.adds.len() as u64,
+            removes: change.removes.len() as u64,
+            add_batches: change.adds.len().div_ceil(size) as u64,
+            remove_batches: change.removes.len().div_ceil(size) as u64,
+        };
+        state::write_json(store, &self.state.path("pending/plan.json"), &plan).await?;
+        Ok(plan)
+    }
+
+    /// Sends every batch of `plan` its journal does not hold; returns (sent, skipped).
+    async fn deliver(
+        &self,
+        plan: &PlanMeta,
+        braze: &Arc<Braze>,
+        sender: &Sender,
+    ) -> Result<(u64, u64)> {
+        let store = self.state.store.as_ref();
+        let acked = journal::read(self.state).await?;
+        sender
+            .send(&braze.create_cohort(plan.at))
+            .await
+            .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination))?;
+
+        let journal = Journal::start(self.state.clone(), new_run_id());
+        let total = plan.add_batches + plan.remove_batches;
+        let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
+        let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
+        let window = (self.dest.max_in_flight * 2).max(16);
+        let mut result = Ok(());
+        for (remove, file, offset) in [
+            (false, "pending/adds.parquet", 0),
+            (true, "pending/removes.parquet", plan.add_batches),
+        ] {
+            let ids = ids::read(store, &self.state.path(file)).await?;
+            let batches: Vec<_> = batches(ids.len(), plan.batch_size)
+                .into_iter()
+                .map(|(n, range)| (n + offset, range))
+                .filter(|(n, _)| !acked.contains(n))
+                .collect();
+            if batches.is_empty() {
+                continue;
+            }
+            let requests = encode_in_background(braze.clone(), ids, batches, remove, window);
+            result = sender
+                .send_all(requests, |r| {
+                    journal.ack(r.batch);
+                    progress.inc();
+                })
+                .await
+                .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination));
+            if result.is_err() {
+                break;
+            }
+        }
+        progress.finish();
+        // Whatever happened, what was acknowledged is journaled before we report.
+        let journaled = journal.finish().await;
+        result?;
+        journaled?;
+        Ok((todo, total - todo))
+    }
 }
 
 /// A 401 names the environment variables that hold the keys, so the fix is obvious.

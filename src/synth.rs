@@ -264,7 +264,7 @@ async fn generate_with(
         seed = spec.seed,
         user_files,
         event_files,
-        "generating synthetic lake under {root}"
+        "generating synthetic lake (store prefix `{root}`)"
     );
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<FileOut, SynthError>>(CHANNEL_CAPACITY);

@@ -1,6 +1,8 @@
 //! Cohorts: plan a cohort's SQL against the lake, check its result has a string `user_id`, and
 //! compute its members — sorted, de-duplicated, NULL and empty ids skipped and counted.
 
+pub mod diff;
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};

@@ -4,6 +4,8 @@
 mod support;
 
 mod check;
+mod demo;
 mod errors;
 mod faults;
+mod incremental;
 mod sync;

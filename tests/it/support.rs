@@ -166,11 +166,54 @@ client_secret_env = "{SECRET_VAR}"
                 "\n[cohorts.{name}]\ncohort_id = \"{name}\"\nname = \"Cohort {name}\"\n"
             ));
         }
+        // Each project has its own state area (the lake is shared by every test).
+        toml.push_str(&format!(
+            "\n[state]\nurl = \"{}\"\n",
+            dir.path().join("state").display()
+        ));
         std::fs::write(dir.path().join("cohort-bridge.toml"), toml).unwrap();
         Project { dir }
     }
 
     /// Runs the binary in the project folder with the secrets set.
+    /// Every file under the project's state area, with its size (to show nothing changed).
+    pub fn state_files(&self) -> Vec<(String, u64)> {
+        fn walk(dir: &Path, out: &mut Vec<(String, u64)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push((p.display().to_string(), p.metadata().unwrap().len()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("state"), &mut out);
+        out.sort();
+        out
+    }
+
+    /// The state folder of one cohort at the `braze` destination.
+    pub fn cohort_state(&self, cohort_id: &str) -> PathBuf {
+        self.dir.path().join("state/cohorts/braze").join(cohort_id)
+    }
+
+    /// The command for running the binary in the project folder with the secrets set.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("COHORT_BRIDGE_CONFIG")
+            .env(KEY_VAR, KEY)
+            .env(SECRET_VAR, SECRET);
+        cmd
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_with(args, &[(KEY_VAR, Some(KEY)), (SECRET_VAR, Some(SECRET))])
     }

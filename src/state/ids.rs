@@ -1,0 +1,105 @@
+//! Sorted id lists as Parquet objects (snapshots, plans): one `user_id` column, written and read
+//! whole through `object_store`, encoded and decoded on rayon.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+use crate::parallel::on_rayon;
+
+/// Writes `ids` (already sorted and distinct) to `path`, replacing it atomically.
+pub async fn write(store: &dyn ObjectStore, path: &Path, ids: Arc<StringArray>) -> Result<()> {
+    let bytes = on_rayon(move || encode(&ids)).await?;
+    store.put(path, bytes.into()).await?;
+    Ok(())
+}
+
+fn encode(ids: &StringArray) -> Result<Bytes> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "user_id",
+        DataType::Utf8,
+        false,
+    )]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut out = Vec::with_capacity(ids.value_data().len() / 2 + 1024);
+    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))?;
+    let step = 1 << 20;
+    let mut start = 0;
+    while start < ids.len() {
+        let len = step.min(ids.len() - start);
+        let column: ArrayRef = Arc::new(ids.slice(start, len));
+        let batch = RecordBatch::try_new(schema.clone(), vec![column])
+            .map_err(|e| Error::Internal(format!("id batch: {e}")))?;
+        writer.write(&batch)?;
+        start += len;
+    }
+    writer.close()?;
+    Ok(Bytes::from(out))
+}
+
+/// Reads an id list written by [`write`].
+pub async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Arc<StringArray>> {
+    let bytes = store
+        .get(path)
+        .await
+        .map_err(|e| Error::Storage(format!("{path}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+    let name = path.to_string();
+    on_rayon(move || decode(bytes).map_err(|e| Error::Storage(format!("{name}: {e}")))).await
+}
+
+fn decode(bytes: Bytes) -> std::result::Result<Arc<StringArray>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(1 << 20).build())
+        .map_err(|e| format!("not a readable id list: {e}"))?;
+    let mut parts: Vec<ArrayRef> = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("corrupt id list: {e}"))?;
+        let column = batch
+            .column_by_name("user_id")
+            .ok_or("id list without a user_id column")?;
+        parts.push(cast(column, &DataType::Utf8).map_err(|e| e.to_string())?);
+    }
+    if parts.is_empty() {
+        return Ok(Arc::new(StringArray::from(Vec::<&str>::new())));
+    }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    let all = concat(&refs).map_err(|e| e.to_string())?;
+    Ok(Arc::new(all.as_string::<i32>().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let store = InMemory::new();
+        let path = Path::from("s/ids.parquet");
+        let ids = Arc::new(StringArray::from_iter_values(
+            (0..2500).map(|i| format!("u{i:05}")),
+        ));
+        write(&store, &path, ids.clone()).await.unwrap();
+        assert_eq!(read(&store, &path).await.unwrap().as_ref(), ids.as_ref());
+        let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
+        write(&store, &path, empty).await.unwrap();
+        assert_eq!(read(&store, &path).await.unwrap().len(), 0);
+    }
+}

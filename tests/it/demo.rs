@@ -1,0 +1,63 @@
+//! The README's quick start: `demo` on the committed project file and cohorts, from scratch.
+
+use std::process::Command;
+
+use crate::support::BIN;
+
+#[test]
+fn demo_on_the_committed_project_matches_every_cohort() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.join("cohort-bridge.toml"),
+        dir.path().join("cohort-bridge.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
+    let mut cohorts = 0;
+    for entry in std::fs::read_dir(root.join("queries/cohorts")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            dir.path()
+                .join("queries/cohorts")
+                .join(path.file_name().unwrap()),
+        )
+        .unwrap();
+        cohorts += 1;
+    }
+    let out = Command::new(BIN)
+        .arg("demo")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("COHORT_BRIDGE_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every cohort matches"), "{stdout}");
+    // Two runs (full, then incremental a day later): one summary line per cohort per run.
+    let delivered: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(delivered.len(), 2 * cohorts);
+    let (full, incremental) = delivered.split_at(cohorts);
+    for s in full {
+        assert_eq!(s["outcome"], "delivered", "{s}");
+        assert!(s["members"].as_u64().unwrap() > 1_000, "{s}");
+        assert_eq!(s["adds"], s["members"], "{s}");
+    }
+    for s in incremental {
+        assert!(
+            s["adds"].as_u64().unwrap() < s["members"].as_u64().unwrap(),
+            "only the change is sent: {s}"
+        );
+    }
+    assert!(dir.path().join("data/lake/_generated.json").exists());
+}

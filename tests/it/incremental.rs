@@ -1,0 +1,311 @@
+//! Hourly incremental syncs: only the change is sent, removals are guarded, a dry run touches
+//! nothing, locks keep two runs apart, and a run killed with SIGKILL is resumed exactly.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::support::*;
+
+const ACTIVE_7D: &str = "SELECT user_id FROM users\n\
+WHERE last_seen_at >= $run_ts - INTERVAL '7 days' AND last_seen_at < $run_ts\n";
+const T1: &str = "2026-11-26T12:00:00Z";
+const T2: &str = "2026-11-27T12:00:00Z";
+
+fn active_7d(at: &str) -> BTreeSet<String> {
+    let at: DateTime<Utc> = at.parse().unwrap();
+    let (from, to) = (
+        (at - chrono::Duration::days(7)).timestamp_micros(),
+        at.timestamp_micros(),
+    );
+    users()
+        .into_iter()
+        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
+        .map(|u| u.user_id)
+        .collect()
+}
+
+fn fast() -> &'static str {
+    "batch_size = 200\nrequests_per_second = 5000"
+}
+
+#[test]
+fn an_incremental_sync_sends_exactly_the_change() {
+    let partner = Partner::plain();
+    let project = Project::new(&partner.handle.base_url(), fast(), &[("active", ACTIVE_7D)]);
+    let (e1, e2) = (active_7d(T1), active_7d(T2));
+    let adds: BTreeSet<_> = e2.difference(&e1).cloned().collect();
+    let removes: BTreeSet<_> = e1.difference(&e2).cloned().collect();
+    assert!(
+        !adds.is_empty() && !removes.is_empty(),
+        "the fixture must move both ways"
+    );
+
+    let first = project.run(&["sync", "active", "--at", T1]).summary();
+    assert_eq!(
+        (first["adds"].as_u64(), first["removes"].as_u64()),
+        (Some(e1.len() as u64), Some(0))
+    );
+    assert!(partner.members("active") == e1);
+
+    let second = project.run(&["sync", "active", "--at", T2]).summary();
+    assert_eq!(second["outcome"], "delivered");
+    assert_eq!(second["snapshot_members"], e1.len() as u64);
+    assert_eq!(second["adds"], adds.len() as u64);
+    assert_eq!(second["removes"], removes.len() as u64);
+    assert_eq!(
+        second["batches"],
+        (adds.len().div_ceil(200) + removes.len().div_ceil(200)) as u64
+    );
+    assert!(
+        partner.members("active") == e2,
+        "the partner holds a different set than the cohort"
+    );
+    let stats = partner.handle.stats();
+    assert_eq!(
+        stats.ids_added,
+        (e1.len() + adds.len()) as u64,
+        "only the adds were sent again"
+    );
+    assert_eq!(stats.ids_removed, removes.len() as u64);
+    assert_eq!((stats.redundant_adds, stats.redundant_removes), (0, 0));
+
+    // Nothing changed since: nothing is sent.
+    let third = project.run(&["sync", "active", "--at", T2]).summary();
+    assert_eq!(third["outcome"], "unchanged");
+    assert_eq!(third["requests"], 0);
+    assert_eq!(partner.handle.stats().requests, stats.requests);
+}
+
+#[test]
+fn a_dry_run_changes_nothing_anywhere() {
+    let partner = Partner::plain();
+    let project = Project::new(&partner.handle.base_url(), fast(), &[("active", ACTIVE_7D)]);
+    project.run(&["sync", "active", "--at", T1]).summary();
+    let (stats, files) = (partner.handle.stats(), project.state_files());
+
+    let dry = project
+        .run(&["sync", "active", "--at", T2, "--dry-run"])
+        .summary();
+    let (e1, e2) = (active_7d(T1), active_7d(T2));
+    assert_eq!(dry["outcome"], "dry_run");
+    assert_eq!(dry["adds"], e2.difference(&e1).count() as u64);
+    assert_eq!(dry["removes"], e1.difference(&e2).count() as u64);
+    let sample = dry["sample_adds"].as_array().unwrap();
+    assert!(!sample.is_empty() && sample.iter().all(|id| !e1.contains(id.as_str().unwrap())));
+    assert_eq!(
+        partner.handle.stats().requests,
+        stats.requests,
+        "the partner saw nothing"
+    );
+    assert_eq!(project.state_files(), files, "the state is untouched");
+    assert!(partner.members("active") == e1);
+}
+
+#[test]
+fn a_zero_row_result_holds_back_removals_until_allowed() {
+    let partner = Partner::plain();
+    let sql = "SELECT user_id FROM users WHERE plan = 'pro' AND $run_ts < TIMESTAMP '2026-12-01T00:00:00Z'";
+    let project = Project::new(&partner.handle.base_url(), fast(), &[("pro", sql)]);
+    let pro: BTreeSet<String> = users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .collect();
+    project.run(&["sync", "pro", "--at", T1]).summary();
+    assert!(partner.members("pro") == pro);
+
+    let run = project.run(&["sync", "pro", "--at", "2026-12-02T00:00:00Z"]);
+    let held = run.summary();
+    assert_eq!(held["members"], 0);
+    assert_eq!(
+        (held["removes"].as_u64(), held["removes_held_back"].as_u64()),
+        (Some(0), Some(pro.len() as u64))
+    );
+    assert!(
+        run.stderr().contains("--allow-mass-removal"),
+        "the run says why: {}",
+        run.stderr()
+    );
+    assert!(partner.members("pro") == pro, "nobody was removed");
+
+    let allowed = project
+        .run(&[
+            "sync",
+            "pro",
+            "--at",
+            "2026-12-02T00:00:00Z",
+            "--allow-mass-removal",
+        ])
+        .summary();
+    assert_eq!(allowed["removes"], pro.len() as u64);
+    assert!(partner.members("pro").is_empty());
+}
+
+#[test]
+fn full_repairs_a_partner_that_lost_the_cohort() {
+    let pro: BTreeSet<String> = users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .collect();
+    let first = Partner::plain();
+    let project = Project::new(
+        &first.handle.base_url(),
+        fast(),
+        &[("pro", "SELECT user_id FROM users WHERE plan = 'pro'")],
+    );
+    project.run(&["sync", "pro", "--at", T1]).summary();
+    drop(first);
+
+    // The same project pointed at a partner that holds nothing (state says it holds `pro`).
+    let second = Partner::plain();
+    let toml = std::fs::read_to_string(project.dir.path().join("cohort-bridge.toml")).unwrap();
+    let old_url = toml
+        .lines()
+        .find(|l| l.starts_with("base_url"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        project.dir.path().join("cohort-bridge.toml"),
+        toml.replace(
+            &old_url,
+            &format!("base_url = \"{}\"", second.handle.base_url()),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        project.run(&["sync", "pro", "--at", T1]).summary()["outcome"],
+        "unchanged"
+    );
+    let full = project
+        .run(&["sync", "pro", "--at", T1, "--full"])
+        .summary();
+    assert_eq!(full["adds"], pro.len() as u64);
+    assert!(second.members("pro") == pro);
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_second_run_of_the_same_cohort_is_refused_and_a_stale_lock_taken_over() {
+    // The client's own pacing (requests_per_second) makes the run last a few seconds.
+    let partner = Partner::plain();
+    let dest = "batch_size = 50\nrequests_per_second = 20\nmax_in_flight = 2";
+    let project = Project::new(&partner.handle.base_url(), dest, &[("active", ACTIVE_7D)]);
+    let mut first = project
+        .command(&["sync", "active", "--at", T1])
+        .spawn()
+        .unwrap();
+    let state = project.cohort_state("active");
+    wait_until("the first run's lock", || {
+        std::fs::read_dir(&state).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("lock-"))
+        })
+    });
+    let second = project.run(&["sync", "active", "--at", T1]);
+    assert_eq!(second.code(), 5, "stderr: {}", second.stderr());
+    assert!(
+        second.stderr().contains("is being synced by"),
+        "{}",
+        second.stderr()
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The killed run's lock is still there; once it has expired, a new run takes over and
+    // finishes the cohort.
+    let lock = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("lock-"))
+        .expect("a killed run leaves its lock")
+        .path();
+    let mut info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+    info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
+    std::fs::write(&lock, serde_json::to_vec(&info).unwrap()).unwrap();
+    let fast_project = std::fs::read_to_string(project.dir.path().join("cohort-bridge.toml"))
+        .unwrap()
+        .replace("requests_per_second = 20", "requests_per_second = 5000");
+    std::fs::write(project.dir.path().join("cohort-bridge.toml"), fast_project).unwrap();
+    let run = project.run(&["sync", "active", "--at", T1]);
+    run.summary();
+    assert!(
+        run.stderr().contains("taking over an expired lock"),
+        "{}",
+        run.stderr()
+    );
+    assert!(partner.members("active") == active_7d(T1));
+}
+
+#[test]
+fn a_run_killed_mid_delivery_resumes_without_resending_acknowledged_batches() {
+    // The client's own pacing (requests_per_second) makes the run last a few seconds.
+    let partner = Partner::plain();
+    let dest = "batch_size = 50\nrequests_per_second = 40\nmax_in_flight = 4";
+    let project = Project::new(&partner.handle.base_url(), dest, &[("active", ACTIVE_7D)]);
+    let expected = active_7d(T1);
+    let batches = expected.len().div_ceil(50) as u64;
+    assert!(batches > 40, "fixture: {batches} batches");
+
+    let mut child = project
+        .command(&["sync", "active", "--at", T1])
+        .spawn()
+        .unwrap();
+    wait_until("some batches applied", || {
+        partner.handle.stats().user_requests_applied >= 15
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let applied = partner.handle.stats().user_requests_applied;
+    assert!(applied < batches, "the run was interrupted");
+    // The killed run's lock would block for 10 minutes: expire it as the scheduler's
+    // timeout would have.
+    for e in std::fs::read_dir(project.cohort_state("active"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("lock-") {
+            let mut info: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
+            std::fs::write(e.path(), serde_json::to_vec(&info).unwrap()).unwrap();
+        }
+    }
+
+    let resumed = project.run(&["sync", "active", "--at", T1]).summary();
+    let (sent, skipped) = (
+        resumed["resumed_batches"].as_u64().unwrap(),
+        resumed["skipped_batches"].as_u64().unwrap(),
+    );
+    assert_eq!(sent + skipped, batches);
+    assert!(
+        skipped > 0 && skipped <= applied,
+        "journaled batches are skipped: {skipped} of {applied} applied"
+    );
+    assert!(
+        partner.members("active") == expected,
+        "the partner holds a different set than the cohort"
+    );
+    let stats = partner.handle.stats();
+    // Only batches acknowledged in the instant before the kill (in flight, not yet journaled)
+    // can be sent twice: at most max_in_flight of them.
+    assert!(
+        stats.redundant_adds <= 4 * 50,
+        "{} ids re-sent",
+        stats.redundant_adds
+    );
+    assert_eq!(
+        resumed["outcome"], "unchanged",
+        "the resumed plan was already the whole change"
+    );
+}
