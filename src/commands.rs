@@ -26,10 +26,15 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
     let mut code = exit::OK;
     for (name, creds) in cohorts.iter().zip(&credentials) {
         match sync_cohort(&config, &lake, name, creds, options).await {
-            Ok(summary) => println!(
-                "{}",
-                serde_json::to_string(&summary).expect("summary is JSON")
-            ),
+            Ok(summary) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&summary).expect("summary is JSON")
+                );
+                if summary.dead_letters > 0 && code == exit::OK {
+                    code = exit::PARTIAL;
+                }
+            }
             Err(e) => {
                 eprintln!("error: cohort `{name}`: {e}");
                 let line = serde_json::json!({

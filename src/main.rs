@@ -141,6 +141,10 @@ pub struct EmulatorArgs {
     /// Probability of closing the connection without an answer.
     #[arg(long, default_value_t = 0.0)]
     fault_drop: f64,
+    /// Refuse (400) any request carrying a user id that contains this text, as a partner
+    /// refuses ids it considers invalid.
+    #[arg(long)]
+    invalid_id_marker: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -225,6 +229,7 @@ async fn run(cli: Cli) -> i32 {
                             slow_delay: a.fault_slow_delay,
                             drop_connection: a.fault_drop,
                         },
+                        invalid_id_marker: a.invalid_id_marker,
                     };
                     cohort_bridge::emulator::serve_forever((a.host, a.port).into(), config)
                         .await

@@ -20,6 +20,7 @@ use crate::lake::Lake;
 use crate::lake::sql::Params;
 use crate::parallel::on_rayon;
 use crate::progress::Progress;
+use crate::state::dead::{self, DeadLetter};
 use crate::state::journal::{self, Journal};
 use crate::state::lock::{self, Lock};
 use crate::state::{self, CohortState, PlanMeta, Pointer, ids, new_run_id};
@@ -77,6 +78,8 @@ pub struct SyncSummary {
     pub resumed_batches: u64,
     /// Batches of an interrupted run that its journal showed acknowledged (not re-sent).
     pub skipped_batches: u64,
+    /// Ids the partner refused (400), written to `dead_letters/` and retried next run.
+    pub dead_letters: u64,
     pub batches: u64,
     pub requests: u64,
     pub retries: u64,
@@ -189,8 +192,8 @@ impl Run<'_> {
                 let (sent, skipped) = self.deliver(&plan, &braze, &sender).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
-                self.state.commit(&plan).await?;
-                self.state.clean_up(&plan.target_snapshot).await?;
+                summary.batches += sent;
+                self.finish(&plan, summary).await?;
             }
         }
 
@@ -201,13 +204,12 @@ impl Run<'_> {
             summary.outcome = "unchanged";
         } else {
             let plan = self.write_plan(&change, &summary.run_id).await?;
-            self.deliver(&plan, &braze, &sender).await?;
-            self.state.commit(&plan).await?;
-            self.state.clean_up(&plan.target_snapshot).await?;
+            let (sent, _) = self.deliver(&plan, &braze, &sender).await?;
+            summary.batches += sent;
+            self.finish(&plan, summary).await?;
             summary.outcome = "delivered";
         }
         let stats = sender.stats();
-        summary.batches = stats.acked_batches;
         summary.requests = stats.requests;
         summary.retries = stats.retries;
         Ok(())
@@ -329,6 +331,8 @@ impl Run<'_> {
     }
 
     /// Sends every batch of `plan` its journal does not hold; returns (sent, skipped).
+    /// A batch the partner refuses with 400 is split until the refused ids are isolated; they
+    /// are recorded as dead letters and the rest of the batch is delivered.
     async fn deliver(
         &self,
         plan: &PlanMeta,
@@ -361,11 +365,30 @@ impl Run<'_> {
             if batches.is_empty() {
                 continue;
             }
-            let requests = encode_in_background(braze.clone(), ids, batches, remove, window);
+            let requests =
+                encode_in_background(braze.clone(), ids.clone(), batches, remove, window);
+            let (journal, progress) = (&journal, &progress);
             result = sender
-                .send_all(requests, |r| {
-                    journal.ack(r.batch);
-                    progress.inc();
+                .for_each(requests, |request| {
+                    let ids = ids.clone();
+                    async move {
+                        match sender.send(&request).await {
+                            Ok(()) => {}
+                            Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
+                                let start = (request.batch - offset - 1) as usize * plan.batch_size;
+                                let range = start..start + request.ids;
+                                let dead = isolate(sender, braze, &ids, request.batch, range, remove, message).await?;
+                                warn!(cohort = %self.cohort.name, batch = request.batch, refused = dead.len(),
+                                    first = %dead.first().map(|d| d.reason.as_str()).unwrap_or(""),
+                                    "the partner refused ids; they are dead-lettered and retried next run");
+                                dead::record(self.state, request.batch, &dead).await?;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                        journal.ack(request.batch);
+                        progress.inc();
+                        Ok(())
+                    }
                 })
                 .await
                 .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination));
@@ -380,6 +403,89 @@ impl Run<'_> {
         journaled?;
         Ok((todo, total - todo))
     }
+
+    /// Every batch of `plan` is acknowledged or dead-lettered: leave the refused ids out of
+    /// the snapshot (a refused add is not a member at the partner; a refused remove still is),
+    /// write the dead letters, then switch the pointer. Safe to repeat after a crash.
+    async fn finish(&self, plan: &PlanMeta, summary: &mut SyncSummary) -> Result<()> {
+        let store = self.state.store.as_ref();
+        let dead = dead::pending(self.state).await?;
+        let mut members = plan.target_members;
+        if !dead.is_empty() {
+            let target_path = self.state.path(&plan.target_snapshot);
+            let target = ids::read(store, &target_path).await?;
+            let pick = |change: &str| {
+                let mut v: Vec<&str> = dead
+                    .iter()
+                    .filter(|d| d.change == change)
+                    .map(|d| d.user_id.as_str())
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                StringArray::from(v)
+            };
+            let (refused_adds, refused_removes) = (pick("add"), pick("remove"));
+            let adjusted = on_rayon(move || {
+                let kept = diff::diff(&refused_adds, &target).adds;
+                Arc::new(diff::union(&kept, &refused_removes))
+            })
+            .await;
+            members = adjusted.len() as u64;
+            ids::write(store, &target_path, adjusted).await?;
+            dead::write(
+                self.state,
+                &plan.run_id,
+                &self.cohort.cohort_id,
+                plan.at,
+                &dead,
+            )
+            .await?;
+            summary.dead_letters += dead.len() as u64;
+        }
+        self.state.commit(plan, members).await?;
+        self.state.clean_up(&plan.target_snapshot).await
+    }
+}
+
+/// Splits a refused range until every refused id is alone; the rest is delivered.
+async fn isolate(
+    sender: &Sender,
+    braze: &Braze,
+    ids: &StringArray,
+    batch: u64,
+    range: std::ops::Range<usize>,
+    remove: bool,
+    message: String,
+) -> Result<Vec<DeadLetter>> {
+    let mut dead = Vec::new();
+    let mut refused = vec![(range, message)];
+    while let Some((range, message)) = refused.pop() {
+        if range.len() == 1 {
+            dead.push(DeadLetter {
+                user_id: ids.value(range.start).to_string(),
+                change: if remove { "remove" } else { "add" }.to_string(),
+                reason: message,
+                batch,
+            });
+            continue;
+        }
+        let mid = range.start + range.len() / 2;
+        for half in [range.start..mid, mid..range.end] {
+            match sender
+                .send(&braze.change_members(batch, ids, half.clone(), remove))
+                .await
+            {
+                Ok(()) => {}
+                Err(Error::PartnerRejected {
+                    status: 400,
+                    message,
+                    ..
+                }) => refused.push((half, message)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(dead)
 }
 
 /// A 401 names the environment variables that hold the keys, so the fix is obvious.

@@ -89,14 +89,25 @@ impl Sender {
         on_ack: impl Fn(&Request) + Sync,
     ) -> Result<()> {
         let on_ack = &on_ack;
-        futures::stream::unfold(requests, |mut rx| async move {
-            rx.recv().await.map(|r| (Ok::<_, Error>(r), rx))
-        })
-        .try_for_each_concurrent(self.max_in_flight, |request| async move {
+        self.for_each(requests, |request| async move {
             self.send(&request).await?;
             on_ack(&request);
             Ok(())
         })
+        .await
+    }
+
+    /// Runs `f` for every request from `requests`, at most `max_in_flight` at once; the first
+    /// error stops the run. `f` decides what sending and acknowledging mean.
+    pub async fn for_each<F, Fut>(&self, requests: mpsc::Receiver<Request>, f: F) -> Result<()>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        futures::stream::unfold(requests, |mut rx| async move {
+            rx.recv().await.map(|r| (Ok::<_, Error>(r), rx))
+        })
+        .try_for_each_concurrent(self.max_in_flight, f)
         .await
     }
 

@@ -46,6 +46,9 @@ pub struct EmulatorConfig {
     pub client_secret: String,
     pub rate_limit: RateLimitConfig,
     pub faults: FaultConfig,
+    /// User ids containing this text are refused with a 400 naming the id, as a partner
+    /// refuses an id it considers invalid (for testing dead letters). `None`: no such ids.
+    pub invalid_id_marker: Option<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -56,6 +59,7 @@ impl Default for EmulatorConfig {
             client_secret: "emulator-client-secret".to_owned(),
             rate_limit: RateLimitConfig::default(),
             faults: FaultConfig::default(),
+            invalid_id_marker: None,
         }
     }
 }
@@ -455,7 +459,12 @@ async fn partner_request(
             message(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         }
         FaultKind::ErrorAfterApply | FaultKind::None => {
-            let applied = apply(&shared.state, endpoint, &mut obj);
+            let applied = apply(
+                &shared.state,
+                endpoint,
+                &mut obj,
+                shared.config.invalid_id_marker.as_deref(),
+            );
             answer(applied, fault.kind)
         }
     };
@@ -529,7 +538,12 @@ fn authenticate(
 }
 
 /// Validates and applies one request. `Err` is the 400 message.
-fn apply(state: &State, endpoint: Endpoint, obj: &mut Map<String, Value>) -> Result<(), String> {
+fn apply(
+    state: &State,
+    endpoint: Endpoint,
+    obj: &mut Map<String, Value>,
+    invalid_marker: Option<&str>,
+) -> Result<(), String> {
     match endpoint {
         Endpoint::Cohorts => {
             let (cohort_id, name) = parse_cohort(obj)?;
@@ -539,6 +553,20 @@ fn apply(state: &State, endpoint: Endpoint, obj: &mut Map<String, Value>) -> Res
         }
         Endpoint::Users => {
             let (cohort_id, changes) = parse_users(obj)?;
+            if let Some(marker) = invalid_marker {
+                for (i, change) in changes.iter().enumerate() {
+                    if let Some((j, id)) = change
+                        .ids
+                        .iter()
+                        .enumerate()
+                        .find(|(_, id)| id.contains(marker))
+                    {
+                        return Err(format!(
+                            "cohort_changes[{i}].user_ids[{j}] \"{id}\" is not a valid external id"
+                        ));
+                    }
+                }
+            }
             if state.append_changes(&cohort_id, changes) {
                 Ok(())
             } else {

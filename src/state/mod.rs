@@ -9,6 +9,8 @@
 //!     pending/adds.parquet       its ids to add, sorted; batches numbered 1..=add_batches
 //!     pending/removes.parquet    its ids to remove, sorted; batches numbered after the adds
 //!     pending/journal/<seq>.acks acknowledged batch numbers, one small object per group commit
+//!     pending/dead/<batch>.json  ids of a batch the partner refused (400), isolated by splitting
+//!     dead_letters/<run_id>.parquet  refused ids of committed runs, with the partner's reason
 //!     lock-<generation>.json     the run lock (see `lock`)
 //! ```
 //!
@@ -17,6 +19,7 @@
 //! (one atomic put) and `pending/` removed. After a crash anywhere, the pointer names either the
 //! old snapshot or the new one, and `pending/` says exactly what is left to send.
 
+pub mod dead;
 pub mod ids;
 pub mod journal;
 pub mod lock;
@@ -111,11 +114,11 @@ impl CohortState {
     }
 
     /// The atomic switch: from now on the partner is known to hold `snapshot`.
-    pub async fn commit(&self, plan: &PlanMeta) -> Result<Pointer> {
+    pub async fn commit(&self, plan: &PlanMeta, members: u64) -> Result<Pointer> {
         let pointer = Pointer {
             run_id: plan.run_id.clone(),
             snapshot: plan.target_snapshot.clone(),
-            members: plan.target_members,
+            members,
             committed_at: Utc::now(),
         };
         write_json(self.store.as_ref(), &self.path("current.json"), &pointer).await?;

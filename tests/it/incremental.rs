@@ -309,3 +309,77 @@ fn a_run_killed_mid_delivery_resumes_without_resending_acknowledged_batches() {
         "the resumed plan was already the whole change"
     );
 }
+
+#[test]
+fn refused_ids_are_dead_lettered_and_retried_next_run() {
+    let partner = Partner::start(cohort_bridge::emulator::EmulatorConfig {
+        invalid_id_marker: Some("0042".into()),
+        ..Default::default()
+    });
+    let project = Project::new(
+        &partner.handle.base_url(),
+        fast(),
+        &[("pro", "SELECT user_id FROM users WHERE plan = 'pro'")],
+    );
+    let pro: BTreeSet<String> = users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .collect();
+    let bad: BTreeSet<String> = pro
+        .iter()
+        .filter(|id| id.contains("0042"))
+        .cloned()
+        .collect();
+    assert!(
+        !bad.is_empty() && bad.len() < 100,
+        "fixture: {} refused ids",
+        bad.len()
+    );
+
+    let run = project.run(&["sync", "pro", "--at", T1]);
+    assert_eq!(
+        run.code(),
+        3,
+        "exit 3: committed with dead letters; stderr: {}",
+        run.stderr()
+    );
+    let summary = &run.summaries()[0];
+    assert_eq!(summary["outcome"], "delivered");
+    assert_eq!(summary["dead_letters"], bad.len() as u64);
+    let good: BTreeSet<String> = pro.difference(&bad).cloned().collect();
+    assert!(
+        partner.members("pro") == good,
+        "every other id was delivered"
+    );
+
+    // The dead letters, as Parquet, with the partner's reason.
+    let dir = project.cohort_state("pro").join("dead_letters");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let mut recorded = BTreeSet::new();
+    for b in read_all(&files[0]) {
+        for row in 0..b.num_rows() {
+            recorded.insert(string_at(&b, "user_id", row).unwrap());
+            assert!(
+                string_at(&b, "reason", row)
+                    .unwrap()
+                    .contains("is not a valid external id")
+            );
+            assert_eq!(string_at(&b, "change", row).as_deref(), Some("add"));
+        }
+    }
+    assert!(recorded == bad);
+
+    // Left out of the snapshot, so the next run tries exactly them again.
+    let again = project.run(&["sync", "pro", "--at", T1]);
+    assert_eq!(again.code(), 3);
+    let again = &again.summaries()[0];
+    assert_eq!(again["adds"], bad.len() as u64);
+    assert_eq!(again["removes"], 0);
+    assert_eq!(again["dead_letters"], bad.len() as u64);
+}

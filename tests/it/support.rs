@@ -279,12 +279,12 @@ fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn read_all(path: &Path) -> Vec<RecordBatch> {
+pub fn read_all(path: &Path) -> Vec<RecordBatch> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
     builder.build().unwrap().map(|b| b.unwrap()).collect()
 }
 
-fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
+pub fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
     let col = batch
         .column_by_name(column)
         .unwrap_or_else(|| panic!("no column {column}"));

@@ -1,0 +1,107 @@
+//! Dead letters: ids the partner refused permanently (400), isolated by splitting their batch.
+//! While a run is pending they are kept per batch under `pending/dead/`; when it commits they
+//! are written as `dead_letters/<run_id>.parquet` and left out of the committed snapshot (an
+//! add the partner refused is not a member there), so the next run tries them again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::ArrowWriter;
+use serde::{Deserialize, Serialize};
+
+use super::{CohortState, read_json, write_json};
+use crate::error::{Error, Result};
+
+const PENDING: &str = "pending/dead";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub user_id: String,
+    /// `add` or `remove`.
+    pub change: String,
+    /// The partner's message.
+    pub reason: String,
+    pub batch: u64,
+}
+
+/// Records the dead letters of one batch (before the batch is journaled as done).
+pub async fn record(state: &CohortState, batch: u64, dead: &[DeadLetter]) -> Result<()> {
+    write_json(
+        state.store.as_ref(),
+        &state.path(&format!("{PENDING}/{batch:010}.json")),
+        &dead,
+    )
+    .await
+}
+
+/// Every dead letter recorded for the pending plan.
+pub async fn pending(state: &CohortState) -> Result<Vec<DeadLetter>> {
+    let listed: Vec<_> = state
+        .store
+        .list(Some(&state.path(PENDING)))
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for meta in listed {
+        let batch: Vec<DeadLetter> = read_json(state.store.as_ref(), &meta.location)
+            .await?
+            .unwrap_or_default();
+        out.extend(batch);
+    }
+    out.sort_by(|a, b| (&a.change, &a.user_id).cmp(&(&b.change, &b.user_id)));
+    Ok(out)
+}
+
+/// Writes `dead_letters/<run_id>.parquet` (idempotent: same run, same file).
+pub async fn write(
+    state: &CohortState,
+    run_id: &str,
+    cohort_id: &str,
+    at: DateTime<Utc>,
+    dead: &[DeadLetter],
+) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("cohort_id", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("change", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new(
+            "run_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    let n = dead.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run_id; n])),
+        Arc::new(StringArray::from(vec![cohort_id; n])),
+        Arc::new(StringArray::from_iter_values(
+            dead.iter().map(|d| d.user_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            dead.iter().map(|d| d.change.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            dead.iter().map(|d| d.reason.as_str()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![at.timestamp_micros(); n]).with_timezone("UTC"),
+        ),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, schema, None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    let path = state.path(&format!("dead_letters/{run_id}.parquet"));
+    state.store.put(&path, Bytes::from(buf).into()).await?;
+    Ok(())
+}
