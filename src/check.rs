@@ -49,11 +49,21 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
             return report;
         }
     };
-    let lake = Lake::new(location);
+    let state = match crate::state::area(config, &location) {
+        Ok(s) => s,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return report;
+        }
+    };
+    let lake = Lake::new(location, state);
     for (name, table) in &config.tables {
         if let Err(e) = lake.register(name, table).await {
             report.problems.push(e.to_string());
         }
+    }
+    if let Err(e) = lake.register_runs(config) {
+        report.problems.push(e.to_string());
     }
     let params = Params { run_ts: at };
     for name in config.cohorts.keys() {

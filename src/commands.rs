@@ -8,6 +8,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use crate::config::{Config, env_lookup};
 use crate::error::{Error, Result, exit};
 use crate::lake::{Lake, Location};
+use crate::state::new_run_id;
+use crate::state::runs::{self, RunRecord};
 use crate::sync::{SyncOptions, sync_cohort};
 use crate::synth::{SynthSpec, generate as synth_generate};
 
@@ -25,15 +27,36 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
     let lake = Lake::open(&config).await?;
     let mut code = exit::OK;
     for (name, creds) in cohorts.iter().zip(&credentials) {
-        match sync_cohort(&config, &lake, name, creds, options).await {
+        let started_at = Utc::now();
+        let result = sync_cohort(&config, &lake, name, creds, options).await;
+        let this_code = match &result {
+            Ok(s) if s.dead_letters > 0 => exit::PARTIAL,
+            Ok(_) => exit::OK,
+            Err(e) => e.exit_code(),
+        };
+        let mut record = RunRecord {
+            command: "sync".into(),
+            cohort: Some(name.clone()),
+            destination: config.cohort(name).ok().map(|c| c.destination),
+            started_at,
+            run_at: Some(options.at),
+            exit_code: this_code,
+            ..RunRecord::default()
+        };
+        match &result {
             Ok(summary) => {
                 println!(
                     "{}",
-                    serde_json::to_string(&summary).expect("summary is JSON")
+                    serde_json::to_string(summary).expect("summary is JSON")
                 );
-                if summary.dead_letters > 0 && code == exit::OK {
-                    code = exit::PARTIAL;
-                }
+                record.run_id = summary.run_id.clone();
+                record.outcome = summary.outcome.to_string();
+                record.members = Some(summary.members);
+                record.adds = Some(summary.adds);
+                record.removes = Some(summary.removes);
+                record.requests = Some(summary.requests);
+                record.retries = Some(summary.retries);
+                record.dead_letters = Some(summary.dead_letters);
             }
             Err(e) => {
                 eprintln!("error: cohort `{name}`: {e}");
@@ -41,13 +64,96 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
                     "cohort": name, "outcome": "failed", "exit_code": e.exit_code(), "error": e.to_string(),
                 });
                 println!("{line}");
-                if code == exit::OK {
-                    code = e.exit_code();
+                record.run_id = new_run_id();
+                record.outcome = if matches!(e, Error::Locked(_)) {
+                    "locked"
+                } else {
+                    "failed"
                 }
+                .into();
+                record.error = Some(e.to_string());
+            }
+        }
+        if code == exit::OK {
+            code = this_code;
+        }
+        // A dry run changes nothing anywhere, its history included.
+        if !options.dry_run {
+            record.ended_at = Utc::now();
+            if let Err(e) = runs::append(&lake.state, &record).await {
+                tracing::error!(error = %e, run = %record.run_id, "cannot record the run in the run history");
             }
         }
     }
     Ok(code)
+}
+
+/// `runs`: the run history, newest first.
+pub async fn runs(
+    config_file: &Path,
+    cohort: Option<&str>,
+    last: usize,
+    json: bool,
+) -> Result<i32> {
+    use datafusion::prelude::{col, lit};
+    let config = Config::load(config_file)?;
+    let lake = Lake::open(&config).await?;
+    let mut df = lake
+        .context()
+        .table("runs")
+        .await
+        .map_err(|e| Error::Query(format!("runs: {e}")))?;
+    if let Some(c) = cohort {
+        df = df
+            .filter(col("cohort").eq(lit(c)))
+            .map_err(|e| Error::Query(e.to_string()))?;
+    }
+    let df = df
+        .sort(vec![col("started_at").sort(false, true)])
+        .and_then(|d| d.limit(0, Some(last)))
+        .and_then(|d| {
+            d.select_columns(&[
+                "started_at",
+                "command",
+                "cohort",
+                "outcome",
+                "exit_code",
+                "members",
+                "adds",
+                "removes",
+                "requests",
+                "retries",
+                "dead_letters",
+                "run_id",
+                "error",
+            ])
+        })
+        .map_err(|e| Error::Query(e.to_string()))?;
+    let batches = lake
+        .cpu()
+        .run(async move { df.collect().await })
+        .await?
+        .map_err(|e| Error::Query(format!("runs: {e}")))?;
+    if json {
+        let mut out = Vec::new();
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+        for b in &batches {
+            writer
+                .write(b)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        writer
+            .finish()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        print!("{}", String::from_utf8_lossy(&out));
+    } else if batches.iter().all(|b| b.num_rows() == 0) {
+        eprintln!("no runs recorded yet under {}", lake.state.url);
+    } else {
+        let table = arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        println!("{table}");
+    }
+    Ok(exit::OK)
 }
 
 /// `generate`: a synthetic lake at a path or URL.

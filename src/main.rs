@@ -65,6 +65,17 @@ enum Command {
         #[command(flatten)]
         at: AtArg,
     },
+    /// The run history (the `runs` table of the state area), newest first.
+    Runs {
+        /// Only this cohort's runs.
+        #[arg(long)]
+        cohort: Option<String>,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        #[arg(long, value_enum, default_value_t = RunsFormat::Table)]
+        format: RunsFormat,
+    },
     /// Write a deterministic synthetic lake (users, and events partitioned by event_date).
     Generate {
         /// Output folder or object-store URL.
@@ -88,6 +99,12 @@ enum Command {
     /// From a fresh clone: generate a small lake, start the emulator, sync the example cohorts
     /// and check the partner holds exactly what each cohort query returns.
     Demo,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RunsFormat {
+    Table,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +208,19 @@ async fn run(cli: Cli) -> i32 {
                 allow_mass_removal,
             };
             commands::sync(&cli.config, &cohorts, options).await
+        }
+        Command::Runs {
+            cohort,
+            last,
+            format,
+        } => {
+            commands::runs(
+                &cli.config,
+                cohort.as_deref(),
+                last,
+                matches!(format, RunsFormat::Json),
+            )
+            .await
         }
         Command::Check { at } => commands::check(&cli.config, at.at).await,
         Command::Generate {

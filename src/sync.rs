@@ -107,8 +107,12 @@ pub async fn sync_cohort(
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
     let dest = config.destination(&cohort.destination)?;
-    let (store, root) = state::area(config, &lake.location)?;
-    let state = CohortState::new(store, &root, &cohort.destination, &cohort.cohort_id);
+    let state = CohortState::new(
+        lake.state.store.clone(),
+        &lake.state.root,
+        &cohort.destination,
+        &cohort.cohort_id,
+    );
     let run_id = new_run_id();
     let mut summary = SyncSummary {
         cohort: cohort.name.clone(),

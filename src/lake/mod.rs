@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 /// runtime queries execute on.
 pub struct Lake {
     pub location: Location,
+    /// The state area (snapshots, plans, journals, locks, run history).
+    pub state: Location,
     ctx: SessionContext,
     cpu: Arc<CpuRuntime>,
 }
@@ -38,25 +40,37 @@ impl Lake {
                 Error::Config { message, .. } => Error::config(config.file.clone(), message),
                 other => other,
             })?;
-        let lake = Lake::new(location);
+        let state = crate::state::area(config, &location)?;
+        let lake = Lake::new(location, state);
         for (name, table) in &config.tables {
             lake.register(name, table).await?;
         }
+        lake.register_runs(config)?;
         Ok(lake)
     }
 
     /// A lake with no tables registered yet.
-    pub fn new(location: Location) -> Lake {
+    pub fn new(location: Location, state: Location) -> Lake {
         let session = SessionConfig::new()
             .with_information_schema(true)
             .set_bool("datafusion.sql_parser.collect_spans", true);
         let ctx = SessionContext::new_with_config(session);
+        ctx.register_object_store(&state.store_url(), state.store.clone());
         ctx.register_object_store(&location.store_url(), location.store.clone());
         Lake {
             location,
+            state,
             ctx,
             cpu: Arc::new(CpuRuntime::new()),
         }
+    }
+
+    /// The run history as the `runs` table, unless the project defines a table of that name.
+    pub fn register_runs(&self, config: &Config) -> Result<()> {
+        if config.tables.contains_key("runs") {
+            return Ok(());
+        }
+        crate::state::runs::register(&self.ctx, &self.state)
     }
 
     pub fn context(&self) -> &SessionContext {

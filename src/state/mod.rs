@@ -23,6 +23,7 @@ pub mod dead;
 pub mod ids;
 pub mod journal;
 pub mod lock;
+pub mod runs;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -199,18 +200,26 @@ pub fn new_run_id() -> String {
 pub fn area(
     config: &crate::config::Config,
     lake: &crate::lake::Location,
-) -> Result<(Arc<dyn ObjectStore>, Path)> {
+) -> Result<crate::lake::Location> {
     match &config.state.url {
-        None => Ok((lake.store.clone(), lake.child("_cohort_bridge"))),
-        Some(url) => {
-            let loc = crate::lake::Location::parse(url, &config.base_dir(), &config.lake.options)
-                .map_err(|e| match e {
+        None => {
+            let url = url::Url::parse(&lake.child_url(DEFAULT_DIR))
+                .map_err(|e| Error::Internal(format!("state URL: {e}")))?;
+            Ok(crate::lake::Location {
+                url,
+                store: lake.store.clone(),
+                root: lake.child(DEFAULT_DIR),
+            })
+        }
+        Some(url) => crate::lake::Location::parse(url, &config.base_dir(), &config.lake.options)
+            .map_err(|e| match e {
                 Error::Config { message, .. } => {
                     Error::config(config.file.clone(), format!("state.url: {message}"))
                 }
                 other => other,
-            })?;
-            Ok((loc.store, loc.root))
-        }
+            }),
     }
 }
+
+/// The state folder under the lake unless `state.url` says otherwise.
+pub const DEFAULT_DIR: &str = "_cohort_bridge";

@@ -76,6 +76,23 @@ fn an_incremental_sync_sends_exactly_the_change() {
     assert_eq!(third["outcome"], "unchanged");
     assert_eq!(third["requests"], 0);
     assert_eq!(partner.handle.stats().requests, stats.requests);
+
+    // Every run is in the history, newest first.
+    let history = project.run(&["runs", "--cohort", "active", "--format", "json"]);
+    assert_eq!(history.code(), 0, "{}", history.stderr());
+    let rows = history.summaries();
+    let outcomes: Vec<&str> = rows
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["unchanged", "delivered", "delivered"]);
+    assert_eq!(rows[1]["adds"], adds.len() as u64);
+    assert_eq!(rows[1]["removes"], removes.len() as u64);
+    assert_eq!(rows[1]["run_id"], second["run_id"]);
+    assert!(
+        rows.iter()
+            .all(|r| r["command"] == "sync" && r["exit_code"] == 0)
+    );
 }
 
 #[test]
@@ -218,6 +235,12 @@ fn a_second_run_of_the_same_cohort_is_refused_and_a_stale_lock_taken_over() {
         "{}",
         second.stderr()
     );
+    let history = project.run(&["runs", "--format", "json"]).summaries();
+    assert_eq!(
+        history[0]["outcome"], "locked",
+        "the refused run is in the history: {history:?}"
+    );
+    assert_eq!(history[0]["exit_code"], 5);
     first.kill().unwrap();
     first.wait().unwrap();
 
