@@ -128,7 +128,9 @@ pub fn distinct_sorted(columns: &[StringArray]) -> Members {
     let before_empty = ids.len();
     ids.retain(|s| !s.is_empty());
     let empty = before_empty - ids.len();
-    ids.par_sort_unstable();
+    // Stable (merge) sort on purpose: it finds sorted runs, and lake files are often sorted
+    // by user_id already (each file or row group a run), so this is close to a linear merge.
+    ids.par_sort();
     let before_dedup = ids.len();
     ids.dedup();
     Members {
