@@ -123,6 +123,7 @@ pub async fn sync_cohort(
         ..SyncSummary::default()
     };
     let run = Run {
+        partner: partner_identity(dest, credentials),
         config,
         dest,
         cohort: &cohort,
@@ -160,6 +161,27 @@ pub async fn sync_cohort(
     Ok(summary)
 }
 
+/// Names the partner workspace a snapshot belongs to: the endpoint, the partner path and a short
+/// fingerprint of the workspace key (32 bits of a hash: enough to tell workspaces apart, far too
+/// little to recover anything). Changing any of them means the partner holds nothing we
+/// know of, so the next sync is a full one.
+pub fn partner_identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
+    // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
+    let hash = credentials
+        .client_secret
+        .expose()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!(
+        "{}/partners/{}#workspace-{:08x}",
+        dest.base_url.trim_end_matches('/'),
+        dest.partner,
+        hash >> 32
+    )
+}
+
 fn sample(ids: &StringArray) -> Vec<String> {
     ids.iter().flatten().take(5).map(str::to_string).collect()
 }
@@ -173,6 +195,8 @@ struct Change {
 }
 
 struct Run<'a> {
+    /// Which partner workspace this run talks to (`partner_identity`).
+    partner: String,
     config: &'a Config,
     dest: &'a DestinationConfig,
     cohort: &'a Cohort,
@@ -189,7 +213,15 @@ impl Run<'_> {
         // 1. An interrupted run first: finish exactly its plan.
         if let Some(plan) = self.state.plan().await? {
             let pointer = self.state.pointer().await?;
-            if pointer.as_ref().is_some_and(|p| p.run_id == plan.run_id) {
+            if plan.partner != self.partner {
+                warn!(cohort = %self.cohort.name, run = %plan.run_id, plan_partner = %plan.partner,
+                    partner = %self.partner, "discarding an interrupted run planned for another partner endpoint or workspace");
+                let keep = pointer
+                    .as_ref()
+                    .map(|p| p.snapshot.clone())
+                    .unwrap_or_default();
+                self.state.clean_up(&keep).await?;
+            } else if pointer.as_ref().is_some_and(|p| p.run_id == plan.run_id) {
                 // It committed and died while cleaning up.
                 self.state.clean_up(&plan.target_snapshot).await?;
             } else {
@@ -233,7 +265,14 @@ impl Run<'_> {
             run_ts: self.options.at,
         };
         let snapshot = async {
-            let base = self.state.pointer().await?;
+            let base = match self.state.pointer().await? {
+                Some(p) if p.partner != self.partner => {
+                    warn!(cohort = %self.cohort.name, snapshot_partner = %p.partner, partner = %self.partner,
+                        "the committed snapshot is of another partner endpoint or workspace; sending the whole cohort");
+                    None
+                }
+                other => other,
+            };
             let ids = self.state.snapshot(base.as_ref()).await?;
             Ok::<_, Error>((base, ids))
         };
@@ -326,6 +365,7 @@ impl Run<'_> {
             created_at: Utc::now(),
             at: self.options.at,
             base_run_id: change.base.as_ref().map(|p| p.run_id.clone()),
+            partner: self.partner.clone(),
             target_snapshot,
             target_members: change.target.len() as u64,
             batch_size: size,

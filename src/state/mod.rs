@@ -45,6 +45,10 @@ pub struct CohortState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pointer {
     pub run_id: String,
+    /// Which partner workspace holds this snapshot (see `sync::partner_identity`). A snapshot
+    /// of another partner says nothing about this one.
+    #[serde(default)]
+    pub partner: String,
     /// Path of the snapshot, relative to the cohort's state folder.
     pub snapshot: String,
     pub members: u64,
@@ -60,6 +64,9 @@ pub struct PlanMeta {
     pub at: DateTime<Utc>,
     /// The snapshot this plan starts from (`None`: nothing committed yet).
     pub base_run_id: Option<String>,
+    /// The partner workspace the plan is for.
+    #[serde(default)]
+    pub partner: String,
     /// The snapshot committed when every batch is acknowledged.
     pub target_snapshot: String,
     pub target_members: u64,
@@ -118,6 +125,7 @@ impl CohortState {
     pub async fn commit(&self, plan: &PlanMeta, members: u64) -> Result<Pointer> {
         let pointer = Pointer {
             run_id: plan.run_id.clone(),
+            partner: plan.partner.clone(),
             snapshot: plan.target_snapshot.clone(),
             members,
             committed_at: Utc::now(),

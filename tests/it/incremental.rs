@@ -161,13 +161,14 @@ fn a_zero_row_result_holds_back_removals_until_allowed() {
 }
 
 #[test]
-fn full_repairs_a_partner_that_lost_the_cohort() {
+fn full_repairs_a_partner_that_lost_the_cohort_and_a_new_partner_gets_everything() {
     let pro: BTreeSet<String> = users()
         .into_iter()
         .filter(|u| u.plan.as_deref() == Some("pro"))
         .map(|u| u.user_id)
         .collect();
     let first = Partner::plain();
+    let addr = first.handle.addr().to_string();
     let project = Project::new(
         &first.handle.base_url(),
         fast(),
@@ -176,8 +177,24 @@ fn full_repairs_a_partner_that_lost_the_cohort() {
     project.run(&["sync", "pro", "--at", T1]).summary();
     drop(first);
 
-    // The same project pointed at a partner that holds nothing (state says it holds `pro`).
-    let second = Partner::plain();
+    // The partner lost everything but is the same endpoint and workspace: our snapshot says it
+    // holds `pro`, so a sync sends nothing; --full repairs it.
+    let restarted = Partner::start_on(&addr, Default::default());
+    assert_eq!(
+        project.run(&["sync", "pro", "--at", T1]).summary()["outcome"],
+        "unchanged"
+    );
+    assert!(restarted.members("pro").is_empty());
+    let full = project
+        .run(&["sync", "pro", "--at", T1, "--full"])
+        .summary();
+    assert_eq!(full["adds"], pro.len() as u64);
+    assert!(restarted.members("pro") == pro);
+    drop(restarted);
+
+    // Pointed at another endpoint, the snapshot means nothing there: the whole cohort is sent
+    // without being asked.
+    let other = Partner::plain();
     let toml = std::fs::read_to_string(project.dir.path().join("cohort-bridge.toml")).unwrap();
     let old_url = toml
         .lines()
@@ -188,19 +205,19 @@ fn full_repairs_a_partner_that_lost_the_cohort() {
         project.dir.path().join("cohort-bridge.toml"),
         toml.replace(
             &old_url,
-            &format!("base_url = \"{}\"", second.handle.base_url()),
+            &format!("base_url = \"{}\"", other.handle.base_url()),
         ),
     )
     .unwrap();
-    assert_eq!(
-        project.run(&["sync", "pro", "--at", T1]).summary()["outcome"],
-        "unchanged"
+    let run = project.run(&["sync", "pro", "--at", T1]);
+    assert_eq!(run.summary()["adds"], pro.len() as u64);
+    assert!(
+        run.stderr()
+            .contains("another partner endpoint or workspace"),
+        "{}",
+        run.stderr()
     );
-    let full = project
-        .run(&["sync", "pro", "--at", T1, "--full"])
-        .summary();
-    assert_eq!(full["adds"], pro.len() as u64);
-    assert!(second.members("pro") == pro);
+    assert!(other.members("pro") == pro);
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

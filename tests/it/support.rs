@@ -74,6 +74,11 @@ pub struct Partner {
 
 impl Partner {
     pub fn start(config: EmulatorConfig) -> Partner {
+        Partner::start_on("127.0.0.1:0", config)
+    }
+
+    /// On a given address (e.g. where an earlier emulator, now gone, listened).
+    pub fn start_on(addr: &str, config: EmulatorConfig) -> Partner {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -85,7 +90,7 @@ impl Partner {
             ..config
         };
         let handle = runtime
-            .block_on(emulator::start("127.0.0.1:0".parse().unwrap(), config))
+            .block_on(emulator::start(addr.parse().unwrap(), config))
             .unwrap();
         Partner {
             handle,
