@@ -20,6 +20,16 @@ fn check_passes_on_a_good_project() {
         run.stdout(),
         run.stderr()
     );
+    // The check is in the run history.
+    let history = project.run(&["runs", "--format", "json"]).summaries();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            history[0]["command"].as_str(),
+            history[0]["outcome"].as_str()
+        ),
+        (Some("check"), Some("ok"))
+    );
 }
 
 #[test]
