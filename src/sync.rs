@@ -226,7 +226,7 @@ impl Run<'_> {
                 self.state.clean_up(&plan.target_snapshot).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
-                let (sent, skipped) = self.deliver(&plan, &braze, &sender).await?;
+                let (sent, skipped) = self.deliver(&plan, &braze, &sender, None).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
                 summary.batches += sent;
@@ -241,7 +241,14 @@ impl Run<'_> {
             summary.outcome = "unchanged";
         } else {
             let plan = self.write_plan(&change, &summary.run_id).await?;
-            let (sent, _) = self.deliver(&plan, &braze, &sender).await?;
+            let (sent, _) = self
+                .deliver(
+                    &plan,
+                    &braze,
+                    &sender,
+                    Some([change.adds.clone(), change.removes.clone()]),
+                )
+                .await?;
             summary.batches += sent;
             self.finish(&plan, summary).await?;
             summary.outcome = "delivered";
@@ -291,12 +298,18 @@ impl Run<'_> {
         summary.snapshot_members = snapshot.len() as u64;
         let now = members.ids.clone();
         let full = self.options.full;
-        let (adds, removes) = on_rayon(move || {
-            let d = diff::diff(&snapshot, &now);
-            let adds = if full { now.as_ref().clone() } else { d.adds };
-            (Arc::new(adds), Arc::new(d.removes))
-        })
-        .await;
+        // `adds` is the members array itself (not a copy) when everything is sent: the plan
+        // then stores it once, as the target snapshot.
+        let (adds, removes) = if snapshot.is_empty() {
+            (now, Arc::new(StringArray::from(Vec::<&str>::new())))
+        } else {
+            on_rayon(move || {
+                let d = diff::diff(&snapshot, &now);
+                let adds = if full { now } else { Arc::new(d.adds) };
+                (adds, Arc::new(d.removes))
+            })
+            .await
+        };
 
         // Safe removals: a query that returns nothing, or drops a large share of the cohort,
         // is more often a bug (an empty partition, a broken filter) than a real exodus.
@@ -341,24 +354,28 @@ impl Run<'_> {
     async fn write_plan(&self, change: &Change, run_id: &str) -> Result<PlanMeta> {
         let store = self.state.store.as_ref();
         let target_snapshot = format!("snapshots/{run_id}.parquet");
-        ids::write(
-            store,
-            &self.state.path(&target_snapshot),
-            change.target.clone(),
-        )
-        .await?;
-        ids::write(
-            store,
-            &self.state.path("pending/adds.parquet"),
-            change.adds.clone(),
-        )
-        .await?;
-        ids::write(
-            store,
-            &self.state.path("pending/removes.parquet"),
-            change.removes.clone(),
-        )
-        .await?;
+        // A first sync adds the whole target: one file serves as both.
+        let adds_file = if Arc::ptr_eq(&change.adds, &change.target) {
+            target_snapshot.clone()
+        } else {
+            "pending/adds.parquet".to_string()
+        };
+        let removes_file = "pending/removes.parquet".to_string();
+        let write = |file: &str, ids: &Arc<StringArray>| {
+            let (path, ids) = (self.state.path(file), ids.clone());
+            async move { ids::write(store, &path, ids).await }
+        };
+        tokio::try_join!(
+            write(&target_snapshot, &change.target),
+            async {
+                if adds_file == target_snapshot {
+                    Ok(())
+                } else {
+                    write(&adds_file, &change.adds).await
+                }
+            },
+            write(&removes_file, &change.removes),
+        )?;
         let size = self.dest.batch_size;
         let plan = PlanMeta {
             run_id: run_id.to_string(),
@@ -367,6 +384,8 @@ impl Run<'_> {
             base_run_id: change.base.as_ref().map(|p| p.run_id.clone()),
             partner: self.partner.clone(),
             target_snapshot,
+            adds_file,
+            removes_file,
             target_members: change.target.len() as u64,
             batch_size: size,
             adds: change.adds.len() as u64,
@@ -386,6 +405,8 @@ impl Run<'_> {
         plan: &PlanMeta,
         braze: &Arc<Braze>,
         sender: &Sender,
+        // The plan's adds and removes when this process made it (else read from the plan).
+        in_memory: Option<[Arc<StringArray>; 2]>,
     ) -> Result<(u64, u64)> {
         let store = self.state.store.as_ref();
         let acked = journal::read(self.state).await?;
@@ -400,11 +421,14 @@ impl Run<'_> {
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
         let window = (self.dest.max_in_flight * 2).max(16);
         let mut result = Ok(());
-        for (remove, file, offset) in [
-            (false, "pending/adds.parquet", 0),
-            (true, "pending/removes.parquet", plan.add_batches),
+        for (k, remove, file, offset) in [
+            (0, false, &plan.adds_file, 0),
+            (1, true, &plan.removes_file, plan.add_batches),
         ] {
-            let ids = ids::read(store, &self.state.path(file)).await?;
+            let ids = match &in_memory {
+                Some(lists) => lists[k].clone(),
+                None => ids::read(store, &self.state.path(file)).await?,
+            };
             let batches: Vec<_> = batches(ids.len(), plan.batch_size)
                 .into_iter()
                 .map(|(n, range)| (n + offset, range))

@@ -7,6 +7,7 @@
 //!     snapshots/<run_id>.parquet acknowledged membership (sorted user_id)
 //!     pending/plan.json          an unfinished run's plan (present ⇔ a run must be resumed)
 //!     pending/adds.parquet       its ids to add, sorted; batches numbered 1..=add_batches
+//!                                (a first sync uses the target snapshot instead)
 //!     pending/removes.parquet    its ids to remove, sorted; batches numbered after the adds
 //!     pending/journal/<seq>.acks acknowledged batch numbers, one small object per group commit
 //!     pending/dead/<batch>.json  ids of a batch the partner refused (400), isolated by splitting
@@ -69,6 +70,10 @@ pub struct PlanMeta {
     pub partner: String,
     /// The snapshot committed when every batch is acknowledged.
     pub target_snapshot: String,
+    /// The ids to add (the target snapshot itself on a first sync), relative to the state folder.
+    pub adds_file: String,
+    /// The ids to remove.
+    pub removes_file: String,
     pub target_members: u64,
     pub batch_size: usize,
     pub adds: u64,
