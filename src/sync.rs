@@ -145,13 +145,9 @@ pub async fn sync_cohort(
     }
 
     let lock = Lock::acquire(&state, &run_id, config.state.lock_ttl).await?;
-    let (keeper, stop) = lock::keep_alive(lock);
-    let result = run.sync(lake, &mut summary, &started).await;
-    let _ = stop.send(());
-    let lock = keeper
-        .await
-        .map_err(|e| Error::Internal(format!("lock keeper: {e}")))?;
-    let released = lock.release().await;
+    let kept = lock::keep_alive(lock);
+    let result = run.sync(lake, &mut summary, &started, &kept).await;
+    let released = kept.release().await;
     result?;
     released?;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -206,7 +202,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn sync(&self, lake: &Lake, summary: &mut SyncSummary, started: &Instant) -> Result<()> {
+    async fn sync(
+        &self,
+        lake: &Lake,
+        summary: &mut SyncSummary,
+        started: &Instant,
+        lock: &lock::KeptLock,
+    ) -> Result<()> {
         let sender = Sender::new(self.dest)?;
         let braze = Arc::new(Braze::new(self.dest, self.credentials, self.cohort));
 
@@ -230,6 +232,7 @@ impl Run<'_> {
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
                 summary.batches += sent;
+                lock.check()?;
                 self.finish(&plan, summary).await?;
             }
         }
@@ -250,6 +253,7 @@ impl Run<'_> {
                 )
                 .await?;
             summary.batches += sent;
+            lock.check()?;
             self.finish(&plan, summary).await?;
             summary.outcome = "delivered";
         }

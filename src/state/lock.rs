@@ -3,6 +3,8 @@
 //! the lock. Taking over a dead run's lock (expired) means creating the next generation, which
 //! only one contender can do. The holder refreshes its expiry while it runs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -158,35 +160,65 @@ impl Lock {
     }
 }
 
-/// Refreshes a lock every `ttl / 3` until dropped.
-pub fn keep_alive(
-    mut lock: Lock,
-) -> (
-    tokio::task::JoinHandle<Lock>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+/// A lock refreshed in the background every `ttl / 3`; `lost()` tells whether another run
+/// took it over (then this run must not commit).
+pub struct KeptLock {
+    task: tokio::task::JoinHandle<Lock>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    lost: Arc<AtomicBool>,
+}
+
+pub fn keep_alive(mut lock: Lock) -> KeptLock {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let lost = Arc::new(AtomicBool::new(false));
+    let flag = lost.clone();
     let every = (lock.ttl / 3).max(Duration::from_millis(100));
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = &mut stopped => return lock,
                 _ = tokio::time::sleep(every) => {
-                    if let Err(e) = lock.refresh().await {
-                        warn!(error = %e, "cannot refresh the run lock");
+                    match lock.refresh().await {
+                        Ok(()) => {}
+                        Err(e @ Error::Locked(_)) => {
+                            warn!(error = %e, "this run's lock was taken over");
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => warn!(error = %e, "cannot refresh the run lock"),
                     }
                 }
             }
         }
     });
-    (task, stop)
+    KeptLock { task, stop, lost }
+}
+
+impl KeptLock {
+    /// Fails if a refresh found the lock taken over by another run.
+    pub fn check(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::Locked(
+                "this run's lock expired and was taken over by another run; stopping without committing".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops refreshing and releases the lock.
+    pub async fn release(self) -> Result<()> {
+        let _ = self.stop.send(());
+        let lock = self
+            .task
+            .await
+            .map_err(|e| Error::Internal(format!("lock keeper: {e}")))?;
+        lock.release().await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
-    use std::sync::Arc;
 
     fn state() -> CohortState {
         CohortState::new(
