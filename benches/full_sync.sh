@@ -24,16 +24,18 @@ trap 'rm -f "$CONFIG"; kill $EMU 2>/dev/null || true' EXIT
 sed "s#127.0.0.1:18080#127.0.0.1:$PORT#" benches/full_sync.toml > "$CONFIG"
 
 for run in $(seq 1 "$RUNS"); do
-  # A fresh emulator per run, so every run is a first (full) delivery.
+  # A fresh emulator and a fresh state per run, so every run is a first (full) delivery.
+  rm -rf "$LAKE/_cohort_bridge"
   "$BIN" emulator --port "$PORT" --partner-api-key-env BENCH_PARTNER_API_KEY \
     --client-secret-env BENCH_CLIENT_SECRET --rate-limit 100000000 2>/dev/null &
   EMU=$!
   for _ in $(seq 1 100); do curl -s "http://127.0.0.1:$PORT/_emulator/stats" >/dev/null && break; sleep 0.05; done
   /usr/bin/time -f 'wall_s=%e user_s=%U sys_s=%S max_rss_kb=%M' -o /tmp/full_sync_time.txt \
-    "$BIN" --config "$CONFIG" sync active_30d --at "$AT" --no-progress > /tmp/full_sync_summary.json 2>/tmp/full_sync_stderr.txt
+    "$BIN" --config "$CONFIG" sync active_30d --at "$AT" --no-progress > /tmp/full_sync_summary.json 2>/tmp/full_sync_stderr.txt \
+    || { cat /tmp/full_sync_stderr.txt >&2; exit 1; }
   held=$(curl -s "http://127.0.0.1:$PORT/_emulator/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ids_added"])')
   members=$(python3 -c 'import json; print(json.load(open("/tmp/full_sync_summary.json"))["members"])')
   kill $EMU; wait $EMU 2>/dev/null || true
   [ "$held" = "$members" ] || { echo "MISMATCH: emulator received $held ids, summary says $members" >&2; exit 1; }
-  echo "run $run: members=$members $(cat /tmp/full_sync_time.txt) $(python3 -c 'import json; s=json.load(open("/tmp/full_sync_summary.json")); print(f"query_s={s[\"query_seconds\"]:.3f} requests={s[\"requests\"]} retries={s[\"retries\"]}")')"
+  echo "run $run: members=$members $(cat /tmp/full_sync_time.txt) $(python3 -c 'import json; s=json.load(open("/tmp/full_sync_summary.json")); print("query_s=%.3f requests=%d retries=%d" % (s["query_seconds"], s["requests"], s["retries"]))')"
 done

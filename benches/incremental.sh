@@ -32,7 +32,7 @@ run() { # $1 = day of November/December 2026, $2 = label
   /usr/bin/time -f 'wall_s=%e user_s=%U sys_s=%S max_rss_kb=%M' -o /tmp/incr_time.txt \
     "$BIN" --config "$CONFIG" sync churn --at "$1" --no-progress > /tmp/incr_summary.json 2>/tmp/incr_stderr.txt \
     || { cat /tmp/incr_stderr.txt >&2; exit 1; }
-  echo "$2: $(cat /tmp/incr_time.txt) $(python3 -c 'import json; s=json.load(open("/tmp/incr_summary.json")); print(f"members={s[\"members\"]} adds={s[\"adds\"]} removes={s[\"removes\"]} requests={s[\"requests\"]} query_s={s[\"query_seconds\"]:.3f}")')"
+  echo "$2: $(cat /tmp/incr_time.txt) $(python3 -c 'import json; s=json.load(open("/tmp/incr_summary.json")); print("members=%d adds=%d removes=%d requests=%d query_s=%.3f" % (s["members"], s["adds"], s["removes"], s["requests"], s["query_seconds"]))')"
 }
 run 2026-11-10T00:00:00Z "full (first) sync"
 for i in $(seq 1 "$RUNS"); do run "2026-11-$((10 + i))T00:00:00Z" "incremental $i"; done

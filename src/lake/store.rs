@@ -71,6 +71,19 @@ fn to_url(text: &str, base: &FsPath) -> Result<Url> {
     let path = base.join(text);
     let abs = std::path::absolute(&path)
         .map_err(|e| Error::config(None, format!("lake path `{}`: {e}", path.display())))?;
+    // `..` and `.` are resolved lexically (object-store paths cannot hold them; the folder
+    // need not exist yet, so no canonicalize).
+    let mut normal = std::path::PathBuf::new();
+    for part in abs.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let abs = normal;
     Url::from_directory_path(&abs).map_err(|_| {
         Error::config(
             None,
@@ -129,6 +142,14 @@ fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_dot_in_local_paths_is_resolved() {
+        let loc = Location::parse("../data/lake", FsPath::new("/srv/project/benches"), &Default::default()).unwrap();
+        assert_eq!(loc.url.as_str(), "file:///srv/project/data/lake/");
+        let loc = Location::parse("./lake/./x/..", FsPath::new("/srv/p"), &Default::default()).unwrap();
+        assert_eq!(loc.url.as_str(), "file:///srv/p/lake/");
+    }
 
     #[test]
     fn local_paths_become_file_urls_relative_to_the_project() {
