@@ -14,6 +14,9 @@ use super::CohortState;
 use crate::error::{Error, Result};
 
 const DIR: &str = "pending/journal";
+/// How long a group waits for company. A kill loses at most this much of the journal (those
+/// batches are sent again on resume, which set semantics make harmless).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Every batch number journaled so far for the pending plan.
 pub async fn read(state: &CohortState) -> Result<BTreeSet<u64>> {
@@ -53,6 +56,8 @@ impl Journal {
             let mut seq = 0u64;
             let mut written = 0u64;
             while let Some(first) = rx.recv().await {
+                // Let a few more acks arrive: one object per few milliseconds, not per ack.
+                tokio::time::sleep(LINGER).await;
                 let mut group = vec![first];
                 while let Ok(n) = rx.try_recv() {
                     group.push(n);
