@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -244,14 +245,24 @@ impl Run<'_> {
             summary.outcome = "unchanged";
         } else {
             let plan = self.write_plan(&change, &summary.run_id).await?;
-            let (sent, _) = self
-                .deliver(
-                    &plan,
-                    &braze,
-                    &sender,
-                    Some([change.adds.clone(), change.removes.clone()]),
-                )
-                .await?;
+            let target_path = self.state.path(&plan.target_snapshot);
+            let write_target = async {
+                if plan.adds_file == plan.target_snapshot {
+                    Ok(()) // written with the plan
+                } else {
+                    ids::write(
+                        self.state.store.as_ref(),
+                        &target_path,
+                        change.target.clone(),
+                    )
+                    .await
+                }
+            };
+            let lists = Some([change.adds.clone(), change.removes.clone()]);
+            let (delivered, written) =
+                tokio::join!(self.deliver(&plan, &braze, &sender, lists), write_target);
+            let (sent, _) = delivered?;
+            written?;
             summary.batches += sent;
             lock.check()?;
             self.finish(&plan, summary).await?;
@@ -369,11 +380,14 @@ impl Run<'_> {
             let (path, ids) = (self.state.path(file), ids.clone());
             async move { ids::write(store, &path, ids).await }
         };
+        // An incremental plan needs only its adds and removes to be resumable: the target
+        // snapshot is written while the batches are sent (see `sync`), and rebuilt from the
+        // base snapshot by `finish` if a crash came first. A first sync's adds *are* the
+        // target, so it is written now.
         tokio::try_join!(
-            write(&target_snapshot, &change.target),
             async {
                 if adds_file == target_snapshot {
-                    Ok(())
+                    write(&target_snapshot, &change.target).await
                 } else {
                     write(&adds_file, &change.adds).await
                 }
@@ -485,10 +499,13 @@ impl Run<'_> {
     /// write the dead letters, then switch the pointer. Safe to repeat after a crash.
     async fn finish(&self, plan: &PlanMeta, summary: &mut SyncSummary) -> Result<()> {
         let store = self.state.store.as_ref();
+        let target_path = self.state.path(&plan.target_snapshot);
+        if let Err(object_store::Error::NotFound { .. }) = store.head(&target_path).await {
+            self.rebuild_target(plan).await?;
+        }
         let dead = dead::pending(self.state).await?;
         let mut members = plan.target_members;
         if !dead.is_empty() {
-            let target_path = self.state.path(&plan.target_snapshot);
             let target = ids::read(store, &target_path).await?;
             let pick = |change: &str| {
                 let mut v: Vec<&str> = dead
@@ -520,6 +537,38 @@ impl Run<'_> {
         }
         self.state.commit(plan, members).await?;
         self.state.clean_up(&plan.target_snapshot).await
+    }
+}
+
+impl Run<'_> {
+    /// A crash came before the target snapshot was written: it is `(base − removes) ∪ adds`,
+    /// and the base is still there (it is only deleted after the pointer moves past it).
+    async fn rebuild_target(&self, plan: &PlanMeta) -> Result<()> {
+        let store = self.state.store.as_ref();
+        let base = match &plan.base_run_id {
+            None => Arc::new(StringArray::from(Vec::<&str>::new())),
+            Some(run) => {
+                let pointer = self.state.pointer().await?;
+                match pointer {
+                    Some(p) if &p.run_id == run => self.state.snapshot(Some(&p)).await?,
+                    _ => {
+                        return Err(Error::Storage(format!(
+                            "{}: the plan's base snapshot (run {run}) is no longer the committed one; \
+                             cannot rebuild its target. Run with --full to repair.",
+                            self.state.dir
+                        )));
+                    }
+                }
+            }
+        };
+        let adds = ids::read(store, &self.state.path(&plan.adds_file)).await?;
+        let removes = ids::read(store, &self.state.path(&plan.removes_file)).await?;
+        let target = on_rayon(move || {
+            let kept = diff::diff(&removes, &base).adds;
+            Arc::new(diff::union(&kept, &adds))
+        })
+        .await;
+        ids::write(store, &self.state.path(&plan.target_snapshot), target).await
     }
 }
 

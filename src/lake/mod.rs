@@ -53,7 +53,13 @@ impl Lake {
     pub fn new(location: Location, state: Location) -> Lake {
         let session = SessionConfig::new()
             .with_information_schema(true)
-            .set_bool("datafusion.sql_parser.collect_spans", true);
+            .set_bool("datafusion.sql_parser.collect_spans", true)
+            // Plain Utf8 strings: member ids leave DataFusion as a StringArray without a
+            // view-to-offsets copy of every id.
+            .set_bool(
+                "datafusion.execution.parquet.schema_force_view_types",
+                false,
+            );
         let ctx = SessionContext::new_with_config(session);
         ctx.register_object_store(&state.store_url(), state.store.clone());
         ctx.register_object_store(&location.store_url(), location.store.clone());

@@ -145,9 +145,15 @@ mod tests {
 
     #[test]
     fn dot_dot_in_local_paths_is_resolved() {
-        let loc = Location::parse("../data/lake", FsPath::new("/srv/project/benches"), &Default::default()).unwrap();
+        let loc = Location::parse(
+            "../data/lake",
+            FsPath::new("/srv/project/benches"),
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(loc.url.as_str(), "file:///srv/project/data/lake/");
-        let loc = Location::parse("./lake/./x/..", FsPath::new("/srv/p"), &Default::default()).unwrap();
+        let loc =
+            Location::parse("./lake/./x/..", FsPath::new("/srv/p"), &Default::default()).unwrap();
         assert_eq!(loc.url.as_str(), "file:///srv/p/lake/");
     }
 
