@@ -33,10 +33,29 @@ pub struct Config {
     /// Where snapshots, plans, journals and locks live, and how runs guard themselves.
     #[serde(default)]
     pub state: StateConfig,
+    /// Partner event exports to ingest into the lake, by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
 
     /// The project file this came from; relative paths in it are relative to its folder.
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// A partner event export (Braze Currents layout: Avro or NDJSON files under a prefix).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A folder or URL like `lake.url` (same `lake.options`); listed recursively.
+    pub url: String,
+    /// The lake table the events land in (a folder under the lake, partitioned by
+    /// `event_date`). Default `partner_events`.
+    #[serde(default = "default_events_table")]
+    pub table: String,
+}
+
+fn default_events_table() -> String {
+    "partner_events".to_string()
 }
 
 /// The state area: what the partner holds (snapshots), unfinished runs (plans and journals) and

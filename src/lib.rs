@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod demo;
 pub mod emulator;
 pub mod error;
+pub mod ingest;
 pub mod lake;
 pub mod parallel;
 pub mod progress;

@@ -65,6 +65,19 @@ enum Command {
         #[command(flatten)]
         at: AtArg,
     },
+    /// Partner event files (Currents Avro or NDJSON) into the lake as `partner_events`,
+    /// partitioned by event_date; `--from/--to` backfills (replaces) those days.
+    Ingest {
+        /// Only this source (default: every `[sources.*]`).
+        #[arg(long)]
+        source: Option<String>,
+        /// First event_date to backfill (inclusive); needs --to.
+        #[arg(long, requires = "to")]
+        from: Option<NaiveDate>,
+        /// Last event_date to backfill (inclusive); needs --from.
+        #[arg(long, requires = "from")]
+        to: Option<NaiveDate>,
+    },
     /// The run history (the `runs` table of the state area), newest first.
     Runs {
         /// Only this cohort's runs.
@@ -208,6 +221,9 @@ async fn run(cli: Cli) -> i32 {
                 allow_mass_removal,
             };
             commands::sync(&cli.config, &cohorts, options).await
+        }
+        Command::Ingest { source, from, to } => {
+            commands::ingest(&cli.config, source.as_deref(), from.zip(to)).await
         }
         Command::Runs {
             cohort,

@@ -46,6 +46,7 @@ impl Lake {
             lake.register(name, table).await?;
         }
         lake.register_runs(config)?;
+        crate::ingest::register_tables(&lake, config)?;
         Ok(lake)
     }
 

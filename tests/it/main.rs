@@ -8,4 +8,5 @@ mod demo;
 mod errors;
 mod faults;
 mod incremental;
+mod ingest;
 mod sync;

@@ -1,0 +1,383 @@
+//! `ingest`: partner event exports (Braze Currents: Avro or NDJSON under a prefix) into the lake
+//! as `partner_events`, Parquet partitioned by the `event_date` of each event's own time.
+//!
+//! - **Exact and idempotent.** Events are de-duplicated by event id within a run and against
+//!   what a day already holds; a manifest of ingested files (path, size, e-tag) lets a rerun skip
+//!   what was done and pick up late files.
+//! - **Atomic days.** Each `event_date` partition is one Parquet object, replaced by a single
+//!   put: a reader sees the old day or the new one, never half of one or both.
+//! - **Backfills** (`--from/--to`) re-read every file that can hold events of those days (a file
+//!   queued before `--from` cannot) and replace exactly the days that have events.
+//! - **Bad input never stops good data.** Corrupt or truncated files keep the records before the
+//!   damage; bad records (missing or mistyped required fields, oversized) are quarantined with
+//!   file, position and reason; the command exits 3 when anything was quarantined.
+
+pub mod decode;
+pub mod event;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::NaiveDate;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{Config, SourceConfig};
+use crate::error::{Error, Result};
+use crate::lake::{Lake, Location};
+use crate::parallel::on_rayon;
+use crate::state::{read_json, write_json};
+use event::Event;
+
+/// What to ingest.
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    /// Backfill: replace the `event_date` partitions in `[from, to]` (inclusive).
+    pub range: Option<(NaiveDate, NaiveDate)>,
+}
+
+/// The one-line JSON summary per source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestSummary {
+    pub source: String,
+    pub table: String,
+    pub run_id: String,
+    /// `incremental` or `backfill`.
+    pub mode: &'static str,
+    pub files_listed: u64,
+    pub files_read: u64,
+    pub files_skipped: u64,
+    pub records_read: u64,
+    /// Events new to the table (after de-duplication).
+    pub events_added: u64,
+    pub duplicates: u64,
+    pub quarantined_records: u64,
+    pub broken_files: u64,
+    pub days_written: Vec<String>,
+    pub seconds: f64,
+}
+
+/// One ingested file in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct FileEntry {
+    size: u64,
+    e_tag: Option<String>,
+    records: u64,
+    run_id: String,
+}
+
+type Manifest = BTreeMap<String, FileEntry>;
+
+/// One quarantined item, a line of `quarantine.jsonl`.
+#[derive(Debug, Serialize)]
+struct Quarantined {
+    file: String,
+    position: u64,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<serde_json::Value>,
+}
+
+pub async fn ingest_source(
+    config: &Config,
+    lake: &Lake,
+    name: &str,
+    source: &SourceConfig,
+    options: &IngestOptions,
+) -> Result<IngestSummary> {
+    let started = Instant::now();
+    let run_id = crate::state::new_run_id();
+    let src = Location::parse(&source.url, &config.base_dir(), &config.lake.options).map_err(
+        |e| match e {
+            Error::Config { message, .. } => Error::config(
+                config.file.clone(),
+                format!("sources.{name}.url: {message}"),
+            ),
+            other => other,
+        },
+    )?;
+    let mut summary = IngestSummary {
+        source: name.to_string(),
+        table: source.table.clone(),
+        run_id: run_id.clone(),
+        mode: if options.range.is_some() {
+            "backfill"
+        } else {
+            "incremental"
+        },
+        ..IngestSummary::default()
+    };
+
+    // 1. What is there, and what to read.
+    let listed: Vec<_> = src
+        .store
+        .list(Some(&src.root))
+        .try_collect()
+        .await
+        .map_err(|e| Error::Storage(format!("sources.{name}: cannot list {}: {e}", src.url)))?;
+    let manifest_path = lake.state.child(&format!("ingest/{name}/manifest.json"));
+    let mut manifest: Manifest = read_json(lake.state.store.as_ref(), &manifest_path)
+        .await?
+        .unwrap_or_default();
+    let mut todo = Vec::new();
+    for meta in listed {
+        let rel = relative(&src.root, &meta.location);
+        let Some(format) = decode::format_of(&rel) else {
+            continue;
+        };
+        summary.files_listed += 1;
+        let wanted = match options.range {
+            Some((from, _)) => decode::queued_date_of(&rel).is_none_or(|q| q >= from),
+            None => manifest
+                .get(&rel)
+                .is_none_or(|f| f.size != meta.size || f.e_tag != meta.e_tag),
+        };
+        if wanted {
+            todo.push((rel, meta, format));
+        } else {
+            summary.files_skipped += 1;
+        }
+    }
+    todo.sort_by(|a, b| a.0.cmp(&b.0));
+    info!(source = %name, listed = summary.files_listed, to_read = todo.len(), mode = summary.mode, "ingesting");
+
+    // 2. Read and decode, a few files at a time (decoding on rayon).
+    let store = src.store.clone();
+    let decoded: Vec<(String, object_store::ObjectMeta, decode::Decoded, Bytes)> =
+        futures::stream::iter(todo)
+            .map(|(rel, meta, format)| {
+                let store = store.clone();
+                async move {
+                    let bytes = store
+                        .get(&meta.location)
+                        .await
+                        .map_err(|e| Error::Storage(format!("{rel}: {e}")))?
+                        .bytes()
+                        .await
+                        .map_err(|e| Error::Storage(format!("{rel}: {e}")))?;
+                    let b = bytes.clone();
+                    let d = on_rayon(move || decode::decode(format, &b)).await;
+                    Ok::<_, Error>((rel, meta, d, bytes))
+                }
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+
+    // 3. Normalise; quarantine what cannot be.
+    let mut quarantine: Vec<Quarantined> = Vec::new();
+    let mut broken_files: Vec<(String, Bytes)> = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    for (rel, meta, d, bytes) in decoded {
+        let event_type = decode::event_type_of(&rel).map(str::to_string);
+        let mut records = 0;
+        for (position, record) in d.records {
+            summary.records_read += 1;
+            records += 1;
+            let raw = record
+                .as_ref()
+                .ok()
+                .map(|m| serde_json::Value::Object(m.clone()));
+            match record.and_then(|m| event::normalize(m, event_type.as_deref(), &rel)) {
+                Ok(e) => events.push(e),
+                Err(reason) => {
+                    summary.quarantined_records += 1;
+                    quarantine.push(Quarantined {
+                        file: rel.clone(),
+                        position,
+                        reason,
+                        record: raw,
+                    });
+                }
+            }
+        }
+        if let Some((position, reason)) = d.broken {
+            summary.broken_files += 1;
+            quarantine.push(Quarantined {
+                file: rel.clone(),
+                position,
+                reason,
+                record: None,
+            });
+            broken_files.push((rel.clone(), bytes));
+        }
+        summary.files_read += 1;
+        manifest.insert(
+            rel,
+            FileEntry {
+                size: meta.size,
+                e_tag: meta.e_tag,
+                records,
+                run_id: run_id.clone(),
+            },
+        );
+    }
+    // 4. Group by the day of each event's own time; a backfill keeps only its days.
+    let mut days: BTreeMap<NaiveDate, Vec<Event>> = BTreeMap::new();
+    for e in events {
+        let day = e.event_date();
+        if options
+            .range
+            .is_none_or(|(from, to)| day >= from && day <= to)
+        {
+            days.entry(day).or_default().push(e);
+        }
+    }
+
+    // 5. Each day: merge with what it holds (incremental) or replace it (backfill), dedupe,
+    //    and switch it with one put.
+    let table_dir = lake.location.child(&source.table);
+    for (day, new) in days {
+        let path = table_dir
+            .clone()
+            .join(format!("event_date={day}"))
+            .join("part-0.parquet");
+        let existing = if options.range.is_some() {
+            Vec::new()
+        } else {
+            read_day(lake.location.store.as_ref(), &path).await?
+        };
+        let had = existing.len() as u64;
+        let incoming = new.len() as u64;
+        let rows = on_rayon(move || dedupe(existing.into_iter().chain(new).collect())).await;
+        let added = rows.len() as u64 - had.min(rows.len() as u64);
+        summary.duplicates += incoming - added.min(incoming);
+        summary.events_added += if options.range.is_some() {
+            rows.len() as u64
+        } else {
+            added
+        };
+        let bytes = on_rayon(move || encode_day(&rows)).await?;
+        lake.location.store.put(&path, bytes.into()).await?;
+        summary.days_written.push(day.to_string());
+    }
+
+    // 6. Quarantine, then the manifest (a crash before it only means re-reading files, which
+    //    the de-duplication absorbs).
+    if !quarantine.is_empty() {
+        let qdir = lake
+            .location
+            .child(&format!("_quarantine/{}/{run_id}", source.table));
+        let lines: String = quarantine
+            .iter()
+            .map(|q| serde_json::to_string(q).expect("quarantine entry is JSON") + "\n")
+            .collect();
+        lake.location
+            .store
+            .put(
+                &qdir.clone().join("quarantine.jsonl"),
+                lines.into_bytes().into(),
+            )
+            .await?;
+        for (rel, bytes) in &broken_files {
+            let name = rel.replace('/', "__");
+            lake.location
+                .store
+                .put(&qdir.clone().join("files").join(name), bytes.clone().into())
+                .await?;
+        }
+        warn!(source = %name, records = summary.quarantined_records, broken_files = summary.broken_files,
+            location = %lake.location.child_url(&format!("_quarantine/{}/{run_id}", source.table)),
+            "input quarantined");
+    }
+    write_json(lake.state.store.as_ref(), &manifest_path, &manifest).await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// `root/a/b` → `a/b`.
+fn relative(root: &Path, path: &Path) -> String {
+    path.prefix_match(root)
+        .map(|parts| {
+            parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_else(|| path.to_string())
+}
+
+/// Sorted by time then id; the first of each event id is kept.
+fn dedupe(mut rows: Vec<Event>) -> Vec<Event> {
+    let mut seen = HashSet::with_capacity(rows.len());
+    rows.retain(|e| seen.insert(e.event_id.clone()));
+    rows.sort_by(|a, b| (a.event_time, &a.event_id).cmp(&(b.event_time, &b.event_id)));
+    rows
+}
+
+async fn read_day(store: &dyn ObjectStore, path: &Path) -> Result<Vec<Event>> {
+    let bytes = match store.get(path).await {
+        Ok(got) => got.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
+    };
+    let name = path.to_string();
+    on_rayon(move || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Storage(format!("{name}: {e}")))?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Storage(format!("{name}: {e}")))?;
+            out.extend(
+                event::from_batch(&batch).map_err(|e| Error::Storage(format!("{name}: {e}")))?,
+            );
+        }
+        Ok(out)
+    })
+    .await
+}
+
+fn encode_day(rows: &[Event]) -> Result<Bytes> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, event::schema(), Some(props))?;
+    for chunk in rows.chunks(64 * 1024) {
+        writer.write(&event::to_batch(chunk))?;
+    }
+    writer.close()?;
+    Ok(Bytes::from(buf))
+}
+
+/// Registers every source's table (unless the project declares it) with its fixed schema, so
+/// it is queryable before the first ingest.
+pub fn register_tables(lake: &Lake, config: &Config) -> Result<()> {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    let mut done = HashSet::new();
+    for source in config.sources.values() {
+        if config.tables.contains_key(&source.table) || !done.insert(source.table.clone()) {
+            continue;
+        }
+        let url = lake.location.child_url(&source.table);
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::Storage(format!("table `{}` at {url}: {e}", source.table))
+        };
+        let table_url = ListingTableUrl::parse(&url).map_err(|e| fail(&e))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![("event_date".to_string(), DataType::Date32)]);
+        let cfg = ListingTableConfig::new(table_url)
+            .with_listing_options(options)
+            .with_schema(event::schema());
+        let table = ListingTable::try_new(cfg).map_err(|e| fail(&e))?;
+        lake.context()
+            .register_table(source.table.as_str(), Arc::new(table))
+            .map_err(|e| fail(&e))?;
+    }
+    Ok(())
+}
