@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod lake;
 pub mod parallel;
 pub mod progress;
+pub mod query;
 pub mod state;
 pub mod sync;
 pub mod synth;

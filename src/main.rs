@@ -78,6 +78,23 @@ enum Command {
         #[arg(long, requires = "from")]
         to: Option<NaiveDate>,
     },
+    /// Read-only SQL over the lake (every table, `partner_events`, `runs`), with $run_date and
+    /// $run_ts bound from --at.
+    Query {
+        /// The SQL (or use -f FILE).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        sql: Option<String>,
+        /// A SQL file, e.g. queries/analysis/push_open_to_feature.sql.
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+        /// Write to this file instead of stdout (required for parquet).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        at: AtArg,
+    },
     /// The run history (the `runs` table of the state area), newest first.
     Runs {
         /// Only this cohort's runs.
@@ -112,6 +129,14 @@ enum Command {
     /// From a fresh clone: generate a small lake, start the emulator, sync the example cohorts
     /// and check the partner holds exactly what each cohort query returns.
     Demo,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QueryFormat {
+    Table,
+    Csv,
+    Json,
+    Parquet,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -224,6 +249,27 @@ async fn run(cli: Cli) -> i32 {
         }
         Command::Ingest { source, from, to } => {
             commands::ingest(&cli.config, source.as_deref(), from.zip(to)).await
+        }
+        Command::Query {
+            sql,
+            file,
+            format,
+            out,
+            at,
+        } => {
+            use cohort_bridge::query::{Format, Sql};
+            let format = match format {
+                QueryFormat::Table => Format::Table,
+                QueryFormat::Csv => Format::Csv,
+                QueryFormat::Json => Format::Json,
+                QueryFormat::Parquet => Format::Parquet,
+            };
+            let source = match (&sql, &file) {
+                (Some(text), _) => Sql::Text(text),
+                (None, Some(f)) => Sql::File(f),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            cohort_bridge::query::query(&cli.config, source, format, out.as_deref(), at.at).await
         }
         Command::Runs {
             cohort,

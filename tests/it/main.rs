@@ -3,6 +3,7 @@
 
 mod support;
 
+mod analysis;
 mod check;
 mod demo;
 mod errors;

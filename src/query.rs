@@ -1,0 +1,163 @@
+//! `query`: read-only SQL over every lake table (the configured tables, `partner_events`,
+//! `runs`) with the same parameters as cohorts, printed as a table, CSV, JSON lines or written
+//! as Parquet.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use crate::config::Config;
+use crate::error::{Error, Result, exit};
+use crate::lake::Lake;
+use crate::lake::sql::{Params, SqlSource};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// Where the SQL comes from.
+pub enum Sql<'a> {
+    Text(&'a str),
+    File(&'a Path),
+}
+
+pub async fn query(
+    config_file: &Path,
+    sql: Sql<'_>,
+    format: Format,
+    out: Option<&Path>,
+    at: Option<DateTime<Utc>>,
+) -> Result<i32> {
+    let (origin, text) = match sql {
+        Sql::Text(t) => ("<query>".to_string(), t.to_string()),
+        Sql::File(f) => (
+            f.display().to_string(),
+            std::fs::read_to_string(f).map_err(|e| Error::Sql {
+                location: f.display().to_string(),
+                message: format!("cannot read: {e}"),
+            })?,
+        ),
+    };
+    if format == Format::Parquet && out.is_none() {
+        return Err(Error::config(None, "--format parquet needs --out FILE"));
+    }
+    let config = Config::load(config_file)?;
+    let lake = Lake::open(&config).await?;
+    let params = Params {
+        run_ts: at.unwrap_or_else(Utc::now),
+    };
+    let df = lake
+        .plan_query(
+            &SqlSource {
+                origin: &origin,
+                text: &text,
+            },
+            &params,
+        )
+        .await?;
+    let batches = lake
+        .cpu()
+        .run(async move { df.collect().await })
+        .await?
+        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    let bytes = render(&batches, format)?;
+    match out {
+        Some(path) => std::fs::write(path, bytes)
+            .map_err(|e| Error::Storage(format!("cannot write {}: {e}", path.display())))?,
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|e| Error::Internal(format!("stdout: {e}")))?,
+    }
+    Ok(exit::OK)
+}
+
+/// The result in the asked format.
+pub fn render(batches: &[RecordBatch], format: Format) -> Result<Vec<u8>> {
+    let internal = |e: &dyn std::fmt::Display| Error::Internal(e.to_string());
+    match format {
+        Format::Table => {
+            let t = datafusion::arrow::util::pretty::pretty_format_batches(batches)
+                .map_err(|e| internal(&e))?;
+            Ok(format!("{t}\n").into_bytes())
+        }
+        Format::Json => {
+            let mut buf = Vec::new();
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+            for b in batches {
+                w.write(b).map_err(|e| internal(&e))?;
+            }
+            w.finish().map_err(|e| internal(&e))?;
+            Ok(buf)
+        }
+        Format::Csv => csv(batches),
+        Format::Parquet => {
+            let Some(first) = batches.first() else {
+                return Err(Error::Query(
+                    "the query returned no batches; nothing to write".into(),
+                ));
+            };
+            let mut buf = Vec::new();
+            let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, first.schema(), None)?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.close()?;
+            Ok(buf)
+        }
+    }
+}
+
+/// RFC 4180 CSV with a header; NULL is an empty field.
+fn csv(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = String::new();
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    if let Some(first) = batches.first() {
+        let names: Vec<String> = first
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect();
+        out.push_str(&names.join(","));
+        out.push('\n');
+    }
+    let options = FormatOptions::default();
+    for b in batches {
+        let formatters: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .zip(&formatters)
+                .map(|(c, f)| {
+                    if c.is_null(row) {
+                        String::new()
+                    } else {
+                        quote(&f.value(row).to_string())
+                    }
+                })
+                .collect();
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+    }
+    Ok(out.into_bytes())
+}
