@@ -11,10 +11,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::arrow::array::Array;
 
 use crate::cohort;
+use crate::config::SourceConfig;
 use crate::config::{Config, Credentials, Secret};
+use crate::emulator::currents::{EngagementSpec, write_engagement};
 use crate::emulator::{self, EmulatorConfig};
 use crate::error::{Error, Result, exit};
-use crate::lake::sql::Params;
+use crate::lake::sql::{Params, SqlSource};
 use crate::lake::{Lake, Location};
 use crate::sync::{SyncOptions, sync_cohort};
 use crate::synth::{self, SynthSpec};
@@ -140,9 +142,24 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         Ok::<(), Error>(())
     }
     .await;
+    // What the partner holds now, for its engagement exports below.
+    let held: Vec<(String, Vec<String>)> = names
+        .iter()
+        .filter_map(|n| config.cohort(n).ok())
+        .map(|c| {
+            (
+                c.cohort_id.clone(),
+                partner_emulator.members(&c.cohort_id).unwrap_or_default(),
+            )
+        })
+        .collect();
     partner_emulator.shutdown();
+    let engagement = match result {
+        Ok(()) => return_path(&mut config, &lake, &state_dir, &held).await,
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&state_dir);
-    result?;
+    let analysis = engagement?;
 
     println!();
     println!(
@@ -178,7 +195,85 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
             "MISMATCH: the partner does not hold what the cohort queries return"
         }
     );
+    println!(
+        "\nAfter the push (queries/analysis/push_open_to_feature.sql over partner_events ⋈ events):\n{analysis}"
+    );
     Ok(if all { exit::OK } else { exit::FAILURE })
+}
+
+/// The loop's other half: the emulator exports engagement (Currents Avro) for the cohorts it
+/// holds, `ingest` brings it into the lake as `partner_events`, and the push-to-feature
+/// analysis runs over it joined with product events. Returns the analysis as a table.
+async fn return_path(
+    config: &mut Config,
+    lake: &Lake,
+    state_dir: &Path,
+    held: &[(String, Vec<String>)],
+) -> Result<String> {
+    let currents = state_dir.join("currents");
+    let loc = Location::parse(
+        &currents.display().to_string(),
+        Path::new("."),
+        &Default::default(),
+    )?;
+    let spec = EngagementSpec {
+        seed: DEMO_SEED,
+        // Inside the demo lake's product events, so the 24 h after each push can be looked at.
+        at: demo_at() - chrono::Duration::days(8) + chrono::Duration::hours(10),
+        push_campaigns: vec![
+            ("camp-offline".into(), "Try offline mode".into()),
+            ("camp-playlists".into(), "Build a playlist".into()),
+        ],
+    };
+    let report = write_engagement(loc.store.clone(), &loc.root, held, &spec)
+        .await
+        .map_err(|e| Error::Internal(format!("emulator engagement export: {e}")))?;
+    eprintln!(
+        "the partner exported {} engagement events in {} Currents Avro files ({} duplicate deliveries, {} late)",
+        report.events, report.files, report.duplicates, report.late
+    );
+    let source = SourceConfig {
+        url: currents.display().to_string(),
+        table: "partner_events".into(),
+    };
+    config
+        .sources
+        .insert("demo_currents".into(), source.clone());
+    if !config.tables.contains_key("partner_events") {
+        crate::ingest::register_tables(lake, config)?;
+    }
+    let ingested =
+        crate::ingest::ingest_source(config, lake, "demo_currents", &source, &Default::default())
+            .await?;
+    println!(
+        "{}",
+        serde_json::to_string(&ingested).expect("summary is JSON")
+    );
+
+    let file = config
+        .base_dir()
+        .join("queries/analysis/push_open_to_feature.sql");
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::Sql {
+        location: file.display().to_string(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let origin = file.display().to_string();
+    let df = lake
+        .plan_query(
+            &SqlSource {
+                origin: &origin,
+                text: &text,
+            },
+            &Params { run_ts: demo_at() },
+        )
+        .await?;
+    let batches = lake
+        .cpu()
+        .run(async move { df.collect().await })
+        .await?
+        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    let table = crate::query::render(&batches, crate::query::Format::Table)?;
+    Ok(String::from_utf8_lossy(&table).into_owned())
 }
 
 struct Row {

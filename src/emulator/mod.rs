@@ -6,6 +6,7 @@
 //! the client side. Accepted changes are appended to a per-cohort log under a short lock and
 //! folded into the member set lazily, when a reader asks.
 
+pub mod currents;
 mod faults;
 mod state;
 

@@ -26,6 +26,17 @@ fn demo_on_the_committed_project_matches_every_cohort() {
         .unwrap();
         cohorts += 1;
     }
+    std::fs::create_dir_all(dir.path().join("queries/analysis")).unwrap();
+    for entry in std::fs::read_dir(root.join("queries/analysis")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            dir.path()
+                .join("queries/analysis")
+                .join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
     let out = Command::new(BIN)
         .arg("demo")
         .current_dir(dir.path())
@@ -41,11 +52,27 @@ fn demo_on_the_committed_project_matches_every_cohort() {
     );
     assert!(stdout.contains("every cohort matches"), "{stdout}");
     // Two runs (full, then incremental a day later): one summary line per cohort per run.
-    let delivered: Vec<serde_json::Value> = stdout
+    let lines: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let (delivered, ingested): (Vec<_>, Vec<_>) =
+        lines.into_iter().partition(|l| l.get("cohort").is_some());
+    // The return path: engagement events ingested, and the push-to-feature analysis printed.
+    assert_eq!(ingested.len(), 1, "{stdout}");
+    assert!(
+        ingested[0]["events_added"].as_u64().unwrap() > 1_000,
+        "{stdout}"
+    );
+    assert!(
+        ingested[0]["duplicates"].as_u64().unwrap() > 0,
+        "duplicate deliveries are absorbed: {stdout}"
+    );
+    assert!(
+        stdout.contains("camp-offline") && stdout.contains("not opened"),
+        "{stdout}"
+    );
     assert_eq!(delivered.len(), 2 * cohorts);
     let (full, incremental) = delivered.split_at(cohorts);
     for s in full {

@@ -281,6 +281,22 @@ fn currents_avro_is_ingested_field_for_field_deduplicated_and_idempotent() {
         (Some(0), Some(3))
     );
     assert_eq!(std::fs::read(l.day("2026-11-27")).unwrap(), before);
+
+    // A later delivery of an event already stored (another run, another file) adds nothing.
+    write(
+        &l.currents(OPEN, "2026-11-28-02", "redelivered.avro"),
+        &opens(&[("o1", T0)]),
+    );
+    let third = l.ingest(&[]).summary();
+    assert_eq!(
+        (
+            third["files_read"].as_u64(),
+            third["events_added"].as_u64(),
+            third["duplicates"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
+    assert_eq!(l.rows().len(), 4);
 }
 
 #[test]
