@@ -128,7 +128,10 @@ pub async fn ingest(
         None => config.sources.keys().cloned().collect(),
     };
     let lake = Lake::open(&config).await?;
-    let options = crate::ingest::IngestOptions { range };
+    let options = crate::ingest::IngestOptions {
+        range,
+        progress: true,
+    };
     let mut code = exit::OK;
     for name in &names {
         let started_at = Utc::now();

@@ -10,12 +10,16 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(wanted: bool, total: u64, label: &str) -> Self {
+        Self::with_unit(wanted, total, label, "batches")
+    }
+
+    pub fn with_unit(wanted: bool, total: u64, label: &str, unit: &str) -> Self {
         let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} batches {per_sec} eta {eta}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
+                ))
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );

@@ -35,6 +35,7 @@ use crate::config::{Config, SourceConfig};
 use crate::error::{Error, Result};
 use crate::lake::{Lake, Location};
 use crate::parallel::on_rayon;
+use crate::progress::Progress;
 use crate::state::{read_json, write_json};
 use event::Event;
 
@@ -43,6 +44,8 @@ use event::Event;
 pub struct IngestOptions {
     /// Backfill: replace the `event_date` partitions in `[from, to]` (inclusive).
     pub range: Option<(NaiveDate, NaiveDate)>,
+    /// Draw a progress bar over the days written (only ever on a terminal).
+    pub progress: bool,
 }
 
 /// The one-line JSON summary per source.
@@ -235,29 +238,47 @@ pub async fn ingest_source(
 
     // 5. Each day: merge with what it holds (incremental) or replace it (backfill), dedupe,
     //    and switch it with one put.
+    //    Days are independent: two at a time (each is decoded, merged and encoded on rayon).
     let table_dir = lake.location.child(&source.table);
-    for (day, new) in days {
-        let path = table_dir
-            .clone()
-            .join(format!("event_date={day}"))
-            .join("part-0.parquet");
-        let existing = if options.range.is_some() {
-            Vec::new()
-        } else {
-            read_day(lake.location.store.as_ref(), &path).await?
-        };
-        let had = existing.len() as u64;
-        let incoming = new.len() as u64;
-        let rows = on_rayon(move || dedupe(existing.into_iter().chain(new).collect())).await;
-        let added = rows.len() as u64 - had.min(rows.len() as u64);
-        summary.duplicates += incoming - added.min(incoming);
-        summary.events_added += if options.range.is_some() {
-            rows.len() as u64
-        } else {
-            added
-        };
-        let bytes = on_rayon(move || encode_day(&rows)).await?;
-        lake.location.store.put(&path, bytes.into()).await?;
+    let backfill = options.range.is_some();
+    let progress = Progress::with_unit(options.progress, days.len() as u64, name, "days");
+    let store = lake.location.store.clone();
+    let written: Vec<(NaiveDate, u64, u64)> = futures::stream::iter(days)
+        .map(|(day, new)| {
+            let (store, progress) = (store.clone(), &progress);
+            let path = table_dir
+                .clone()
+                .join(format!("event_date={day}"))
+                .join("part-0.parquet");
+            async move {
+                let existing = if backfill {
+                    Vec::new()
+                } else {
+                    read_day(store.as_ref(), &path).await?
+                };
+                let had = existing.len() as u64;
+                let incoming = new.len() as u64;
+                let rows =
+                    on_rayon(move || dedupe(existing.into_iter().chain(new).collect())).await;
+                let total = rows.len() as u64;
+                // A backfill starts from nothing (`had` = 0): every row is (re)added.
+                let added = total.saturating_sub(had);
+                let duplicates = incoming.saturating_sub(added);
+                let bytes = on_rayon(move || encode_day(&rows)).await?;
+                store.put(&path, bytes.into()).await?;
+                progress.inc();
+                Ok::<_, Error>((day, added, duplicates))
+            }
+        })
+        .buffer_unordered(2)
+        .try_collect()
+        .await?;
+    progress.finish();
+    let mut written = written;
+    written.sort_by_key(|w| w.0);
+    for (day, added, duplicates) in written {
+        summary.events_added += added;
+        summary.duplicates += duplicates;
         summary.days_written.push(day.to_string());
     }
 
