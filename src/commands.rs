@@ -186,6 +186,32 @@ pub async fn ingest(
     Ok(code)
 }
 
+/// `export-engagement`: the emulator's Currents export for synthetic members.
+pub async fn export_engagement(out: &str, users: u64, seed: u64, at: DateTime<Utc>) -> Result<i32> {
+    use crate::emulator::currents::{EngagementSpec, write_engagement};
+    let location = Location::parse(out, Path::new("."), &Default::default())?;
+    let members: Vec<String> = (0..users).map(|i| format!("u{i:09}")).collect();
+    let spec = EngagementSpec {
+        seed,
+        at,
+        push_campaigns: vec![("camp-offline".into(), "Try offline mode".into())],
+    };
+    let started = std::time::Instant::now();
+    let report = write_engagement(
+        location.store.clone(),
+        &location.root,
+        &[("export".into(), members)],
+        &spec,
+    )
+    .await
+    .map_err(Error::Internal)?;
+    let mut line = serde_json::to_value(&report).expect("report is JSON");
+    line["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    line["out"] = serde_json::json!(location.url.as_str());
+    println!("{line}");
+    Ok(exit::OK)
+}
+
 /// `runs`: the run history, newest first.
 pub async fn runs(
     config_file: &Path,

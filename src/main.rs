@@ -95,6 +95,20 @@ enum Command {
         #[command(flatten)]
         at: AtArg,
     },
+    /// Write the emulator's Currents-style engagement export (Avro) for N synthetic members
+    /// `u000000000`…, as the partner would after a sync (for trying `ingest` and benchmarks).
+    ExportEngagement {
+        /// Output folder or object-store URL.
+        #[arg(long)]
+        out: String,
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// When the campaigns go out (default: now).
+        #[arg(long, value_parser = parse_at)]
+        at: Option<DateTime<Utc>>,
+    },
     /// The run history (the `runs` table of the state area), newest first.
     Runs {
         /// Only this cohort's runs.
@@ -271,6 +285,12 @@ async fn run(cli: Cli) -> i32 {
             };
             cohort_bridge::query::query(&cli.config, source, format, out.as_deref(), at.at).await
         }
+        Command::ExportEngagement {
+            out,
+            users,
+            seed,
+            at,
+        } => commands::export_engagement(&out, users, seed, at.unwrap_or_else(Utc::now)).await,
         Command::Runs {
             cohort,
             last,
