@@ -82,15 +82,32 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The fields of a record that have no column of their own, serialised without copying.
+struct Others<'a>(&'a Map<String, Value>);
+
+impl serde::Serialize for Others<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let own = |k: &str| {
+            matches!(k, "event_type" | "id" | "time") || OPTIONAL.iter().any(|(_, f)| *f == k)
+        };
+        let mut map = ser.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| !own(k)) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 /// Normalises one record. `event_type` comes from the file's location or the record's own
 /// `event_type` field. `Err` is the reason it is quarantined.
 pub fn normalize(
-    mut record: Map<String, Value>,
+    record: &Map<String, Value>,
     event_type: Option<&str>,
     source_file: &str,
 ) -> Result<Event, String> {
-    let event_type = match (record.remove("event_type"), event_type) {
-        (Some(Value::String(t)), _) if !t.is_empty() => t,
+    let event_type = match (record.get("event_type"), event_type) {
+        (Some(Value::String(t)), _) if !t.is_empty() => t.clone(),
         (_, Some(t)) => t.to_string(),
         (Some(other), None) => {
             return Err(format!("field `event_type` must be a string, got {other}"));
@@ -101,8 +118,8 @@ pub fn normalize(
             );
         }
     };
-    let event_id = match record.remove("id") {
-        Some(Value::String(id)) if !id.is_empty() => id,
+    let event_id = match record.get("id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
         Some(Value::Null) | None => return Err("required field `id` is missing".into()),
         Some(other) => {
             return Err(format!(
@@ -110,7 +127,7 @@ pub fn normalize(
             ));
         }
     };
-    let time = match record.remove("time") {
+    let time = match record.get("time") {
         Some(Value::Number(n)) => n
             .as_i64()
             .ok_or_else(|| format!("field `time` must be whole UNIX seconds, got {n}"))?,
@@ -127,13 +144,13 @@ pub fn normalize(
         .ok_or_else(|| format!("field `time` is out of range: {time}"))?;
     let mut optional: Vec<Option<String>> = Vec::with_capacity(OPTIONAL.len());
     for (_, field) in OPTIONAL {
-        optional.push(match record.remove(field) {
+        optional.push(match record.get(field) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
+            Some(Value::String(s)) => Some(s.clone()),
             Some(other) => return Err(format!("field `{field}` must be a string, got {other}")),
         });
     }
-    let properties = Value::Object(record).to_string();
+    let properties = serde_json::to_string(&Others(record)).map_err(|e| e.to_string())?;
     if properties.len() > MAX_RECORD_BYTES {
         return Err(format!(
             "record is too large ({} bytes of other fields, limit {MAX_RECORD_BYTES})",
@@ -252,7 +269,7 @@ mod tests {
     #[test]
     fn known_fields_become_columns_and_the_rest_properties() {
         let e = normalize(
-            obj(
+            &obj(
                 json!({"id": "e1", "time": 1_764_000_000, "user_id": "b1", "external_user_id": "u1",
                        "campaign_id": "c1", "app_id": "a1", "new_field": [1, 2]}),
             ),
@@ -272,22 +289,22 @@ mod tests {
     fn bad_records_say_why() {
         let t = Some("x");
         assert!(
-            normalize(obj(json!({"time": 1})), t, "f")
+            normalize(&obj(json!({"time": 1})), t, "f")
                 .unwrap_err()
                 .contains("`id` is missing")
         );
         assert!(
-            normalize(obj(json!({"id": "a", "time": "soon"})), t, "f")
+            normalize(&obj(json!({"id": "a", "time": "soon"})), t, "f")
                 .unwrap_err()
                 .contains("`time` must be an integer")
         );
         assert!(
-            normalize(obj(json!({"id": "a", "time": 1, "url": 5})), t, "f")
+            normalize(&obj(json!({"id": "a", "time": 1, "url": 5})), t, "f")
                 .unwrap_err()
                 .contains("`url` must be a string")
         );
         assert!(
-            normalize(obj(json!({"id": "a", "time": 1})), None, "f")
+            normalize(&obj(json!({"id": "a", "time": 1})), None, "f")
                 .unwrap_err()
                 .contains("no event type")
         );

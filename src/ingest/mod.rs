@@ -153,73 +153,53 @@ pub async fn ingest_source(
     todo.sort_by(|a, b| a.0.cmp(&b.0));
     info!(source = %name, listed = summary.files_listed, to_read = todo.len(), mode = summary.mode, "ingesting");
 
-    // 2. Read and decode, a few files at a time (decoding on rayon).
+    // 2. Read, decode and normalise, a few files at a time (on rayon), keeping only the
+    //    normalised events: a file's raw records are dropped as soon as it is done.
     let store = src.store.clone();
-    let decoded: Vec<(String, object_store::ObjectMeta, decode::Decoded, Bytes)> =
-        futures::stream::iter(todo)
-            .map(|(rel, meta, format)| {
-                let store = store.clone();
-                async move {
-                    let bytes = store
-                        .get(&meta.location)
-                        .await
-                        .map_err(|e| Error::Storage(format!("{rel}: {e}")))?
-                        .bytes()
-                        .await
-                        .map_err(|e| Error::Storage(format!("{rel}: {e}")))?;
-                    let b = bytes.clone();
-                    let d = on_rayon(move || decode::decode(format, &b)).await;
-                    Ok::<_, Error>((rel, meta, d, bytes))
-                }
-            })
-            .buffered(8)
-            .try_collect()
-            .await?;
+    let files: Vec<FileResult> = futures::stream::iter(todo)
+        .map(|(rel, meta, format)| {
+            let store = store.clone();
+            async move {
+                let bytes = store
+                    .get(&meta.location)
+                    .await
+                    .map_err(|e| Error::Storage(format!("{rel}: {e}")))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::Storage(format!("{rel}: {e}")))?;
+                Ok::<_, Error>(on_rayon(move || read_file(rel, meta, format, bytes)).await)
+            }
+        })
+        .buffered(4)
+        .try_collect()
+        .await?;
 
-    // 3. Normalise; quarantine what cannot be.
+    // 3. Quarantine what could not be read; note every file read in the manifest.
     let mut quarantine: Vec<Quarantined> = Vec::new();
     let mut broken_files: Vec<(String, Bytes)> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
-    for (rel, meta, d, bytes) in decoded {
-        let event_type = decode::event_type_of(&rel).map(str::to_string);
-        let mut records = 0;
-        for (position, record) in d.records {
-            summary.records_read += 1;
-            records += 1;
-            let raw = record
-                .as_ref()
-                .ok()
-                .map(|m| serde_json::Value::Object(m.clone()));
-            match record.and_then(|m| event::normalize(m, event_type.as_deref(), &rel)) {
-                Ok(e) => events.push(e),
-                Err(reason) => {
-                    summary.quarantined_records += 1;
-                    quarantine.push(Quarantined {
-                        file: rel.clone(),
-                        position,
-                        reason,
-                        record: raw,
-                    });
-                }
-            }
-        }
-        if let Some((position, reason)) = d.broken {
+    for f in files {
+        summary.files_read += 1;
+        summary.records_read += f.records;
+        summary.quarantined_records += f.quarantine.len() as u64;
+        quarantine.extend(f.quarantine);
+        if let Some((position, reason, bytes)) = f.broken {
             summary.broken_files += 1;
             quarantine.push(Quarantined {
-                file: rel.clone(),
+                file: f.rel.clone(),
                 position,
                 reason,
                 record: None,
             });
-            broken_files.push((rel.clone(), bytes));
+            broken_files.push((f.rel.clone(), bytes));
         }
-        summary.files_read += 1;
+        events.extend(f.events);
         manifest.insert(
-            rel,
+            f.rel,
             FileEntry {
-                size: meta.size,
-                e_tag: meta.e_tag,
-                records,
+                size: f.meta.size,
+                e_tag: f.meta.e_tag,
+                records: f.records,
                 run_id: run_id.clone(),
             },
         );
@@ -313,6 +293,52 @@ pub async fn ingest_source(
     write_json(lake.state.store.as_ref(), &manifest_path, &manifest).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// One source file, read.
+struct FileResult {
+    rel: String,
+    meta: object_store::ObjectMeta,
+    records: u64,
+    events: Vec<Event>,
+    quarantine: Vec<Quarantined>,
+    /// Where and why the file could not be read to the end, and its bytes (to keep).
+    broken: Option<(u64, String, Bytes)>,
+}
+
+fn read_file(
+    rel: String,
+    meta: object_store::ObjectMeta,
+    format: decode::Format,
+    bytes: Bytes,
+) -> FileResult {
+    let decoded = decode::decode(format, &bytes);
+    let event_type = decode::event_type_of(&rel);
+    let mut out = FileResult {
+        records: decoded.records.len() as u64,
+        events: Vec::with_capacity(decoded.records.len()),
+        quarantine: Vec::new(),
+        broken: None,
+        rel: rel.clone(),
+        meta,
+    };
+    for (position, record) in decoded.records {
+        let result = match &record {
+            Ok(m) => event::normalize(m, event_type, &rel),
+            Err(reason) => Err(reason.clone()),
+        };
+        match result {
+            Ok(e) => out.events.push(e),
+            Err(reason) => out.quarantine.push(Quarantined {
+                file: rel.clone(),
+                position,
+                reason,
+                record: record.ok().map(serde_json::Value::Object),
+            }),
+        }
+    }
+    out.broken = decoded.broken.map(|(p, r)| (p, r, bytes));
+    out
 }
 
 /// `root/a/b` → `a/b`.
