@@ -229,7 +229,7 @@ impl Run<'_> {
                 self.state.clean_up(&plan.target_snapshot).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
-                let (sent, skipped) = self.deliver(&plan, &braze, &sender, None).await?;
+                let (sent, skipped) = self.deliver(&plan, &braze, &sender, None, None).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
                 summary.batches += sent;
@@ -244,23 +244,25 @@ impl Run<'_> {
         if nothing_to_send && change.base.is_some() && summary.removes_held_back == 0 {
             summary.outcome = "unchanged";
         } else {
-            let plan = self.write_plan(&change, &summary.run_id).await?;
-            let target_path = self.state.path(&plan.target_snapshot);
-            let write_target = async {
-                if plan.adds_file == plan.target_snapshot {
-                    Ok(()) // written with the plan
-                } else {
-                    ids::write(
-                        self.state.store.as_ref(),
-                        &target_path,
-                        change.target.clone(),
-                    )
-                    .await
+            // Sending starts at once; the plan files are written meanwhile, and the journal
+            // records acknowledgements only once `plan.json` is durable (before that, a crash
+            // leaves nothing to resume and the next run simply starts over).
+            let plan = self.plan_meta(&change, &summary.run_id);
+            let (durable, plan_durable) = tokio::sync::oneshot::channel();
+            let write = async {
+                self.write_plan(&change, &plan).await?;
+                let _ = durable.send(());
+                if plan.adds_file != plan.target_snapshot {
+                    let path = self.state.path(&plan.target_snapshot);
+                    ids::write(self.state.store.as_ref(), &path, change.target.clone()).await?;
                 }
+                Ok::<(), Error>(())
             };
             let lists = Some([change.adds.clone(), change.removes.clone()]);
-            let (delivered, written) =
-                tokio::join!(self.deliver(&plan, &braze, &sender, lists), write_target);
+            let (delivered, written) = tokio::join!(
+                self.deliver(&plan, &braze, &sender, lists, Some(plan_durable)),
+                write
+            );
             let (sent, _) = delivered?;
             written?;
             summary.batches += sent;
@@ -366,8 +368,7 @@ impl Run<'_> {
 
     /// Writes the target snapshot and the plan's id lists, then the plan itself: once
     /// `plan.json` exists, the run is resumable.
-    async fn write_plan(&self, change: &Change, run_id: &str) -> Result<PlanMeta> {
-        let store = self.state.store.as_ref();
+    fn plan_meta(&self, change: &Change, run_id: &str) -> PlanMeta {
         let target_snapshot = format!("snapshots/{run_id}.parquet");
         // A first sync adds the whole target: one file serves as both.
         let adds_file = if Arc::ptr_eq(&change.adds, &change.target) {
@@ -375,27 +376,8 @@ impl Run<'_> {
         } else {
             "pending/adds.parquet".to_string()
         };
-        let removes_file = "pending/removes.parquet".to_string();
-        let write = |file: &str, ids: &Arc<StringArray>| {
-            let (path, ids) = (self.state.path(file), ids.clone());
-            async move { ids::write(store, &path, ids).await }
-        };
-        // An incremental plan needs only its adds and removes to be resumable: the target
-        // snapshot is written while the batches are sent (see `sync`), and rebuilt from the
-        // base snapshot by `finish` if a crash came first. A first sync's adds *are* the
-        // target, so it is written now.
-        tokio::try_join!(
-            async {
-                if adds_file == target_snapshot {
-                    write(&target_snapshot, &change.target).await
-                } else {
-                    write(&adds_file, &change.adds).await
-                }
-            },
-            write(&removes_file, &change.removes),
-        )?;
         let size = self.dest.batch_size;
-        let plan = PlanMeta {
+        PlanMeta {
             run_id: run_id.to_string(),
             created_at: Utc::now(),
             at: self.options.at,
@@ -403,16 +385,31 @@ impl Run<'_> {
             partner: self.partner.clone(),
             target_snapshot,
             adds_file,
-            removes_file,
+            removes_file: "pending/removes.parquet".to_string(),
             target_members: change.target.len() as u64,
             batch_size: size,
             adds: change.adds.len() as u64,
             removes: change.removes.len() as u64,
             add_batches: change.adds.len().div_ceil(size) as u64,
             remove_batches: change.removes.len().div_ceil(size) as u64,
+        }
+    }
+
+    /// Writes the plan's id lists, then `plan.json`: from then on the run is resumable.
+    /// An incremental plan needs only its adds and removes for that (the target snapshot is
+    /// written afterwards, and rebuilt by `finish` if a crash came first); a first sync's adds
+    /// *are* the target.
+    async fn write_plan(&self, change: &Change, plan: &PlanMeta) -> Result<()> {
+        let store = self.state.store.as_ref();
+        let write = |file: &str, ids: &Arc<StringArray>| {
+            let (path, ids) = (self.state.path(file), ids.clone());
+            async move { ids::write(store, &path, ids).await }
         };
-        state::write_json(store, &self.state.path("pending/plan.json"), &plan).await?;
-        Ok(plan)
+        tokio::try_join!(
+            write(&plan.adds_file, &change.adds),
+            write(&plan.removes_file, &change.removes),
+        )?;
+        state::write_json(store, &self.state.path("pending/plan.json"), plan).await
     }
 
     /// Sends every batch of `plan` its journal does not hold; returns (sent, skipped).
@@ -425,6 +422,8 @@ impl Run<'_> {
         sender: &Sender,
         // The plan's adds and removes when this process made it (else read from the plan).
         in_memory: Option<[Arc<StringArray>; 2]>,
+        // Resolves when `plan.json` is durable (a plan being written while it is sent).
+        plan_durable: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<(u64, u64)> {
         let store = self.state.store.as_ref();
         let acked = journal::read(self.state).await?;
@@ -433,7 +432,7 @@ impl Run<'_> {
             .await
             .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination))?;
 
-        let journal = Journal::start(self.state.clone(), new_run_id());
+        let journal = Journal::start(self.state.clone(), new_run_id(), plan_durable);
         let total = plan.add_batches + plan.remove_batches;
         let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);

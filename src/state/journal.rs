@@ -50,9 +50,20 @@ pub struct Journal {
 impl Journal {
     /// `writer` makes this process's object names unique (a resumed run never overwrites the
     /// journal of the run it resumes).
-    pub fn start(state: CohortState, writer: String) -> Journal {
+    /// With `after`, nothing is written until it resolves (the plan being journaled is
+    /// durable); if it is dropped instead, nothing is journaled at all.
+    pub fn start(
+        state: CohortState,
+        writer: String,
+        after: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Journal {
         let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
         let task = tokio::spawn(async move {
+            if let Some(after) = after
+                && after.await.is_err()
+            {
+                return Ok(0);
+            }
             let mut seq = 0u64;
             let mut written = 0u64;
             while let Some(first) = rx.recv().await {
