@@ -15,8 +15,11 @@
 //!     lock-<generation>.json     the run lock (see `lock`)
 //! ```
 //!
-//! A run writes the next snapshot and the plan *before* sending anything; every acknowledged
-//! batch is journaled as it is acked; when every batch is acknowledged the pointer is switched
+//! A run writes its plan (adds, removes, then `plan.json`) and the next snapshot while its first
+//! batches go out; acknowledged batches are journaled as they are acked, but only once
+//! `plan.json` is durable (before that a crash leaves nothing to resume: the next run starts
+//! over, and re-sending is harmless); a missing next snapshot is rebuilt from the base snapshot,
+//! the adds and the removes. When every batch is acknowledged the pointer is switched
 //! (one atomic put) and `pending/` removed. After a crash anywhere, the pointer names either the
 //! old snapshot or the new one, and `pending/` says exactly what is left to send.
 
