@@ -253,30 +253,18 @@ pub async fn runs(
             ])
         })
         .map_err(|e| Error::Query(e.to_string()))?;
-    let batches = lake
-        .cpu()
-        .run(async move { df.collect().await })
-        .await?
-        .map_err(|e| Error::Query(format!("runs: {e}")))?;
-    if json {
-        let mut out = Vec::new();
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
-        for b in &batches {
-            writer
-                .write(b)
-                .map_err(|e| Error::Internal(e.to_string()))?;
-        }
-        writer
-            .finish()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        print!("{}", String::from_utf8_lossy(&out));
-    } else if batches.iter().all(|b| b.num_rows() == 0) {
+    let batches = lake.collect(df, "runs").await?;
+    if !json && batches.iter().all(|b| b.num_rows() == 0) {
         eprintln!("no runs recorded yet under {}", lake.state.url);
-    } else {
-        let table = arrow::util::pretty::pretty_format_batches(&batches)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        println!("{table}");
+        return Ok(exit::OK);
     }
+    let format = if json {
+        crate::query::Format::Json
+    } else {
+        crate::query::Format::Table
+    };
+    let text = crate::query::render(&batches, format)?;
+    print!("{}", String::from_utf8_lossy(&text));
     Ok(exit::OK)
 }
 

@@ -253,10 +253,7 @@ async fn return_path(
     let file = config
         .base_dir()
         .join("queries/analysis/push_open_to_feature.sql");
-    let text = std::fs::read_to_string(&file).map_err(|e| Error::Sql {
-        location: file.display().to_string(),
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = crate::query::read_sql_file(&file)?;
     let origin = file.display().to_string();
     let df = lake
         .plan_query(
@@ -267,11 +264,7 @@ async fn return_path(
             &Params { run_ts: demo_at() },
         )
         .await?;
-    let batches = lake
-        .cpu()
-        .run(async move { df.collect().await })
-        .await?
-        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    let batches = lake.collect(df, &origin).await?;
     let table = crate::query::render(&batches, crate::query::Format::Table)?;
     Ok(String::from_utf8_lossy(&table).into_owned())
 }

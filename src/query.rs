@@ -37,13 +37,7 @@ pub async fn query(
 ) -> Result<i32> {
     let (origin, text) = match sql {
         Sql::Text(t) => ("<query>".to_string(), t.to_string()),
-        Sql::File(f) => (
-            f.display().to_string(),
-            std::fs::read_to_string(f).map_err(|e| Error::Sql {
-                location: f.display().to_string(),
-                message: format!("cannot read: {e}"),
-            })?,
-        ),
+        Sql::File(f) => (f.display().to_string(), read_sql_file(f)?),
     };
     if format == Format::Parquet && out.is_none() {
         return Err(Error::config(None, "--format parquet needs --out FILE"));
@@ -62,11 +56,7 @@ pub async fn query(
             &params,
         )
         .await?;
-    let batches = lake
-        .cpu()
-        .run(async move { df.collect().await })
-        .await?
-        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    let batches = lake.collect(df, &origin).await?;
     let bytes = render(&batches, format)?;
     match out {
         Some(path) => std::fs::write(path, bytes)
@@ -76,6 +66,14 @@ pub async fn query(
             .map_err(|e| Error::Internal(format!("stdout: {e}")))?,
     }
     Ok(exit::OK)
+}
+
+/// An analysis or query file's text; an unreadable file is reported as a SQL error naming it.
+pub fn read_sql_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::Sql {
+        location: path.display().to_string(),
+        message: format!("cannot read: {e}"),
+    })
 }
 
 /// The result in the asked format.

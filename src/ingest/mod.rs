@@ -16,7 +16,6 @@ pub mod decode;
 pub mod event;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -400,31 +399,17 @@ fn encode_day(rows: &[Event]) -> Result<Bytes> {
 /// Registers every source's table (unless the project declares it) with its fixed schema, so
 /// it is queryable before the first ingest.
 pub fn register_tables(lake: &Lake, config: &Config) -> Result<()> {
-    use datafusion::arrow::datatypes::DataType;
-    use datafusion::datasource::file_format::parquet::ParquetFormat;
-    use datafusion::datasource::listing::{
-        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-    };
     let mut done = HashSet::new();
     for source in config.sources.values() {
         if config.tables.contains_key(&source.table) || !done.insert(source.table.clone()) {
             continue;
         }
-        let url = lake.location.child_url(&source.table);
-        let fail = |e: &dyn std::fmt::Display| {
-            Error::Storage(format!("table `{}` at {url}: {e}", source.table))
-        };
-        let table_url = ListingTableUrl::parse(&url).map_err(|e| fail(&e))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![("event_date".to_string(), DataType::Date32)]);
-        let cfg = ListingTableConfig::new(table_url)
-            .with_listing_options(options)
-            .with_schema(event::schema());
-        let table = ListingTable::try_new(cfg).map_err(|e| fail(&e))?;
-        lake.context()
-            .register_table(source.table.as_str(), Arc::new(table))
-            .map_err(|e| fail(&e))?;
+        lake.register_fixed(
+            &source.table,
+            &lake.location.child_url(&source.table),
+            event::schema(),
+            ("event_date", datafusion::arrow::datatypes::DataType::Date32),
+        )?;
     }
     Ok(())
 }

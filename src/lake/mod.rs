@@ -72,12 +72,54 @@ impl Lake {
         }
     }
 
+    /// Registers a Parquet table with a fixed schema (our own outputs: `runs`,
+    /// `partner_events`), so it is queryable before its first file exists.
+    pub fn register_fixed(
+        &self,
+        name: &str,
+        url: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        partition: (&str, DataType),
+    ) -> Result<()> {
+        let fail =
+            |e: &dyn std::fmt::Display| Error::Storage(format!("table `{name}` at {url}: {e}"));
+        let table_url = ListingTableUrl::parse(url).map_err(|e| fail(&e))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![(partition.0.to_string(), partition.1)]);
+        let config = ListingTableConfig::new(table_url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table = ListingTable::try_new(config).map_err(|e| fail(&e))?;
+        self.ctx
+            .register_table(name, Arc::new(table))
+            .map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
+    /// Runs a planned query on the query runtime and collects its batches.
+    pub async fn collect(
+        &self,
+        df: datafusion::dataframe::DataFrame,
+        origin: &str,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        self.cpu
+            .run(async move { df.collect().await })
+            .await?
+            .map_err(|e| Error::Query(format!("{origin}: {e}")))
+    }
+
     /// The run history as the `runs` table, unless the project defines a table of that name.
     pub fn register_runs(&self, config: &Config) -> Result<()> {
         if config.tables.contains_key("runs") {
             return Ok(());
         }
-        crate::state::runs::register(&self.ctx, &self.state)
+        self.register_fixed(
+            "runs",
+            &self.state.child_url("runs"),
+            crate::state::runs::schema(),
+            ("run_date", DataType::Date32),
+        )
     }
 
     pub fn context(&self) -> &SessionContext {

@@ -12,11 +12,6 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 
@@ -112,23 +107,5 @@ pub async fn append(state: &Location, r: &RunRecord) -> Result<()> {
         r.run_id
     ));
     state.store.put(&path, Bytes::from(buf).into()).await?;
-    Ok(())
-}
-
-/// Registers the `runs` table over the state area (empty until the first run).
-pub fn register(ctx: &SessionContext, state: &Location) -> Result<()> {
-    let url = state.child_url("runs");
-    let table_url = ListingTableUrl::parse(&url)
-        .map_err(|e| Error::Storage(format!("runs table at {url}: {e}")))?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("run_date".to_string(), DataType::Date32)]);
-    let config = ListingTableConfig::new(table_url)
-        .with_listing_options(options)
-        .with_schema(schema());
-    let table = ListingTable::try_new(config)
-        .map_err(|e| Error::Storage(format!("runs table at {url}: {e}")))?;
-    ctx.register_table("runs", Arc::new(table))
-        .map_err(|e| Error::Storage(format!("runs table: {e}")))?;
     Ok(())
 }

@@ -220,6 +220,22 @@ fn full_repairs_a_partner_that_lost_the_cohort_and_a_new_partner_gets_everything
     assert!(other.members("pro") == pro);
 }
 
+/// Backdates every lock in a cohort's state folder (as time would for a dead run's lock);
+/// returns how many there were.
+fn expire_locks(state: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(state).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("lock-") {
+            let mut info: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
+            std::fs::write(e.path(), serde_json::to_vec(&info).unwrap()).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !f() {
@@ -263,16 +279,7 @@ fn a_second_run_of_the_same_cohort_is_refused_and_a_stale_lock_taken_over() {
 
     // The killed run's lock is still there; once it has expired, a new run takes over and
     // finishes the cohort.
-    let lock = std::fs::read_dir(&state)
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("lock-"))
-        .expect("a killed run leaves its lock")
-        .path();
-    let mut info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
-    info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
-    std::fs::write(&lock, serde_json::to_vec(&info).unwrap()).unwrap();
+    assert!(expire_locks(&state) > 0, "a killed run leaves its lock");
     let fast_project = std::fs::read_to_string(project.dir.path().join("cohort-bridge.toml"))
         .unwrap()
         .replace("requests_per_second = 20", "requests_per_second = 5000");
@@ -311,17 +318,7 @@ fn runs_killed_mid_delivery_resume_without_resending_acknowledged_batches() {
         child.wait().unwrap();
         // The killed run's lock would block for 10 minutes: expire it, as the scheduler's
         // timeout would have.
-        for e in std::fs::read_dir(project.cohort_state("active"))
-            .unwrap()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with("lock-") {
-                let mut info: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-                info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
-                std::fs::write(e.path(), serde_json::to_vec(&info).unwrap()).unwrap();
-            }
-        }
+        expire_locks(&project.cohort_state("active"));
     }
     let applied = partner.handle.stats().user_requests_applied;
     assert!(applied < batches, "the runs were interrupted");
