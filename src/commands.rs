@@ -92,10 +92,10 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
 pub async fn ingest(
     config_file: &Path,
     source: Option<&str>,
-    range: Option<(NaiveDate, NaiveDate)>,
+    options: crate::ingest::IngestOptions,
 ) -> Result<i32> {
     let config = Config::load(config_file)?;
-    if let Some((from, to)) = range
+    if let Some((from, to)) = options.range
         && from > to
     {
         return Err(Error::config(
@@ -128,10 +128,6 @@ pub async fn ingest(
         None => config.sources.keys().cloned().collect(),
     };
     let lake = Lake::open(&config).await?;
-    let options = crate::ingest::IngestOptions {
-        range,
-        progress: true,
-    };
     let mut code = exit::OK;
     for name in &names {
         let started_at = Utc::now();

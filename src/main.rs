@@ -77,6 +77,10 @@ enum Command {
         /// Last event_date to backfill (inclusive); needs --from.
         #[arg(long, requires = "from")]
         to: Option<NaiveDate>,
+        /// Make progress durable (switch the days being written, record the files done) at
+        /// most every this many seconds; a run that dies resumes from there. 0: after every file.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        checkpoint_every: u64,
     },
     /// Read-only SQL over the lake (every table, `partner_events`, `runs`), with $run_date and
     /// $run_ts bound from --at.
@@ -261,8 +265,18 @@ async fn run(cli: Cli) -> i32 {
             };
             commands::sync(&cli.config, &cohorts, options).await
         }
-        Command::Ingest { source, from, to } => {
-            commands::ingest(&cli.config, source.as_deref(), from.zip(to)).await
+        Command::Ingest {
+            source,
+            from,
+            to,
+            checkpoint_every,
+        } => {
+            let options = cohort_bridge::ingest::IngestOptions {
+                range: from.zip(to),
+                progress: true,
+                checkpoint_every: Some(std::time::Duration::from_secs(checkpoint_every)),
+            };
+            commands::ingest(&cli.config, source.as_deref(), options).await
         }
         Command::Query {
             sql,

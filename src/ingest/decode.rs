@@ -1,9 +1,8 @@
-//! Partner event files to JSON records: Avro object container files (any codec the build
-//! supports) and NDJSON. A file that cannot be read to the end still yields the records before
-//! the damage, and says where and why it stopped.
+//! Partner event files: what a path says (format, event type, queue date), and NDJSON to JSON
+//! records (Avro has its own reader, `avro.rs`). A file that cannot be read to the end still
+//! yields the records before the damage, and says where and why it stopped.
 
-use apache_avro::types::Value as Avro;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// One record of a file: a JSON object, or why it is not one.
 pub type RecordResult = Result<Map<String, Value>, String>;
@@ -50,76 +49,8 @@ pub fn queued_date_of(path: &str) -> Option<chrono::NaiveDate> {
         .and_then(|d| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok())
 }
 
-pub fn decode(format: Format, bytes: &[u8]) -> Decoded {
-    match format {
-        Format::Avro => decode_avro(bytes),
-        Format::NdJson => decode_ndjson(bytes),
-    }
-}
-
-fn decode_avro(bytes: &[u8]) -> Decoded {
-    let mut out = Decoded::default();
-    let reader = match apache_avro::Reader::new(bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            out.broken = Some((0, format!("not a readable Avro file: {e}")));
-            return out;
-        }
-    };
-    for (i, item) in reader.enumerate() {
-        let i = i as u64;
-        match item {
-            Ok(value) => out.records.push((i, record_to_json(value))),
-            Err(e) => {
-                out.broken = Some((
-                    i,
-                    format!("corrupt or truncated Avro data at record {i}: {e}"),
-                ));
-                break;
-            }
-        }
-    }
-    out
-}
-
-fn record_to_json(value: Avro) -> Result<Map<String, Value>, String> {
-    match to_json(value) {
-        Value::Object(m) => Ok(m),
-        other => Err(format!("an event must be a record, got {other}")),
-    }
-}
-
-/// Avro values as JSON: unions unwrapped, bytes and fixed as hex, logical types as numbers.
-fn to_json(v: Avro) -> Value {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    match v {
-        Avro::Null => Value::Null,
-        Avro::Boolean(b) => Value::Bool(b),
-        Avro::Int(i) | Avro::Date(i) | Avro::TimeMillis(i) => Value::from(i),
-        Avro::Long(i)
-        | Avro::TimeMicros(i)
-        | Avro::TimestampMillis(i)
-        | Avro::TimestampMicros(i)
-        | Avro::TimestampNanos(i)
-        | Avro::LocalTimestampMillis(i)
-        | Avro::LocalTimestampMicros(i)
-        | Avro::LocalTimestampNanos(i) => Value::from(i),
-        Avro::Float(f) => Number::from_f64(f64::from(f)).map_or(Value::Null, Value::Number),
-        Avro::Double(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        Avro::Bytes(b) | Avro::Fixed(_, b) => Value::String(hex(&b)),
-        Avro::String(s) | Avro::Enum(_, s) => Value::String(s),
-        Avro::Union(_, inner) => to_json(*inner),
-        Avro::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
-        Avro::Map(m) => Value::Object(m.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
-        Avro::Record(fields) => {
-            Value::Object(fields.into_iter().map(|(k, v)| (k, to_json(v))).collect())
-        }
-        Avro::Uuid(u) => Value::String(u.to_string()),
-        other => Value::String(format!("{other:?}")),
-    }
-}
-
-fn decode_ndjson(bytes: &[u8]) -> Decoded {
+/// NDJSON: one JSON object per line; a bad line is a bad record, invalid UTF-8 ends the file.
+pub fn ndjson(bytes: &[u8]) -> Decoded {
     let mut out = Decoded::default();
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -180,10 +111,7 @@ mod tests {
 
     #[test]
     fn ndjson_keeps_good_lines_and_names_bad_ones() {
-        let d = decode(
-            Format::NdJson,
-            b"{\"id\":\"a\"}\nnot json\n[1]\n\n{\"id\":\"b\"}\n",
-        );
+        let d = ndjson(b"{\"id\":\"a\"}\nnot json\n[1]\n\n{\"id\":\"b\"}\n");
         let bad: Vec<_> = d
             .records
             .iter()
@@ -192,6 +120,8 @@ mod tests {
             .collect();
         assert_eq!(bad, vec![2, 3]);
         assert_eq!(d.records.iter().filter(|(_, r)| r.is_ok()).count(), 2);
-        assert!(decode(Format::Avro, b"garbage").broken.is_some());
+        let cut = ndjson(b"{\"id\":\"a\"}\n{\"id\":\"\xff\"}\n");
+        assert_eq!(cut.records.len(), 1);
+        assert_eq!(cut.broken.unwrap().0, 2);
     }
 }

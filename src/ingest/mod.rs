@@ -1,31 +1,51 @@
 //! `ingest`: partner event exports (Braze Currents: Avro or NDJSON under a prefix) into the lake
 //! as `partner_events`, Parquet partitioned by the `event_date` of each event's own time.
 //!
+//! - **Streaming.** Files are decoded a few at a time on rayon (Avro by a schema-compiled
+//!   reader straight into columns, `avro.rs`), in queue-date order, and each day's rows are
+//!   encoded into that day's Parquet object as they come: memory holds a handful of open days
+//!   (their row group in progress and a 128-bit fingerprint per event id), not the run.
 //! - **Exact and idempotent.** Events are de-duplicated by event id within a run and against
 //!   what a day already holds; a manifest of ingested files (path, size, e-tag) lets a rerun skip
 //!   what was done and pick up late files.
-//! - **Atomic days.** Each `event_date` partition is one Parquet object, replaced by a single
-//!   put: a reader sees the old day or the new one, never half of one or both.
+//! - **Atomic days.** Each `event_date` partition is one Parquet object, replaced as a whole (a
+//!   single put, or a multipart upload completed at the end): a reader sees the old day or the
+//!   new one, never half of one or both.
 //! - **Backfills** (`--from/--to`) re-read every file that can hold events of those days (a file
 //!   queued before `--from` cannot) and replace exactly the days that have events.
+//! - **Resumable.** Progress is made durable every `checkpoint_every` (open days closed, files
+//!   done recorded in the manifest, and for a backfill the days already replaced): a run that
+//!   dies resumes from there; a pending backfill must be finished before other ingests.
 //! - **Bad input never stops good data.** Corrupt or truncated files keep the records before the
 //!   damage; bad records (missing or mistyped required fields, oversized) are quarantined with
 //!   file, position and reason; the command exits 3 when anything was quarantined.
 
+pub mod avro;
 pub mod decode;
 pub mod event;
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::NaiveDate;
+use datafusion::arrow::array::{BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
+use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -35,16 +55,28 @@ use crate::error::{Error, Result};
 use crate::lake::{Lake, Location};
 use crate::parallel::on_rayon;
 use crate::progress::Progress;
-use crate::state::{read_json, write_json};
-use event::Event;
+use crate::state::{delete_if_exists, read_json, write_json};
+use event::{EventColumns, Parts};
+
+/// How often progress is made durable unless told otherwise.
+pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(30);
+/// Days written at once; opening one more closes (switches) the least recently used.
+const MAX_OPEN_DAYS: usize = 8;
+/// Rows per Parquet row group (bounds the memory of an open day).
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Files decoded ahead of the writer.
+const READ_AHEAD: usize = 4;
 
 /// What to ingest.
 #[derive(Debug, Clone, Default)]
 pub struct IngestOptions {
     /// Backfill: replace the `event_date` partitions in `[from, to]` (inclusive).
     pub range: Option<(NaiveDate, NaiveDate)>,
-    /// Draw a progress bar over the days written (only ever on a terminal).
+    /// Draw a progress bar over the files read (only ever on a terminal).
     pub progress: bool,
+    /// Make progress durable at most this often (`None`: [`DEFAULT_CHECKPOINT`]; zero: after
+    /// every file).
+    pub checkpoint_every: Option<Duration>,
 }
 
 /// The one-line JSON summary per source.
@@ -55,6 +87,8 @@ pub struct IngestSummary {
     pub run_id: String,
     /// `incremental` or `backfill`.
     pub mode: &'static str,
+    /// A backfill that picked up where an interrupted one stopped.
+    pub resumed: bool,
     pub files_listed: u64,
     pub files_read: u64,
     pub files_skipped: u64,
@@ -78,6 +112,18 @@ struct FileEntry {
 }
 
 type Manifest = BTreeMap<String, FileEntry>;
+
+/// A backfill in progress (`backfill.json` beside the manifest), removed when it completes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct BackfillState {
+    from: NaiveDate,
+    to: NaiveDate,
+    run_id: String,
+    /// Files read, with the size and e-tag they had.
+    files: BTreeMap<String, (u64, Option<String>)>,
+    /// Days already replaced: from now on they are merged into, not replaced.
+    replaced: BTreeSet<NaiveDate>,
+}
 
 /// One quarantined item, a line of `quarantine.jsonl`.
 #[derive(Debug, Serialize)]
@@ -119,15 +165,47 @@ pub async fn ingest_source(
         ..IngestSummary::default()
     };
 
-    // 1. What is there, and what to read.
+    // 1. A pending backfill is finished before anything else: until then its days may lack
+    //    events of files it has not re-read yet.
+    let state_store = lake.state.store.clone();
+    let manifest_path = lake.state.child(&format!("ingest/{name}/manifest.json"));
+    let backfill_path = lake.state.child(&format!("ingest/{name}/backfill.json"));
+    let pending: Option<BackfillState> = read_json(state_store.as_ref(), &backfill_path).await?;
+    let mut backfill = match (options.range, pending) {
+        (Some((from, to)), Some(p)) if p.from == from && p.to == to => {
+            info!(source = %name, from = %from, to = %to, files_done = p.files.len(),
+                days_replaced = p.replaced.len(), "resuming an interrupted backfill");
+            summary.resumed = true;
+            Some(p)
+        }
+        (_, Some(p)) => {
+            return Err(Error::config(
+                None,
+                format!(
+                    "source `{name}`: a backfill of {} to {} (run {}) was interrupted and must be \
+                 finished first, or its days may lack events: run `cohort-bridge ingest \
+                 --source {name} --from {} --to {}`",
+                    p.from, p.to, p.run_id, p.from, p.to
+                ),
+            ));
+        }
+        (Some((from, to)), None) => Some(BackfillState {
+            from,
+            to,
+            run_id: run_id.clone(),
+            ..BackfillState::default()
+        }),
+        (None, None) => None,
+    };
+
+    // 2. What is there, and what to read.
     let listed: Vec<_> = src
         .store
         .list(Some(&src.root))
         .try_collect()
         .await
         .map_err(|e| Error::Storage(format!("sources.{name}: cannot list {}: {e}", src.url)))?;
-    let manifest_path = lake.state.child(&format!("ingest/{name}/manifest.json"));
-    let mut manifest: Manifest = read_json(lake.state.store.as_ref(), &manifest_path)
+    let mut manifest: Manifest = read_json(state_store.as_ref(), &manifest_path)
         .await?
         .unwrap_or_default();
     let mut todo = Vec::new();
@@ -137,26 +215,31 @@ pub async fn ingest_source(
             continue;
         };
         summary.files_listed += 1;
-        let wanted = match options.range {
-            Some((from, _)) => decode::queued_date_of(&rel).is_none_or(|q| q >= from),
+        let queued = decode::queued_date_of(&rel);
+        let wanted = match &backfill {
+            Some(b) => {
+                queued.is_none_or(|q| q >= b.from)
+                    && b.files.get(&rel) != Some(&(meta.size, meta.e_tag.clone()))
+            }
             None => manifest
                 .get(&rel)
                 .is_none_or(|f| f.size != meta.size || f.e_tag != meta.e_tag),
         };
         if wanted {
-            todo.push((rel, meta, format));
+            todo.push((queued, rel, meta, format));
         } else {
             summary.files_skipped += 1;
         }
     }
-    todo.sort_by(|a, b| a.0.cmp(&b.0));
+    // Queue-date order keeps the days being written few: most events land near their queue day.
+    todo.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     info!(source = %name, listed = summary.files_listed, to_read = todo.len(), mode = summary.mode, "ingesting");
 
-    // 2. Read, decode and normalise, a few files at a time (on rayon), keeping only the
-    //    normalised events: a file's raw records are dropped as soon as it is done.
+    // 3. Decode a few files ahead on rayon, in order; append each file's rows to its days.
+    let progress = Progress::with_unit(options.progress, todo.len() as u64, name, "files");
     let store = src.store.clone();
-    let files: Vec<FileResult> = futures::stream::iter(todo)
-        .map(|(rel, meta, format)| {
+    let mut files = futures::stream::iter(todo)
+        .map(|(_, rel, meta, format)| {
             let store = store.clone();
             async move {
                 let bytes = store
@@ -169,137 +252,151 @@ pub async fn ingest_source(
                 Ok::<_, Error>(on_rayon(move || read_file(rel, meta, format, bytes)).await)
             }
         })
-        .buffered(4)
-        .try_collect()
-        .await?;
+        .buffered(READ_AHEAD);
 
-    // 3. Quarantine what could not be read; note every file read in the manifest.
+    let range = options
+        .range
+        .map(|(from, to)| (event::day_of_date(from), event::day_of_date(to)));
+    let mut days = Days::new(
+        lake.location.store.clone(),
+        lake.location.child(&source.table),
+        backfill
+            .as_ref()
+            .map(|b| b.replaced.iter().map(|d| event::day_of_date(*d)).collect()),
+    );
+    let qdir = lake
+        .location
+        .child(&format!("_quarantine/{}/{run_id}", source.table));
     let mut quarantine: Vec<Quarantined> = Vec::new();
-    let mut broken_files: Vec<(String, Bytes)> = Vec::new();
-    let mut events: Vec<Event> = Vec::new();
-    for f in files {
+    let mut quarantine_written = 0;
+    let mut done: Vec<(String, object_store::ObjectMeta, u64)> = Vec::new();
+    let every = options.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT);
+    let mut last_checkpoint = Instant::now();
+    let mut checkpoint = async |days: &mut Days,
+                                done: &mut Vec<(String, object_store::ObjectMeta, u64)>,
+                                quarantine: &[Quarantined],
+                                backfill: &mut Option<BackfillState>,
+                                manifest: &mut Manifest|
+           -> Result<()> {
+        days.close_all().await?;
+        if quarantine.len() > quarantine_written {
+            write_quarantine(lake, &qdir, quarantine).await?;
+            quarantine_written = quarantine.len();
+        }
+        for (rel, meta, records) in done.drain(..) {
+            if let Some(b) = backfill.as_mut() {
+                b.files.insert(rel.clone(), (meta.size, meta.e_tag.clone()));
+            }
+            manifest.insert(
+                rel,
+                FileEntry {
+                    size: meta.size,
+                    e_tag: meta.e_tag,
+                    records,
+                    run_id: run_id.clone(),
+                },
+            );
+        }
+        if let Some(b) = backfill.as_mut() {
+            b.replaced
+                .extend(days.opened.iter().map(|d| event::date_of_day(*d)));
+            write_json(state_store.as_ref(), &backfill_path, b).await?;
+        }
+        write_json(state_store.as_ref(), &manifest_path, manifest).await
+    };
+
+    while let Some(file) = files.next().await {
+        let file = file?;
         summary.files_read += 1;
-        summary.records_read += f.records;
-        summary.quarantined_records += f.quarantine.len() as u64;
-        quarantine.extend(f.quarantine);
-        if let Some((position, reason, bytes)) = f.broken {
+        summary.records_read += file.records;
+        summary.quarantined_records += file.quarantine.len() as u64;
+        quarantine.extend(file.quarantine);
+        if let Some((position, reason, bytes)) = file.broken {
             summary.broken_files += 1;
+            lake.location
+                .store
+                .put(
+                    &qdir.clone().join("files").join(file.rel.replace('/', "__")),
+                    bytes.into(),
+                )
+                .await?;
             quarantine.push(Quarantined {
-                file: f.rel.clone(),
+                file: file.rel.clone(),
                 position,
                 reason,
                 record: None,
             });
-            broken_files.push((f.rel.clone(), bytes));
         }
-        events.extend(f.events);
-        manifest.insert(
-            f.rel,
-            FileEntry {
-                size: f.meta.size,
-                e_tag: f.meta.e_tag,
-                records: f.records,
-                run_id: run_id.clone(),
-            },
-        );
-    }
-    // 4. Group by the day of each event's own time; a backfill keeps only its days.
-    let mut days: BTreeMap<NaiveDate, Vec<Event>> = BTreeMap::new();
-    for e in events {
-        let day = e.event_date();
-        if options
-            .range
-            .is_none_or(|(from, to)| day >= from && day <= to)
-        {
-            days.entry(day).or_default().push(e);
-        }
-    }
-
-    // 5. Each day: merge with what it holds (incremental) or replace it (backfill), dedupe,
-    //    and switch it with one put.
-    //    Days are independent: two at a time (each is decoded, merged and encoded on rayon).
-    let table_dir = lake.location.child(&source.table);
-    let backfill = options.range.is_some();
-    let progress = Progress::with_unit(options.progress, days.len() as u64, name, "days");
-    let store = lake.location.store.clone();
-    let written: Vec<(NaiveDate, u64, u64)> = futures::stream::iter(days)
-        .map(|(day, new)| {
-            let (store, progress) = (store.clone(), &progress);
-            let path = table_dir
-                .clone()
-                .join(format!("event_date={day}"))
-                .join("part-0.parquet");
-            async move {
-                let existing = if backfill {
-                    Vec::new()
-                } else {
-                    read_day(store.as_ref(), &path).await?
-                };
-                let had = existing.len() as u64;
-                let incoming = new.len() as u64;
-                let rows =
-                    on_rayon(move || dedupe(existing.into_iter().chain(new).collect())).await;
-                let total = rows.len() as u64;
-                // A backfill starts from nothing (`had` = 0): every row is (re)added.
-                let added = total.saturating_sub(had);
-                let duplicates = incoming.saturating_sub(added);
-                let bytes = on_rayon(move || encode_day(&rows)).await?;
-                store.put(&path, bytes.into()).await?;
-                progress.inc();
-                Ok::<_, Error>((day, added, duplicates))
+        for (day, rows) in split_by_day(&file.batch)? {
+            if range.is_none_or(|(from, to)| day >= from && day <= to) {
+                days.append(day, rows).await?;
             }
-        })
-        .buffer_unordered(2)
-        .try_collect()
-        .await?;
-    progress.finish();
-    let mut written = written;
-    written.sort_by_key(|w| w.0);
-    for (day, added, duplicates) in written {
-        summary.events_added += added;
-        summary.duplicates += duplicates;
-        summary.days_written.push(day.to_string());
-    }
-
-    // 6. Quarantine, then the manifest (a crash before it only means re-reading files, which
-    //    the de-duplication absorbs).
-    if !quarantine.is_empty() {
-        let qdir = lake
-            .location
-            .child(&format!("_quarantine/{}/{run_id}", source.table));
-        let lines: String = quarantine
-            .iter()
-            .map(|q| serde_json::to_string(q).expect("quarantine entry is JSON") + "\n")
-            .collect();
-        lake.location
-            .store
-            .put(
-                &qdir.clone().join("quarantine.jsonl"),
-                lines.into_bytes().into(),
+        }
+        done.push((file.rel, file.meta, file.records));
+        progress.inc();
+        if last_checkpoint.elapsed() >= every {
+            checkpoint(
+                &mut days,
+                &mut done,
+                &quarantine,
+                &mut backfill,
+                &mut manifest,
             )
             .await?;
-        for (rel, bytes) in &broken_files {
-            let name = rel.replace('/', "__");
-            lake.location
-                .store
-                .put(&qdir.clone().join("files").join(name), bytes.clone().into())
-                .await?;
+            last_checkpoint = Instant::now();
         }
+    }
+    drop(files);
+    checkpoint(
+        &mut days,
+        &mut done,
+        &quarantine,
+        &mut backfill,
+        &mut manifest,
+    )
+    .await?;
+    progress.finish();
+    if backfill.is_some() {
+        delete_if_exists(state_store.as_ref(), &backfill_path).await?;
+    }
+
+    summary.events_added = days.added;
+    summary.duplicates = days.duplicates;
+    summary.days_written = days
+        .written
+        .iter()
+        .map(|d| event::date_of_day(*d).to_string())
+        .collect();
+    if !quarantine.is_empty() {
         warn!(source = %name, records = summary.quarantined_records, broken_files = summary.broken_files,
             location = %lake.location.child_url(&format!("_quarantine/{}/{run_id}", source.table)),
             "input quarantined");
     }
-    write_json(lake.state.store.as_ref(), &manifest_path, &manifest).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
+async fn write_quarantine(lake: &Lake, qdir: &Path, quarantine: &[Quarantined]) -> Result<()> {
+    let lines: String = quarantine
+        .iter()
+        .map(|q| serde_json::to_string(q).expect("quarantine entry is JSON") + "\n")
+        .collect();
+    lake.location
+        .store
+        .put(
+            &qdir.clone().join("quarantine.jsonl"),
+            lines.into_bytes().into(),
+        )
+        .await?;
+    Ok(())
+}
+
 /// One source file, read.
-struct FileResult {
+struct FileRead {
     rel: String,
     meta: object_store::ObjectMeta,
     records: u64,
-    events: Vec<Event>,
+    batch: RecordBatch,
     quarantine: Vec<Quarantined>,
     /// Where and why the file could not be read to the end, and its bytes (to keep).
     broken: Option<(u64, String, Bytes)>,
@@ -310,34 +407,280 @@ fn read_file(
     meta: object_store::ObjectMeta,
     format: decode::Format,
     bytes: Bytes,
-) -> FileResult {
-    let decoded = decode::decode(format, &bytes);
-    let event_type = decode::event_type_of(&rel);
-    let mut out = FileResult {
-        records: decoded.records.len() as u64,
-        events: Vec::with_capacity(decoded.records.len()),
-        quarantine: Vec::new(),
-        broken: None,
-        rel: rel.clone(),
-        meta,
+) -> FileRead {
+    let folder = decode::event_type_of(&rel);
+    let mut columns = EventColumns::default();
+    let mut quarantine = Vec::new();
+    let mut records = 0u64;
+    let broken = match format {
+        decode::Format::Avro => avro::read_file(&bytes, |position, parts| {
+            records += 1;
+            if let Err(reason) = columns.push(parts, folder, &rel) {
+                quarantine.push(Quarantined {
+                    file: rel.clone(),
+                    position,
+                    reason,
+                    record: Some(event::parts_to_json(parts)),
+                });
+            }
+        }),
+        decode::Format::NdJson => {
+            let decoded = decode::ndjson(&bytes);
+            for (position, record) in decoded.records {
+                records += 1;
+                let problem = match record {
+                    Err(reason) => Some((reason, None)),
+                    Ok(m) => {
+                        let (canonical, properties) = event::json_parts(&m);
+                        let parts = Parts {
+                            canonical: &canonical,
+                            properties: &properties,
+                        };
+                        columns
+                            .push(&parts, folder, &rel)
+                            .err()
+                            .map(|reason| (reason, Some(serde_json::Value::Object(m.clone()))))
+                    }
+                };
+                if let Some((reason, record)) = problem {
+                    quarantine.push(Quarantined {
+                        file: rel.clone(),
+                        position,
+                        reason,
+                        record,
+                    });
+                }
+            }
+            decoded.broken
+        }
     };
-    for (position, record) in decoded.records {
-        let result = match &record {
-            Ok(m) => event::normalize(m, event_type, &rel),
-            Err(reason) => Err(reason.clone()),
-        };
-        match result {
-            Ok(e) => out.events.push(e),
-            Err(reason) => out.quarantine.push(Quarantined {
-                file: rel.clone(),
-                position,
-                reason,
-                record: record.ok().map(serde_json::Value::Object),
-            }),
+    FileRead {
+        batch: columns.finish(),
+        records,
+        quarantine,
+        broken: broken.map(|(p, r)| (p, r, bytes)),
+        rel,
+        meta,
+    }
+}
+
+/// The rows of a batch grouped by day (one slice when the batch holds one day, as most do).
+fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>> {
+    let days = event::days_of(batch);
+    let Some(&first) = days.first() else {
+        return Ok(Vec::new());
+    };
+    if days.iter().all(|&d| d == first) {
+        return Ok(vec![(first, batch.clone())]);
+    }
+    let mut rows: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for (i, d) in days.iter().enumerate() {
+        rows.entry(*d).or_default().push(i as u32);
+    }
+    rows.into_iter()
+        .map(|(d, idx)| {
+            take_record_batch(batch, &UInt32Array::from(idx))
+                .map(|rows| (d, rows))
+                .map_err(|e| Error::Internal(e.to_string()))
+        })
+        .collect()
+}
+
+/// Hashes a 128-bit fingerprint by its low half (it is already a hash).
+#[derive(Default)]
+struct Fingerprint(u64);
+
+impl Hasher for Fingerprint {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    out.broken = decoded.broken.map(|(p, r)| (p, r, bytes));
-    out
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type IdSet = HashSet<u128, BuildHasherDefault<Fingerprint>>;
+
+/// 128-bit fingerprints of event ids: two independently seeded 64-bit hashes. Two distinct ids
+/// of a day collide with a probability around n²/2¹²⁹ (≈10⁻²⁵ for ten million events).
+struct Fingerprints(ahash::RandomState, ahash::RandomState);
+
+impl Fingerprints {
+    fn new() -> Self {
+        Fingerprints(
+            ahash::RandomState::with_seeds(0x9e37, 0x79b9, 0x7f4a, 0x7c15),
+            ahash::RandomState::with_seeds(0xbf58, 0x476d, 0x1ce4, 0xe5b9),
+        )
+    }
+    fn of(&self, id: &str) -> u128 {
+        (u128::from(self.0.hash_one(id)) << 64) | u128::from(self.1.hash_one(id))
+    }
+}
+
+/// The days being written: each an open Parquet upload and the fingerprints of its ids.
+struct Days {
+    store: Arc<dyn ObjectStore>,
+    table_dir: Path,
+    /// `None`: merge every day with what it holds (incremental). `Some(days)`: a backfill;
+    /// replace a day the first time it is opened unless it is in the set.
+    replace_unless: Option<HashSet<i32>>,
+    open: HashMap<i32, OpenDay>,
+    clock: u64,
+    fingerprints: Fingerprints,
+    /// Days opened so far (for a backfill's checkpoint).
+    opened: BTreeSet<i32>,
+    /// Days switched by this run.
+    written: BTreeSet<i32>,
+    added: u64,
+    duplicates: u64,
+}
+
+struct OpenDay {
+    writer: AsyncArrowWriter<BufWriter>,
+    seen: IdSet,
+    last_use: u64,
+}
+
+impl Days {
+    fn new(store: Arc<dyn ObjectStore>, table_dir: Path, replaced: Option<HashSet<i32>>) -> Self {
+        Days {
+            store,
+            table_dir,
+            replace_unless: replaced,
+            open: HashMap::new(),
+            clock: 0,
+            fingerprints: Fingerprints::new(),
+            opened: BTreeSet::new(),
+            written: BTreeSet::new(),
+            added: 0,
+            duplicates: 0,
+        }
+    }
+
+    fn path(&self, day: i32) -> Path {
+        self.table_dir
+            .clone()
+            .join(format!("event_date={}", event::date_of_day(day)))
+            .join("part-0.parquet")
+    }
+
+    /// Appends a day's new rows, leaving out ids the day already has.
+    async fn append(&mut self, day: i32, rows: RecordBatch) -> Result<()> {
+        self.clock += 1;
+        if !self.open.contains_key(&day) {
+            if self.open.len() >= MAX_OPEN_DAYS {
+                let lru = *self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, d)| d.last_use)
+                    .map(|(day, _)| day)
+                    .expect("open days");
+                self.close(lru).await?;
+            }
+            let open = self.open_day(day).await?;
+            self.open.insert(day, open);
+        }
+        let fingerprints = &self.fingerprints;
+        let open = self.open.get_mut(&day).expect("opened above");
+        open.last_use = self.clock;
+        let ids = event::ids(&rows);
+        let keep: BooleanArray = ids
+            .iter()
+            .map(|id| Some(open.seen.insert(fingerprints.of(id.unwrap_or_default()))))
+            .collect();
+        let kept = keep.true_count();
+        self.added += kept as u64;
+        self.duplicates += (rows.num_rows() - kept) as u64;
+        let rows = if kept == rows.num_rows() {
+            rows
+        } else {
+            filter_record_batch(&rows, &keep).map_err(|e| Error::Internal(e.to_string()))?
+        };
+        if rows.num_rows() > 0 {
+            open.writer.write(&rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a day's new object: with what the day holds (merge) or empty (replace).
+    async fn open_day(&mut self, day: i32) -> Result<OpenDay> {
+        let path = self.path(day);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        let mut writer = AsyncArrowWriter::try_new(
+            BufWriter::new(self.store.clone(), path.clone()),
+            event::schema(),
+            Some(props),
+        )?;
+        let mut seen = IdSet::default();
+        let replace = match &self.replace_unless {
+            None => false,
+            Some(replaced) => !replaced.contains(&day) && !self.opened.contains(&day),
+        };
+        if !replace {
+            let meta = match self.store.head(&path).await {
+                Ok(meta) => Some(meta),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
+            };
+            if let Some(meta) = meta {
+                let stored = |e: &dyn std::fmt::Display| {
+                    Error::Storage(format!("stored day {path} cannot be read back: {e}"))
+                };
+                let reader = StoredDay {
+                    store: self.store.clone(),
+                    path: path.clone(),
+                    size: meta.size,
+                };
+                let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+                    .await
+                    .map_err(|e| stored(&e))?
+                    .with_batch_size(16 * 1024)
+                    .build()
+                    .map_err(|e| stored(&e))?;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| stored(&e))?;
+                    if batch.schema().fields() != event::schema().fields() {
+                        return Err(stored(&"its columns are not the partner_events schema"));
+                    }
+                    for id in event::ids(&batch).iter() {
+                        seen.insert(self.fingerprints.of(id.unwrap_or_default()));
+                    }
+                    writer.write(&batch).await?;
+                }
+            }
+        }
+        self.opened.insert(day);
+        Ok(OpenDay {
+            writer,
+            seen,
+            last_use: self.clock,
+        })
+    }
+
+    /// Completes a day's object: the switch.
+    async fn close(&mut self, day: i32) -> Result<()> {
+        if let Some(open) = self.open.remove(&day) {
+            open.writer.close().await?;
+            self.written.insert(day);
+        }
+        Ok(())
+    }
+
+    async fn close_all(&mut self) -> Result<()> {
+        let days: Vec<i32> = self.open.keys().copied().collect();
+        for day in days {
+            self.close(day).await?;
+        }
+        Ok(())
+    }
 }
 
 /// `root/a/b` → `a/b`.
@@ -350,50 +693,6 @@ fn relative(root: &Path, path: &Path) -> String {
                 .join("/")
         })
         .unwrap_or_else(|| path.to_string())
-}
-
-/// Sorted by time then id; the first of each event id is kept.
-fn dedupe(mut rows: Vec<Event>) -> Vec<Event> {
-    let mut seen = HashSet::with_capacity(rows.len());
-    rows.retain(|e| seen.insert(e.event_id.clone()));
-    rows.sort_by(|a, b| (a.event_time, &a.event_id).cmp(&(b.event_time, &b.event_id)));
-    rows
-}
-
-async fn read_day(store: &dyn ObjectStore, path: &Path) -> Result<Vec<Event>> {
-    let bytes = match store.get(path).await {
-        Ok(got) => got.bytes().await?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
-    };
-    let name = path.to_string();
-    on_rayon(move || {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.build())
-            .map_err(|e| Error::Storage(format!("{name}: {e}")))?;
-        let mut out = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| Error::Storage(format!("{name}: {e}")))?;
-            out.extend(
-                event::from_batch(&batch).map_err(|e| Error::Storage(format!("{name}: {e}")))?,
-            );
-        }
-        Ok(out)
-    })
-    .await
-}
-
-fn encode_day(rows: &[Event]) -> Result<Bytes> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, event::schema(), Some(props))?;
-    for chunk in rows.chunks(64 * 1024) {
-        writer.write(&event::to_batch(chunk))?;
-    }
-    writer.close()?;
-    Ok(Bytes::from(buf))
 }
 
 /// Registers every source's table (unless the project declares it) with its fixed schema, so
@@ -412,4 +711,36 @@ pub fn register_tables(lake: &Lake, config: &Config) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// A stored day's Parquet object, read by ranges (its size is known from the listing).
+struct StoredDay {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl AsyncFileReader for StoredDay {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        Box::pin(async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        })
+    }
 }
