@@ -451,3 +451,129 @@ fn ndjson_carrying_the_same_events_yields_the_same_rows() {
     nd.ingest(&[]).summary();
     assert_eq!(avro.rows(), nd.rows());
 }
+
+#[test]
+fn avro_written_by_another_implementation_is_read_with_every_codec() {
+    // Files written by fastavro (Python): tests/data/fastavro/make.py.
+    let l = Lakeside::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fastavro");
+    let codecs = ["null", "deflate", "snappy", "zstandard"];
+    for codec in codecs {
+        let name = format!("open-{codec}.avro");
+        std::fs::copy(
+            fixtures.join(&name),
+            l.currents(OPEN, "2026-11-27-10", &name),
+        )
+        .unwrap();
+    }
+    let run = l.ingest(&[]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let s = run.summary();
+    assert_eq!(
+        (s["records_read"].as_u64(), s["events_added"].as_u64()),
+        (Some(16), Some(16))
+    );
+    let rows = l.rows();
+    assert_eq!(rows.len(), 16);
+    for codec in codecs {
+        for i in 0..4i64 {
+            let (ty, time, ext, campaign, url, props) = &rows[&format!("fa-{codec}-{i}")];
+            assert_eq!(ty, OPEN);
+            assert_eq!(*time, (i64::from(T0) + i * 3600) * 1_000_000);
+            let want_ext = (i != 3).then(|| format!("u{i:09}"));
+            assert_eq!(ext, &want_ext, "{codec} {i}");
+            assert_eq!(campaign.as_deref(), Some("Ünïcode \"quoted\" campaign"));
+            assert_eq!(*url, None);
+            assert_eq!(props["timezone"], "Europe/Paris");
+            assert_eq!(props["device_id"], format!("dev-{i}"));
+            assert_eq!(props["ad_tracking_enabled"], i % 2 == 0);
+            let extras = if i == 3 {
+                serde_json::json!({"a": "1", "b": "2"})
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(props["extras"], extras, "{codec} {i}");
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_backfill_resumes_where_it_stopped_and_holds_other_ingests() {
+    let l = Lakeside::new();
+    write(
+        &l.currents(OPEN, "2026-11-27-10", "a.avro"),
+        &opens(&[("a1", T0), ("a2", T0 + 5)]),
+    );
+    // Queued on the 28th: an event of the 28th and a late one of the 27th.
+    write(
+        &l.currents(OPEN, "2026-11-28-10", "b.avro"),
+        &opens(&[("b1", T0 + DAY), ("b-late", T0 + 60)]),
+    );
+    write(
+        &l.currents(OPEN, "2026-11-29-10", "c.avro"),
+        &opens(&[("c1", T0 + 2 * DAY)]),
+    );
+    assert_eq!(l.ingest(&[]).summary()["events_added"], 5);
+
+    // The source withdraws a2; backfill the three days, with a checkpoint after every file.
+    std::fs::remove_file(l.currents(OPEN, "2026-11-27-10", "a.avro")).unwrap();
+    write(
+        &l.currents(OPEN, "2026-11-27-10", "a-fixed.avro"),
+        &opens(&[("a1", T0)]),
+    );
+    // The 29th cannot be written (a file stands where its folder goes): the run dies there,
+    // after the 27th and 28th were replaced and checkpointed.
+    let day29 = l.day("2026-11-29");
+    let folder29 = day29.parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&folder29).unwrap();
+    std::fs::write(&folder29, b"in the way").unwrap();
+    let range = ["--from", "2026-11-27", "--to", "2026-11-29"];
+    let every_file = ["--checkpoint-every", "0"];
+    let args: Vec<&str> = range.iter().chain(&every_file).copied().collect();
+    let failed = l.ingest(&args);
+    assert_eq!(failed.code(), 1, "{}", failed.stderr());
+    assert!(
+        l.dir
+            .path()
+            .join("lake/_cohort_bridge/ingest/currents/backfill.json")
+            .exists()
+    );
+
+    // Until it is finished, other ingests are refused, naming the command that finishes it.
+    for other in [vec![], vec!["--from", "2026-11-28", "--to", "2026-11-28"]] {
+        let refused = l.ingest(&other);
+        assert_eq!(refused.code(), 2, "{}", refused.stderr());
+        assert!(
+            refused
+                .stderr()
+                .contains("--from 2026-11-27 --to 2026-11-29"),
+            "{}",
+            refused.stderr()
+        );
+    }
+
+    // Resumed: only the file not yet done is read; replaced days are merged into, not redone.
+    std::fs::remove_file(&folder29).unwrap();
+    let resumed = l.ingest(&args);
+    assert_eq!(resumed.code(), 0, "{}", resumed.stderr());
+    let s = resumed.summary();
+    assert_eq!(s["resumed"], true);
+    assert_eq!(
+        (s["files_read"].as_u64(), s["files_skipped"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(s["days_written"], serde_json::json!(["2026-11-29"]));
+    assert_eq!(
+        l.rows().keys().cloned().collect::<Vec<_>>(),
+        ["a1", "b-late", "b1", "c1"],
+        "exactly the corrected sources, late event included"
+    );
+    assert!(
+        !l.dir
+            .path()
+            .join("lake/_cohort_bridge/ingest/currents/backfill.json")
+            .exists()
+    );
+    // And the project is back to normal ingests.
+    assert_eq!(l.ingest(&[]).summary()["files_read"], 0);
+}
