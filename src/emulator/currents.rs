@@ -197,6 +197,8 @@ pub async fn write_engagement(
     let mut rng = SplitMix64(spec.seed);
     // (event type index, queued hour, record)
     let mut out: Vec<(usize, DateTime<Utc>, Value)> = Vec::new();
+    // Files written so far per (event type, queued hour).
+    let mut parts: BTreeMap<(usize, String), usize> = BTreeMap::new();
     let mut report = EngagementReport::default();
     let t0 = spec.at;
     let mut n = 0u64;
@@ -228,6 +230,10 @@ pub async fn write_engagement(
         let (campaign_id, campaign_name) =
             spec.push_campaigns[i % spec.push_campaigns.len().max(1)].clone();
         for user in members {
+            // Written as it goes: memory holds a bounded number of records, not the export.
+            if out.len() >= FLUSH_RECORDS {
+                write_files(store.as_ref(), prefix, &mut out, &mut parts, &mut report).await?;
+            }
             let base = || {
                 let mut m: BTreeMap<&str, V> = BTreeMap::new();
                 m.insert("user_id", V::S(format!("braze-{user}")));
@@ -275,9 +281,26 @@ pub async fn write_engagement(
             }
         }
     }
-    // One file per (type, queued hour), at most 15,000 records each, like Currents.
+    write_files(store.as_ref(), prefix, &mut out, &mut parts, &mut report).await?;
+    report.duplicates = report.events - n;
+    report.late = late;
+    Ok(report)
+}
+
+/// Records held before they are written out.
+const FLUSH_RECORDS: usize = 500_000;
+
+/// Writes the records gathered so far: one file per (type, queued hour), at most 15,000 records
+/// each, like Currents; numbered on from the files already written for that hour.
+async fn write_files(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    out: &mut Vec<(usize, DateTime<Utc>, Value)>,
+    parts: &mut BTreeMap<(usize, String), usize>,
+    report: &mut EngagementReport,
+) -> Result<(), String> {
     let mut groups: BTreeMap<(usize, String), Vec<Value>> = BTreeMap::new();
-    for (ty, queued, rec) in out {
+    for (ty, queued, rec) in out.drain(..) {
         groups
             .entry((ty, queued.format("%Y-%m-%d-%H").to_string()))
             .or_default()
@@ -290,7 +313,8 @@ pub async fn write_engagement(
         let t = &TYPES[ty];
         let schema =
             Schema::parse_str(&schema_json(t)).map_err(|e| format!("schema {}: {e}", t.name))?;
-        for (part, chunk) in records.chunks(15_000).enumerate() {
+        let next = parts.entry((ty, hour.clone())).or_default();
+        for chunk in records.chunks(15_000) {
             let mut w = Writer::with_codec(
                 &schema,
                 Vec::new(),
@@ -308,7 +332,8 @@ pub async fn write_engagement(
                 .join(format!("date={hour}"))
                 .join("1")
                 .join("us-east-1")
-                .join(format!("{}+{part}+0.avro", t.record));
+                .join(format!("{}+{next}+0.avro", t.record));
+            *next += 1;
             store
                 .put(&path, bytes.into())
                 .await
@@ -317,7 +342,5 @@ pub async fn write_engagement(
             report.events += chunk.len() as u64;
         }
     }
-    report.duplicates = report.events - n;
-    report.late = late;
-    Ok(report)
+    Ok(())
 }
