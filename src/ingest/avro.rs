@@ -367,7 +367,7 @@ impl Layout {
 
 /// The JSON text of the other fields of the record being decoded.
 struct Scratch {
-    json: Vec<u8>,
+    json: String,
     /// Range of each other field's JSON in `json`, by name rank.
     ranges: Vec<(usize, usize)>,
     properties: String,
@@ -376,7 +376,7 @@ struct Scratch {
 impl Scratch {
     fn new(layout: &Layout) -> Self {
         Scratch {
-            json: Vec::new(),
+            json: String::new(),
             ranges: vec![(0, 0); layout.other_keys.len()],
             properties: String::new(),
         }
@@ -390,7 +390,8 @@ impl Scratch {
         cur: &mut Cursor<'a>,
         canonical_values: &mut [Field<'a>],
     ) -> Result<(), String> {
-        canonical_values.fill(Field::Missing);
+        // No reset of `canonical_values`: the layout is the file's, so every canonical field it
+        // has is overwritten below and the others stay `Missing`.
         self.json.clear();
         for (node, target) in &layout.fields {
             match target {
@@ -411,8 +412,7 @@ impl Scratch {
             self.properties.push_str(key);
             let (a, b) = self.ranges[rank];
             // Every fragment was written from valid UTF-8 (JSON text of checked strings).
-            self.properties
-                .push_str(std::str::from_utf8(&self.json[a..b]).map_err(|e| e.to_string())?);
+            self.properties.push_str(&self.json[a..b]);
         }
         self.properties.push('}');
         Ok(())
@@ -430,17 +430,17 @@ fn canonical<'a>(node: &Node, cur: &mut Cursor<'a>) -> Result<Field<'a>, String>
         Node::Fixed(n) => Field::Str(Cow::Owned(hex(cur.take(*n)?))),
         Node::Union(branches) => canonical(branch(branches, cur)?, cur)?,
         Node::Float | Node::Double => {
-            let mut text = Vec::new();
+            let mut text = String::new();
             write_json(node, cur, &mut text)?;
-            match text.as_slice() {
-                b"null" => Field::Null,
-                _ => Field::Number(String::from_utf8(text).map_err(|e| e.to_string())?),
+            match text.as_str() {
+                "null" => Field::Null,
+                _ => Field::Number(text),
             }
         }
         other => {
-            let mut text = Vec::new();
+            let mut text = String::new();
             write_json(other, cur, &mut text)?;
-            Field::Other(String::from_utf8(text).map_err(|e| e.to_string())?)
+            Field::Other(text)
         }
     })
 }
@@ -473,27 +473,50 @@ fn hex(b: &[u8]) -> String {
 
 /// Writes one value as JSON text. Scalars directly; nested records, maps and arrays through a
 /// `serde_json::Value` (so object keys come out sorted, as the generic route does).
-fn write_json(node: &Node, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+fn write_json(node: &Node, cur: &mut Cursor<'_>, out: &mut String) -> Result<(), String> {
     match node {
-        Node::Null => out.extend_from_slice(b"null"),
-        Node::Boolean => out.extend_from_slice(if cur.bool()? { b"true" } else { b"false" }),
-        Node::Int | Node::Long => out.extend_from_slice(itoa(cur.long()?).as_bytes()),
+        Node::Null => out.push_str("null"),
+        Node::Boolean => out.push_str(if cur.bool()? { "true" } else { "false" }),
+        Node::Int | Node::Long => {
+            use std::fmt::Write;
+            let _ = write!(out, "{}", cur.long()?);
+        }
         Node::String => json_str(cur.string()?, out),
         Node::Union(branches) => write_json(branch(branches, cur)?, cur, out)?,
         other => {
-            let v = to_value(other, cur)?;
-            serde_json::to_writer(out, &v).map_err(|e| e.to_string())?
+            out.push_str(&serde_json::to_string(&to_value(other, cur)?).map_err(|e| e.to_string())?)
         }
     }
     Ok(())
 }
 
-fn itoa(n: i64) -> String {
-    n.to_string()
-}
-
-fn json_str(s: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+/// A JSON string literal, escaped as serde_json does (`"`, `\\`, control characters).
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 fn to_value(node: &Node, cur: &mut Cursor<'_>) -> Result<Value, String> {
@@ -797,6 +820,16 @@ mod tests {
         }
         assert!(p.contains(r#""attrs":{"k1":null,"k2":2}"#), "{p}");
         assert!(p.contains(r#""inner":{"a":0.5,"b":"B"}"#), "{p}");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_does() {
+        let all: String = (0u8..0x80).map(char::from).collect::<String>() + "é✓\u{2028}";
+        for s in [all.as_str(), "", "plain", "a\"b\\c\nd"] {
+            let mut out = String::new();
+            json_str(s, &mut out);
+            assert_eq!(out, serde_json::to_string(s).unwrap());
+        }
     }
 
     #[test]

@@ -31,6 +31,14 @@ const OPTIONAL: [(&str, &str); 11] = [
     ("url", "url"),
 ];
 
+/// Columns with (nearly) a distinct value per row.
+pub const UNIQUE_COLUMNS: [&str; 4] = [
+    "event_id",
+    "partner_user_id",
+    "external_user_id",
+    "properties",
+];
+
 /// The file schema of the `partner_events` table (`event_date` is the partition column).
 pub fn schema() -> SchemaRef {
     let mut fields = vec![

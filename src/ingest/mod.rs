@@ -47,6 +47,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -327,9 +328,9 @@ pub async fn ingest_source(
                 record: None,
             });
         }
-        for (day, rows) in split_by_day(&file.batch)? {
+        for (day, rows, fingerprints) in split_by_day(&file.batch, file.fingerprints)? {
             if range.is_none_or(|(from, to)| day >= from && day <= to) {
-                days.append(day, rows).await?;
+                days.append(day, rows, &fingerprints).await?;
             }
         }
         done.push((file.rel, file.meta, file.records));
@@ -397,6 +398,8 @@ struct FileRead {
     meta: object_store::ObjectMeta,
     records: u64,
     batch: RecordBatch,
+    /// The fingerprint of each row's event id (computed here, off the writer's path).
+    fingerprints: Vec<u128>,
     quarantine: Vec<Quarantined>,
     /// Where and why the file could not be read to the end, and its bytes (to keep).
     broken: Option<(u64, String, Bytes)>,
@@ -454,8 +457,14 @@ fn read_file(
             decoded.broken
         }
     };
+    let batch = columns.finish();
+    let fp = Fingerprints::new();
     FileRead {
-        batch: columns.finish(),
+        fingerprints: event::ids(&batch)
+            .iter()
+            .map(|id| fp.of(id.unwrap_or_default()))
+            .collect(),
+        batch,
         records,
         quarantine,
         broken: broken.map(|(p, r)| (p, r, bytes)),
@@ -464,14 +473,18 @@ fn read_file(
     }
 }
 
-/// The rows of a batch grouped by day (one slice when the batch holds one day, as most do).
-fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>> {
+/// The rows of a batch (and their fingerprints) grouped by day; no copy when the batch holds
+/// one day, as most do.
+fn split_by_day(
+    batch: &RecordBatch,
+    fingerprints: Vec<u128>,
+) -> Result<Vec<(i32, RecordBatch, Vec<u128>)>> {
     let days = event::days_of(batch);
     let Some(&first) = days.first() else {
         return Ok(Vec::new());
     };
     if days.iter().all(|&d| d == first) {
-        return Ok(vec![(first, batch.clone())]);
+        return Ok(vec![(first, batch.clone(), fingerprints)]);
     }
     let mut rows: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
     for (i, d) in days.iter().enumerate() {
@@ -479,8 +492,9 @@ fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>> {
     }
     rows.into_iter()
         .map(|(d, idx)| {
+            let fp = idx.iter().map(|&i| fingerprints[i as usize]).collect();
             take_record_batch(batch, &UInt32Array::from(idx))
-                .map(|rows| (d, rows))
+                .map(|rows| (d, rows, fp))
                 .map_err(|e| Error::Internal(e.to_string()))
         })
         .collect()
@@ -570,7 +584,7 @@ impl Days {
     }
 
     /// Appends a day's new rows, leaving out ids the day already has.
-    async fn append(&mut self, day: i32, rows: RecordBatch) -> Result<()> {
+    async fn append(&mut self, day: i32, rows: RecordBatch, fingerprints: &[u128]) -> Result<()> {
         self.clock += 1;
         if !self.open.contains_key(&day) {
             if self.open.len() >= MAX_OPEN_DAYS {
@@ -585,13 +599,11 @@ impl Days {
             let open = self.open_day(day).await?;
             self.open.insert(day, open);
         }
-        let fingerprints = &self.fingerprints;
         let open = self.open.get_mut(&day).expect("opened above");
         open.last_use = self.clock;
-        let ids = event::ids(&rows);
-        let keep: BooleanArray = ids
+        let keep: BooleanArray = fingerprints
             .iter()
-            .map(|id| Some(open.seen.insert(fingerprints.of(id.unwrap_or_default()))))
+            .map(|fp| Some(open.seen.insert(*fp)))
             .collect();
         let kept = keep.true_count();
         self.added += kept as u64;
@@ -610,10 +622,14 @@ impl Days {
     /// Starts a day's new object: with what the day holds (merge) or empty (replace).
     async fn open_day(&mut self, day: i32) -> Result<OpenDay> {
         let path = self.path(day);
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        // Nearly unique per row: a dictionary would be built only to be abandoned.
+        for column in event::UNIQUE_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        let props = props.build();
         let mut writer = AsyncArrowWriter::try_new(
             BufWriter::new(self.store.clone(), path.clone()),
             event::schema(),
