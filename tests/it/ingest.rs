@@ -29,8 +29,8 @@ const CLICK_SCHEMA: &str = r#"{"type":"record","name":"EmailClickEvent","namespa
  {"name":"is_suspected_bot_click","type":["null","boolean"],"default":null}]}"#;
 
 /// 2026-11-27 10:00:00 UTC.
-const T0: i32 = 1_795_773_600;
-const DAY: i32 = 86_400;
+pub const T0: i32 = 1_795_773_600;
+pub const DAY: i32 = 86_400;
 
 type Row = (
     String,
@@ -123,7 +123,7 @@ impl Lakeside {
     }
 }
 
-fn opens(ids: &[(&str, i32)]) -> Vec<u8> {
+pub fn opens(ids: &[(&str, i32)]) -> Vec<u8> {
     let schema = Schema::parse_str(OPEN_SCHEMA).unwrap();
     let mut w = Writer::with_codec(
         &schema,
@@ -211,7 +211,7 @@ fn clicks(ids: &[(&str, i32)]) -> Vec<u8> {
     w.into_inner().unwrap()
 }
 
-const OPEN: &str = "users.messages.pushnotification.Open";
+pub const OPEN: &str = "users.messages.pushnotification.Open";
 const CLICK: &str = "users.messages.email.Click";
 
 fn write(path: &Path, bytes: &[u8]) {

@@ -10,4 +10,6 @@ mod errors;
 mod faults;
 mod incremental;
 mod ingest;
+mod s3;
+mod storage;
 mod sync;

@@ -1,0 +1,377 @@
+//! One end-to-end suite, two backends: every scenario runs against the lake on local files and
+//! against the same lake in a real S3-protocol server (in process, `s3.rs`), through the real
+//! binary. On S3 the lake, the state area (snapshots, plans, journals, locks, run history) and
+//! the ingest source are all objects; the assertions read the objects back from the server's
+//! backing folder with the independent Parquet reader.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::ingest::{DAY, OPEN, T0, opens};
+use crate::s3::S3Server;
+use crate::support::*;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    Local,
+    S3,
+}
+
+const ACTIVE_7D: &str = "SELECT user_id FROM users\n\
+WHERE last_seen_at >= $run_ts - INTERVAL '7 days' AND last_seen_at < $run_ts\n";
+const T1: &str = "2026-11-26T12:00:00Z";
+const T2: &str = "2026-11-27T12:00:00Z";
+
+fn active_7d(at: &str) -> BTreeSet<String> {
+    let at: DateTime<Utc> = at.parse().unwrap();
+    let (from, to) = (
+        (at - chrono::Duration::days(7)).timestamp_micros(),
+        at.timestamp_micros(),
+    );
+    users()
+        .into_iter()
+        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
+        .map(|u| u.user_id)
+        .collect()
+}
+
+/// A project whose lake (a copy of the generated one), state area and Currents source live on
+/// the chosen backend.
+struct Lakehouse {
+    dir: tempfile::TempDir,
+    s3: Option<S3Server>,
+    /// Where the backend keeps the lake's objects on disk.
+    lake_dir: PathBuf,
+}
+
+impl Lakehouse {
+    fn new(backend: Backend, partner_url: &str, destination_extra: &str) -> Lakehouse {
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = (backend == Backend::S3).then(|| S3Server::start(&dir.path().join("s3")));
+        let (lake_dir, lake_url, source_url, options) = match &s3 {
+            None => (
+                dir.path().join("lake"),
+                "lake".to_string(),
+                "currents".to_string(),
+                String::new(),
+            ),
+            Some(s3) => (
+                s3.bucket_dir().join("lake"),
+                format!("s3://{}/lake", crate::s3::BUCKET),
+                format!("s3://{}/currents", crate::s3::BUCKET),
+                format!("options = {}\n", s3.lake_options()),
+            ),
+        };
+        copy_dir(lake(), &lake_dir);
+        std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
+        std::fs::write(dir.path().join("queries/cohorts/active.sql"), ACTIVE_7D).unwrap();
+        std::fs::write(
+            dir.path().join("cohort-bridge.toml"),
+            format!(
+                r#"[lake]
+url = "{lake_url}"
+{options}
+[tables.users]
+path = "users"
+
+[tables.events]
+path = "events"
+partitions = [{{ name = "event_date", type = "date" }}]
+
+[destinations.braze]
+kind = "braze"
+base_url = "{partner_url}"
+partner = "cohort-bridge"
+partner_api_key_env = "{KEY_VAR}"
+client_secret_env = "{SECRET_VAR}"
+{destination_extra}
+
+[cohorts.active]
+cohort_id = "active"
+name = "Active in the last 7 days"
+
+[sources.currents]
+url = "{source_url}"
+"#
+            ),
+        )
+        .unwrap();
+        Lakehouse { dir, s3, lake_dir }
+    }
+
+    /// The Currents source folder on disk (objects of the S3 backend).
+    fn currents(&self, event_type: &str, queued: &str, name: &str) -> PathBuf {
+        let root = match &self.s3 {
+            None => self.dir.path().join("currents"),
+            Some(s3) => s3.bucket_dir().join("currents"),
+        };
+        let dir = root
+            .join(format!("event_type={event_type}"))
+            .join(format!("date={queued}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn cohort_state(&self) -> PathBuf {
+        self.lake_dir.join("_cohort_bridge/cohorts/braze/active")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("COHORT_BRIDGE_CONFIG")
+            .env("RUST_LOG", "debug")
+            .env(KEY_VAR, KEY)
+            .env(SECRET_VAR, SECRET);
+        if let Some(s3) = &self.s3 {
+            cmd.envs(s3.env());
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let run = Run(self.command(args).output().expect("run cohort-bridge"));
+        for secret in [KEY, SECRET, crate::s3::SECRET_KEY] {
+            assert!(
+                !run.stderr().contains(secret) && !run.stdout().contains(secret),
+                "a secret reached the output of {args:?}"
+            );
+        }
+        run
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn lock_files(state: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("lock-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Full then incremental sync; a race of four runs lets exactly one through; that one is
+/// killed with SIGKILL mid-delivery and the next run resumes it exactly.
+fn sync_scenario(backend: Backend) {
+    let partner = Partner::plain();
+    let fast = "batch_size = 200\nrequests_per_second = 5000";
+    let house = Lakehouse::new(backend, &partner.handle.base_url(), fast);
+    let (e1, e2) = (active_7d(T1), active_7d(T2));
+
+    let first = house.run(&["sync", "active", "--at", T1]).summary();
+    assert_eq!(first["adds"], e1.len() as u64);
+    assert!(partner.members("active") == e1, "{backend:?}: full sync");
+    let second = house.run(&["sync", "active", "--at", T2]).summary();
+    assert_eq!(second["adds"], e2.difference(&e1).count() as u64);
+    assert_eq!(second["removes"], e1.difference(&e2).count() as u64);
+    assert!(partner.members("active") == e2, "{backend:?}: incremental");
+    assert_eq!(
+        house.run(&["sync", "active", "--at", T2]).summary()["outcome"],
+        "unchanged"
+    );
+
+    // A slow full resend, started four times at once: one run holds the lock, three are
+    // refused with exit 5.
+    let toml = house.dir.path().join("cohort-bridge.toml");
+    let slow = std::fs::read_to_string(&toml).unwrap().replace(
+        "batch_size = 200\nrequests_per_second = 5000",
+        "batch_size = 50\nrequests_per_second = 40\nmax_in_flight = 4",
+    );
+    std::fs::write(&toml, slow).unwrap();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            house
+                .command(&["sync", "active", "--at", T2, "--full"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let applied_before = partner.handle.stats().user_requests_applied;
+    let mut winners = Vec::new();
+    let mut refused = 0;
+    for mut child in racers {
+        // A loser exits at once; the winner is still sending after a second.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(
+                    status.code(),
+                    Some(5),
+                    "{backend:?}: a racer neither won nor lost"
+                );
+                refused += 1;
+                break;
+            }
+            if Instant::now() > deadline {
+                winners.push(child);
+                break;
+            }
+            if partner.handle.stats().user_requests_applied > applied_before + 20 {
+                // Someone is delivering; give the losers a moment to notice the lock.
+                std::thread::sleep(Duration::from_millis(50));
+                if child.try_wait().unwrap().is_none() {
+                    winners.push(child);
+                    break;
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    assert_eq!(
+        (winners.len(), refused),
+        (1, 3),
+        "{backend:?}: exactly one run proceeds"
+    );
+    let mut winner = winners.pop().unwrap();
+    wait_until("the winner to deliver some batches", || {
+        partner.handle.stats().user_requests_applied > applied_before + 30
+    });
+    winner.kill().unwrap(); // SIGKILL
+    winner.wait().unwrap();
+    assert_eq!(
+        lock_files(&house.cohort_state()).len(),
+        1,
+        "the killed run's lock"
+    );
+
+    // The killed run's lock is expired by hand (as its TTL would), then the plan resumes.
+    for lock in lock_files(&house.cohort_state()) {
+        let mut info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+        info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
+        std::fs::write(&lock, serde_json::to_vec(&info).unwrap()).unwrap();
+    }
+    let fast_again = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("requests_per_second = 40", "requests_per_second = 5000");
+    std::fs::write(&toml, fast_again).unwrap();
+    let resumed = house.run(&["sync", "active", "--at", T2]).summary();
+    assert!(
+        resumed["skipped_batches"].as_u64().unwrap() > 0,
+        "{backend:?}: journaled batches are skipped: {resumed}"
+    );
+    assert!(partner.members("active") == e2, "{backend:?}: resumed");
+    let history = house.run(&["runs", "--format", "json"]).summaries();
+    assert!(history.len() >= 4, "{backend:?}: run history: {history:?}");
+}
+
+/// Ingest, an idempotent rerun, a late file, a one-day backfill, and `query` over the result.
+fn ingest_scenario(backend: Backend) {
+    let house = Lakehouse::new(backend, "http://127.0.0.1:9", "");
+    std::fs::write(
+        house.currents(OPEN, "2026-11-27-10", "a.avro"),
+        opens(&[("o1", T0), ("o2", T0 + DAY), ("o1", T0)]),
+    )
+    .unwrap();
+    let s = house.run(&["ingest"]).summary();
+    assert_eq!(
+        (s["events_added"].as_u64(), s["duplicates"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let again = house.run(&["ingest"]).summary();
+    assert_eq!(again["files_read"], 0, "{backend:?}: a rerun reads nothing");
+
+    std::fs::write(
+        house.currents(OPEN, "2026-11-29-08", "late.avro"),
+        opens(&[("late", T0 + 100)]),
+    )
+    .unwrap();
+    let late = house.run(&["ingest"]).summary();
+    assert_eq!(late["days_written"], serde_json::json!(["2026-11-27"]));
+
+    // The 27th is corrected at the source (o1 withdrawn); a backfill of that day only.
+    std::fs::remove_file(house.currents(OPEN, "2026-11-27-10", "a.avro")).unwrap();
+    std::fs::write(
+        house.currents(OPEN, "2026-11-27-10", "a-fixed.avro"),
+        opens(&[("o2", T0 + DAY)]),
+    )
+    .unwrap();
+    let day28 = house
+        .lake_dir
+        .join("partner_events/event_date=2026-11-28/part-0.parquet");
+    let before = std::fs::read(&day28).unwrap();
+    let b = house
+        .run(&["ingest", "--from", "2026-11-27", "--to", "2026-11-27"])
+        .summary();
+    assert_eq!(b["days_written"], serde_json::json!(["2026-11-27"]));
+    assert_eq!(
+        std::fs::read(&day28).unwrap(),
+        before,
+        "{backend:?}: other days untouched"
+    );
+
+    let q = house.run(&[
+        "query",
+        "SELECT event_date, event_id FROM partner_events ORDER BY event_date, event_id",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(q.code(), 0, "{}", q.stderr());
+    assert_eq!(
+        q.stdout(),
+        "event_date,event_id\n2026-11-27,late\n2026-11-28,o2\n",
+        "{backend:?}"
+    );
+    // Product and partner events join in one query.
+    let joined = house.run(&[
+        "query",
+        "SELECT count(*) AS n FROM partner_events p JOIN users u ON u.user_id = p.external_user_id",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(joined.code(), 0, "{}", joined.stderr());
+    assert!(joined.stdout().starts_with("n\n"), "{}", joined.stdout());
+}
+
+#[test]
+fn sync_on_local_files() {
+    sync_scenario(Backend::Local);
+}
+
+#[test]
+fn sync_on_s3() {
+    sync_scenario(Backend::S3);
+}
+
+#[test]
+fn ingest_on_local_files() {
+    ingest_scenario(Backend::Local);
+}
+
+#[test]
+fn ingest_on_s3() {
+    ingest_scenario(Backend::S3);
+}
