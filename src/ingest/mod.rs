@@ -200,12 +200,13 @@ pub async fn ingest_source(
     };
 
     // 2. What is there, and what to read.
-    let listed: Vec<_> = src
-        .store
-        .list(Some(&src.root))
-        .try_collect()
-        .await
-        .map_err(|e| Error::Storage(format!("sources.{name}: cannot list {}: {e}", src.url)))?;
+    let listed = list_source(
+        src.store.as_ref(),
+        &src.root,
+        backfill.as_ref().map(|b| b.from),
+    )
+    .await
+    .map_err(|e| Error::Storage(format!("sources.{name}: cannot list {}: {e}", src.url)))?;
     let mut manifest: Manifest = read_json(state_store.as_ref(), &manifest_path)
         .await?
         .unwrap_or_default();
@@ -375,6 +376,35 @@ pub async fn ingest_source(
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Every object under `root`; for a backfill from `from`, only where events of `from` or later
+/// can be: folders are walked level by level and `date=` folders of earlier queue dates are not
+/// entered, so a backfill of one day does not list years of files.
+async fn list_source(
+    store: &dyn ObjectStore,
+    root: &Path,
+    from: Option<NaiveDate>,
+) -> object_store::Result<Vec<object_store::ObjectMeta>> {
+    let Some(from) = from else {
+        return store.list(Some(root)).try_collect().await;
+    };
+    let mut out = Vec::new();
+    let mut folders = vec![root.clone()];
+    while let Some(folder) = folders.pop() {
+        let listing = store.list_with_delimiter(Some(&folder)).await?;
+        out.extend(listing.objects);
+        for sub in listing.common_prefixes {
+            let name = sub.filename().unwrap_or_default();
+            match decode::queued_date_of(name) {
+                Some(queued) if queued < from => {}
+                // A wanted queue hour: the rest of its subtree in one listing.
+                Some(_) => out.extend(store.list(Some(&sub)).try_collect::<Vec<_>>().await?),
+                None => folders.push(sub),
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn write_quarantine(lake: &Lake, qdir: &Path, quarantine: &[Quarantined]) -> Result<()> {

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result};
@@ -21,6 +22,16 @@ pub const BUCKET: &str = "lakehouse";
 struct AtomicFs {
     inner: s3s_fs::FileSystem,
     writes: Mutex<()>,
+    log: RequestLog,
+}
+
+/// Every request served: the operation, and for listings the prefix.
+pub type RequestLog = Arc<std::sync::Mutex<Vec<String>>>;
+
+impl AtomicFs {
+    fn note(&self, what: String) {
+        self.log.lock().unwrap().push(what);
+    }
 }
 
 // The methods object_store calls; every other S3 call answers NotImplemented (the trait's
@@ -31,78 +42,94 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.note("get_object".to_string());
         self.inner.get_object(req).await
     }
     async fn head_object(
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.note("head_object".to_string());
         self.inner.head_object(req).await
     }
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.note(format!(
+            "list_objects_v2 {}",
+            req.input.prefix.as_deref().unwrap_or("")
+        ));
         self.inner.list_objects_v2(req).await
     }
     async fn list_objects(
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.note("list_objects".to_string());
         self.inner.list_objects(req).await
     }
     async fn head_bucket(
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.note("head_bucket".to_string());
         self.inner.head_bucket(req).await
     }
     async fn list_buckets(
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.note("list_buckets".to_string());
         self.inner.list_buckets(req).await
     }
     async fn get_bucket_location(
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.note("get_bucket_location".to_string());
         self.inner.get_bucket_location(req).await
     }
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.note("list_parts".to_string());
         self.inner.list_parts(req).await
     }
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.note("create_multipart_upload".to_string());
         self.inner.create_multipart_upload(req).await
     }
     async fn upload_part(
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.note("upload_part".to_string());
         self.inner.upload_part(req).await
     }
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.note("upload_part_copy".to_string());
         self.inner.upload_part_copy(req).await
     }
     async fn abort_multipart_upload(
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.note("abort_multipart_upload".to_string());
         self.inner.abort_multipart_upload(req).await
     }
     async fn put_object(
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.note("put_object".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.put_object(req).await
     }
@@ -110,6 +137,7 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.note("complete_multipart_upload".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.complete_multipart_upload(req).await
     }
@@ -117,6 +145,7 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.note("copy_object".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.copy_object(req).await
     }
@@ -124,6 +153,7 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.note("delete_object".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.delete_object(req).await
     }
@@ -131,6 +161,7 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.note("delete_objects".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.delete_objects(req).await
     }
@@ -138,6 +169,7 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.note("create_bucket".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.create_bucket(req).await
     }
@@ -145,6 +177,7 @@ impl S3 for AtomicFs {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.note("delete_bucket".to_string());
         let _one_at_a_time = self.writes.lock().await;
         self.inner.delete_bucket(req).await
     }
@@ -156,6 +189,7 @@ pub struct S3Server {
     pub addr: SocketAddr,
     root: PathBuf,
     runtime: Option<tokio::runtime::Runtime>,
+    log: RequestLog,
 }
 
 impl S3Server {
@@ -166,9 +200,11 @@ impl S3Server {
             .enable_all()
             .build()
             .unwrap();
+        let log = RequestLog::default();
         let fs = AtomicFs {
             inner: s3s_fs::FileSystem::new(root).expect("s3s-fs root"),
             writes: Mutex::new(()),
+            log: log.clone(),
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
@@ -193,7 +229,13 @@ impl S3Server {
             addr,
             root: root.to_path_buf(),
             runtime: Some(runtime),
+            log,
         }
+    }
+
+    /// The requests served since the last call (operation, or `list_objects_v2 <prefix>`).
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
     }
 
     pub fn endpoint(&self) -> String {

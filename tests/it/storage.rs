@@ -146,6 +146,22 @@ url = "{source_url}"
     }
 }
 
+impl Lakehouse {
+    /// Prints (with `--nocapture`) how many requests of each kind the S3 server served since
+    /// the last call: the figures in the README's storage section.
+    fn report_requests(&self, what: &str) {
+        if let Some(s3) = &self.s3 {
+            let mut counts = std::collections::BTreeMap::<String, u64>::new();
+            for r in s3.take_requests() {
+                let op = r.split(' ').next().unwrap_or_default().to_string();
+                *counts.entry(op).or_default() += 1;
+            }
+            let total: u64 = counts.values().sum();
+            eprintln!("S3 requests, {what}: {total} {counts:?}");
+        }
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -189,9 +205,11 @@ fn sync_scenario(backend: Backend) {
     let (e1, e2) = (active_7d(T1), active_7d(T2));
 
     let first = house.run(&["sync", "active", "--at", T1]).summary();
+    house.report_requests("full sync");
     assert_eq!(first["adds"], e1.len() as u64);
     assert!(partner.members("active") == e1, "{backend:?}: full sync");
     let second = house.run(&["sync", "active", "--at", T2]).summary();
+    house.report_requests("incremental sync");
     assert_eq!(second["adds"], e2.difference(&e1).count() as u64);
     assert_eq!(second["removes"], e1.difference(&e2).count() as u64);
     assert!(partner.members("active") == e2, "{backend:?}: incremental");
@@ -297,11 +315,13 @@ fn ingest_scenario(backend: Backend) {
     )
     .unwrap();
     let s = house.run(&["ingest"]).summary();
+    house.report_requests("ingest of one file");
     assert_eq!(
         (s["events_added"].as_u64(), s["duplicates"].as_u64()),
         (Some(2), Some(1))
     );
     let again = house.run(&["ingest"]).summary();
+    house.report_requests("ingest rerun, nothing new");
     assert_eq!(again["files_read"], 0, "{backend:?}: a rerun reads nothing");
 
     std::fs::write(
@@ -310,6 +330,7 @@ fn ingest_scenario(backend: Backend) {
     )
     .unwrap();
     let late = house.run(&["ingest"]).summary();
+    house.report_requests("ingest of a late file");
     assert_eq!(late["days_written"], serde_json::json!(["2026-11-27"]));
 
     // The 27th is corrected at the source (o1 withdrawn); a backfill of that day only.
@@ -326,12 +347,30 @@ fn ingest_scenario(backend: Backend) {
     let b = house
         .run(&["ingest", "--from", "2026-11-27", "--to", "2026-11-27"])
         .summary();
+    house.report_requests("backfill of one day");
     assert_eq!(b["days_written"], serde_json::json!(["2026-11-27"]));
     assert_eq!(
         std::fs::read(&day28).unwrap(),
         before,
         "{backend:?}: other days untouched"
     );
+
+    // A backfill of the 29th lists only the queue hours that can hold its events.
+    let b29 = house
+        .run(&["ingest", "--from", "2026-11-29", "--to", "2026-11-29"])
+        .summary();
+    assert_eq!(b29["files_listed"], 1, "{backend:?}: {b29}");
+    if let Some(s3) = &house.s3 {
+        let lists: Vec<String> = s3
+            .take_requests()
+            .into_iter()
+            .filter(|r| r.starts_with("list_objects_v2") && r.contains("currents"))
+            .collect();
+        assert!(
+            lists.iter().all(|l| !l.contains("date=2026-11-27")),
+            "a backfill of the 29th listed earlier queue hours: {lists:#?}"
+        );
+    }
 
     let q = house.run(&[
         "query",
