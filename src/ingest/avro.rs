@@ -103,10 +103,7 @@ pub fn read_file(bytes: &[u8], mut record: impl FnMut(u64, &Parts<'_>)) -> Optio
         let mut canonical = vec![Field::Missing; CANONICAL.len()];
         for _ in 0..count {
             if let Err(e) = scratch.decode(&layout, &mut rec, &mut canonical) {
-                return Some((
-                    index,
-                    format!("corrupt or truncated Avro data at record {index}: {e}"),
-                ));
+                return Some(damage(index, e));
             }
             record(
                 index,
@@ -129,6 +126,14 @@ pub fn read_file(bytes: &[u8], mut record: impl FnMut(u64, &Parts<'_>)) -> Optio
         }
     }
     None
+}
+
+/// Where and why a file stops being readable.
+fn damage(at: u64, e: String) -> (u64, String) {
+    (
+        at,
+        format!("corrupt or truncated Avro data at record {at}: {e}"),
+    )
 }
 
 struct Header {

@@ -172,7 +172,7 @@ pub async fn ingest_source(
     let manifest_path = lake.state.child(&format!("ingest/{name}/manifest.json"));
     let backfill_path = lake.state.child(&format!("ingest/{name}/backfill.json"));
     let pending: Option<BackfillState> = read_json(state_store.as_ref(), &backfill_path).await?;
-    let mut backfill = match (options.range, pending) {
+    let backfill = match (options.range, pending) {
         (Some((from, to)), Some(p)) if p.from == from && p.to == to => {
             info!(source = %name, from = %from, to = %to, files_done = p.files.len(),
                 days_replaced = p.replaced.len(), "resuming an interrupted backfill");
@@ -207,7 +207,7 @@ pub async fn ingest_source(
     )
     .await
     .map_err(|e| Error::Storage(format!("sources.{name}: cannot list {}: {e}", src.url)))?;
-    let mut manifest: Manifest = read_json(state_store.as_ref(), &manifest_path)
+    let manifest: Manifest = read_json(state_store.as_ref(), &manifest_path)
         .await?
         .unwrap_or_default();
     let mut todo = Vec::new();
@@ -262,67 +262,43 @@ pub async fn ingest_source(
     let mut days = Days::new(
         lake.location.store.clone(),
         lake.location.child(&source.table),
-        backfill
-            .as_ref()
-            .map(|b| b.replaced.iter().map(|d| event::day_of_date(*d)).collect()),
+        backfill.as_ref(),
     );
-    let qdir = lake
-        .location
-        .child(&format!("_quarantine/{}/{run_id}", source.table));
-    let mut quarantine: Vec<Quarantined> = Vec::new();
-    let mut quarantine_written = 0;
-    let mut done: Vec<(String, object_store::ObjectMeta, u64)> = Vec::new();
+    let quarantine_dir = format!("_quarantine/{}/{run_id}", source.table);
+    let mut ledger = Ledger {
+        lake,
+        run_id: run_id.clone(),
+        manifest,
+        manifest_path,
+        backfill,
+        backfill_path,
+        done: Vec::new(),
+        quarantine: Vec::new(),
+        quarantine_written: 0,
+        qdir: lake.location.child(&quarantine_dir),
+    };
     let every = options.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT);
     let mut last_checkpoint = Instant::now();
-    let mut checkpoint = async |days: &mut Days,
-                                done: &mut Vec<(String, object_store::ObjectMeta, u64)>,
-                                quarantine: &[Quarantined],
-                                backfill: &mut Option<BackfillState>,
-                                manifest: &mut Manifest|
-           -> Result<()> {
-        days.close_all().await?;
-        if quarantine.len() > quarantine_written {
-            write_quarantine(lake, &qdir, quarantine).await?;
-            quarantine_written = quarantine.len();
-        }
-        for (rel, meta, records) in done.drain(..) {
-            if let Some(b) = backfill.as_mut() {
-                b.files.insert(rel.clone(), (meta.size, meta.e_tag.clone()));
-            }
-            manifest.insert(
-                rel,
-                FileEntry {
-                    size: meta.size,
-                    e_tag: meta.e_tag,
-                    records,
-                    run_id: run_id.clone(),
-                },
-            );
-        }
-        if let Some(b) = backfill.as_mut() {
-            b.replaced
-                .extend(days.opened.iter().map(|d| event::date_of_day(*d)));
-            write_json(state_store.as_ref(), &backfill_path, b).await?;
-        }
-        write_json(state_store.as_ref(), &manifest_path, manifest).await
-    };
-
     while let Some(file) = files.next().await {
         let file = file?;
         summary.files_read += 1;
         summary.records_read += file.records;
         summary.quarantined_records += file.quarantine.len() as u64;
-        quarantine.extend(file.quarantine);
+        ledger.quarantine.extend(file.quarantine);
         if let Some((position, reason, bytes)) = file.broken {
             summary.broken_files += 1;
             lake.location
                 .store
                 .put(
-                    &qdir.clone().join("files").join(file.rel.replace('/', "__")),
+                    &ledger
+                        .qdir
+                        .clone()
+                        .join("files")
+                        .join(file.rel.replace('/', "__")),
                     bytes.into(),
                 )
                 .await?;
-            quarantine.push(Quarantined {
+            ledger.quarantine.push(Quarantined {
                 file: file.rel.clone(),
                 position,
                 reason,
@@ -334,32 +310,18 @@ pub async fn ingest_source(
                 days.append(day, rows, &fingerprints).await?;
             }
         }
-        done.push((file.rel, file.meta, file.records));
+        ledger.done.push((file.rel, file.meta, file.records));
         progress.inc();
         if last_checkpoint.elapsed() >= every {
-            checkpoint(
-                &mut days,
-                &mut done,
-                &quarantine,
-                &mut backfill,
-                &mut manifest,
-            )
-            .await?;
+            ledger.checkpoint(&mut days).await?;
             last_checkpoint = Instant::now();
         }
     }
     drop(files);
-    checkpoint(
-        &mut days,
-        &mut done,
-        &quarantine,
-        &mut backfill,
-        &mut manifest,
-    )
-    .await?;
+    ledger.checkpoint(&mut days).await?;
     progress.finish();
-    if backfill.is_some() {
-        delete_if_exists(state_store.as_ref(), &backfill_path).await?;
+    if ledger.backfill.is_some() {
+        delete_if_exists(state_store.as_ref(), &ledger.backfill_path).await?;
     }
 
     summary.events_added = days.added;
@@ -369,9 +331,9 @@ pub async fn ingest_source(
         .iter()
         .map(|d| event::date_of_day(*d).to_string())
         .collect();
-    if !quarantine.is_empty() {
+    if !ledger.quarantine.is_empty() {
         warn!(source = %name, records = summary.quarantined_records, broken_files = summary.broken_files,
-            location = %lake.location.child_url(&format!("_quarantine/{}/{run_id}", source.table)),
+            location = %lake.location.child_url(&quarantine_dir),
             "input quarantined");
     }
     summary.seconds = started.elapsed().as_secs_f64();
@@ -407,19 +369,65 @@ async fn list_source(
     Ok(out)
 }
 
-async fn write_quarantine(lake: &Lake, qdir: &Path, quarantine: &[Quarantined]) -> Result<()> {
-    let lines: String = quarantine
-        .iter()
-        .map(|q| serde_json::to_string(q).expect("quarantine entry is JSON") + "\n")
-        .collect();
-    lake.location
-        .store
-        .put(
-            &qdir.clone().join("quarantine.jsonl"),
-            lines.into_bytes().into(),
-        )
-        .await?;
-    Ok(())
+/// What a run makes durable at each checkpoint: the files read since the last one (in the
+/// manifest, and for a backfill in its state with the days it has replaced), and the quarantine.
+struct Ledger<'a> {
+    lake: &'a Lake,
+    run_id: String,
+    manifest: Manifest,
+    manifest_path: Path,
+    backfill: Option<BackfillState>,
+    backfill_path: Path,
+    /// Files read since the last checkpoint: (path, metadata, records).
+    done: Vec<(String, object_store::ObjectMeta, u64)>,
+    quarantine: Vec<Quarantined>,
+    /// Entries of `quarantine` already in `quarantine.jsonl`.
+    quarantine_written: usize,
+    qdir: Path,
+}
+
+impl Ledger<'_> {
+    /// Switches the open days, then records what they now hold.
+    async fn checkpoint(&mut self, days: &mut Days) -> Result<()> {
+        days.close_all().await?;
+        if self.quarantine.len() > self.quarantine_written {
+            let lines: String = self
+                .quarantine
+                .iter()
+                .map(|q| serde_json::to_string(q).expect("quarantine entry is JSON") + "\n")
+                .collect();
+            self.lake
+                .location
+                .store
+                .put(
+                    &self.qdir.clone().join("quarantine.jsonl"),
+                    lines.into_bytes().into(),
+                )
+                .await?;
+            self.quarantine_written = self.quarantine.len();
+        }
+        for (rel, meta, records) in self.done.drain(..) {
+            if let Some(b) = self.backfill.as_mut() {
+                b.files.insert(rel.clone(), (meta.size, meta.e_tag.clone()));
+            }
+            self.manifest.insert(
+                rel,
+                FileEntry {
+                    size: meta.size,
+                    e_tag: meta.e_tag,
+                    records,
+                    run_id: self.run_id.clone(),
+                },
+            );
+        }
+        let state = self.lake.state.store.as_ref();
+        if let Some(b) = self.backfill.as_mut() {
+            b.replaced
+                .extend(days.opened.iter().map(|d| event::date_of_day(*d)));
+            write_json(state, &self.backfill_path, b).await?;
+        }
+        write_json(state, &self.manifest_path, &self.manifest).await
+    }
 }
 
 /// One source file, read.
@@ -570,13 +578,13 @@ impl Fingerprints {
 struct Days {
     store: Arc<dyn ObjectStore>,
     table_dir: Path,
-    /// `None`: merge every day with what it holds (incremental). `Some(days)`: a backfill;
-    /// replace a day the first time it is opened unless it is in the set.
-    replace_unless: Option<HashSet<i32>>,
+    /// A backfill replaces a day the first time it opens it; otherwise (and afterwards) a day
+    /// is merged with what it holds.
+    backfill: bool,
     open: HashMap<i32, OpenDay>,
     clock: u64,
     fingerprints: Fingerprints,
-    /// Days opened so far (for a backfill's checkpoint).
+    /// Days opened so far, with those an interrupted backfill had already replaced.
     opened: BTreeSet<i32>,
     /// Days switched by this run.
     written: BTreeSet<i32>,
@@ -591,15 +599,18 @@ struct OpenDay {
 }
 
 impl Days {
-    fn new(store: Arc<dyn ObjectStore>, table_dir: Path, replaced: Option<HashSet<i32>>) -> Self {
+    fn new(store: Arc<dyn ObjectStore>, table_dir: Path, backfill: Option<&BackfillState>) -> Self {
         Days {
             store,
             table_dir,
-            replace_unless: replaced,
+            backfill: backfill.is_some(),
             open: HashMap::new(),
             clock: 0,
             fingerprints: Fingerprints::new(),
-            opened: BTreeSet::new(),
+            opened: backfill
+                .iter()
+                .flat_map(|b| b.replaced.iter().map(|d| event::day_of_date(*d)))
+                .collect(),
             written: BTreeSet::new(),
             added: 0,
             duplicates: 0,
@@ -666,10 +677,7 @@ impl Days {
             Some(props),
         )?;
         let mut seen = IdSet::default();
-        let replace = match &self.replace_unless {
-            None => false,
-            Some(replaced) => !replaced.contains(&day) && !self.opened.contains(&day),
-        };
+        let replace = self.backfill && !self.opened.contains(&day);
         if !replace {
             let meta = match self.store.head(&path).await {
                 Ok(meta) => Some(meta),

@@ -8,12 +8,12 @@ use chrono::{DateTime, Utc};
 
 use crate::support::*;
 
-const ACTIVE_7D: &str = "SELECT user_id FROM users\n\
+pub const ACTIVE_7D: &str = "SELECT user_id FROM users\n\
 WHERE last_seen_at >= $run_ts - INTERVAL '7 days' AND last_seen_at < $run_ts\n";
-const T1: &str = "2026-11-26T12:00:00Z";
-const T2: &str = "2026-11-27T12:00:00Z";
+pub const T1: &str = "2026-11-26T12:00:00Z";
+pub const T2: &str = "2026-11-27T12:00:00Z";
 
-fn active_7d(at: &str) -> BTreeSet<String> {
+pub fn active_7d(at: &str) -> BTreeSet<String> {
     let at: DateTime<Utc> = at.parse().unwrap();
     let (from, to) = (
         (at - chrono::Duration::days(7)).timestamp_micros(),
@@ -222,7 +222,7 @@ fn full_repairs_a_partner_that_lost_the_cohort_and_a_new_partner_gets_everything
 
 /// Backdates every lock in a cohort's state folder (as time would for a dead run's lock);
 /// returns how many there were.
-fn expire_locks(state: &std::path::Path) -> usize {
+pub fn expire_locks(state: &std::path::Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(state).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with("lock-") {
@@ -236,7 +236,7 @@ fn expire_locks(state: &std::path::Path) -> usize {
     n
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

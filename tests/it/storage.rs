@@ -4,13 +4,11 @@
 //! the ingest source are all objects; the assertions read the objects back from the server's
 //! backing folder with the independent Parquet reader.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-
+use crate::incremental::{ACTIVE_7D, T1, T2, active_7d, expire_locks, wait_until};
 use crate::ingest::{DAY, OPEN, T0, opens};
 use crate::s3::S3Server;
 use crate::support::*;
@@ -19,24 +17,6 @@ use crate::support::*;
 enum Backend {
     Local,
     S3,
-}
-
-const ACTIVE_7D: &str = "SELECT user_id FROM users\n\
-WHERE last_seen_at >= $run_ts - INTERVAL '7 days' AND last_seen_at < $run_ts\n";
-const T1: &str = "2026-11-26T12:00:00Z";
-const T2: &str = "2026-11-27T12:00:00Z";
-
-fn active_7d(at: &str) -> BTreeSet<String> {
-    let at: DateTime<Utc> = at.parse().unwrap();
-    let (from, to) = (
-        (at - chrono::Duration::days(7)).timestamp_micros(),
-        at.timestamp_micros(),
-    );
-    users()
-        .into_iter()
-        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
-        .map(|u| u.user_id)
-        .collect()
 }
 
 /// A project whose lake (a copy of the generated one), state area and Currents source live on
@@ -174,28 +154,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn lock_files(state: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(state)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("lock-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Full then incremental sync; a race of four runs lets exactly one through; that one is
 /// killed with SIGKILL mid-delivery and the next run resumes it exactly.
 fn sync_scenario(backend: Backend) {
@@ -279,19 +237,12 @@ fn sync_scenario(backend: Backend) {
     });
     winner.kill().unwrap(); // SIGKILL
     winner.wait().unwrap();
+    // The killed run's lock is expired by hand (as its TTL would), then the plan resumes.
     assert_eq!(
-        lock_files(&house.cohort_state()).len(),
+        expire_locks(&house.cohort_state()),
         1,
         "the killed run's lock"
     );
-
-    // The killed run's lock is expired by hand (as its TTL would), then the plan resumes.
-    for lock in lock_files(&house.cohort_state()) {
-        let mut info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
-        info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
-        std::fs::write(&lock, serde_json::to_vec(&info).unwrap()).unwrap();
-    }
     let fast_again = std::fs::read_to_string(&toml)
         .unwrap()
         .replace("requests_per_second = 40", "requests_per_second = 5000");
