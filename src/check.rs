@@ -57,7 +57,13 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
             return report;
         }
     };
-    let lake = Lake::new(location, state);
+    let lake = match Lake::new(location, state, config) {
+        Ok(lake) => lake,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return report;
+        }
+    };
     for (name, table) in &config.tables {
         if let Err(e) = lake.register(name, table).await {
             report.problems.push(e.to_string());

@@ -35,7 +35,10 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
             Err(e) => e.exit_code(),
         };
         let mut record = RunRecord {
-            command: "sync".into(),
+            command: match options.shard {
+                Some(shard) => format!("sync --shard {shard}"),
+                None => "sync".into(),
+            },
             cohort: Some(name.clone()),
             destination: config.cohort(name).ok().map(|c| c.destination),
             started_at,
@@ -205,6 +208,54 @@ pub async fn export_engagement(out: &str, users: u64, seed: u64, at: DateTime<Ut
     line["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     line["out"] = serde_json::json!(location.url.as_str());
     println!("{line}");
+    Ok(exit::OK)
+}
+
+/// `http-floor` (hidden; `benches/e2e.py`, case d): the HTTP floor of a sync of `ids` members.
+/// The same requests a full sync sends (the create call, then `ids` synthetic ids in
+/// `batch_size` batches) through the same client, pacing and in-flight bound, with every body
+/// encoded before the clock starts: no query, diff, plan or state. Prints one JSON line.
+pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<i32> {
+    use crate::deliver::destination::braze::Braze;
+    use crate::deliver::{plan::batches, sender::Sender};
+    use datafusion::arrow::array::{Array, StringArray};
+
+    let config = Config::load(config_file)?;
+    let cohort = config
+        .cohort(cohort)
+        .map_err(|e| Error::config(config.file.clone(), e))?;
+    let dest = config.destination(&cohort.destination)?;
+    let creds = config.credentials(&cohort.destination, &env_lookup)?;
+    let braze = Braze::new(dest, &creds, &cohort);
+    let members = StringArray::from_iter_values((0..ids).map(|i| format!("u{i:09}")));
+    let create = braze.create_cohort(Utc::now());
+    let requests: Vec<_> = batches(members.len(), dest.batch_size)
+        .into_iter()
+        .map(|(n, range)| braze.change_members(n, &members, range, false))
+        .collect();
+    let count = requests.len() + 1;
+    let (tx, rx) = tokio::sync::mpsc::channel(count);
+    for request in requests {
+        tx.send(request)
+            .await
+            .map_err(|_| Error::Internal("request channel closed".into()))?;
+    }
+    drop(tx);
+    let sender = Sender::new(dest)?;
+    // As a sync does: the cohort exists before its members are sent.
+    let started = std::time::Instant::now();
+    sender.send(&create).await?;
+    sender.send_all(rx, |_| {}).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": count,
+            "ids": ids,
+            "seconds": seconds,
+            "requests_per_second": count as f64 / seconds,
+        })
+    );
     Ok(exit::OK)
 }
 

@@ -36,6 +36,9 @@ pub struct Config {
     /// Partner event exports to ingest into the lake, by name.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// How queries execute: memory bound and spill space.
+    #[serde(default)]
+    pub engine: EngineConfig,
 
     /// The project file this came from; relative paths in it are relative to its folder.
     #[serde(skip)]
@@ -88,6 +91,89 @@ impl Default for StateConfig {
             url: None,
             lock_ttl: default_lock_ttl(),
             max_removal_share: default_max_removal_share(),
+        }
+    }
+}
+
+/// The query engine: DataFusion under a memory pool that operators (sorts, aggregations, joins)
+/// reserve from, spilling to disk when it is full rather than growing the process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Where queries execute: `local` (this process), or `ballista://HOST:PORT`, a Ballista
+    /// cluster's scheduler (builds with the `ballista` feature). `--engine` overrides it.
+    #[serde(default = "default_engine_url")]
+    pub url: String,
+    /// The pool DataFusion's operators share, e.g. `512MiB`, `2GiB`. Default `1GiB`. A query
+    /// that cannot spill and needs more fails with a message naming this key.
+    #[serde(default = "default_memory_limit", deserialize_with = "de_size")]
+    pub memory_limit: u64,
+    /// Where spill files go (a local folder). Default: the system's temporary folder.
+    pub spill_dir: Option<PathBuf>,
+}
+
+fn default_memory_limit() -> u64 {
+    1 << 30
+}
+
+fn default_engine_url() -> String {
+    "local".into()
+}
+
+/// Where queries run, parsed from `engine.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    Local,
+    /// A Ballista scheduler.
+    Ballista {
+        host: String,
+        port: u16,
+    },
+}
+
+impl Engine {
+    pub fn parse(url: &str) -> std::result::Result<Engine, String> {
+        let url = url.trim();
+        if url.is_empty() || url == "local" {
+            return Ok(Engine::Local);
+        }
+        let Some(rest) = url.strip_prefix("ballista://") else {
+            return Err(format!(
+                "`{url}`: write `local` or `ballista://HOST:PORT` (a Ballista scheduler)"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{url}`: the port `{p}` is not a number"))?,
+            ),
+            None => (rest, 50050),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("`{url}`: no scheduler host"));
+        }
+        Ok(Engine::Ballista {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// `--engine` (set once by `main`) wins over `engine.url` of every project file loaded.
+static ENGINE_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn override_engine(url: String) {
+    let _ = ENGINE_OVERRIDE.set(url);
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            url: default_engine_url(),
+            memory_limit: default_memory_limit(),
+            spill_dir: None,
         }
     }
 }
@@ -307,6 +393,9 @@ impl Config {
         let mut config: Config = toml::from_str(text)
             .map_err(|e| Error::config(file.to_path_buf(), e.to_string().trim_end().to_string()))?;
         config.file = file.to_path_buf();
+        if let Some(url) = ENGINE_OVERRIDE.get() {
+            config.engine.url = url.clone();
+        }
         Ok(config)
     }
 
@@ -335,6 +424,21 @@ impl Config {
             out.push(format!(
                 "state.max_removal_share: must be between 0 and 1, got {}",
                 self.state.max_removal_share
+            ));
+        }
+        match Engine::parse(&self.engine.url) {
+            Err(e) => out.push(format!("engine.url: {e}")),
+            Ok(Engine::Ballista { .. }) if !cfg!(feature = "ballista") => out.push(
+                "engine.url: this build of cohort-bridge has no Ballista support; \
+                 build it with `cargo build --release --features ballista`"
+                    .to_string(),
+            ),
+            Ok(_) => {}
+        }
+        if self.engine.memory_limit < 1 << 20 {
+            out.push(format!(
+                "engine.memory_limit: must be at least 1MiB, got {} bytes",
+                self.engine.memory_limit
             ));
         }
         if self.state.lock_ttl < Duration::from_secs(1) {
@@ -559,9 +663,100 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration,
     }
 }
 
+/// A byte size: a number of bytes, or text like `512MiB`, `1.5GiB`, `800MB`, `64KiB`.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try `512MiB` or `2GiB`)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    let bytes = number * scale as f64;
+    if bytes < 1.0 || !bytes.is_finite() {
+        return Err(format!("`{text}` must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Bytes(u64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+        Raw::Bytes(b) => Ok(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_urls() {
+        assert_eq!(Engine::parse("local"), Ok(Engine::Local));
+        assert_eq!(
+            Engine::parse("ballista://sched.internal:50050"),
+            Ok(Engine::Ballista {
+                host: "sched.internal".into(),
+                port: 50050
+            })
+        );
+        assert_eq!(
+            Engine::parse("ballista://10.0.0.5"),
+            Ok(Engine::Ballista {
+                host: "10.0.0.5".into(),
+                port: 50050
+            })
+        );
+        assert!(
+            Engine::parse("spark://x")
+                .unwrap_err()
+                .contains("`spark://x`")
+        );
+        assert!(
+            Engine::parse("ballista://h:port")
+                .unwrap_err()
+                .contains("`port`")
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units_and_errors_name_the_text() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("800 MB").unwrap(), 800_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").unwrap_err().contains("`lots`"));
+        assert!(
+            parse_size("2TiB")
+                .unwrap_err()
+                .contains("unknown unit `tib`")
+        );
+        let c = parse(&format!("{GOOD}\n[engine]\nmemory_limit = \"256MiB\"\n")).unwrap();
+        assert_eq!(c.engine.memory_limit, 256 << 20);
+        let e = parse(&format!("{GOOD}\n[engine]\nmemory_limit = \"big\"\n")).unwrap_err();
+        assert!(e.to_string().contains("memory_limit"), "{e}");
+    }
 
     const GOOD: &str = r#"
 [lake]

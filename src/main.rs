@@ -25,6 +25,10 @@ struct Cli {
     /// Log format on stderr: human-readable text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where queries run: `local`, or `ballista://HOST:PORT` (a Ballista scheduler; builds
+    /// with the `ballista` feature). Overrides the project's `engine.url`.
+    #[arg(long, global = true, env = "COHORT_BRIDGE_ENGINE")]
+    engine: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +62,15 @@ enum Command {
         /// `state.max_removal_share` of the cohort.
         #[arg(long)]
         allow_mass_removal: bool,
+        /// Deliver only shard K of N (0-based): the members whose stable hash of user_id
+        /// is K mod N, with their own plan, journal, lock and snapshot. Run N of these (on N
+        /// machines) for the whole cohort; each uses 1/N of the destination's rate limit.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<cohort_bridge::cohort::shard::Shard>,
+        /// Requests per second for this run, overriding the destination's
+        /// `requests_per_second` (and a shard's 1/N share of it).
+        #[arg(long, value_name = "R")]
+        requests_per_second: Option<f64>,
     },
     /// Validate the project file and plan every cohort's SQL against the real tables, without
     /// running anything; lists every problem. Exit 2 if there is any.
@@ -147,6 +160,10 @@ enum Command {
     /// From a fresh clone: generate a small lake, start the emulator, sync the example cohorts
     /// and check the partner holds exactly what each cohort query returns.
     Demo,
+    /// The HTTP floor of a sync (benchmarks): a cohort's requests for IDS synthetic members,
+    /// bodies encoded before the clock starts.
+    #[command(hide = true)]
+    HttpFloor { cohort: String, ids: usize },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -231,6 +248,9 @@ fn parse_at(s: &str) -> Result<DateTime<Utc>, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Some(engine) = &cli.engine {
+        cohort_bridge::config::override_engine(engine.clone());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,6 +275,8 @@ async fn run(cli: Cli) -> i32 {
             dry_run,
             full,
             allow_mass_removal,
+            shard,
+            requests_per_second,
         } => {
             let options = cohort_bridge::sync::SyncOptions {
                 at: at.at.unwrap_or_else(chrono::Utc::now),
@@ -262,6 +284,8 @@ async fn run(cli: Cli) -> i32 {
                 dry_run,
                 full,
                 allow_mass_removal,
+                shard,
+                requests_per_second,
             };
             commands::sync(&cli.config, &cohorts, options).await
         }
@@ -366,6 +390,7 @@ async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Demo => commands::demo(&cli.config).await,
+        Command::HttpFloor { cohort, ids } => commands::http_floor(&cli.config, &cohort, ids).await,
     };
     match result {
         Ok(code) => code,

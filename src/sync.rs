@@ -11,6 +11,7 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::cohort::shard::Shard;
 use crate::cohort::{self, diff};
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
 use crate::deliver::destination::braze::Braze;
@@ -41,6 +42,11 @@ pub struct SyncOptions {
     /// Send removals even when the query returned nothing or they exceed
     /// `state.max_removal_share` of the snapshot.
     pub allow_mass_removal: bool,
+    /// Deliver only this shard's members, with its own plan, journal, lock and snapshot.
+    pub shard: Option<Shard>,
+    /// Requests per second for this run, instead of the destination's (a shard's default is
+    /// the destination's divided by the shard count).
+    pub requests_per_second: Option<f64>,
 }
 
 impl SyncOptions {
@@ -51,6 +57,8 @@ impl SyncOptions {
             dry_run: false,
             full: false,
             allow_mass_removal: false,
+            shard: None,
+            requests_per_second: None,
         }
     }
 }
@@ -61,6 +69,9 @@ pub struct SyncSummary {
     pub cohort: String,
     pub cohort_id: String,
     pub destination: String,
+    /// `K/N` when the run delivered one shard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub run_id: String,
     /// `delivered`, `unchanged` or `dry_run`.
     pub outcome: &'static str,
@@ -108,25 +119,46 @@ pub async fn sync_cohort(
     let cohort = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
-    let dest = config.destination(&cohort.destination)?;
-    let state = CohortState::new(
+    if let Some(rate) = options.requests_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(Error::config(
+            None,
+            format!("--requests-per-second: must be a positive number, got {rate}"),
+        ));
+    }
+    let mut dest = config.destination(&cohort.destination)?.clone();
+    // Shards share the partner's one rate limit.
+    match (options.requests_per_second, options.shard) {
+        (Some(rate), _) => dest.requests_per_second = rate,
+        (None, Some(shard)) => dest.requests_per_second /= f64::from(shard.count),
+        (None, None) => {}
+    }
+    let root = CohortState::new(
         lake.state.store.clone(),
         &lake.state.root,
         &cohort.destination,
         &cohort.cohort_id,
     );
+    let state = match options.shard {
+        Some(shard) => root.shard(shard.index, shard.count),
+        None => root.clone(),
+    };
     let run_id = new_run_id();
     let mut summary = SyncSummary {
         cohort: cohort.name.clone(),
         cohort_id: cohort.cohort_id.clone(),
         destination: cohort.destination.clone(),
+        shard: options.shard.map(|s| s.to_string()),
         run_id: run_id.clone(),
         ..SyncSummary::default()
     };
+    let dest = &dest;
     let run = Run {
         partner: partner_identity(dest, credentials),
         config,
         dest,
+        root: &root,
         cohort: &cohort,
         credentials,
         state: &state,
@@ -198,6 +230,9 @@ struct Run<'a> {
     dest: &'a DestinationConfig,
     cohort: &'a Cohort,
     credentials: &'a Credentials,
+    /// The cohort's state folder (unsharded runs use it; shards live under `shards/`).
+    root: &'a CohortState,
+    /// This run's state: the root, or its shard's folder.
     state: &'a CohortState,
     options: SyncOptions,
 }
@@ -288,21 +323,13 @@ impl Run<'_> {
         let params = Params {
             run_ts: self.options.at,
         };
-        let snapshot = async {
-            let base = match self.state.pointer().await? {
-                Some(p) if p.partner != self.partner => {
-                    warn!(cohort = %self.cohort.name, snapshot_partner = %p.partner, partner = %self.partner,
-                        "the committed snapshot is of another partner endpoint or workspace; sending the whole cohort");
-                    None
-                }
-                other => other,
-            };
-            let ids = self.state.snapshot(base.as_ref()).await?;
-            Ok::<_, Error>((base, ids))
-        };
         let (members, snapshot) =
-            tokio::join!(cohort::members(lake, self.cohort, &params), snapshot);
-        let (members, (base, snapshot)) = (members?, snapshot?);
+            tokio::join!(cohort::members(lake, self.cohort, &params), self.base());
+        let (mut members, (base, snapshot)) = (members?, snapshot?);
+        if let Some(shard) = self.options.shard {
+            let all = members.ids.clone();
+            members.ids = Arc::new(on_rayon(move || shard.filter(&all)).await);
+        }
         summary.query_seconds = started.elapsed().as_secs_f64();
         summary.members = members.ids.len() as u64;
         summary.rows = members.rows;
@@ -536,6 +563,198 @@ impl Run<'_> {
         }
         self.state.commit(plan, members).await?;
         self.state.clean_up(&plan.target_snapshot).await
+    }
+}
+
+/// The committed state of one way of splitting a cohort: unsharded, or N shards.
+struct Layout {
+    /// `None`: unsharded.
+    shards: Option<u32>,
+    /// Each part's state and its committed pointer (for this partner), in shard order.
+    parts: Vec<(CohortState, Option<Pointer>)>,
+    /// A part has an unfinished run, or a run holds a part's lock now.
+    busy: bool,
+    /// Where its state lives (to name it in messages).
+    dir: String,
+}
+
+impl Layout {
+    fn name(&self) -> String {
+        match self.shards {
+            None => "unsharded".into(),
+            Some(n) => format!("{n} shards"),
+        }
+    }
+
+    /// The latest commit of any part.
+    fn latest(&self) -> Option<DateTime<Utc>> {
+        self.parts
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().map(|p| p.committed_at))
+            .max()
+    }
+
+    /// Every part committed: the oldest of their commits.
+    fn oldest(&self) -> Option<DateTime<Utc>> {
+        self.parts
+            .iter()
+            .map(|(_, p)| p.as_ref().map(|p| p.committed_at))
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .min()
+    }
+}
+
+impl Run<'_> {
+    /// The committed snapshot this run diffs against (empty when there is none).
+    ///
+    /// Normally this run's own. When the cohort has committed under another layout (unsharded,
+    /// or another shard count) since this run's own snapshot, the partner holds what that layout
+    /// sent: this run adopts the ids it owns of that layout's snapshots — written as its own
+    /// snapshot and pointer before anything is sent, so later steps (resume, rebuild) see an
+    /// ordinary committed base. That needs every part of that layout to have committed after
+    /// anything else touched the cohort (commit times come from the machines' clocks: keep
+    /// them in sync). Otherwise, or while another layout is running or has an unfinished run,
+    /// what the partner holds is unknown for some ids, and the run is refused with what to do.
+    async fn base(&self) -> Result<(Option<Pointer>, Arc<StringArray>)> {
+        let own = match self.state.pointer().await? {
+            Some(p) if p.partner != self.partner => {
+                warn!(cohort = %self.cohort.name, snapshot_partner = %p.partner, partner = %self.partner,
+                    "the committed snapshot is of another partner endpoint or workspace; sending the whole cohort");
+                None
+            }
+            other => other,
+        };
+        let own_at = own.as_ref().map(|p| p.committed_at);
+        let layouts = self.other_layouts().await?;
+        let refuse = |layout: &Layout, why: &str| {
+            Error::config(
+                self.config.file.clone(),
+                format!(
+                    "cohort `{}` also ran {} ({why}), so what the partner holds is not known \
+                     here. Let that layout's runs finish and run every part of it once \
+                     (`sync {} {}`), then switch; or, if that layout is abandoned, delete its \
+                     state ({})",
+                    self.cohort.name,
+                    layout.name(),
+                    self.cohort.name,
+                    if layout.shards.is_some() {
+                        "--shard K/N for each K"
+                    } else {
+                        "without --shard"
+                    },
+                    layout.dir,
+                ),
+            )
+        };
+        if let Some(busy) = layouts.iter().find(|l| l.busy) {
+            return Err(refuse(busy, "a run of it is in progress or unfinished"));
+        }
+        let Some(newest) = layouts
+            .iter()
+            .filter(|l| l.latest() > own_at)
+            .max_by_key(|l| l.latest())
+        else {
+            let ids = self.state.snapshot(own.as_ref()).await?;
+            return Ok((own, ids));
+        };
+        let others = layouts
+            .iter()
+            .filter(|l| !std::ptr::eq(*l, newest))
+            .filter_map(Layout::latest)
+            .chain(own_at)
+            .max();
+        match newest.oldest() {
+            Some(oldest) if Some(oldest) >= others => {
+                let ids = self.adopt(newest).await?;
+                let pointer = if self.options.dry_run {
+                    own
+                } else {
+                    self.state.pointer().await?
+                };
+                Ok((pointer, ids))
+            }
+            _ => Err(refuse(
+                newest,
+                "more recently, but not every part of it has committed since",
+            )),
+        }
+    }
+
+    /// The other layouts of this cohort that hold anything for this partner.
+    async fn other_layouts(&self) -> Result<Vec<Layout>> {
+        let mut counts: Vec<Option<u32>> = vec![None];
+        counts.extend(self.root.shard_counts().await?.into_iter().map(Some));
+        let own = self.options.shard.map(|s| s.count);
+        let mut out = Vec::new();
+        for shards in counts.into_iter().filter(|n| *n != own) {
+            let states: Vec<CohortState> = match shards {
+                None => vec![self.root.clone()],
+                Some(n) => (0..n).map(|k| self.root.shard(k, n)).collect(),
+            };
+            let mut layout = Layout {
+                shards,
+                parts: Vec::new(),
+                busy: false,
+                dir: match shards {
+                    None => self.root.dir.to_string(),
+                    Some(n) => format!("{}/shards/{n}", self.root.dir),
+                },
+            };
+            for state in states {
+                let pointer = state.pointer().await?.filter(|p| p.partner == self.partner);
+                let plan = state.plan().await?;
+                layout.busy |= plan.is_some_and(|p| p.partner == self.partner)
+                    || lock::holder(&state).await?.is_some();
+                layout.parts.push((state, pointer));
+            }
+            if layout.busy || layout.parts.iter().any(|(_, p)| p.is_some()) {
+                out.push(layout);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids this run owns of `layout`'s snapshots, made this run's committed base (unless it
+    /// is a dry run, which writes nothing).
+    async fn adopt(&self, layout: &Layout) -> Result<Arc<StringArray>> {
+        let mut parts = Vec::new();
+        for (state, pointer) in &layout.parts {
+            let ids = state.snapshot(pointer.as_ref()).await?;
+            let mine = match self.options.shard {
+                Some(shard) => on_rayon(move || shard.filter(&ids)).await,
+                None => ids.as_ref().clone(),
+            };
+            parts.push(mine);
+        }
+        let ids = on_rayon(move || cohort::distinct_sorted(&parts).ids).await;
+        info!(cohort = %self.cohort.name, from = %layout.name(), ids = ids.len(),
+            "adopting the membership committed under another layout");
+        if !self.options.dry_run {
+            let run_id = format!("adopted-{}", new_run_id());
+            let snapshot = format!("snapshots/{run_id}.parquet");
+            ids::write(
+                self.state.store.as_ref(),
+                &self.state.path(&snapshot),
+                ids.clone(),
+            )
+            .await?;
+            let pointer = Pointer {
+                run_id,
+                partner: self.partner.clone(),
+                snapshot,
+                members: ids.len() as u64,
+                // As current as the layout it was taken from.
+                committed_at: layout.latest().unwrap_or_else(Utc::now),
+            };
+            state::write_json(
+                self.state.store.as_ref(),
+                &self.state.path("current.json"),
+                &pointer,
+            )
+            .await?;
+        }
+        Ok(ids)
     }
 }
 

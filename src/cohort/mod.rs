@@ -2,6 +2,7 @@
 //! compute its members — sorted, de-duplicated, NULL and empty ids skipped and counted.
 
 pub mod diff;
+pub mod shard;
 
 use std::sync::Arc;
 
@@ -100,20 +101,35 @@ pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Memb
     let df = df
         .select_columns(&[USER_ID])
         .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    // Each partition's batches are kept together and in order: lake files are often sorted by
+    // user_id, and then every partition is one sorted run, which the sort below merges in
+    // linear time (batches interleaved across partitions would be thousands of short runs).
     let columns: Vec<StringArray> = lake
         .cpu()
         .run(async move {
-            let mut stream = df.execute_stream().await?;
+            let streams = df.execute_stream_partitioned().await?;
+            let tasks = streams.into_iter().map(|mut stream| {
+                tokio::spawn(async move {
+                    let mut columns = Vec::new();
+                    while let Some(batch) = stream.next().await {
+                        let column: ArrayRef = batch?.column(0).clone();
+                        let utf8 = cast(&column, &DataType::Utf8)?;
+                        columns.push(utf8.as_string::<i32>().clone());
+                    }
+                    Ok::<_, datafusion::error::DataFusionError>(columns)
+                })
+            });
             let mut columns = Vec::new();
-            while let Some(batch) = stream.next().await {
-                let column: ArrayRef = batch?.column(0).clone();
-                let utf8 = cast(&column, &DataType::Utf8)?;
-                columns.push(utf8.as_string::<i32>().clone());
+            for part in futures::future::join_all(tasks).await {
+                let part = part.map_err(|e| {
+                    datafusion::error::DataFusionError::Execution(format!("query task: {e}"))
+                })??;
+                columns.extend(part);
             }
             Ok::<_, datafusion::error::DataFusionError>(columns)
         })
         .await?
-        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+        .map_err(|e| lake.query_error(&origin, e))?;
     Ok(on_rayon(move || distinct_sorted(&columns)).await)
 }
 

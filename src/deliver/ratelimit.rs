@@ -1,18 +1,32 @@
 //! A token bucket shared by every request of a run, steered by the partner's `X-RateLimit-*`
-//! headers: it slows down as `Remaining` falls and pauses until `Reset` when it reaches 0, so a
-//! run paces itself by the limit instead of by 429s.
+//! headers, so a run paces itself by the limit instead of by 429s.
+//!
+//! The headers describe the partner's current window: `Remaining` requests until `Reset` (epoch
+//! seconds). The pacer keeps that as a *budget*: every request it lets through spends one, and
+//! the answer to the latest request sent resets it to that answer's `Remaining` less the
+//! requests let through after it (still on their way when the partner counted), so requests in
+//! flight never overdraw the window and other clients' use is seen. The budget is spread over
+//! the time left in the window; at 0, everything waits for `Reset`. When a window ends, one
+//! request goes first and its answer sets the new window's budget.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
-use super::retry::{header_str, reset_in};
+use super::retry::header_str;
+
+/// Waiting for a window to reset goes this much past its `Reset`, for clocks that differ.
+const RESET_MARGIN: Duration = Duration::from_millis(10);
 
 pub struct Pacer {
     state: Mutex<State>,
 }
+
+/// Which request a response answers: the count of requests let through when it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 struct State {
     /// The configured rate (requests per second).
@@ -21,10 +35,22 @@ struct State {
     burst: f64,
     tokens: f64,
     refilled: Instant,
-    /// A lower rate the partner's headers asked for, until the instant given.
-    partner_rate: Option<(f64, Instant)>,
-    /// No request leaves before this instant (Remaining hit 0, or Retry-After).
+    /// Requests let through so far.
+    issued: u64,
+    /// The partner's window, as its latest headers describe it.
+    window: Option<Window>,
+    /// No request leaves before this instant (a 429's Retry-After).
     paused_until: Option<Instant>,
+}
+
+struct Window {
+    /// `X-RateLimit-Reset` as sent: identifies the window.
+    reset: f64,
+    ends: Instant,
+    /// Requests the window still allows us.
+    budget: f64,
+    /// The request whose answer set `budget` (later answers know more).
+    ticket: u64,
 }
 
 impl Pacer {
@@ -36,7 +62,8 @@ impl Pacer {
                 burst,
                 tokens: burst,
                 refilled: Instant::now(),
-                partner_rate: None,
+                issued: 0,
+                window: None,
                 paused_until: None,
             }),
         }
@@ -44,76 +71,104 @@ impl Pacer {
 
     /// Waits until one request may leave. Every attempt takes a token, retries included: the
     /// partner counts every request against the workspace's limit.
-    pub async fn acquire(&self) {
+    pub async fn acquire(&self) -> Ticket {
         loop {
             let wait = {
                 let mut s = self.state.lock().expect("pacer lock");
-                let now = Instant::now();
-                match s.paused_until {
-                    Some(until) if until > now => until - now,
-                    _ => {
-                        s.paused_until = None;
-                        let rate = s.effective_rate(now);
-                        let elapsed = (now - s.refilled).as_secs_f64();
-                        s.tokens = (s.tokens + elapsed * rate).min(s.burst);
-                        s.refilled = now;
-                        if s.tokens >= 1.0 {
-                            s.tokens -= 1.0;
-                            return;
-                        }
-                        Duration::from_secs_f64((1.0 - s.tokens) / rate)
-                    }
+                match s.try_acquire(Instant::now()) {
+                    Ok(ticket) => return ticket,
+                    Err(wait) => wait,
                 }
             };
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// Reads the partner's rate-limit headers from any answer.
-    pub fn observe(&self, headers: &HeaderMap) {
-        let Some(remaining) =
-            header_str(headers, "x-ratelimit-remaining").and_then(|v| v.trim().parse::<f64>().ok())
+    /// Reads the partner's rate-limit headers from the answer to the request of `ticket`.
+    pub fn observe(&self, headers: &HeaderMap, ticket: Ticket) {
+        let number = |name| header_str(headers, name).and_then(|v| v.trim().parse::<f64>().ok());
+        let (Some(remaining), Some(reset)) =
+            (number("x-ratelimit-remaining"), number("x-ratelimit-reset"))
         else {
             return;
         };
-        let Some(until_reset) = reset_in(headers) else {
+        let Ok(epoch) = SystemTime::now().duration_since(UNIX_EPOCH) else {
             return;
+        };
+        let Ok(left) = Duration::try_from_secs_f64(reset - epoch.as_secs_f64()) else {
+            return; // a reset in the past: the window is over already
         };
         let now = Instant::now();
         let mut s = self.state.lock().expect("pacer lock");
-        if remaining <= 0.0 {
-            s.pause(now + until_reset);
-            s.tokens = 0.0;
-        } else {
-            // Spread what is left of the window over the time left in it.
-            let allowed = remaining / until_reset.as_secs_f64().max(0.001);
-            s.partner_rate = (allowed < s.rate).then_some((allowed.max(0.1), now + until_reset));
+        // Requests let through after this one may not have been counted yet.
+        let budget = (remaining - (s.issued - ticket.0) as f64).max(0.0);
+        match &mut s.window {
+            Some(w) if w.reset == reset => {
+                if ticket.0 > w.ticket {
+                    w.budget = budget;
+                    w.ticket = ticket.0;
+                }
+            }
+            Some(w) if w.reset > reset => {} // an answer from a window that is over
+            _ => {
+                s.window = Some(Window {
+                    reset,
+                    ends: now + left,
+                    budget,
+                    ticket: ticket.0,
+                })
+            }
         }
     }
 
     /// Holds every request for `delay` (a 429's `Retry-After`).
     pub fn pause_for(&self, delay: Duration) {
         let mut s = self.state.lock().expect("pacer lock");
-        s.pause(Instant::now() + delay);
+        let until = Instant::now() + delay;
+        if s.paused_until.is_none_or(|p| p < until) {
+            s.paused_until = Some(until);
+        }
         s.tokens = 0.0;
     }
 }
 
 impl State {
-    fn effective_rate(&mut self, now: Instant) -> f64 {
-        match self.partner_rate {
-            Some((rate, until)) if until > now => rate.min(self.rate),
-            _ => {
-                self.partner_rate = None;
-                self.rate
+    /// Lets one request through now, or says how long to wait.
+    fn try_acquire(&mut self, now: Instant) -> Result<Ticket, Duration> {
+        if let Some(until) = self.paused_until {
+            if until > now {
+                return Err(until - now);
             }
+            self.paused_until = None;
         }
-    }
-
-    fn pause(&mut self, until: Instant) {
-        if self.paused_until.is_none_or(|p| p < until) {
-            self.paused_until = Some(until);
+        if self.window.as_ref().is_some_and(|w| w.ends <= now) {
+            // A new window: one request goes first, and its answer sets the budget.
+            self.window = None;
+            self.tokens = self.tokens.min(1.0);
+            self.refilled = now;
         }
+        let mut rate = self.rate;
+        if let Some(w) = &self.window {
+            if w.budget < 1.0 {
+                self.tokens = 0.0;
+                return Err(w.ends - now + RESET_MARGIN);
+            }
+            // Spread what is left of the window over the time left in it.
+            let left = (w.ends - now).as_secs_f64().max(0.001);
+            rate = rate.min(w.budget / left);
+        }
+        let elapsed = (now - self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - self.tokens) / rate));
+        }
+        self.tokens -= 1.0;
+        self.issued += 1;
+        if let Some(w) = &mut self.window {
+            w.budget -= 1.0;
+        }
+        Ok(Ticket(self.issued))
     }
 }
 
@@ -143,5 +198,67 @@ mod tests {
         let start = Instant::now();
         pacer.acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(2));
+    }
+
+    fn window_headers(remaining: u64, reset_in_secs: f64) -> HeaderMap {
+        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", remaining.into());
+        h.insert(
+            "x-ratelimit-reset",
+            format!("{:.3}", epoch.as_secs_f64() + reset_in_secs)
+                .parse()
+                .unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_flight_are_spent_from_the_window_and_an_empty_window_waits_for_reset() {
+        let pacer = Pacer::new(1000.0, 1000);
+        let first = pacer.acquire().await;
+        for _ in 0..4 {
+            pacer.acquire().await;
+        }
+        // The answer to the first request: 10 left, but 4 more requests had already left.
+        let start = Instant::now();
+        pacer.observe(&window_headers(10, 10.0), first);
+        for _ in 0..6 {
+            pacer.acquire().await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        // The window is spent: the next request waits for its reset.
+        pacer.acquire().await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        // Answers from the window that ended change nothing.
+        pacer.observe(&window_headers(0, -1.0), first);
+        let again = Instant::now();
+        pacer.acquire().await;
+        assert!(again.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_is_spread_over_the_time_left() {
+        let pacer = Pacer::new(1_000_000.0, 1);
+        let first = pacer.acquire().await;
+        pacer.observe(&window_headers(100, 2.0), first);
+        let start = Instant::now();
+        for _ in 0..50 {
+            pacer.acquire().await;
+        }
+        // 100 over 2 s is 50/s: half the budget takes about a second, not a burst.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took <= Duration::from_millis(1100),
+            "{took:?}"
+        );
     }
 }

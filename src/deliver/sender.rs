@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Request;
-use super::ratelimit::Pacer;
+use super::ratelimit::{Pacer, Ticket};
 use super::retry::{Backoff, Verdict, classify};
 use crate::config::DestinationConfig;
 use crate::error::{Error, Result};
@@ -117,9 +117,9 @@ impl Sender {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            self.pacer.acquire().await;
+            let ticket = self.pacer.acquire().await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let verdict = self.attempt(request).await;
+            let verdict = self.attempt(request, ticket).await;
             let (reason, after) = match verdict {
                 Verdict::Success => {
                     self.stats
@@ -172,7 +172,7 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, request: &Request) -> Verdict {
+    async fn attempt(&self, request: &Request, ticket: Ticket) -> Verdict {
         let response = self
             .client
             .post(&*request.url)
@@ -189,7 +189,7 @@ impl Sender {
                 };
             }
         };
-        self.pacer.observe(response.headers());
+        self.pacer.observe(response.headers(), ticket);
         let status = response.status();
         let headers = response.headers().clone();
         if status.is_success() {

@@ -1,7 +1,7 @@
 //! Seeded fault injection (a tiny SplitMix64 PRNG drawn in arrival order) and the fixed-window rate limit.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{FaultConfig, RateLimitConfig};
 
@@ -141,61 +141,83 @@ pub(crate) struct RateDecision {
 
 #[derive(Debug)]
 struct Window {
-    start: Instant,
+    /// Which window: epoch time divided by the window length.
+    index: u128,
     count: u64,
 }
 
-/// A fixed-window limiter for the (single) workspace: at most `requests` per `window`. A window
-/// starts with the first request after the previous one ended.
+/// Decisions kept for `log` (16 MB): enough for any test or benchmark, bounded for a long-lived
+/// emulator.
+const MAX_LOG: usize = 1_000_000;
+
+/// A fixed-window limiter for the (single) workspace: at most `requests` per `window`, the
+/// windows aligned to the epoch (an hourly limit resets on the hour), as fixed-window limits
+/// are. It keeps the time and verdict of every decision, for the tests and benchmarks that check
+/// how a client paces itself.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     limit: u64,
     window: Duration,
     state: Mutex<Window>,
+    log: Mutex<Vec<(SystemTime, bool)>>,
 }
 
 impl RateLimiter {
     pub(crate) fn new(config: &RateLimitConfig) -> Self {
-        let state = Mutex::new(Window {
-            start: Instant::now(),
-            count: 0,
-        });
         Self {
             limit: config.requests,
-            window: config.window,
-            state,
+            window: config.window.max(Duration::from_millis(1)),
+            state: Mutex::new(Window { index: 0, count: 0 }),
+            log: Mutex::new(Vec::new()),
         }
     }
 
     /// Counts one request and says whether it is within the limit.
     pub(crate) fn check(&self) -> RateDecision {
-        let now = Instant::now();
-        let (count, end) = {
+        let now = SystemTime::now();
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let index = since_epoch.as_nanos() / self.window.as_nanos();
+        let count = {
             let mut w = lock(&self.state);
-            if now.duration_since(w.start) >= self.window {
-                w.start = now;
-                w.count = 0;
+            if w.index != index {
+                *w = Window { index, count: 0 };
             }
             w.count = w.count.saturating_add(1);
-            (w.count, w.start + self.window)
+            w.count
         };
-        let until_end = end.saturating_duration_since(now);
+        let allowed = count <= self.limit;
+        let mut log = lock(&self.log);
+        if log.len() < MAX_LOG {
+            log.push((now, allowed));
+        }
+        drop(log);
+        let end = self.window_end(index);
+        let until_end = end.saturating_sub(since_epoch);
         RateDecision {
-            allowed: count <= self.limit,
+            allowed,
             limit: self.limit,
             remaining: self.limit.saturating_sub(count),
-            reset_epoch: epoch_secs_ceil(SystemTime::now() + until_end),
+            reset_epoch: secs_ceil(end),
             retry_after: secs_ceil(until_end).max(1),
         }
+    }
+
+    fn window_end(&self, index: u128) -> Duration {
+        let nanos = (index + 1) * self.window.as_nanos();
+        Duration::new(
+            (nanos / 1_000_000_000) as u64,
+            (nanos % 1_000_000_000) as u32,
+        )
+    }
+
+    /// The first million rate-limited requests: when each arrived and whether it was allowed.
+    pub(crate) fn log(&self) -> Vec<(SystemTime, bool)> {
+        lock(&self.log).clone()
     }
 }
 
 fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-fn epoch_secs_ceil(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(secs_ceil).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -245,6 +267,13 @@ mod tests {
             window: Duration::from_millis(200),
         };
         let limiter = RateLimiter::new(&config);
+        // Windows are aligned to the epoch: start just after one begins.
+        let into = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 200;
+        std::thread::sleep(Duration::from_millis((200 - into + 10) as u64));
         let first = limiter.check();
         assert!(first.allowed);
         assert_eq!(first.remaining, 1);

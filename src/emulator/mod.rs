@@ -208,6 +208,12 @@ impl EmulatorHandle {
         self.shared.state.stats()
     }
 
+    /// Every authenticated partner request so far, in arrival order: when it arrived and whether
+    /// the rate limit let it through (false: answered 429).
+    pub fn rate_log(&self) -> Vec<(std::time::SystemTime, bool)> {
+        self.shared.limiter.log()
+    }
+
     /// Stops accepting connections and closes idle keep-alive connections (best effort).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
@@ -1090,6 +1096,14 @@ mod tests {
             ..config()
         })
         .await;
+        // Windows are aligned to the epoch: start just after one begins, so all four requests
+        // fall in the same window.
+        let into = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 2000;
+        tokio::time::sleep(Duration::from_millis((2000 - into + 20) as u64)).await;
         for remaining in ["2", "1", "0"] {
             let resp = post(&h, "/cohorts", &create_body("c1", "One")).await;
             assert_eq!(resp.status().as_u16(), 201);
@@ -1111,13 +1125,22 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        assert!(reset >= now && reset <= now + 3, "reset {reset}, now {now}");
+        assert!(
+            reset >= now && reset <= now + 2 && reset.is_multiple_of(2),
+            "reset {reset}, now {now}"
+        );
         assert_eq!(
             resp.json::<Value>().await.unwrap(),
             json!({"message": "rate limit exceeded"})
         );
         assert_eq!(h.cohort_name("c1").as_deref(), Some("One"));
         assert_eq!(h.stats().rate_limited, 1);
+        let log: Vec<bool> = h
+            .rate_log()
+            .into_iter()
+            .map(|(_, allowed)| allowed)
+            .collect();
+        assert_eq!(log, [true, true, true, false]);
 
         tokio::time::sleep(window + Duration::from_millis(100)).await;
         assert_eq!(create(&h, "c1", "Renamed").await.0, 201);

@@ -2,6 +2,8 @@
 //! tables, and read-only SQL over them. Query execution runs on its own runtime (`CpuRuntime`)
 //! so DataFusion's CPU work never stalls the runtime that drives HTTP.
 
+#[cfg(feature = "ballista")]
+pub mod ballista;
 mod runtime;
 pub mod sql;
 pub mod store;
@@ -13,12 +15,17 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use std::num::NonZeroUsize;
 
 pub use runtime::CpuRuntime;
 pub use store::Location;
 
-use crate::config::{Config, PartitionType, TableConfig};
+use crate::config::{Config, Engine, PartitionType, TableConfig};
 use crate::error::{Error, Result};
 
 /// An opened lake: its location, a DataFusion session with every configured table, and the
@@ -29,6 +36,35 @@ pub struct Lake {
     pub state: Location,
     ctx: SessionContext,
     cpu: Arc<CpuRuntime>,
+    /// What to tell the user when a query runs out of its memory pool.
+    memory_hint: String,
+}
+
+/// DataFusion's runtime for a project: a fair spill pool of `engine.memory_limit` (operators
+/// that can spill share it evenly; the error names the largest consumers), spill files in
+/// `engine.spill_dir` or the system's temporary folder.
+fn runtime_env(config: &Config) -> Result<Arc<RuntimeEnv>> {
+    let engine = &config.engine;
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(engine.memory_limit as usize),
+        NonZeroUsize::new(3).expect("3 > 0"),
+    );
+    let mut builder = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool));
+    if let Some(dir) = &engine.spill_dir {
+        let dir = config.resolve(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::config(
+                config.file.clone(),
+                format!("engine.spill_dir: cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        builder = builder.with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir])),
+        );
+    }
+    builder
+        .build_arc()
+        .map_err(|e| Error::Internal(format!("cannot set up the query engine: {e}")))
 }
 
 impl Lake {
@@ -41,7 +77,7 @@ impl Lake {
                 other => other,
             })?;
         let state = crate::state::area(config, &location)?;
-        let lake = Lake::new(location, state);
+        let lake = Lake::new(location, state, config)?;
         for (name, table) in &config.tables {
             lake.register(name, table).await?;
         }
@@ -50,8 +86,8 @@ impl Lake {
         Ok(lake)
     }
 
-    /// A lake with no tables registered yet.
-    pub fn new(location: Location, state: Location) -> Lake {
+    /// A lake with no tables registered yet, its queries under the project's memory pool.
+    pub fn new(location: Location, state: Location, config: &Config) -> Result<Lake> {
         let session = SessionConfig::new()
             .with_information_schema(true)
             .set_bool("datafusion.sql_parser.collect_spans", true)
@@ -61,15 +97,47 @@ impl Lake {
                 "datafusion.execution.parquet.schema_force_view_types",
                 false,
             );
-        let ctx = SessionContext::new_with_config(session);
+        // A sort keeps this much aside for merging its spill files; DataFusion's 10 MiB
+        // default would not fit a small pool.
+        let partitions = session.target_partitions().max(1) as u64;
+        let merge_reserve = (10 << 20).min(config.engine.memory_limit / (4 * partitions));
+        let session = session.set_usize(
+            "datafusion.execution.sort_spill_reservation_bytes",
+            merge_reserve as usize,
+        );
+        let runtime = runtime_env(config)?;
+        let engine = Engine::parse(&config.engine.url)
+            .map_err(|e| Error::config(config.file.clone(), format!("engine.url: {e}")))?;
+        let ctx = match engine {
+            Engine::Local => SessionContext::new_with_config_rt(session, runtime),
+            #[cfg(feature = "ballista")]
+            Engine::Ballista { host, port } => {
+                ballista::context(session, runtime, &host, port, &config.lake.options)?
+            }
+            #[cfg(not(feature = "ballista"))]
+            Engine::Ballista { .. } => {
+                return Err(Error::config(
+                    config.file.clone(),
+                    "engine.url: this build of cohort-bridge has no Ballista support; build it \
+                     with `cargo build --release --features ballista`",
+                ));
+            }
+        };
         ctx.register_object_store(&state.store_url(), state.store.clone());
         ctx.register_object_store(&location.store_url(), location.store.clone());
-        Lake {
+        Ok(Lake {
             location,
             state,
             ctx,
             cpu: Arc::new(CpuRuntime::new()),
-        }
+            memory_hint: format!(
+                "the query needs more memory than `engine.memory_limit` ({} MiB) in {} allows \
+                 (operators that cannot spill, such as a hash join's build side, must fit in \
+                 it whole): raise it, or narrow the query",
+                config.engine.memory_limit >> 20,
+                config.file.display()
+            ),
+        })
     }
 
     /// Registers a Parquet table with a fixed schema (our own outputs: `runs`,
@@ -84,7 +152,7 @@ impl Lake {
         let fail =
             |e: &dyn std::fmt::Display| Error::Storage(format!("table `{name}` at {url}: {e}"));
         let table_url = ListingTableUrl::parse(url).map_err(|e| fail(&e))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        let options = ListingOptions::new(Arc::new(self.parquet_format()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![(partition.0.to_string(), partition.1)]);
         let config = ListingTableConfig::new(table_url)
@@ -106,7 +174,16 @@ impl Lake {
         self.cpu
             .run(async move { df.collect().await })
             .await?
-            .map_err(|e| Error::Query(format!("{origin}: {e}")))
+            .map_err(|e| self.query_error(origin, e))
+    }
+
+    /// A query failure in words; running out of the memory pool names the setting to change.
+    pub fn query_error(&self, origin: &str, e: DataFusionError) -> Error {
+        if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+            Error::Query(format!("{origin}: {}: {e}", self.memory_hint))
+        } else {
+            Error::Query(format!("{origin}: {e}"))
+        }
     }
 
     /// The run history as the `runs` table, unless the project defines a table of that name.
@@ -120,6 +197,13 @@ impl Lake {
             crate::state::runs::schema(),
             ("run_date", DataType::Date32),
         )
+    }
+
+    /// Parquet as this session reads it: plain `Utf8` strings, not views (the format's own
+    /// defaults would ignore the session's `schema_force_view_types`), so member ids leave
+    /// DataFusion without a copy and a Ballista cluster gets the types it expects.
+    fn parquet_format(&self) -> ParquetFormat {
+        ParquetFormat::default().with_options(self.ctx.state().table_options().parquet.clone())
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -149,7 +233,7 @@ impl Lake {
                 (p.name.clone(), t)
             })
             .collect();
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        let options = ListingOptions::new(Arc::new(self.parquet_format()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(partitions);
         let state = self.ctx.state();

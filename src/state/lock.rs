@@ -48,6 +48,16 @@ async fn generations(state: &CohortState) -> Result<Vec<u64>> {
     Ok(gens)
 }
 
+/// The live lock of `state`, if a run holds one now.
+pub async fn holder(state: &CohortState) -> Result<Option<LockInfo>> {
+    let Some(&g) = generations(state).await?.last() else {
+        return Ok(None);
+    };
+    let held: Option<LockInfo> =
+        read_json(state.store.as_ref(), &state.path(&lock_name(g))).await?;
+    Ok(held.filter(|h| h.expires_at > Utc::now()))
+}
+
 impl Lock {
     /// Takes the lock or fails with [`Error::Locked`] naming the holder and its expiry.
     pub async fn acquire(state: &CohortState, run_id: &str, ttl: Duration) -> Result<Lock> {

@@ -13,6 +13,7 @@
 //!     pending/dead/<batch>.json  ids of a batch the partner refused (400), isolated by splitting
 //!     dead_letters/<run_id>.parquet  refused ids of committed runs, with the partner's reason
 //!     lock-<generation>.json     the run lock (see `lock`)
+//!     shards/<N>/<K>/            the same layout for shard K of N (`sync --shard K/N`)
 //! ```
 //!
 //! A run writes its plan (adds, removes, then `plan.json`) and the next snapshot while its first
@@ -98,6 +99,35 @@ impl CohortState {
             .join(destination)
             .join(cohort_id);
         CohortState { store, dir }
+    }
+
+    /// Shard `index` of `count` of this cohort: `shards/<count>/<index>/` under its folder.
+    pub fn shard(&self, index: u32, count: u32) -> CohortState {
+        CohortState {
+            store: self.store.clone(),
+            dir: self
+                .dir
+                .clone()
+                .join("shards")
+                .join(count.to_string())
+                .join(index.to_string()),
+        }
+    }
+
+    /// The shard counts this cohort has state for.
+    pub async fn shard_counts(&self) -> Result<Vec<u32>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.dir.clone().join("shards")))
+            .await?;
+        let mut counts: Vec<u32> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .filter(|n| *n > 0)
+            .collect();
+        counts.sort_unstable();
+        Ok(counts)
     }
 
     pub fn path(&self, rel: &str) -> Path {

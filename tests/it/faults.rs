@@ -35,6 +35,7 @@ fn rate_limited_requests_are_retried_after_the_partner_says() {
     let dest =
         format!("batch_size = 100\nrequests_per_second = 1000\nmax_in_flight = 8{FAST_RETRY}");
     let project = Project::new(&partner.handle.base_url(), &dest, &[("pro", PRO)]);
+    Partner::wait_for_window_start(Duration::from_secs(2));
     partner.spend_quota(20);
     let summary = project.run(&["sync", "pro", "--at", AT]).summary();
 
@@ -58,6 +59,75 @@ fn rate_limited_requests_are_retried_after_the_partner_says() {
         stats.redundant_adds, 0,
         "a 429 applies nothing, so nothing is sent twice"
     );
+}
+
+#[test]
+fn a_rate_limited_sync_uses_the_whole_limit_without_429s() {
+    // The partner allows 100 requests per 1 s window; our client believes it may send 1,000/s.
+    // Paced by the X-RateLimit-* headers (and counting its own requests in flight against
+    // Remaining), it must use at least 95% of the limit over the whole windows of the run and
+    // never be answered 429 after its first second.
+    const R: usize = 100;
+    let partner = Partner::start(EmulatorConfig {
+        rate_limit: RateLimitConfig {
+            requests: R as u64,
+            window: Duration::from_secs(1),
+        },
+        ..EmulatorConfig::default()
+    });
+    let dest = "batch_size = 40\nrequests_per_second = 1000\nmax_in_flight = 8";
+    let all = "SELECT user_id FROM users";
+    let project = Project::new(&partner.handle.base_url(), dest, &[("all", all)]);
+    let summary = project.run(&["sync", "all", "--at", AT]).summary();
+
+    let expected: BTreeSet<String> = users().into_iter().map(|u| u.user_id).collect();
+    assert!(
+        partner.members("all") == expected,
+        "the partner holds a different set"
+    );
+    let log = partner.handle.rate_log();
+    assert!(log.len() > 4 * R, "fixture: only {} requests", log.len());
+    assert_eq!(log.len() as u64, summary["requests"].as_u64().unwrap());
+    let first = log[0].0;
+    let late_429s: Vec<_> = log
+        .iter()
+        .filter(|(t, allowed)| {
+            !allowed && t.duration_since(first).unwrap() > Duration::from_secs(1)
+        })
+        .collect();
+    assert!(
+        late_429s.is_empty(),
+        "{} requests answered 429 after the first second",
+        late_429s.len()
+    );
+    // Requests let through per window, for the windows wholly inside the run.
+    let window_of =
+        |t: &std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (w_first, w_last) = (window_of(&log[0].0), window_of(&log[log.len() - 1].0));
+    let mut per_window = std::collections::BTreeMap::new();
+    for (t, allowed) in &log {
+        *per_window.entry(window_of(t)).or_insert(0usize) += usize::from(*allowed);
+    }
+    let inner: Vec<usize> = (w_first + 1..w_last)
+        .map(|w| per_window.get(&w).copied().unwrap_or(0))
+        .collect();
+    assert!(
+        inner.len() >= 3,
+        "fixture: the run spans only {} whole windows",
+        inner.len()
+    );
+    // At least 95% of the limit over the whole windows, and no window far below it.
+    let carried: usize = inner.iter().sum();
+    assert!(
+        carried * 100 >= inner.len() * R * 95,
+        "{carried} requests in {} windows of {R}: {inner:?}",
+        inner.len()
+    );
+    assert!(
+        inner.iter().all(|n| n * 100 >= R * 90),
+        "a window fell below 90%: {inner:?}"
+    );
+    eprintln!("requests per whole 1 s window (limit {R}): {inner:?}");
 }
 
 #[test]

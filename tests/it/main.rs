@@ -4,12 +4,16 @@
 mod support;
 
 mod analysis;
+#[cfg(feature = "ballista")]
+mod ballista;
 mod check;
 mod demo;
+mod engine;
 mod errors;
 mod faults;
 mod incremental;
 mod ingest;
 mod s3;
+mod shards;
 mod storage;
 mod sync;

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
@@ -100,6 +101,17 @@ impl Partner {
 
     pub fn plain() -> Partner {
         Partner::start(EmulatorConfig::default())
+    }
+
+    /// Waits until a rate-limit window of length `window` has just begun (the emulator's windows
+    /// are aligned to the epoch, like an hourly limit that resets on the hour).
+    pub fn wait_for_window_start(window: Duration) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let into = now.as_nanos() % window.as_nanos();
+        let left = window.as_nanos() - into;
+        std::thread::sleep(Duration::from_nanos(left as u64) + Duration::from_millis(20));
     }
 
     /// Another client of the same workspace spends `n` requests of the rate-limit window.

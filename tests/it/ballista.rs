@@ -1,0 +1,198 @@
+//! `--engine ballista://…` (feature `ballista`): a real Ballista scheduler and executor started
+//! in this process (standalone mode, on loopback ports), and every query in `queries/` run
+//! through the binary on both engines over the same lake: the rows must be the same. A cohort
+//! synced through Ballista reaches the partner exactly as through the local engine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ballista::prelude::SessionConfigExt;
+use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use datafusion::prelude::SessionConfig;
+
+use crate::incremental::{ACTIVE_7D, T1, active_7d};
+use crate::support::*;
+
+/// A scheduler and one executor on loopback, alive as long as the value.
+struct Cluster {
+    port: u16,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = runtime.block_on(async {
+            let addr = ballista_scheduler::standalone::new_standalone_scheduler()
+                .await
+                .expect("scheduler");
+            let url = format!("http://localhost:{}", addr.port());
+            let mut client = None;
+            for _ in 0..100 {
+                match SchedulerGrpcClient::connect(url.clone()).await {
+                    Ok(c) => {
+                        client = Some(c);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            let client = client.expect("the scheduler accepts connections");
+            let parallelism = SessionConfig::new_with_ballista().ballista_standalone_parallelism();
+            ballista_executor::new_standalone_executor(
+                client,
+                parallelism,
+                BallistaCodec::default(),
+            )
+            .await
+            .expect("executor");
+            addr.port()
+        });
+        Cluster {
+            port,
+            _runtime: runtime,
+        }
+    }
+
+    fn engine(&self) -> String {
+        format!("ballista://localhost:{}", self.port)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn query_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let mut files = Vec::new();
+    for dir in ["cohorts", "analysis"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "sql") {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// CSV output with its header first and the rows sorted (engines may order rows differently).
+fn rows(run: &Run, what: &str) -> Vec<String> {
+    assert_eq!(run.code(), 0, "{what}: {}", run.stderr());
+    let out = run.stdout();
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines[1..].sort();
+    lines
+}
+
+#[test]
+fn every_query_gives_the_same_rows_on_ballista_and_locally() {
+    let cluster = Cluster::start();
+    // A copy of the shared test lake (ingest writes into the lake, and the other tests must not
+    // see these events) plus partner events: the emulator's engagement export for the first
+    // 3,000 users, ingested.
+    let project = Project::new("http://127.0.0.1:9", "", &[]);
+    let dir = project.dir.path();
+    copy_dir(lake(), &dir.join("lake"));
+    let toml = std::fs::read_to_string(dir.join("cohort-bridge.toml"))
+        .unwrap()
+        .replace(&format!("url = \"{}\"", lake().display()), "url = \"lake\"");
+    std::fs::write(dir.join("cohort-bridge.toml"), toml).unwrap();
+    let export = project.run(&[
+        "export-engagement",
+        "--out",
+        dir.join("currents").to_str().unwrap(),
+        "--users",
+        "3000",
+        "--at",
+        "2026-11-20T10:00:00Z",
+    ]);
+    assert_eq!(export.code(), 0, "{}", export.stderr());
+    let mut toml = std::fs::read_to_string(dir.join("cohort-bridge.toml")).unwrap();
+    toml.push_str("\n[sources.currents]\nurl = \"currents\"\n");
+    std::fs::write(dir.join("cohort-bridge.toml"), toml).unwrap();
+    let ingest = project.run(&["ingest"]);
+    assert_eq!(ingest.code(), 0, "{}", ingest.stderr());
+    assert!(
+        !lake().join("partner_events").exists(),
+        "the shared lake is untouched"
+    );
+
+    let files = query_files();
+    assert!(files.len() >= 6, "queries/: {files:?}");
+    for file in &files {
+        let f = file.to_str().unwrap();
+        let name = file.file_name().unwrap().to_string_lossy();
+        let args = [
+            "query",
+            "-f",
+            f,
+            "--format",
+            "csv",
+            "--at",
+            "2026-11-27T12:00:00Z",
+        ];
+        let local = rows(
+            &project.run(&[&["--engine", "local"][..], &args].concat()),
+            &name,
+        );
+        let engine = cluster.engine();
+        let remote = rows(
+            &project.run(&[&["--engine", engine.as_str()][..], &args].concat()),
+            &name,
+        );
+        assert!(local.len() > 1, "{name}: the fixture gives no rows");
+        assert!(
+            local == remote,
+            "{name}: Ballista's rows differ from the local engine's"
+        );
+        eprintln!("{name}: {} rows, equal on both engines", local.len() - 1);
+    }
+}
+
+#[test]
+fn a_cohort_synced_through_ballista_reaches_the_partner_exactly() {
+    let cluster = Cluster::start();
+    let partner = Partner::plain();
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "batch_size = 500\nrequests_per_second = 5000",
+        &[("active", ACTIVE_7D)],
+    );
+    let summary = project
+        .run(&["--engine", &cluster.engine(), "sync", "active", "--at", T1])
+        .summary();
+    let expected = active_7d(T1);
+    assert_eq!(summary["members"], expected.len() as u64);
+    assert!(
+        partner.members("active") == expected,
+        "the partner holds a different set"
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_is_a_clear_error() {
+    let project = Project::new("http://127.0.0.1:9", "", &[]);
+    let run = project.run(&[
+        "--engine",
+        "ballista://127.0.0.1:9",
+        "query",
+        "SELECT count(*) FROM users",
+    ]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(run.stderr().contains("error:"), "{}", run.stderr());
+}
