@@ -68,13 +68,13 @@ def ensure_inputs(cases):
             log(f"generating {USERS:,} users into {LAKE} (once)")
             subprocess.run([str(BIN), "generate", "--out", str(LAKE), "--users", str(USERS),
                             "--days", "1", "--events-per-day", "1000", "--seed", "42",
-                            "--end-date", "2026-11-27"], check=True)
+                            "--end-date", "2026-11-27"], check=True, stdout=sys.stderr)
     if "c" in cases and not (CURRENTS / ".complete").exists():
         shutil.rmtree(CURRENTS, ignore_errors=True)
         log(f"writing the Currents export of {EVENT_USERS:,} users into {CURRENTS} (once)")
         subprocess.run([str(BIN), "export-engagement", "--out", str(CURRENTS), "--users",
                         str(EVENT_USERS), "--seed", "42", "--at", "2026-11-20T10:00:00Z"],
-                       check=True)
+                       check=True, stdout=sys.stderr)
         (CURRENTS / ".complete").touch()
 
 
