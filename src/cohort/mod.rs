@@ -6,7 +6,7 @@ pub mod shard;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
@@ -154,8 +154,18 @@ pub fn distinct_sorted(columns: &[StringArray]) -> Members {
         nulls_skipped: nulls as u64,
         empty_skipped: empty as u64,
         duplicates_removed: (before_dedup - ids.len()) as u64,
-        ids: Arc::new(StringArray::from_iter_values(ids)),
+        ids: Arc::new(string_array(&ids)),
     }
+}
+
+/// One array from string slices, its buffers sized up front (no growing copies of 100+ MB).
+pub fn string_array(ids: &[&str]) -> StringArray {
+    let bytes = ids.iter().map(|s| s.len()).sum();
+    let mut b = StringBuilder::with_capacity(ids.len(), bytes);
+    for id in ids {
+        b.append_value(id);
+    }
+    b.finish()
 }
 
 #[cfg(test)]

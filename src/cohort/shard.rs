@@ -31,7 +31,8 @@ impl Shard {
             .with_min_len(64 * 1024)
             .filter(|&i| ids.is_valid(i) && self.owns(ids.value(i)))
             .collect();
-        StringArray::from_iter_values(kept.into_iter().map(|i| ids.value(i)))
+        let kept: Vec<&str> = kept.into_iter().map(|i| ids.value(i)).collect();
+        super::string_array(&kept)
     }
 }
 
