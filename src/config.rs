@@ -161,6 +161,20 @@ impl Engine {
     }
 }
 
+impl EngineConfig {
+    /// The engine `url` names, if this build can run it.
+    pub fn engine(&self) -> std::result::Result<Engine, String> {
+        match Engine::parse(&self.url)? {
+            Engine::Ballista { .. } if !cfg!(feature = "ballista") => Err(
+                "this build of cohort-bridge has no Ballista support; build it with \
+                 `cargo build --release --features ballista`"
+                    .to_string(),
+            ),
+            engine => Ok(engine),
+        }
+    }
+}
+
 /// `--engine` (set once by `main`) wins over `engine.url` of every project file loaded.
 static ENGINE_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -426,14 +440,8 @@ impl Config {
                 self.state.max_removal_share
             ));
         }
-        match Engine::parse(&self.engine.url) {
-            Err(e) => out.push(format!("engine.url: {e}")),
-            Ok(Engine::Ballista { .. }) if !cfg!(feature = "ballista") => out.push(
-                "engine.url: this build of cohort-bridge has no Ballista support; \
-                 build it with `cargo build --release --features ballista`"
-                    .to_string(),
-            ),
-            Ok(_) => {}
+        if let Err(e) = self.engine.engine() {
+            out.push(format!("engine.url: {e}"));
         }
         if self.engine.memory_limit < 1 << 20 {
             out.push(format!(
@@ -626,17 +634,21 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+/// `"1.5 GiB"` → `(1.5, "GiB")`: a leading number and the trimmed rest.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (use e.g. 250ms, 30s, 5m, 1h)"))?;
-    let secs = match unit.trim() {
+    let (number, unit) = t.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let (value, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 250ms, 30s, 5m, 1h)"))?;
+    let secs = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
@@ -665,15 +677,9 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration,
 
 /// A byte size: a number of bytes, or text like `512MiB`, `1.5GiB`, `800MB`, `64KiB`.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try `512MiB` or `2GiB`)"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a size (try `512MiB` or `2GiB`)"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
         "mb" => 1_000_000,

@@ -26,12 +26,12 @@ impl Shard {
 
     /// This shard's ids of a sorted, distinct list, still sorted (rayon).
     pub fn filter(&self, ids: &StringArray) -> StringArray {
-        let kept: Vec<usize> = (0..ids.len())
+        let kept: Vec<&str> = (0..ids.len())
             .into_par_iter()
             .with_min_len(64 * 1024)
             .filter(|&i| ids.is_valid(i) && self.owns(ids.value(i)))
+            .map(|i| ids.value(i))
             .collect();
-        let kept: Vec<&str> = kept.into_iter().map(|i| ids.value(i)).collect();
         super::string_array(&kept)
     }
 }

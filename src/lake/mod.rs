@@ -106,7 +106,9 @@ impl Lake {
             merge_reserve as usize,
         );
         let runtime = runtime_env(config)?;
-        let engine = Engine::parse(&config.engine.url)
+        let engine = config
+            .engine
+            .engine()
             .map_err(|e| Error::config(config.file.clone(), format!("engine.url: {e}")))?;
         let ctx = match engine {
             Engine::Local => SessionContext::new_with_config_rt(session, runtime),
@@ -115,13 +117,7 @@ impl Lake {
                 ballista::context(session, runtime, &host, port, &config.lake.options)?
             }
             #[cfg(not(feature = "ballista"))]
-            Engine::Ballista { .. } => {
-                return Err(Error::config(
-                    config.file.clone(),
-                    "engine.url: this build of cohort-bridge has no Ballista support; build it \
-                     with `cargo build --release --features ballista`",
-                ));
-            }
+            Engine::Ballista { .. } => unreachable!("EngineConfig::engine refuses it"),
         };
         ctx.register_object_store(&state.store_url(), state.store.clone());
         ctx.register_object_store(&location.store_url(), location.store.clone());

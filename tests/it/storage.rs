@@ -4,7 +4,7 @@
 //! the ingest source are all objects; the assertions read the objects back from the server's
 //! backing folder with the independent Parquet reader.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -138,18 +138,6 @@ impl Lakehouse {
             }
             let total: u64 = counts.values().sum();
             eprintln!("S3 requests, {what}: {total} {counts:?}");
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
         }
     }
 }

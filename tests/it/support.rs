@@ -67,6 +67,19 @@ pub fn lake() -> &'static Path {
     })
 }
 
+/// Copies a folder tree (e.g. the shared lake, for a test that writes into its lake).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 /// A partner emulator on 127.0.0.1:0 on its own runtime, for as long as the value lives.
 pub struct Partner {
     pub handle: EmulatorHandle,
