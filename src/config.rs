@@ -110,6 +110,8 @@ pub struct EngineConfig {
     pub memory_limit: u64,
     /// Where spill files go (a local folder). Default: the system's temporary folder.
     pub spill_dir: Option<PathBuf>,
+    /// Partitions (threads) a query runs in. Default: one per core.
+    pub target_partitions: Option<usize>,
 }
 
 fn default_memory_limit() -> u64 {
@@ -188,6 +190,7 @@ impl Default for EngineConfig {
             url: default_engine_url(),
             memory_limit: default_memory_limit(),
             spill_dir: None,
+            target_partitions: None,
         }
     }
 }
@@ -442,6 +445,9 @@ impl Config {
         }
         if let Err(e) = self.engine.engine() {
             out.push(format!("engine.url: {e}"));
+        }
+        if self.engine.target_partitions == Some(0) {
+            out.push("engine.target_partitions: must be at least 1".to_string());
         }
         if self.engine.memory_limit < 1 << 20 {
             out.push(format!(

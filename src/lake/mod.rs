@@ -97,6 +97,10 @@ impl Lake {
                 "datafusion.execution.parquet.schema_force_view_types",
                 false,
             );
+        let session = match config.engine.target_partitions {
+            Some(n) => session.with_target_partitions(n),
+            None => session,
+        };
         // A sort keeps this much aside for merging its spill files; DataFusion's 10 MiB
         // default would not fit a small pool.
         let partitions = session.target_partitions().max(1) as u64;
