@@ -364,8 +364,12 @@ pub struct Cohort {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret and registers it for scrubbing (`redact`): from now on no output of
+    /// the process carries it.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::register(&value);
+        Secret(value)
     }
     pub fn expose(&self) -> &str {
         &self.0

@@ -20,6 +20,7 @@ pub mod lake;
 pub mod parallel;
 pub mod progress;
 pub mod query;
+pub mod redact;
 pub mod state;
 pub mod sync;
 pub mod synth;

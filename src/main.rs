@@ -247,6 +247,7 @@ fn parse_at(s: &str) -> Result<DateTime<Utc>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cohort_bridge::redact::register_env();
     init_logging(cli.log_format);
     if let Some(engine) = &cli.engine {
         cohort_bridge::config::override_engine(engine.clone());
@@ -407,7 +408,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("warn,cohort_bridge=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(cohort_bridge::redact::Stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
