@@ -35,7 +35,15 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
             .collect(),
         ..CheckReport::default()
     };
-    for name in config.destinations.keys() {
+    for (name, d) in &config.destinations {
+        if let Some(host) = plain_http_host(&d.base_url) {
+            report.warnings.push(format!(
+                "{file}: destinations.{name}.base_url: `http://` to {host}, which is not this \
+                 machine: the keys would cross the network unencrypted, and a partner that \
+                 redirects to https:// makes every sync fail (redirects are never followed); \
+                 use https://"
+            ));
+        }
         if let Err(e) = config.credentials(name, &env_lookup) {
             report
                 .warnings
@@ -145,5 +153,44 @@ async fn record(
     };
     if let Err(e) = runs::append(&state, &record).await {
         tracing::warn!(error = %e, "cannot record the check in the run history");
+    }
+}
+
+/// The host of a plain-`http://` URL that is not loopback (`localhost`, 127.0.0.0/8, ::1).
+fn plain_http_host(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    if u.scheme() != "http" {
+        return None;
+    }
+    let loopback = match u.host()? {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    (!loopback).then(|| u.host_str().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_http_host;
+
+    #[test]
+    fn plain_http_is_flagged_unless_loopback() {
+        assert_eq!(
+            plain_http_host("http://rest.iad-01.braze.com"),
+            Some("rest.iad-01.braze.com".into())
+        );
+        assert_eq!(
+            plain_http_host("http://10.0.0.7:8080/"),
+            Some("10.0.0.7".into())
+        );
+        for ok in [
+            "https://rest.iad-01.braze.com",
+            "http://127.0.0.1:9",
+            "http://localhost:1",
+            "http://[::1]:5",
+        ] {
+            assert_eq!(plain_http_host(ok), None, "{ok}");
+        }
     }
 }

@@ -62,19 +62,20 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
                 record.dead_letters = Some(summary.dead_letters);
             }
             Err(e) => {
+                let e = crate::redact::scrubbed(e.to_string());
                 eprintln!("error: cohort `{name}`: {e}");
                 let line = serde_json::json!({
-                    "cohort": name, "outcome": "failed", "exit_code": e.exit_code(), "error": e.to_string(),
+                    "cohort": name, "outcome": "failed", "exit_code": this_code, "error": e,
                 });
                 println!("{line}");
                 record.run_id = new_run_id();
-                record.outcome = if matches!(e, Error::Locked(_)) {
+                record.outcome = if matches!(result, Err(Error::Locked(_))) {
                     "locked"
                 } else {
                     "failed"
                 }
                 .into();
-                record.error = Some(e.to_string());
+                record.error = Some(e);
             }
         }
         if code == exit::OK {
@@ -164,14 +165,15 @@ pub async fn ingest(
                 record.dead_letters = Some(s.quarantined_records + s.broken_files);
             }
             Err(e) => {
+                let e = crate::redact::scrubbed(e.to_string());
                 eprintln!("error: source `{name}`: {e}");
                 println!(
                     "{}",
-                    serde_json::json!({"source": name, "outcome": "failed", "exit_code": e.exit_code(), "error": e.to_string()})
+                    serde_json::json!({"source": name, "outcome": "failed", "exit_code": this_code, "error": e})
                 );
                 record.run_id = new_run_id();
                 record.outcome = "failed".into();
-                record.error = Some(e.to_string());
+                record.error = Some(e);
             }
         }
         record.ended_at = Utc::now();
@@ -241,7 +243,7 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
             .map_err(|_| Error::Internal("request channel closed".into()))?;
     }
     drop(tx);
-    let sender = Sender::new(dest)?;
+    let sender = Sender::new(dest, tokio::time::Instant::now() + dest.deadline)?;
     // As a sync does: the cohort exists before its members are sent.
     let started = std::time::Instant::now();
     sender.send(&create).await?;

@@ -279,6 +279,15 @@ pub struct DestinationConfig {
     pub request_timeout: Duration,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// The longest one `sync` of one cohort may take, 1s..=7 days. Past it the run stops
+    /// cleanly: no new batch starts, what was acknowledged is journaled, and the next run
+    /// resumes the plan (exit 1). Default `6h`.
+    #[serde(default = "default_deadline", deserialize_with = "de_duration")]
+    pub deadline: Duration,
+}
+
+fn default_deadline() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 
 fn default_batch_size() -> usize {
@@ -459,8 +468,14 @@ impl Config {
                 self.engine.memory_limit
             ));
         }
-        if self.state.lock_ttl < Duration::from_secs(1) {
-            out.push("state.lock_ttl: must be at least 1s".to_string());
+        within(
+            &mut out,
+            "state.lock_ttl",
+            self.state.lock_ttl,
+            Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+        );
+        if self.engine.target_partitions.is_some_and(|n| n > 1024) {
+            out.push("engine.target_partitions: must be between 1 and 1024".to_string());
         }
         for (name, table) in &self.tables {
             if !is_identifier(name) {
@@ -508,11 +523,8 @@ impl Config {
                     d.batch_size
                 ));
             }
-            if !(d.requests_per_second.is_finite() && d.requests_per_second > 0.0) {
-                out.push(format!(
-                    "{key}.requests_per_second: must be a positive number, got {}",
-                    d.requests_per_second
-                ));
+            if let Err(e) = check_rate(d.requests_per_second) {
+                out.push(format!("{key}.requests_per_second: {e}"));
             }
             if d.max_in_flight == 0 || d.max_in_flight > 1024 {
                 out.push(format!(
@@ -520,12 +532,50 @@ impl Config {
                     d.max_in_flight
                 ));
             }
-            if d.request_timeout.is_zero() {
-                out.push(format!("{key}.request_timeout: must be more than zero"));
-            }
-            if d.retry.max_attempts == 0 {
+            let ms = Duration::from_millis;
+            let hours = |h: u64| Duration::from_secs(h * 3600);
+            within(
+                &mut out,
+                &format!("{key}.request_timeout"),
+                d.request_timeout,
+                ms(1)..=hours(1),
+            );
+            within(
+                &mut out,
+                &format!("{key}.deadline"),
+                d.deadline,
+                Duration::from_secs(1)..=hours(7 * 24),
+            );
+            let r = &d.retry;
+            if !(1..=1000).contains(&r.max_attempts) {
                 out.push(format!(
-                    "{key}.retry.max_attempts: must be at least 1 (the first attempt counts)"
+                    "{key}.retry.max_attempts: must be between 1 and 1000 (the first attempt counts), got {}",
+                    r.max_attempts
+                ));
+            }
+            within(
+                &mut out,
+                &format!("{key}.retry.initial_backoff"),
+                r.initial_backoff,
+                ms(1)..=hours(1),
+            );
+            within(
+                &mut out,
+                &format!("{key}.retry.max_backoff"),
+                r.max_backoff,
+                ms(1)..=hours(24),
+            );
+            within(
+                &mut out,
+                &format!("{key}.retry.max_elapsed"),
+                r.max_elapsed,
+                ms(1)..=hours(7 * 24),
+            );
+            if r.initial_backoff > r.max_backoff {
+                out.push(format!(
+                    "{key}.retry.initial_backoff: must not exceed retry.max_backoff ({} > {})",
+                    human_duration(r.initial_backoff),
+                    human_duration(r.max_backoff)
                 ));
             }
         }
@@ -652,6 +702,54 @@ fn number_and_unit(text: &str) -> Option<(f64, &str)> {
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     Some((number.parse().ok()?, unit.trim()))
+}
+
+/// The range of `requests_per_second` (and `--requests-per-second`): below it a single
+/// request's wait would be measured in hours, above it no partner answers.
+pub const RATE_RANGE: std::ops::RangeInclusive<f64> = 0.01..=100_000.0;
+
+/// Checks a request rate against `RATE_RANGE`.
+pub fn check_rate(rate: f64) -> std::result::Result<(), String> {
+    if rate.is_finite() && RATE_RANGE.contains(&rate) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {} and {} requests per second, got {rate}",
+            RATE_RANGE.start(),
+            RATE_RANGE.end()
+        ))
+    }
+}
+
+/// Pushes a problem naming `key` and the allowed range when `value` is outside `range`.
+fn within(
+    out: &mut Vec<String>,
+    key: &str,
+    value: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) {
+    if !range.contains(&value) {
+        out.push(format!(
+            "{key}: must be between {} and {}, got {}",
+            human_duration(*range.start()),
+            human_duration(*range.end()),
+            human_duration(value)
+        ));
+    }
+}
+
+/// `1500ms` → `1.5s`, `7200s` → `2h`: a duration as the project file would write it.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60.0 || secs % 60.0 != 0.0 {
+        format!("{secs}s")
+    } else if secs < 3600.0 || secs % 3600.0 != 0.0 {
+        format!("{}m", secs / 60.0)
+    } else {
+        format!("{}h", secs / 3600.0)
+    }
 }
 
 /// Parses `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
@@ -869,5 +967,83 @@ name = "Paid users"
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("2 weeks").is_err());
+    }
+
+    /// A project file built from plausible keys with hostile values: the loader and the
+    /// semantic checks never panic, and every refusal names a key or a line.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "requests_per_second",
+            "batch_size",
+            "max_in_flight",
+            "request_timeout",
+            "deadline",
+            "retry.max_attempts",
+            "retry.initial_backoff",
+            "retry.max_backoff",
+            "retry.max_elapsed",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                Just("1e-30".to_string()),
+                Just("1e308".to_string()),
+                Just("nan".to_string()),
+                Just("-inf".to_string()),
+                "[0-9]{1,25}(ms|s|m|h|d|)".prop_map(|v| format!("\"{v}\"")),
+                "\\PC{0,12}".prop_map(|v| format!("{v:?}")),
+            ]
+        }
+
+        fn project(pairs: &[(usize, String)], state: &str) -> String {
+            let mut dest = String::new();
+            let mut retry = String::new();
+            for (k, v) in pairs {
+                let key = KEYS[k % KEYS.len()];
+                match key.strip_prefix("retry.") {
+                    Some(r) => retry.push_str(&format!("{r} = {v}\n")),
+                    None => dest.push_str(&format!("{key} = {v}\n")),
+                }
+            }
+            format!(
+                "[lake]\nurl = \"/tmp/lake\"\n[state]\nlock_ttl = {state}\n\
+                 [destinations.b]\nkind = \"braze\"\nbase_url = \"https://x\"\npartner = \"p\"\n\
+                 partner_api_key_env = \"A\"\nclient_secret_env = \"B\"\n{dest}\
+                 [destinations.b.retry]\n{retry}"
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2048)
+            ))]
+
+            #[test]
+            fn the_loader_never_panics_on_hostile_values(
+                pairs in prop::collection::vec((0usize..64, value()), 0..8),
+                state in value(),
+            ) {
+                let text = project(&pairs, &state);
+                match Config::parse(&text, Path::new("p.toml")) {
+                    Ok(c) => {
+                        let d = &c.destinations["b"];
+                        prop_assert!(RATE_RANGE.contains(&d.requests_per_second));
+                        prop_assert!(d.retry.max_backoff <= Duration::from_secs(24 * 3600));
+                        prop_assert!(c.state.lock_ttl <= Duration::from_secs(24 * 3600));
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("p.toml: "), "{e}"),
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics_the_loader(text in "\\PC{0,300}") {
+                let _ = Config::parse(&text, Path::new("p.toml"));
+            }
+        }
     }
 }

@@ -85,7 +85,7 @@ impl Error {
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
-        Error::Storage(e.to_string())
+        Error::Storage(crate::redact::scrubbed(e.to_string()))
     }
 }
 

@@ -396,7 +396,7 @@ async fn run(cli: Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", cohort_bridge::redact::scrub(&e.to_string()));
             e.exit_code()
         }
     }
@@ -406,7 +406,11 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,cohort_bridge=info"));
+    // Colours only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(filter)
         .with_writer(cohort_bridge::redact::Stderr);
     match format {

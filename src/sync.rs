@@ -4,6 +4,7 @@
 //! scheduler reads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -119,13 +120,9 @@ pub async fn sync_cohort(
     let cohort = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
-    if let Some(rate) = options.requests_per_second
-        && !(rate.is_finite() && rate > 0.0)
-    {
-        return Err(Error::config(
-            None,
-            format!("--requests-per-second: must be a positive number, got {rate}"),
-        ));
+    if let Some(rate) = options.requests_per_second {
+        crate::config::check_rate(rate)
+            .map_err(|e| Error::config(None, format!("--requests-per-second: {e}")))?;
     }
     let mut dest = config.destination(&cohort.destination)?.clone();
     // Shards share the partner's one rate limit.
@@ -245,7 +242,8 @@ impl Run<'_> {
         started: &Instant,
         lock: &lock::KeptLock,
     ) -> Result<()> {
-        let sender = Sender::new(self.dest)?;
+        let deadline = tokio::time::Instant::from_std(*started) + self.dest.deadline;
+        let sender = Sender::new(self.dest, deadline)?;
         let braze = Arc::new(Braze::new(self.dest, self.credentials, self.cohort));
 
         // 1. An interrupted run first: finish exactly its plan.
@@ -464,6 +462,8 @@ impl Run<'_> {
         let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
         let window = (self.dest.max_in_flight * 2).max(16);
+        let breaker = Breaker::new(total);
+        let breaker = &breaker;
         let mut result = Ok(());
         for (k, remove, file, offset) in [
             (0, false, &plan.adds_file, 0),
@@ -493,7 +493,7 @@ impl Run<'_> {
                             Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
                                 let start = (request.batch - offset - 1) as usize * plan.batch_size;
                                 let range = start..start + request.ids;
-                                let dead = isolate(sender, braze, &ids, request.batch, range, remove, message).await?;
+                                let dead = isolate(sender, braze, breaker, &ids, request.batch, range, remove, message).await?;
                                 warn!(cohort = %self.cohort.name, batch = request.batch, refused = dead.len(),
                                     first = %dead.first().map(|d| d.reason.as_str()).unwrap_or(""),
                                     "the partner refused ids; they are dead-lettered and retried next run");
@@ -790,10 +790,62 @@ impl Run<'_> {
     }
 }
 
+/// The circuit breaker of isolation: when the partner refuses (400) nearly everything — a
+/// wrong cohort id, a body it no longer accepts — splitting every batch down to single ids
+/// would cost two requests per id and dead-letter the whole cohort. Isolation stops, and the
+/// run fails with the partner's message, once more ids have been refused than delivered after
+/// `MIN_SAMPLE` isolating requests, or once isolation spent more than its budget (100 requests
+/// plus 10 per batch of the plan).
+struct Breaker {
+    budget: u64,
+    spent: AtomicU64,
+    refused_ids: AtomicU64,
+    delivered_ids: AtomicU64,
+}
+
+impl Breaker {
+    const MIN_SAMPLE: u64 = 32;
+
+    fn new(batches: u64) -> Self {
+        Breaker {
+            budget: 100 + 10 * batches,
+            spent: AtomicU64::new(0),
+            refused_ids: AtomicU64::new(0),
+            delivered_ids: AtomicU64::new(0),
+        }
+    }
+
+    /// Called before each isolating request: an error when the breaker has tripped.
+    fn spend(&self, message: &str) -> Result<()> {
+        let spent = self.spent.fetch_add(1, Ordering::Relaxed) + 1;
+        let refused = self.refused_ids.load(Ordering::Relaxed);
+        let delivered = self.delivered_ids.load(Ordering::Relaxed);
+        let why = if spent > self.budget {
+            format!("isolation spent its budget of {} requests", self.budget)
+        } else if spent > Self::MIN_SAMPLE && refused > delivered {
+            format!("{refused} ids refused and only {delivered} accepted among those isolated")
+        } else {
+            return Ok(());
+        };
+        Err(Error::PartnerRejected {
+            what: "most batches".into(),
+            status: 400,
+            message: format!(
+                "{message} — stopped splitting refused batches ({why}, after {spent} requests): \
+                 the partner refuses nearly everything, so the cause is likely the request \
+                 (cohort id, destination settings) rather than some ids. Nothing was committed; \
+                 fix the cause and rerun: acknowledged batches are not re-sent"
+            ),
+        })
+    }
+}
+
 /// Splits a refused range until every refused id is alone; the rest is delivered.
+#[allow(clippy::too_many_arguments)]
 async fn isolate(
     sender: &Sender,
     braze: &Braze,
+    breaker: &Breaker,
     ids: &StringArray,
     batch: u64,
     range: std::ops::Range<usize>,
@@ -804,6 +856,7 @@ async fn isolate(
     let mut refused = vec![(range, message)];
     while let Some((range, message)) = refused.pop() {
         if range.len() == 1 {
+            breaker.refused_ids.fetch_add(1, Ordering::Relaxed);
             dead.push(DeadLetter {
                 user_id: ids.value(range.start).to_string(),
                 change: if remove { "remove" } else { "add" }.to_string(),
@@ -814,11 +867,16 @@ async fn isolate(
         }
         let mid = range.start + range.len() / 2;
         for half in [range.start..mid, mid..range.end] {
+            breaker.spend(&message)?;
             match sender
                 .send(&braze.change_members(batch, ids, half.clone(), remove))
                 .await
             {
-                Ok(()) => {}
+                Ok(()) => {
+                    breaker
+                        .delivered_ids
+                        .fetch_add(half.len() as u64, Ordering::Relaxed);
+                }
                 Err(Error::PartnerRejected {
                     status: 400,
                     message,

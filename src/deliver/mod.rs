@@ -5,6 +5,7 @@
 //! (token bucket → attempt → verdict → retry or ack).
 
 pub mod destination;
+pub mod headers;
 pub mod plan;
 pub mod ratelimit;
 pub mod retry;

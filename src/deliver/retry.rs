@@ -1,41 +1,76 @@
-//! Retry decisions as data: every attempt ends in a `Verdict`; transient failures back off
-//! exponentially with jitter, honouring the partner's `Retry-After` and `X-RateLimit-Reset`.
+//! Retry decisions as data: every attempt ends in a `Verdict`. Only the partner's documented
+//! success acknowledges; transient failures back off exponentially with jitter, honouring
+//! `Retry-After` and `X-RateLimit-Reset` (read by `headers`); redirects are never followed.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
+use super::headers::{self, Asked};
 use crate::config::RetryConfig;
+use crate::redact;
 
 /// What one attempt's outcome means for the request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Success,
-    /// Transient (423, 429, 5xx, 408, timeouts, connection errors): try again, after at least
-    /// `after` when the partner said how long.
+    /// Transient (423, 429, 5xx, 408, timeouts, connection errors, a 2xx that is not the
+    /// documented success): try again, after at least what the partner asked for.
     Retry {
         reason: String,
-        after: Option<Duration>,
+        asked: Option<Asked>,
     },
     /// Permanent for this request (400) or the whole run (401, 403, 404): stop.
     Reject {
         status: u16,
         message: String,
     },
+    /// A 3xx: not followed (keys travel in the body and must never reach another host).
+    Redirect {
+        status: u16,
+        location: String,
+    },
 }
 
-/// Classifies an HTTP answer. `body` is the (possibly truncated) response text.
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict {
+/// One answer, as read: status, headers, content type and the first bytes of the body.
+pub struct Answer<'a> {
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Classifies an HTTP answer. A 2xx acknowledges only when its body is the documented success
+/// (`{"message":"success"}`, or `"queued"` with 202).
+pub fn classify(answer: &Answer<'_>) -> Verdict {
+    let status = answer.status;
     if status.is_success() {
-        return Verdict::Success;
+        return if documented_success(answer.body) {
+            Verdict::Success
+        } else {
+            Verdict::Retry {
+                reason: format!(
+                    "HTTP {} whose body is not the documented success ({}): {}",
+                    status.as_u16(),
+                    content_type(answer.headers),
+                    first_bytes(answer.body)
+                ),
+                asked: None,
+            }
+        };
     }
-    let message = partner_message(body);
+    if status.is_redirection() {
+        return Verdict::Redirect {
+            status: status.as_u16(),
+            location: location_host(answer.headers),
+        };
+    }
+    let message = partner_message(answer.body);
     match status.as_u16() {
         408 | 423 | 425 | 429 | 500..=599 => Verdict::Retry {
             reason: format!("HTTP {} {message}", status.as_u16()),
-            after: server_delay(headers),
+            asked: headers::server_delay(answer.headers, SystemTime::now()),
         },
         code => Verdict::Reject {
             status: code,
@@ -44,59 +79,83 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict 
     }
 }
 
-/// The partner's `{"message": …}`, or the raw text, shortened.
-fn partner_message(body: &str) -> String {
-    let text = serde_json::from_str::<serde_json::Value>(body)
+/// `{"message": "success"}` or `{"message": "queued"}` (extra fields allowed).
+pub fn documented_success(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        message: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Reply>(body)
+        .ok()
+        .and_then(|r| r.message)
+        .is_some_and(|m| m == "success" || m == "queued")
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    match headers::header_str(headers, "content-type") {
+        Some(t) => format!("content type `{}`", redact::scrub(&printable(t, 80))),
+        None => "no content type".to_string(),
+    }
+}
+
+/// Where a redirect points: the `Location` host, or what it says when it is not a URL.
+fn location_host(headers: &HeaderMap) -> String {
+    let Some(raw) = headers::header_str(headers, "location") else {
+        return "(no Location header)".to_string();
+    };
+    match url::Url::parse(raw) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
+            (Some(h), None) => format!("{}://{h}", u.scheme()),
+            (None, _) => format!("`{}`", redact::scrub(&printable(raw, 80))),
+        },
+        // A relative Location: the same host, another path.
+        Err(_) => format!(
+            "the same host, path `{}`",
+            redact::scrub(&printable(raw, 80))
+        ),
+    }
+}
+
+/// The first bytes of a body, printable and redacted, for a message.
+pub fn first_bytes(body: &[u8]) -> String {
+    if body.is_empty() {
+        return "(empty body)".to_string();
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(240)]);
+    let mut shown = format!("`{}`", redact::scrub(&printable(&text, 120)));
+    if body.len() > 120 {
+        shown.push_str(&format!(" ({} bytes)", body.len()));
+    }
+    shown
+}
+
+/// `text` with control characters shown as spaces, at most `max` characters.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The partner's `{"message": …}`, or the raw text, shortened and redacted.
+fn partner_message(body: &[u8]) -> String {
+    let text = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
             v.get("message")
                 .and_then(|m| m.as_str())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| body.trim().to_string());
-    let mut text: String = text.chars().take(300).collect();
-    if text.is_empty() {
-        text = "(empty body)".to_string();
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    // Scrub before shortening, so a cut cannot leave part of a key behind.
+    let text = printable(&redact::scrub(&text), 300);
+    if text.trim().is_empty() {
+        "(empty body)".to_string()
+    } else {
+        text
     }
-    text
-}
-
-/// How long the partner asked us to wait: `Retry-After` (seconds or an HTTP date), else the
-/// time until `X-RateLimit-Reset` when `X-RateLimit-Remaining` is 0.
-pub fn server_delay(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(v) = header_str(headers, "retry-after") {
-        if let Ok(secs) = v.trim().parse::<f64>() {
-            return Duration::try_from_secs_f64(secs.max(0.0)).ok();
-        }
-        if let Ok(at) = httpdate::parse_http_date(v) {
-            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
-        }
-    }
-    let remaining = header_str(headers, "x-ratelimit-remaining")?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    if remaining > 0.0 {
-        return None;
-    }
-    reset_in(headers)
-}
-
-/// Time until the `X-RateLimit-Reset` epoch second.
-pub fn reset_in(headers: &HeaderMap) -> Option<Duration> {
-    let reset = header_str(headers, "x-ratelimit-reset")?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_secs_f64();
-    Duration::try_from_secs_f64((reset - now).max(0.0)).ok()
-}
-
-pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Exponential backoff with "equal jitter": half the step is fixed, half random, so retries of
@@ -153,61 +212,78 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
+    fn classify_raw(code: u16, headers: &HeaderMap, body: &str) -> Verdict {
+        classify(&Answer {
+            status: StatusCode::from_u16(code).unwrap(),
+            headers,
+            body: body.as_bytes(),
+        })
+    }
+
+    #[test]
+    fn only_the_documented_success_acknowledges() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            classify_raw(201, &h, r#"{"message":"success"}"#),
+            Verdict::Success
+        );
+        assert_eq!(
+            classify_raw(202, &h, r#"{"message":"queued"}"#),
+            Verdict::Success
+        );
+        for body in [
+            "",
+            "<html>maintenance</html>",
+            "{}",
+            r#"{"message":"error"}"#,
+            "null",
+        ] {
+            let v = classify_raw(200, &h, body);
+            assert!(
+                matches!(&v, Verdict::Retry { reason, .. } if reason.contains("not the documented success")),
+                "{body:?}: {v:?}"
+            );
+        }
+    }
+
     #[test]
     fn statuses_are_classified() {
         let h = HeaderMap::new();
-        assert_eq!(classify(StatusCode::CREATED, &h, ""), Verdict::Success);
-        assert_eq!(
-            classify(StatusCode::ACCEPTED, &h, r#"{"message":"queued"}"#),
-            Verdict::Success
-        );
         for code in [423u16, 429, 500, 502, 503] {
-            let s = StatusCode::from_u16(code).unwrap();
             assert!(
-                matches!(classify(s, &h, ""), Verdict::Retry { .. }),
+                matches!(classify_raw(code, &h, ""), Verdict::Retry { .. }),
                 "{code}"
             );
         }
         assert_eq!(
-            classify(
-                StatusCode::UNAUTHORIZED,
-                &h,
-                r#"{"message":"invalid client secret"}"#
-            ),
+            classify_raw(401, &h, r#"{"message":"invalid client secret"}"#),
             Verdict::Reject {
                 status: 401,
                 message: "invalid client secret".into()
             }
         );
         assert!(matches!(
-            classify(StatusCode::BAD_REQUEST, &h, "x"),
+            classify_raw(400, &h, "x"),
             Verdict::Reject { status: 400, .. }
         ));
     }
 
     #[test]
-    fn retry_after_and_reset_are_honoured() {
+    fn redirects_name_the_location_host() {
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("3"));
-        assert_eq!(server_delay(&h), Some(Duration::from_secs(3)));
-        let mut h = HeaderMap::new();
-        let reset = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 5;
-        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
         h.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from_str(&reset.to_string()).unwrap(),
+            "location",
+            HeaderValue::from_static("https://evil.example:8443/x?y=1"),
         );
-        let d = server_delay(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(3) && d <= Duration::from_secs(5),
-            "{d:?}"
-        );
-        h.insert("x-ratelimit-remaining", HeaderValue::from_static("7"));
-        assert_eq!(server_delay(&h), None);
+        for code in [301u16, 302, 303, 307, 308] {
+            assert_eq!(
+                classify_raw(code, &h, ""),
+                Verdict::Redirect {
+                    status: code,
+                    location: "https://evil.example:8443".into()
+                }
+            );
+        }
     }
 
     #[test]

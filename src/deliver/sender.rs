@@ -4,6 +4,13 @@
 //! Order of the policy, per attempt: concurrency slot (held across retries, so a struggling
 //! request does not let more pile up) → pacer token (every attempt spends partner quota) →
 //! per-attempt timeout → verdict → backoff or ack.
+//!
+//! What a defensive client assumes: only the documented success acknowledges, redirects are
+//! never followed (a 3xx ends the run, exit 2, naming where it pointed), no header makes a
+//! request wait longer than `retry.max_backoff` at once or `retry.max_elapsed` in all (a
+//! partner asking for more ends the request, quoting what it asked), every wait over 5 s is
+//! logged with its reason, nothing starts after the run's deadline, and every text from the
+//! partner is redacted before it goes anywhere.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,19 +21,22 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Request;
-use super::ratelimit::{Pacer, Ticket};
-use super::retry::{Backoff, Verdict, classify};
-use crate::config::DestinationConfig;
+use super::ratelimit::{LOGGED_WAIT, Pacer, Ticket};
+use super::retry::{Answer, Backoff, Verdict, classify};
+use crate::config::{DestinationConfig, human_duration};
 use crate::error::{Error, Result};
+use crate::redact;
 
-/// Longest response body kept for error messages.
-const MAX_ERROR_BODY: usize = 4096;
+/// Longest response body read (a success is a few bytes; an error is shown in part).
+const MAX_BODY: usize = 64 * 1024;
 
 pub struct Sender {
     client: reqwest::Client,
     pacer: Pacer,
     backoff: Backoff,
     max_in_flight: usize,
+    /// No attempt starts after this (the destination's `deadline`, from the run's start).
+    deadline: Instant,
     stats: Counters,
 }
 
@@ -49,8 +59,12 @@ pub struct SendStats {
 }
 
 impl Sender {
-    pub fn new(dest: &DestinationConfig) -> Result<Self> {
+    /// A sender for `dest`, whose run must end by `deadline`.
+    pub fn new(dest: &DestinationConfig, deadline: Instant) -> Result<Self> {
         let client = reqwest::Client::builder()
+            // Never follow a redirect: keys travel in the body (and headers) and must not
+            // reach another host; a POST turned into a GET would be "acknowledged" unapplied.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(dest.request_timeout)
             .connect_timeout(dest.request_timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(dest.max_in_flight)
@@ -64,9 +78,14 @@ impl Sender {
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Sender {
             client,
-            pacer: Pacer::new(dest.requests_per_second, dest.max_in_flight),
+            pacer: Pacer::new(
+                dest.requests_per_second,
+                dest.max_in_flight,
+                dest.retry.max_backoff,
+            ),
             backoff: Backoff::new(dest.retry.clone(), seed),
             max_in_flight: dest.max_in_flight,
+            deadline,
             stats: Counters::default(),
         })
     }
@@ -98,29 +117,59 @@ impl Sender {
     }
 
     /// Runs `f` for every request from `requests`, at most `max_in_flight` at once; the first
-    /// error stops the run. `f` decides what sending and acknowledging mean.
+    /// error stops the run. `f` decides what sending and acknowledging mean. Past the run's
+    /// deadline no new request is taken; those in flight finish (and are acknowledged), then
+    /// the deadline is the error.
     pub async fn for_each<F, Fut>(&self, requests: mpsc::Receiver<Request>, f: F) -> Result<()>
     where
         F: Fn(Request) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let stopped = &stopped;
         futures::stream::unfold(requests, |mut rx| async move {
+            if Instant::now() >= self.deadline {
+                stopped.store(true, Ordering::Relaxed);
+                return None;
+            }
             rx.recv().await.map(|r| (Ok::<_, Error>(r), rx))
         })
         .try_for_each_concurrent(self.max_in_flight, f)
-        .await
+        .await?;
+        if stopped.load(Ordering::Relaxed) {
+            return Err(Error::Delivery(
+                "the run reached its deadline (the destination's `deadline`) and stopped \
+                 cleanly: requests in flight were answered and journaled, no new batch was \
+                 sent; the next run resumes what is left"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Sends one request until it is acknowledged, permanently rejected, or out of retries.
     pub async fn send(&self, request: &Request) -> Result<()> {
         let first = Instant::now();
+        let retry = self.backoff.config();
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let ticket = self.pacer.acquire().await;
+            if Instant::now() >= self.deadline {
+                return Err(self.past_deadline(request));
+            }
+            let ticket = self.pacer.acquire().await.map_err(|stall| {
+                Error::Delivery(format!(
+                    "{}: would have to wait {} ({}), longer than retry.max_backoff = {}; \
+                     stopped instead of waiting (raise retry.max_backoff if the partner means it)",
+                    describe(request),
+                    human_duration(stall.wait),
+                    stall.reason,
+                    human_duration(retry.max_backoff)
+                ))
+            })?;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let verdict = self.attempt(request, ticket).await;
-            let (reason, after) = match verdict {
+            let (reason, asked) = match verdict {
                 Verdict::Success => {
                     self.stats
                         .acked_batches
@@ -143,33 +192,70 @@ impl Sender {
                         message,
                     });
                 }
-                Verdict::Retry { reason, after } => (reason, after),
+                Verdict::Redirect { status, location } => {
+                    return Err(Error::config(
+                        None,
+                        format!(
+                            "{}: the partner answered HTTP {status}, redirecting to {location}. \
+                             Redirects are never followed (the keys would travel with them): \
+                             the destination's base_url is wrong; set it to the URL the partner \
+                             documents (e.g. https:// rather than http://)",
+                            describe(request)
+                        ),
+                    ));
+                }
+                Verdict::Retry { reason, asked } => (reason, asked),
             };
-            let retry = self.backoff.config();
             let mut wait = self.backoff.delay(attempt);
-            if let Some(after) = after {
+            if let Some(asked) = &asked {
+                if asked.wait > retry.max_backoff {
+                    return Err(Error::Delivery(format!(
+                        "{}: the partner asked to wait {} ({}), longer than retry.max_backoff = {}; \
+                         stopped instead of waiting (raise retry.max_backoff if the partner means it). \
+                         Last answer: {reason}",
+                        describe(request),
+                        human_duration(asked.wait),
+                        asked.said,
+                        human_duration(retry.max_backoff)
+                    )));
+                }
                 // The partner said when: every request waits, not only this one.
-                self.pacer.pause_for(after);
-                wait = wait.max(after);
+                self.pacer.pause_for(asked.wait, &asked.said);
+                wait = wait.max(asked.wait);
             }
             let elapsed = first.elapsed();
             if attempt >= retry.max_attempts || elapsed + wait > retry.max_elapsed {
                 return Err(Error::Delivery(format!(
-                    "{}: gave up after {attempt} attempts in {:.1}s; last error: {reason}",
+                    "{}: gave up after {attempt} attempts in {:.1}s (retry.max_attempts = {}, \
+                     retry.max_elapsed = {}); last error: {reason}",
                     describe(request),
-                    elapsed.as_secs_f64()
+                    elapsed.as_secs_f64(),
+                    retry.max_attempts,
+                    human_duration(retry.max_elapsed)
                 )));
             }
+            if Instant::now() + wait >= self.deadline {
+                return Err(self.past_deadline(request));
+            }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                batch = request.batch,
-                attempt,
-                wait_ms = wait.as_millis() as u64,
-                reason = %reason,
-                "transient failure, retrying"
-            );
+            let why = asked.as_ref().map_or(String::new(), |a| a.said.clone());
+            if wait > LOGGED_WAIT {
+                warn!(batch = request.batch, attempt, wait = %human_duration(wait), reason = %reason,
+                    asked = %why, "transient failure, waiting before retrying");
+            } else {
+                warn!(batch = request.batch, attempt, wait_ms = wait.as_millis() as u64,
+                    reason = %reason, "transient failure, retrying");
+            }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    fn past_deadline(&self, request: &Request) -> Error {
+        Error::Delivery(format!(
+            "{}: the run reached its deadline (the destination's `deadline`); stopped cleanly, \
+             and the next run resumes what is left",
+            describe(request)
+        ))
     }
 
     async fn attempt(&self, request: &Request, ticket: Ticket) -> Verdict {
@@ -180,33 +266,41 @@ impl Sender {
             .body(request.body.clone())
             .send()
             .await;
-        let response = match response {
+        let mut response = match response {
             Ok(r) => r,
             Err(e) => {
                 return Verdict::Retry {
                     reason: transport_error(&e),
-                    after: None,
+                    asked: None,
                 };
             }
         };
         self.pacer.observe(response.headers(), ticket);
-        let status = response.status();
-        let headers = response.headers().clone();
-        if status.is_success() {
-            // Drain the body so the connection goes back to the pool.
-            return match response.bytes().await {
-                Ok(_) => Verdict::Success,
-                Err(e) => Verdict::Retry {
-                    reason: transport_error(&e),
-                    after: None,
-                },
-            };
+        // The body, up to MAX_BODY (a success is a few bytes; more is not a success).
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_BODY - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= MAX_BODY {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Verdict::Retry {
+                        reason: transport_error(&e),
+                        asked: None,
+                    };
+                }
+            }
         }
-        let body = match response.bytes().await {
-            Ok(b) => String::from_utf8_lossy(&b[..b.len().min(MAX_ERROR_BODY)]).into_owned(),
-            Err(e) => transport_error(&e),
-        };
-        classify(status, &headers, &body)
+        classify(&Answer {
+            status: response.status(),
+            headers: response.headers(),
+            body: &body,
+        })
     }
 }
 
@@ -242,6 +336,6 @@ fn transport_error(e: &reqwest::Error) -> String {
     if detail.is_empty() {
         kind.to_string()
     } else {
-        format!("{kind}: {detail}")
+        format!("{kind}: {}", redact::scrub(&detail))
     }
 }

@@ -38,6 +38,9 @@ pub struct Lake {
     cpu: Arc<CpuRuntime>,
     /// What to tell the user when a query runs out of its memory pool.
     memory_hint: String,
+    /// Tables that could not be opened (no Parquet files, unreadable ones), with why: only
+    /// the queries that read them fail.
+    unreadable: std::collections::BTreeMap<String, String>,
 }
 
 /// DataFusion's runtime for a project: a fair spill pool of `engine.memory_limit` (operators
@@ -76,10 +79,32 @@ impl Lake {
                 Error::Config { message, .. } => Error::config(config.file.clone(), message),
                 other => other,
             })?;
+        if location.url.scheme() == "file"
+            && let Ok(dir) = location.url.to_file_path()
+            && !dir.is_dir()
+        {
+            return Err(Error::config(
+                config.file.clone(),
+                format!(
+                    "lake.url: there is no lake at {} (the folder does not exist). Point \
+                     lake.url at the folder or bucket holding your tables, or write a sample \
+                     lake there with `cohort-bridge generate --out {}`",
+                    dir.display(),
+                    dir.display()
+                ),
+            ));
+        }
         let state = crate::state::area(config, &location)?;
-        let lake = Lake::new(location, state, config)?;
+        let mut lake = Lake::new(location, state, config)?;
         for (name, table) in &config.tables {
-            lake.register(name, table).await?;
+            if let Err(e) = lake.register(name, table).await {
+                tracing::warn!(table = %name, error = %e, "table cannot be opened; the queries that read it will fail");
+                let why = match e {
+                    Error::Storage(m) => m,
+                    other => other.to_string(),
+                };
+                lake.unreadable.insert(name.clone(), why);
+            }
         }
         lake.register_runs(config)?;
         crate::ingest::register_tables(&lake, config)?;
@@ -137,7 +162,25 @@ impl Lake {
                 config.engine.memory_limit >> 20,
                 config.file.display()
             ),
+            unreadable: Default::default(),
         })
+    }
+
+    /// Why a table of the project could not be opened, if it could not.
+    pub fn unreadable(&self, table: &str) -> Option<&str> {
+        self.unreadable.get(table).map(String::as_str)
+    }
+
+    /// The unreadable tables a planning error complains about (DataFusion says
+    /// `table 'datafusion.public.NAME' not found`).
+    pub fn unreadable_in(&self, error: &str) -> Option<(&str, &str)> {
+        self.unreadable
+            .iter()
+            .find(|(name, _)| {
+                error.contains(&format!(".{name}' not found"))
+                    || error.contains(&format!("'{name}' not found"))
+            })
+            .map(|(n, why)| (n.as_str(), why.as_str()))
     }
 
     /// Registers a Parquet table with a fixed schema (our own outputs: `runs`,

@@ -57,10 +57,15 @@ impl Lake {
     pub async fn plan_query(&self, src: &SqlSource<'_>, params: &Params) -> Result<DataFrame> {
         let statement = parse_single_query(src)?;
         let state = self.context().state();
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(|e| sql_error(src, &e))?;
+        let plan = state.statement_to_plan(statement).await.map_err(|e| {
+            match self.unreadable_in(&e.to_string()) {
+                Some((table, why)) => Error::Storage(format!(
+                    "{}: reads table `{table}`, which cannot be opened: {why}",
+                    src.origin
+                )),
+                None => sql_error(src, &e),
+            }
+        })?;
         read_only()
             .verify_plan(&plan)
             .map_err(|e| sql_error(src, &e))?;

@@ -89,7 +89,7 @@ pub async fn write(
             dead.iter().map(|d| d.change.as_str()),
         )),
         Arc::new(StringArray::from_iter_values(
-            dead.iter().map(|d| d.reason.as_str()),
+            dead.iter().map(|d| crate::redact::scrub(&d.reason)),
         )),
         Arc::new(
             TimestampMicrosecondArray::from(vec![at.timestamp_micros(); n]).with_timezone("UTC"),

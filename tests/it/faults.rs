@@ -32,8 +32,11 @@ fn rate_limited_requests_are_retried_after_the_partner_says() {
         },
         ..EmulatorConfig::default()
     });
-    let dest =
-        format!("batch_size = 100\nrequests_per_second = 1000\nmax_in_flight = 8{FAST_RETRY}");
+    // The partner's Retry-After (up to the 2 s window) must fit in one wait.
+    let dest = format!(
+        "batch_size = 100\nrequests_per_second = 1000\nmax_in_flight = 8{}",
+        FAST_RETRY.replace("max_backoff = \"200ms\"", "max_backoff = \"3s\"")
+    );
     let project = Project::new(&partner.handle.base_url(), &dest, &[("pro", PRO)]);
     Partner::wait_for_window_start(Duration::from_secs(2));
     partner.spend_quota(20);
