@@ -166,6 +166,43 @@ impl Lake {
         })
     }
 
+    /// The first Parquet file under `table_path` whose footer cannot be read, and why. Each
+    /// footer is read in a task of its own, so even a reader that panics on crafted bytes
+    /// names the file.
+    async fn first_unreadable(&self, table_path: &str) -> Option<(String, String)> {
+        use futures::TryStreamExt;
+        use parquet::arrow::ParquetRecordBatchStreamBuilder;
+        use parquet::arrow::async_reader::ParquetObjectReader;
+        let store = self.location.store.clone();
+        let files: Vec<_> = store
+            .list(Some(&self.location.child(table_path)))
+            .try_collect()
+            .await
+            .ok()?;
+        for meta in files
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        {
+            let reader = ParquetObjectReader::new(store.clone(), meta.location.clone())
+                .with_file_size(meta.size);
+            let opened = self
+                .cpu
+                .run(async move {
+                    ParquetRecordBatchStreamBuilder::new(reader)
+                        .await
+                        .map(|_| ())
+                })
+                .await;
+            let why = match opened {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Some((format!("{}", meta.location), why));
+        }
+        None
+    }
+
     /// Why a table of the project could not be opened, if it could not.
     pub fn unreadable(&self, table: &str) -> Option<&str> {
         self.unreadable.get(table).map(String::as_str)
@@ -280,7 +317,7 @@ impl Lake {
             .with_file_extension(".parquet")
             .with_table_partition_cols(partitions);
         let state = self.ctx.state();
-        let config = self
+        let inferred = self
             .cpu
             .run(async move {
                 ListingTableConfig::new(table_url)
@@ -288,13 +325,22 @@ impl Lake {
                     .infer_schema(&state)
                     .await
             })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "cannot read its schema (no Parquet files, or unreadable ones?)",
-                    &e,
-                )
-            })?;
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let config = match inferred {
+            Ok(config) => config,
+            Err(e) => {
+                // Name the file at fault when one is.
+                return Err(match self.first_unreadable(&table.path).await {
+                    Some((file, why)) => fail(&format!("{file} is not readable Parquet"), &why),
+                    None => fail(
+                        "cannot read its schema (no Parquet files, or unreadable ones?)",
+                        &e,
+                    ),
+                });
+            }
+        };
         let provider = ListingTable::try_new(config).map_err(|e| fail("cannot register", &e))?;
         self.ctx
             .register_table(name, Arc::new(provider))

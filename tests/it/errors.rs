@@ -210,3 +210,108 @@ fn config_errors_name_the_file_and_key() {
     let run = project.run(&["sync", "pro", "--at", "yesterday"]);
     assert_eq!(run.code(), 2, "a bad flag is a usage error");
 }
+
+/// A project over its own small lake: `users` (copied from the shared lake), an empty table
+/// folder and a table whose only file is not Parquet.
+fn lake_project(partner: &Partner) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("lake");
+    copy_dir(&lake().join("users"), &own.join("users"));
+    std::fs::create_dir_all(own.join("empty")).unwrap();
+    std::fs::create_dir_all(own.join("broken")).unwrap();
+    std::fs::write(
+        own.join("broken/part-0.parquet"),
+        b"PAR1 this is not parquet PAR1",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
+    let mut toml = format!(
+        "[lake]\nurl = \"{}\"\n[tables.users]\npath = \"users\"\n[tables.empty]\npath = \"empty\"\n\
+         [tables.broken]\npath = \"broken\"\n[destinations.braze]\nkind = \"braze\"\n\
+         base_url = \"{}\"\npartner = \"cohort-bridge\"\npartner_api_key_env = \"{KEY_VAR}\"\n\
+         client_secret_env = \"{SECRET_VAR}\"\n",
+        own.display(),
+        partner.handle.base_url()
+    );
+    for (name, sql) in [
+        ("pro", PRO),
+        ("from_empty", "SELECT user_id FROM empty"),
+        ("from_broken", "SELECT user_id FROM broken"),
+    ] {
+        std::fs::write(dir.path().join(format!("queries/cohorts/{name}.sql")), sql).unwrap();
+        toml.push_str(&format!("[cohorts.{name}]\n"));
+    }
+    let file = dir.path().join("cohort-bridge.toml");
+    std::fs::write(&file, toml).unwrap();
+    (dir, own)
+}
+
+fn run_in(dir: &std::path::Path, args: &[&str]) -> Run {
+    let out = std::process::Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("COHORT_BRIDGE_CONFIG")
+        .env(KEY_VAR, KEY)
+        .env(SECRET_VAR, SECRET)
+        .output()
+        .unwrap();
+    Run(out)
+}
+
+#[test]
+fn an_unreadable_table_fails_only_the_cohorts_that_read_it() {
+    let partner = Partner::plain();
+    let (dir, _lake) = lake_project(&partner);
+    let run = run_in(
+        dir.path(),
+        &["sync", "from_empty", "pro", "from_broken", "--at", AT],
+    );
+    assert_eq!(
+        run.code(),
+        1,
+        "the first failure's code; stderr:\n{}",
+        run.stderr()
+    );
+    let lines = run.summaries();
+    assert_eq!(lines.len(), 3, "{}", run.stdout());
+    assert_eq!(lines[1]["outcome"], "delivered", "{}", lines[1]);
+    let pro: std::collections::BTreeSet<String> = users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .collect();
+    assert_eq!(partner.members("pro"), pro);
+    for (line, table) in [(&lines[0], "empty"), (&lines[2], "broken")] {
+        assert_eq!(line["outcome"], "failed");
+        let error = line["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("`{table}`")),
+            "names the table: {error}"
+        );
+    }
+    // The corrupt file is named.
+    let broken = lines[2]["error"].as_str().unwrap();
+    assert!(
+        broken.contains("broken/part-0.parquet is not readable Parquet"),
+        "{broken}"
+    );
+    // No colour codes when stderr is not a terminal.
+    assert!(
+        !run.stderr().contains('\u{1b}'),
+        "ANSI escapes: {}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn a_missing_lake_is_a_usage_error_saying_what_to_do() {
+    let partner = Partner::plain();
+    let (dir, lake) = lake_project(&partner);
+    std::fs::remove_dir_all(&lake).unwrap();
+    let run = run_in(dir.path(), &["sync", "pro", "--at", AT]);
+    assert_eq!(run.code(), 2, "stderr:\n{}", run.stderr());
+    assert!(run.stderr().contains("no lake at"), "{}", run.stderr());
+    assert!(run.stderr().contains("generate --out"), "{}", run.stderr());
+    assert_eq!(partner.handle.stats().requests, 0);
+}
