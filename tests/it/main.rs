@@ -13,6 +13,8 @@ mod errors;
 mod faults;
 mod incremental;
 mod ingest;
+mod ingest_hostile;
+mod ingest_lock;
 mod s3;
 mod shards;
 mod storage;

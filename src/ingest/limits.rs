@@ -1,0 +1,103 @@
+//! What hostile input may cost: every limit that bounds the memory and time an input file can
+//! make `ingest` spend, in one place.
+//!
+//! An input file is never trusted to say how big something is. Avro block record counts, array
+//! and map lengths, string, bytes and fixed lengths are checked against the bytes actually
+//! present before anything is allocated for them (an item's schema gives the least number of
+//! bytes it takes; items that take none are capped by [`MAX_ZERO_SIZE_ITEMS`]); a compressed
+//! block may not decompress past [`MAX_BLOCK_BYTES`] (snappy's claimed length is checked before
+//! its buffer is allocated, deflate and zstandard stop reading there); a schema may not expand
+//! past [`MAX_SCHEMA_NODES`] nodes or [`MAX_SCHEMA_DEPTH`] levels; a record may not produce more
+//! than [`MAX_RECORD_BYTES`] of JSON (decoding stops building it there and only skips its bytes);
+//! and a file may not produce more than [`Limits::file_bytes`] of rows (or be larger than that
+//! itself). A file past a limit is quarantined with the reason, and the run goes on.
+//!
+//! **Peak memory.** With these limits, an ingest holds at most `engine.memory_limit` of input
+//! files and their decoded rows ([`READ_AHEAD`] files at once, each at most
+//! `engine.memory_limit / 16` of bytes and as much of decoded rows, the rows' builders at most
+//! twice that), plus [`MEMORY_OVERHEAD`], a constant that does not depend on the input:
+//! decompression buffers and zstandard windows of the files being decoded, the Parquet row
+//! groups and upload buffers of the days being written, and the quarantine's record texts.
+//! On top of both comes only what the data itself justifies: a 128-bit fingerprint (about
+//! 40 bytes with its hash table) per distinct event id of the days being written.
+
+/// Records larger than this (their fields as JSON text, together) are quarantined.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// An Avro block may not decompress to more than this (the Avro libraries write blocks of
+/// 16 to 64 KiB by default).
+pub const MAX_BLOCK_BYTES: usize = 16 << 20;
+
+/// The largest zstandard window a block may ask for (log2): a block of at most
+/// [`MAX_BLOCK_BYTES`] needs no more.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+/// Nodes of a file's schema with its named types expanded (a Currents schema has about 30).
+pub const MAX_SCHEMA_NODES: usize = 10_000;
+
+/// Nesting of a file's schema with its named types expanded.
+pub const MAX_SCHEMA_DEPTH: usize = 32;
+
+/// Items of an array block whose items take no bytes at all (`null`, empty records).
+pub const MAX_ZERO_SIZE_ITEMS: u64 = 1 << 16;
+
+/// Files decoded ahead of the writer.
+pub const READ_AHEAD: usize = 4;
+
+/// Days written at once; opening one more closes (switches) the least recently used.
+pub const MAX_OPEN_DAYS: usize = 8;
+
+/// A day's row group in progress is flushed once its encoded size passes this.
+pub const ROW_GROUP_BYTES: usize = 8 << 20;
+
+/// Upload buffer of a day's object (a multipart part), and parts uploading at once.
+pub const UPLOAD_PART_BYTES: usize = 5 << 20;
+pub const UPLOAD_CONCURRENCY: usize = 2;
+
+/// Record texts kept in a run's quarantine report; past it, entries keep their file, position
+/// and reason but not the record.
+pub const QUARANTINE_RECORD_BYTES: usize = 16 << 20;
+
+/// The part of an ingest's peak memory that does not scale with `engine.memory_limit`: blocks
+/// being decompressed (twice [`MAX_BLOCK_BYTES`] each: buffers grow by doubling) and zstandard
+/// windows of the files being decoded, the row groups and upload buffers of the days being
+/// written, and the quarantine's record texts; rounded up to 512 MiB.
+pub const MEMORY_OVERHEAD: usize = 512 << 20;
+
+const _: () = assert!(
+    READ_AHEAD * (2 * MAX_BLOCK_BYTES + (1 << ZSTD_WINDOW_LOG_MAX))
+        + MAX_OPEN_DAYS * (ROW_GROUP_BYTES + (1 + UPLOAD_CONCURRENCY) * UPLOAD_PART_BYTES)
+        + QUARANTINE_RECORD_BYTES
+        <= MEMORY_OVERHEAD
+);
+
+/// The smallest per-file budget, whatever `engine.memory_limit` says.
+const MIN_FILE_BYTES: usize = 4 << 20;
+
+/// What one file may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of a file, and bytes of the rows decoded from it (each record counted by the
+    /// JSON text of its fields, whether it is kept or quarantined).
+    pub file_bytes: usize,
+    /// Decompressed bytes of one Avro block.
+    pub block_bytes: usize,
+}
+
+impl Limits {
+    /// The limits of a run whose `engine.memory_limit` is `memory_limit`.
+    pub fn for_memory(memory_limit: u64) -> Limits {
+        let share = usize::try_from(memory_limit / (4 * READ_AHEAD as u64)).unwrap_or(usize::MAX);
+        Limits {
+            file_bytes: share.max(MIN_FILE_BYTES),
+            block_bytes: MAX_BLOCK_BYTES,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// The limits under the default `engine.memory_limit` (1 GiB).
+    fn default() -> Self {
+        Limits::for_memory(1 << 30)
+    }
+}
