@@ -397,7 +397,8 @@ fn read_capped(reader: impl Read, out: &mut Vec<u8>, cap: usize, what: &str) -> 
 
 /// Schema JSON to nodes, resolving named types (by full name or simple name). Named types are
 /// expanded where they are used, so the expanded size and depth are counted and capped (a
-/// schema that doubles a type at each of 60 levels would otherwise expand to 2⁶⁰ nodes).
+/// schema that doubles a type at each of 60 levels would otherwise expand to 2⁶⁰ nodes). A
+/// node counts one, a field name or enum symbol one more per 16 bytes, as they are copied too.
 #[derive(Default)]
 struct Compiler {
     /// Each named type with its expanded size (nodes) and height.
@@ -453,23 +454,27 @@ impl Compiler {
                             let fty = f
                                 .get("type")
                                 .ok_or_else(|| format!("field `{fname}` has no type"))?;
+                            // Names are copied with their record: long ones count more.
+                            self.count(fname.len() / 16)?;
                             let (n, h) = self.node(fty, ns.as_deref())?;
                             out.push((fname.to_string(), n));
                             height = height.max(h);
                         }
                         (Node::Record(out), height + 1)
                     }
-                    "enum" => (
-                        Node::Enum(
-                            o.get("symbols")
-                                .and_then(Value::as_array)
-                                .ok_or_else(|| format!("enum {name:?} has no `symbols`"))?
-                                .iter()
-                                .map(|s| s.as_str().unwrap_or_default().to_string())
-                                .collect(),
-                        ),
-                        1,
-                    ),
+                    "enum" => {
+                        let symbols = o
+                            .get("symbols")
+                            .and_then(Value::as_array)
+                            .ok_or_else(|| format!("enum {name:?} has no `symbols`"))?;
+                        let symbols: Vec<String> = symbols
+                            .iter()
+                            .map(|s| s.as_str().unwrap_or_default().to_string())
+                            .collect();
+                        // Symbols are copied with their enum: each counts.
+                        self.count(symbols.iter().map(|s| 1 + s.len() / 16).sum())?;
+                        (Node::Enum(symbols), 1)
+                    }
                     "array" => {
                         let (items, h) = self.node(
                             o.get("items").ok_or("an array schema without `items`")?,
@@ -1486,6 +1491,14 @@ mod tests {
 
     #[test]
     fn schema_bombs_are_refused() {
+        // An enum of 6,000 symbols, used twice.
+        let symbols: Vec<String> = (0..6_000).map(|i| format!("\"S{i}\"")).collect();
+        let schema = format!(
+            r#"{{"type":"record","name":"Top","fields":[{{"name":"a","type":{{"type":"enum","name":"K","symbols":[{}]}}}},{{"name":"b","type":"K"}}]}}"#,
+            symbols.join(",")
+        );
+        let (_, why) = outcome(&container(&schema, "null", &[]), &Limits::default());
+        assert!(why.unwrap().contains("more than 10000 types"));
         // Each type holds the previous one twice: 2^40 nodes once expanded.
         let mut fields = String::from(
             r#"{"name":"t0","type":{"type":"record","name":"T0","fields":[{"name":"x","type":"int"}]}}"#,

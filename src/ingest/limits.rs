@@ -32,7 +32,8 @@ pub const MAX_BLOCK_BYTES: usize = 16 << 20;
 /// [`MAX_BLOCK_BYTES`] needs no more.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
-/// Nodes of a file's schema with its named types expanded (a Currents schema has about 30).
+/// Nodes of a file's schema with its named types expanded (a Currents schema has about 30); a
+/// field name or enum symbol counts one more per 16 bytes.
 pub const MAX_SCHEMA_NODES: usize = 10_000;
 
 /// Nesting of a file's schema with its named types expanded.

@@ -10,7 +10,74 @@ use cohort_bridge::ingest::decode::Format;
 use cohort_bridge::ingest::decode_file;
 use cohort_bridge::ingest::limits::Limits;
 
-use crate::{inputs, run, within};
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use crate::{hostile_number, inputs, run, varint, within};
+
+/// A varint where the container format has them: the `which`-th varint of a block (0: its
+/// record count, 1: its size, then the first numbers of its data: a snappy block's claimed
+/// length, a record's first string length, an array's count), replaced by a hostile value; the
+/// block's size is kept true (unless it is the one replaced), so the lie reaches the decoder.
+/// Blocks are found after the sync marker (a valid file ends with one).
+fn block_varint(seed: &[u8], block: &Index, which: u8, value: i64) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    let Some(sync) = seed.len().checked_sub(16).map(|at| seed[at..].to_vec()) else {
+        return b;
+    };
+    let starts: Vec<usize> = (0..seed.len().saturating_sub(32))
+        .filter(|&i| seed[i..i + 16] == sync[..])
+        .map(|i| i + 16)
+        .collect();
+    if starts.is_empty() {
+        return b;
+    }
+    // (value, end) of the varint at `p`.
+    let read = |b: &[u8], mut p: usize| {
+        let (mut n, mut shift) = (0u64, 0);
+        while p < b.len() && shift < 64 {
+            n |= u64::from(b[p] & 0x7f) << shift;
+            p += 1;
+            if b[p - 1] & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        (((n >> 1) as i64) ^ -((n & 1) as i64), p)
+    };
+    let count_at = starts[block.index(starts.len())];
+    let (_, size_at) = read(&b, count_at);
+    let (size, data_at) = read(&b, size_at);
+    let mut p = [count_at, size_at, data_at][usize::from(which.min(2))];
+    for _ in 2..which {
+        p = read(&b, p).1;
+    }
+    if p >= b.len() {
+        return b;
+    }
+    let end = read(&b, p).1;
+    let new = varint(value);
+    let delta = new.len() as i64 - (end - p) as i64;
+    b.splice(p..end, new);
+    if which >= 2 {
+        b.splice(size_at..data_at, varint(size.wrapping_add(delta)));
+    }
+    b
+}
+
+/// Random bytes, generic mutations, and hostile numbers where the format keeps its numbers.
+fn avro_inputs() -> impl Strategy<Value = Vec<u8>> {
+    let structured = (
+        proptest::sample::select(seeds()),
+        proptest::collection::vec((any::<Index>(), 0u8..6, hostile_number()), 1..3),
+    )
+        .prop_map(|(seed, changes)| {
+            changes.iter().fold(seed, |b, (block, which, value)| {
+                block_varint(&b, block, *which, *value)
+            })
+        });
+    prop_oneof![2 => inputs(seeds()), 1 => structured]
+}
 
 const SCHEMA: &str = r#"{"type":"record","name":"E","namespace":"f","fields":[
     {"name":"id","type":"string"},{"name":"time","type":"long"},
@@ -93,7 +160,7 @@ fn seeds() -> Vec<Vec<u8>> {
 
 #[test]
 fn avro_reader() {
-    run(inputs(seeds()), |bytes| {
+    run(avro_inputs(), |bytes| {
         let n = bytes.len();
         let limits = Limits {
             file_bytes: 64 * n + (64 << 10),

@@ -76,7 +76,7 @@ pub enum Mutation {
 }
 
 /// Values a hostile varint takes: sizes and counts that lie.
-fn hostile_number() -> impl Strategy<Value = i64> {
+pub fn hostile_number() -> impl Strategy<Value = i64> {
     prop_oneof![
         Just(1i64 << 61),
         Just(i64::MAX),
