@@ -13,11 +13,12 @@
 //! itself). A file past a limit is quarantined with the reason, and the run goes on.
 //!
 //! **Peak memory.** With these limits, an ingest holds at most `engine.memory_limit` of input
-//! files and their decoded rows ([`READ_AHEAD`] files at once, each at most
-//! `engine.memory_limit / 16` of bytes and as much of decoded rows, the rows' builders at most
-//! twice that), plus [`MEMORY_OVERHEAD`], a constant that does not depend on the input:
-//! decompression buffers and zstandard windows of the files being decoded, the Parquet row
-//! groups and upload buffers of the days being written, and the quarantine's record texts.
+//! files and what they decode to ([`READ_AHEAD`] files at once, each at most
+//! `engine.memory_limit / 16` of bytes, as much of decoded rows, their builders at most twice
+//! that, and as much of quarantine entries), plus [`MEMORY_OVERHEAD`], a constant that does not
+//! depend on the input: decompression buffers and zstandard windows of the files being decoded,
+//! the Parquet row groups and upload buffers of the days being written, and the run's
+//! quarantine report.
 //! On top of both comes only what the data itself justifies: a 128-bit fingerprint (about
 //! 40 bytes with its hash table) per distinct event id of the days being written.
 
@@ -59,16 +60,21 @@ pub const UPLOAD_CONCURRENCY: usize = 2;
 /// and reason but not the record.
 pub const QUARANTINE_RECORD_BYTES: usize = 16 << 20;
 
+/// Entries (file, position, reason) kept in a run's quarantine report; past it, they are only
+/// counted (in the summary, and in a last line of the report).
+pub const QUARANTINE_BYTES: usize = 16 << 20;
+
 /// The part of an ingest's peak memory that does not scale with `engine.memory_limit`: blocks
 /// being decompressed (twice [`MAX_BLOCK_BYTES`] each: buffers grow by doubling) and zstandard
 /// windows of the files being decoded, the row groups and upload buffers of the days being
-/// written, and the quarantine's record texts; rounded up to 512 MiB.
+/// written, and the run's quarantine report; rounded up to 512 MiB.
 pub const MEMORY_OVERHEAD: usize = 512 << 20;
 
 const _: () = assert!(
     READ_AHEAD * (2 * MAX_BLOCK_BYTES + (1 << ZSTD_WINDOW_LOG_MAX))
         + MAX_OPEN_DAYS * (ROW_GROUP_BYTES + (1 + UPLOAD_CONCURRENCY) * UPLOAD_PART_BYTES)
         + QUARANTINE_RECORD_BYTES
+        + QUARANTINE_BYTES
         <= MEMORY_OVERHEAD
 );
 

@@ -69,7 +69,7 @@ use crate::state::lock::KeptLock;
 use crate::state::{delete_if_exists, read_json, write_json};
 use event::{EventColumns, Parts};
 use limits::{
-    Limits, MAX_OPEN_DAYS, QUARANTINE_RECORD_BYTES, READ_AHEAD, ROW_GROUP_BYTES,
+    Limits, MAX_OPEN_DAYS, QUARANTINE_BYTES, QUARANTINE_RECORD_BYTES, READ_AHEAD, ROW_GROUP_BYTES,
     UPLOAD_CONCURRENCY, UPLOAD_PART_BYTES,
 };
 
@@ -135,6 +135,9 @@ struct BackfillState {
     /// Days already replaced: from now on they are merged into, not replaced.
     replaced: BTreeSet<NaiveDate>,
 }
+
+/// What a quarantine entry takes besides its texts.
+const QUARANTINE_ENTRY_BYTES: usize = std::mem::size_of::<Quarantined>();
 
 /// One quarantined item, a line of `quarantine.jsonl`.
 #[derive(Debug, Clone, PartialEq)]
@@ -340,6 +343,8 @@ async fn ingest_locked(
         quarantine: too_big,
         quarantine_written: 0,
         record_bytes: 0,
+        entry_bytes: 0,
+        omitted: 0,
         qdir: lake.location.child(&quarantine_dir),
     };
     let every = options.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT);
@@ -457,6 +462,10 @@ struct Ledger<'a> {
     quarantine_written: usize,
     /// Bytes of record texts in `quarantine` (at most [`QUARANTINE_RECORD_BYTES`]).
     record_bytes: usize,
+    /// Bytes of the entries in `quarantine` (at most [`QUARANTINE_BYTES`]).
+    entry_bytes: usize,
+    /// Entries left out of the report (past [`QUARANTINE_BYTES`]).
+    omitted: u64,
     qdir: Path,
 }
 
@@ -470,14 +479,35 @@ impl Ledger<'_> {
         } else {
             self.record_bytes += len;
         }
+        let size = QUARANTINE_ENTRY_BYTES + entry.file.len() + entry.reason.len();
+        if self.entry_bytes + size > QUARANTINE_BYTES {
+            self.omitted += 1;
+            return;
+        }
+        self.entry_bytes += size;
         self.quarantine.push(entry);
     }
 
     /// Switches the open days, then records what they now hold.
     async fn checkpoint(&mut self, days: &mut Days) -> Result<()> {
         days.close_all().await?;
-        if self.quarantine.len() > self.quarantine_written {
-            let lines: String = self.quarantine.iter().map(Quarantined::to_line).collect();
+        if self.quarantine.len() + self.omitted as usize > self.quarantine_written {
+            let mut lines: String = self.quarantine.iter().map(Quarantined::to_line).collect();
+            if self.omitted > 0 {
+                lines.push_str(
+                    &Quarantined {
+                        file: "*".into(),
+                        position: 0,
+                        reason: format!(
+                            "{} more quarantined items are not listed: the report keeps at most \
+                             {QUARANTINE_BYTES} bytes",
+                            self.omitted
+                        ),
+                        record: None,
+                    }
+                    .to_line(),
+                );
+            }
             self.lake
                 .location
                 .store
@@ -486,7 +516,7 @@ impl Ledger<'_> {
                     lines.into_bytes().into(),
                 )
                 .await?;
-            self.quarantine_written = self.quarantine.len();
+            self.quarantine_written = self.quarantine.len() + self.omitted as usize;
         }
         for (rel, meta, records) in self.done.drain(..) {
             if let Some(b) = self.backfill.as_mut() {
@@ -593,26 +623,38 @@ pub fn decode_file(
     let mut columns = EventColumns::default();
     let mut quarantine = Vec::new();
     let mut records = 0u64;
+    // What the quarantine entries of this file take; past the file's limit, the file stops.
+    let mut kept = 0usize;
     let mut bad = |position: u64, reason: String, record: Option<String>| {
+        kept += QUARANTINE_ENTRY_BYTES
+            + rel.len()
+            + reason.len()
+            + record.as_ref().map_or(0, String::len);
         quarantine.push(Quarantined {
             file: rel.to_string(),
             position,
             reason,
             record,
-        })
+        });
+        if kept > limits.file_bytes {
+            return Err(format!(
+                "the file's bad records take more than {} bytes to report (the per-file limit, \
+                 engine.memory_limit / 16) at {position}; the records before it are kept",
+                limits.file_bytes
+            ));
+        }
+        Ok(())
     };
     let broken = match format {
         decode::Format::Avro => avro::read_file(bytes, limits, |position, parts| {
             records += 1;
             match parts {
                 Err(reason) => bad(position, reason, None),
-                Ok(parts) => {
-                    if let Err(reason) = columns.push(parts, folder, rel) {
-                        bad(position, reason, Some(event::parts_to_json_text(parts)));
-                    }
-                }
+                Ok(parts) => match columns.push(parts, folder, rel) {
+                    Ok(()) => Ok(()),
+                    Err(reason) => bad(position, reason, Some(event::parts_to_json_text(parts))),
+                },
             }
-            Ok(())
         }),
         decode::Format::NdJson => decode::ndjson(bytes, |position, record| {
             records += 1;
@@ -624,12 +666,12 @@ pub fn decode_file(
                         canonical: &canonical,
                         properties: &properties,
                     };
-                    if let Err(reason) = columns.push(&parts, folder, rel) {
-                        bad(position, reason, serde_json::to_string(&m).ok());
+                    match columns.push(&parts, folder, rel) {
+                        Ok(()) => Ok(()),
+                        Err(reason) => bad(position, reason, serde_json::to_string(&m).ok()),
                     }
                 }
             }
-            Ok(())
         }),
     };
     DecodedFile {
@@ -929,5 +971,51 @@ impl AsyncFileReader for StoredDay {
                 .await?;
             Ok(Arc::new(metadata))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_bad_records_stops_at_the_file_limit() {
+        let limits = Limits {
+            file_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let lines = "{}\n".repeat(100_000);
+        let d = decode_file(
+            "x/f.ndjson",
+            decode::Format::NdJson,
+            lines.as_bytes(),
+            &limits,
+        );
+        let (at, why) = d.broken.unwrap();
+        assert!(at > 1_000 && at < 100_000, "{at}");
+        assert!(
+            why.contains("bad records take more than 1048576 bytes"),
+            "{why}"
+        );
+        assert_eq!(d.quarantine.len() as u64, d.records);
+        assert_eq!(d.batch.num_rows(), 0);
+    }
+
+    #[test]
+    fn quarantine_lines_are_json_with_the_record_spliced_in() {
+        let q = Quarantined {
+            file: "a/\"b\".ndjson".into(),
+            position: 7,
+            reason: "line 7: why\n".into(),
+            record: Some(r#"{"id":"x","n":[1]}"#.into()),
+        };
+        let line: serde_json::Value = serde_json::from_str(&q.to_line()).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"file": "a/\"b\".ndjson", "position": 7,
+                "reason": "line 7: why\n", "record": {"id": "x", "n": [1]}})
+        );
+        let bare = Quarantined { record: None, ..q };
+        assert!(!bare.to_line().contains("record"));
     }
 }
