@@ -3,7 +3,36 @@
 //! limit. Each must be quarantined with its reason while every good event lands, and no rerun
 //! may trip on them again.
 
+use cohort_bridge::ingest::limits::MEMORY_OVERHEAD;
+
 use crate::ingest::{Lakeside, OPEN, T0, opens, write};
+use crate::support::{BIN, Run};
+
+/// The process's own memory besides what an ingest's limits allow (code, runtime, a debug
+/// build's baseline is about 50 MB).
+const BASELINE: usize = 128 << 20;
+
+/// `ingest` with `engine.memory_limit` set to `memory_limit` MiB, in a process whose data
+/// (heap and private mappings: `ulimit -d`) may not pass that plus [`MEMORY_OVERHEAD`] plus
+/// [`BASELINE`]: an allocation past it fails and aborts the process.
+fn ingest_within_limits(l: &Lakeside, memory_limit: usize) -> Run {
+    let config = l.dir.path().join("cohort-bridge.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{base}\n[engine]\nmemory_limit = \"{memory_limit}MiB\"\n"),
+    )
+    .unwrap();
+    let kib = ((memory_limit << 20) + MEMORY_OVERHEAD + BASELINE) >> 10;
+    let out = std::process::Command::new("sh")
+        .current_dir(l.dir.path())
+        .args(["-c", &format!("ulimit -d {kib} && exec \"$0\" ingest"), BIN])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    std::fs::write(&config, base).unwrap();
+    Run(out)
+}
 
 /// A zig-zag varint.
 fn varint(n: i64) -> Vec<u8> {
@@ -108,7 +137,8 @@ fn crafted_avro_is_quarantined_and_the_run_goes_on() {
         &opens(&[("g1", T0), ("g2", T0 + 1)]),
     );
 
-    let run = l.ingest(&[]);
+    // Peak memory stays within `engine.memory_limit` plus the documented constant.
+    let run = ingest_within_limits(&l, 64);
     assert_eq!(run.code(), 3, "{}", run.stderr());
     let s = run.summary_any();
     assert_eq!(s["broken_files"], 4, "{s}");
