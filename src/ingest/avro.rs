@@ -31,8 +31,8 @@ use serde_json::{Map, Number, Value};
 
 use super::event::{CANONICAL, Field, Parts};
 use super::limits::{
-    Limits, MAX_RECORD_BYTES, MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, MAX_ZERO_SIZE_ITEMS,
-    ZSTD_WINDOW_LOG_MAX,
+    Limits, MAX_RECORD_BYTES, MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES,
+    MAX_ZERO_SIZE_ITEMS, ZSTD_WINDOW_LOG_MAX,
 };
 
 /// A compiled schema node.
@@ -297,6 +297,12 @@ fn read_header(cur: &mut Cursor<'_>) -> Result<Header, String> {
             let value = cur.bytes()?;
             match key {
                 "avro.schema" => {
+                    if value.len() > MAX_SCHEMA_BYTES {
+                        return Err(format!(
+                            "the schema is {} bytes, more than the limit of {MAX_SCHEMA_BYTES}",
+                            value.len()
+                        ));
+                    }
                     let json: Value = serde_json::from_slice(value)
                         .map_err(|e| format!("the schema is not JSON: {e}"))?;
                     schema = Some(Compiler::default().node(&json, None)?.0);

@@ -7,7 +7,8 @@
 //! bytes it takes; items that take none are capped by [`MAX_ZERO_SIZE_ITEMS`]); a compressed
 //! block may not decompress past [`MAX_BLOCK_BYTES`] (snappy's claimed length is checked before
 //! its buffer is allocated, deflate and zstandard stop reading there); a schema may not expand
-//! past [`MAX_SCHEMA_NODES`] nodes or [`MAX_SCHEMA_DEPTH`] levels; a record may not produce more
+//! past [`MAX_SCHEMA_NODES`] nodes or [`MAX_SCHEMA_DEPTH`] levels (nor its text past
+//! [`MAX_SCHEMA_BYTES`]); a record may not produce more
 //! than [`MAX_RECORD_BYTES`] of JSON (decoding stops building it there and only skips its bytes);
 //! and a file may not produce more than [`Limits::file_bytes`] of rows (or be larger than that
 //! itself). A file past a limit is quarantined with the reason, and the run goes on.
@@ -32,6 +33,14 @@ pub const MAX_BLOCK_BYTES: usize = 16 << 20;
 /// The largest zstandard window a block may ask for (log2): a block of at most
 /// [`MAX_BLOCK_BYTES`] needs no more.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+/// Bytes of a file's schema (its JSON text; a Currents schema takes about 4 KiB).
+pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
+
+/// Memory a parsed JSON value (`serde_json::Value`, as a record's nested values and the schema
+/// are built) can take per byte of its text, at worst: a one-entry object nested in another
+/// takes a B-tree node of about 630 bytes for 6 bytes of text.
+pub const JSON_VALUE_AMPLIFICATION: usize = 128;
 
 /// Nodes of a file's schema with its named types expanded (a Currents schema has about 30); a
 /// field name or enum symbol counts one more per 16 bytes.
@@ -64,19 +73,24 @@ pub const QUARANTINE_RECORD_BYTES: usize = 16 << 20;
 /// counted (in the summary, and in a last line of the report).
 pub const QUARANTINE_BYTES: usize = 16 << 20;
 
-/// The part of an ingest's peak memory that does not scale with `engine.memory_limit`: blocks
-/// being decompressed (twice [`MAX_BLOCK_BYTES`] each: buffers grow by doubling) and zstandard
-/// windows of the files being decoded, the row groups and upload buffers of the days being
-/// written, and the run's quarantine report; rounded up to 512 MiB.
-pub const MEMORY_OVERHEAD: usize = 512 << 20;
+/// The part of an ingest's peak memory that does not scale with `engine.memory_limit`: for each
+/// file being decoded, its block being decompressed (twice [`MAX_BLOCK_BYTES`]: buffers grow by
+/// doubling), its zstandard window, and the parsed values of its schema or of the record being
+/// built (one at a time); the row groups and upload buffers of the days being written; and the
+/// run's quarantine report. Rounded up to 640 MiB.
+pub const MEMORY_OVERHEAD: usize = 640 << 20;
 
 const _: () = assert!(
-    READ_AHEAD * (2 * MAX_BLOCK_BYTES + (1 << ZSTD_WINDOW_LOG_MAX))
+    READ_AHEAD
+        * (2 * MAX_BLOCK_BYTES
+            + (1 << ZSTD_WINDOW_LOG_MAX)
+            + JSON_VALUE_AMPLIFICATION * MAX_RECORD_BYTES)
         + MAX_OPEN_DAYS * (ROW_GROUP_BYTES + (1 + UPLOAD_CONCURRENCY) * UPLOAD_PART_BYTES)
         + QUARANTINE_RECORD_BYTES
         + QUARANTINE_BYTES
         <= MEMORY_OVERHEAD
 );
+const _: () = assert!(MAX_SCHEMA_BYTES <= MAX_RECORD_BYTES);
 
 /// The smallest per-file budget, whatever `engine.memory_limit` says.
 const MIN_FILE_BYTES: usize = 4 << 20;

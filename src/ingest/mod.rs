@@ -23,7 +23,7 @@
 //! - **Bounded by its limits, not by its input** (`limits.rs`): nothing a file claims is
 //!   allocated before its bytes justify it, a file past a limit is quarantined and the run goes
 //!   on, and peak memory stays within `engine.memory_limit` plus [`limits::MEMORY_OVERHEAD`]
-//!   (512 MiB) plus about 40 bytes per distinct event id of the days being written.
+//!   (640 MiB) plus about 40 bytes per distinct event id of the days being written.
 //! - **One writer per table** (`lock.rs`): concurrent ingests into one table (two sources with
 //!   the same `table`) would each rewrite the same days; the second one exits 5 instead.
 
