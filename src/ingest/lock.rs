@@ -33,17 +33,20 @@ pub async fn acquire(lake: &Lake, table: &str, run_id: &str, ttl: Duration) -> R
     match Lock::acquire(&state, run_id, ttl).await {
         Ok(held) => Ok(lock::keep_alive(held)),
         Err(Error::Locked(message)) => {
-            let held = lock::holder(&state).await.ok().flatten();
-            Err(Error::Locked(match held {
+            // The holder, as the lock says (it may have been released meanwhile).
+            let holder = match lock::holder(&state).await.ok().flatten() {
                 Some(h) => format!(
-                    "table `{table}` is being written by another ingest: {} (run {}); nothing \
-                     was done. Run again once it has finished; if that process is gone, its \
-                     lock lapses at {} (`state.lock_ttl` after its last refresh), or delete \
-                     the lock-*.json objects in {url} to release it now",
+                    "{} (run {}); if that process is gone, its lock lapses at {} \
+                     (`state.lock_ttl` after its last refresh)",
                     h.owner, h.run_id, h.expires_at
                 ),
-                None => format!("table `{table}`: {message}"),
-            }))
+                None => message,
+            };
+            Err(Error::Locked(format!(
+                "table `{table}` is being written by another ingest: {holder}. Nothing was \
+                 done: run again once it has finished, or, if it is dead, delete the \
+                 lock-*.json objects in {url} to release the table now"
+            )))
         }
         Err(e) => Err(e),
     }
