@@ -177,7 +177,7 @@ pub fn read_file(
             at,
             format!(
                 "the file decodes to more than {} bytes of records (the per-file limit, \
-                 engine.memory_limit / 16) at record {at}; the records before it are kept: \
+                 engine.memory_limit / 20) at record {at}; the records before it are kept: \
                  raise `engine.memory_limit` and backfill its days to read the rest",
                 limits.file_bytes
             ),
@@ -211,7 +211,7 @@ pub fn read_file(
             Err(e) => return damaged(e),
         };
         // Every record takes at least `min_size` bytes: a count the block cannot hold is a lie.
-        let fits = data.len() / layout.min_size;
+        let fits = data.len().checked_div(layout.min_size).unwrap_or(0);
         if count > fits as u64 {
             return damaged(format!(
                 "a block claims {count} records but its {} bytes can hold at most {fits}",

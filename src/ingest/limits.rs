@@ -14,10 +14,11 @@
 //! itself). A file past a limit is quarantined with the reason, and the run goes on.
 //!
 //! **Peak memory.** With these limits, an ingest holds at most `engine.memory_limit` of input
-//! files and what they decode to ([`READ_AHEAD`] files at once, each at most
-//! `engine.memory_limit / 16` of bytes, as much of decoded rows, their builders at most twice
-//! that, and as much of quarantine entries), plus [`MEMORY_OVERHEAD`], a constant that does not
-//! depend on the input: decompression buffers and zstandard windows of the files being decoded,
+//! files and what they decode to: [`READ_AHEAD`] files at once, each at most
+//! `engine.memory_limit / 20` ([`FILE_SHARE`]) of bytes, as much of decoded rows (their
+//! builders at most twice that) and as much of quarantine entries, and a copy of the rows of
+//! the file being written when they span several days. On top of that comes
+//! [`MEMORY_OVERHEAD`], a constant that does not depend on the input: decompression buffers and zstandard windows of the files being decoded,
 //! the Parquet row groups and upload buffers of the days being written, and the run's
 //! quarantine report.
 //! On top of both comes only what the data itself justifies: a 128-bit fingerprint (about
@@ -92,6 +93,11 @@ const _: () = assert!(
 );
 const _: () = assert!(MAX_SCHEMA_BYTES <= MAX_RECORD_BYTES);
 
+/// A file's share of `engine.memory_limit`: [`READ_AHEAD`] files of 4 shares each (bytes,
+/// rows twice, quarantine), one share for the copy of a file's rows split by day, and three for
+/// what grows with rows besides (their fingerprints, their Parquet encoding in progress).
+pub const FILE_SHARE: u64 = 4 * READ_AHEAD as u64 + 1 + 3;
+
 /// The smallest per-file budget, whatever `engine.memory_limit` says.
 const MIN_FILE_BYTES: usize = 4 << 20;
 
@@ -108,7 +114,7 @@ pub struct Limits {
 impl Limits {
     /// The limits of a run whose `engine.memory_limit` is `memory_limit`.
     pub fn for_memory(memory_limit: u64) -> Limits {
-        let share = usize::try_from(memory_limit / (4 * READ_AHEAD as u64)).unwrap_or(usize::MAX);
+        let share = usize::try_from(memory_limit / FILE_SHARE).unwrap_or(usize::MAX);
         Limits {
             file_bytes: share.max(MIN_FILE_BYTES),
             block_bytes: MAX_BLOCK_BYTES,

@@ -286,7 +286,7 @@ async fn ingest_locked(
             too_big.push(Quarantined {
                 reason: format!(
                     "the file is {} bytes, more than the per-file limit of {} bytes \
-                     (engine.memory_limit / 16): it was not read, and will be tried again by \
+                     (engine.memory_limit / 20): it was not read, and will be tried again by \
                      every run; raise `engine.memory_limit` to ingest it",
                     meta.size, limits.file_bytes
                 ),
@@ -639,7 +639,7 @@ pub fn decode_file(
         if kept > limits.file_bytes {
             return Err(format!(
                 "the file's bad records take more than {} bytes to report (the per-file limit, \
-                 engine.memory_limit / 16) at {position}; the records before it are kept",
+                 engine.memory_limit / 20) at {position}; the records before it are kept",
                 limits.file_bytes
             ));
         }
