@@ -77,7 +77,7 @@ fn parse_line(n: u64, line: &[u8]) -> RecordResult {
     }
     let text = std::str::from_utf8(line).map_err(|e| {
         format!(
-            "line {n}: not UTF-8 (an invalid byte at column {})",
+            "line {n}: not UTF-8 (an invalid byte at byte {} of the line)",
             e.valid_up_to() + 1
         )
     })?;
