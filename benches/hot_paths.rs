@@ -24,6 +24,7 @@ use cohort_bridge::deliver::plan::{batches, encode_in_background};
 use cohort_bridge::emulator::currents::{EngagementSpec, write_engagement};
 use cohort_bridge::ingest::avro::read_file;
 use cohort_bridge::ingest::event::EventColumns;
+use cohort_bridge::ingest::limits::Limits;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::{Array, StringArray};
 use futures::TryStreamExt;
@@ -196,9 +197,9 @@ fn ingest(c: &mut Criterion) {
     let decode = || {
         let mut records = 0u64;
         for (_, bytes) in &files {
-            let broken = read_file(bytes, |_, parts| {
+            let broken = read_file(bytes, &Limits::default(), |_, parts| {
                 records += 1;
-                black_box(parts.properties.len());
+                black_box(parts.map(|p| p.properties.len())).map(|_| ())
             });
             assert!(broken.is_none(), "{broken:?}");
         }
@@ -209,8 +210,8 @@ fn ingest(c: &mut Criterion) {
         for (path, bytes) in &files {
             let mut columns = EventColumns::default();
             let folder = cohort_bridge::ingest::decode::event_type_of(path);
-            read_file(bytes, |_, parts| {
-                columns.push(parts, folder, path).expect("a valid record");
+            read_file(bytes, &Limits::default(), |_, parts| {
+                columns.push(parts?, folder, path)
             });
             rows += columns.finish().num_rows();
         }

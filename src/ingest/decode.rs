@@ -1,21 +1,17 @@
 //! Partner event files: what a path says (format, event type, queue date), and NDJSON to JSON
-//! records (Avro has its own reader, `avro.rs`). A file that cannot be read to the end still
-//! yields the records before the damage, and says where and why it stopped.
+//! records (Avro has its own reader, `avro.rs`).
+//!
+//! NDJSON is read line by line and every line stands alone: a line that is not UTF-8, not JSON,
+//! not an object or longer than the record limit is one bad record (quarantined with its line
+//! number and why), and the lines after it are read as usual. Lines are handed over one at a
+//! time, so a file never exists as a whole in parsed form.
 
 use serde_json::{Map, Value};
 
+use super::limits::MAX_RECORD_BYTES;
+
 /// One record of a file: a JSON object, or why it is not one.
 pub type RecordResult = Result<Map<String, Value>, String>;
-
-/// What one file held.
-#[derive(Debug, Default)]
-pub struct Decoded {
-    /// (position, record or the reason it is bad). Position: record index for Avro (0-based),
-    /// line number for NDJSON (1-based).
-    pub records: Vec<(u64, RecordResult)>,
-    /// The file could not be read past `position`: (position, reason).
-    pub broken: Option<(u64, String)>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -49,36 +45,50 @@ pub fn queued_date_of(path: &str) -> Option<chrono::NaiveDate> {
         .and_then(|d| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok())
 }
 
-/// NDJSON: one JSON object per line; a bad line is a bad record, invalid UTF-8 ends the file.
-pub fn ndjson(bytes: &[u8]) -> Decoded {
-    let mut out = Decoded::default();
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            // Keep the valid prefix's complete lines.
-            let valid = &bytes[..e.valid_up_to()];
-            let line = valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-            out.broken = Some((line, format!("not UTF-8 from line {line}: {e}")));
-            let cut = valid.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            std::str::from_utf8(&valid[..cut]).unwrap_or("")
-        }
-    };
-    for (n, line) in text.lines().enumerate() {
+/// NDJSON: one JSON object per line, each handed to `record` with its line number (1-based),
+/// blank lines skipped. `record` returns `Err` to stop reading (with that reason); the result
+/// is then where and why the file stopped.
+pub fn ndjson(
+    bytes: &[u8],
+    mut record: impl FnMut(u64, RecordResult) -> Result<(), String>,
+) -> Option<(u64, String)> {
+    // A UTF-8 byte-order mark is not part of the first line.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let n = n as u64 + 1;
-        if line.trim().is_empty() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let record = match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(other) => Err(format!(
-                "line {n}: an event must be a JSON object, got {}",
-                kind(&other)
-            )),
-            Err(e) => Err(format!("line {n}: not JSON: {e}")),
-        };
-        out.records.push((n, record));
+        if let Err(stop) = record(n, parse_line(n, line)) {
+            return Some((n, stop));
+        }
     }
-    out
+    None
+}
+
+/// One line as a JSON object, or why it is not one.
+fn parse_line(n: u64, line: &[u8]) -> RecordResult {
+    if line.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "line {n}: record is too large ({} bytes, limit {MAX_RECORD_BYTES})",
+            line.len()
+        ));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| {
+        format!(
+            "line {n}: not UTF-8 (an invalid byte at byte {} of the line)",
+            e.valid_up_to() + 1
+        )
+    })?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(format!(
+            "line {n}: an event must be a JSON object, got {}",
+            kind(&other)
+        )),
+        Err(e) => Err(format!("line {n}: not JSON: {e}")),
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -109,19 +119,50 @@ mod tests {
         assert_eq!(format_of("x/_SUCCESS"), None);
     }
 
+    fn all(bytes: &[u8]) -> Vec<(u64, RecordResult)> {
+        let mut out = Vec::new();
+        let stopped = ndjson(bytes, |n, r| {
+            out.push((n, r));
+            Ok(())
+        });
+        assert_eq!(stopped, None);
+        out
+    }
+
     #[test]
     fn ndjson_keeps_good_lines_and_names_bad_ones() {
-        let d = ndjson(b"{\"id\":\"a\"}\nnot json\n[1]\n\n{\"id\":\"b\"}\n");
+        let d = all(b"{\"id\":\"a\"}\nnot json\n[1]\n\n{\"id\":\"b\"}\n");
         let bad: Vec<_> = d
-            .records
             .iter()
             .filter(|(_, r)| r.is_err())
             .map(|(n, _)| *n)
             .collect();
         assert_eq!(bad, vec![2, 3]);
-        assert_eq!(d.records.iter().filter(|(_, r)| r.is_ok()).count(), 2);
-        let cut = ndjson(b"{\"id\":\"a\"}\n{\"id\":\"\xff\"}\n");
-        assert_eq!(cut.records.len(), 1);
-        assert_eq!(cut.broken.unwrap().0, 2);
+        assert_eq!(d.iter().filter(|(_, r)| r.is_ok()).count(), 2);
+    }
+
+    #[test]
+    fn a_bad_byte_spoils_only_its_line() {
+        let d = all(b"\xef\xbb\xbf{\"id\":\"a\"}\r\n{\"id\":\"\xff\"}\n{\"id\":\"c\"}");
+        assert_eq!(d.len(), 3);
+        assert!(d[0].1.is_ok() && d[2].1.is_ok(), "{d:?}");
+        let why = d[1].1.as_ref().unwrap_err();
+        assert!(why.starts_with("line 2: not UTF-8"), "{why}");
+
+        let long = format!("{{\"id\":\"{}\"}}\n{{}}", "x".repeat(MAX_RECORD_BYTES));
+        let d = all(long.as_bytes());
+        assert!(d[0].1.as_ref().unwrap_err().contains("too large"));
+        assert!(d[1].1.is_ok());
+    }
+
+    #[test]
+    fn the_caller_can_stop_a_file() {
+        let mut seen = 0;
+        let stopped = ndjson(b"{}\n{}\n{}\n", |n, _| {
+            seen += 1;
+            if n == 2 { Err("enough".into()) } else { Ok(()) }
+        });
+        assert_eq!(stopped, Some((2, "enough".into())));
+        assert_eq!(seen, 2);
     }
 }

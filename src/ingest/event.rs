@@ -13,8 +13,7 @@ use datafusion::arrow::datatypes::{
 };
 use serde_json::{Map, Value};
 
-/// Records larger than this (as JSON) are quarantined rather than stored.
-pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+pub use super::limits::MAX_RECORD_BYTES;
 
 /// The optional string columns, in schema order, with the record field each comes from.
 const OPTIONAL: [(&str, &str); 11] = [
@@ -108,6 +107,24 @@ impl Field<'_> {
     }
 }
 
+impl Field<'_> {
+    /// The length of its JSON text (escapes aside).
+    fn json_len(&self) -> usize {
+        match self {
+            Field::Missing => 0,
+            Field::Null => 4,
+            Field::Str(s) => s.len() + 2,
+            Field::Int(i) => {
+                i.unsigned_abs()
+                    .checked_ilog10()
+                    .map_or(1, |d| d as usize + 1)
+                    + usize::from(*i < 0)
+            }
+            Field::Number(t) | Field::Other(t) => t.len(),
+        }
+    }
+}
+
 impl std::fmt::Display for Field<'_> {
     /// As JSON, for messages.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +168,37 @@ pub fn parts_to_json(parts: &Parts<'_>) -> Value {
         m.insert(name.to_string(), v);
     }
     Value::Object(m)
+}
+
+/// A record's parts back to one JSON object's text, without building it as a `Value` (for the
+/// quarantine, which keeps records as text).
+pub fn parts_to_json_text(parts: &Parts<'_>) -> String {
+    let mut out = String::with_capacity(parts.properties.len() + 256);
+    out.push('{');
+    for (name, f) in CANONICAL.iter().zip(parts.canonical) {
+        if matches!(f, Field::Missing) {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(',');
+        }
+        // Canonical names need no escaping; a field's Display is its JSON.
+        out.push_str(&format!("\"{name}\":{f}"));
+    }
+    let others = parts
+        .properties
+        .trim()
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .unwrap_or_default();
+    if !others.trim().is_empty() {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(others);
+    }
+    out.push('}');
+    out
 }
 
 /// The fields of a record that have no column of their own, serialised without copying.
@@ -211,6 +259,19 @@ impl EventColumns {
         source_file: &str,
     ) -> Result<(), String> {
         let c = parts.canonical;
+        // The limit is on the whole record: every canonical field counts, not only the others.
+        let size = parts.properties.len()
+            + CANONICAL
+                .iter()
+                .zip(c)
+                .filter(|(_, f)| !matches!(f, Field::Missing))
+                .map(|(name, f)| name.len() + 4 + f.json_len())
+                .sum::<usize>();
+        if size > MAX_RECORD_BYTES {
+            return Err(format!(
+                "record is too large ({size} bytes of fields as JSON, limit {MAX_RECORD_BYTES})"
+            ));
+        }
         let event_type: &str = match (&c[0], folder_type) {
             (Field::Str(t), _) if !t.is_empty() => t,
             (_, Some(t)) => t,
@@ -254,12 +315,6 @@ impl EventColumns {
                 Field::Missing | Field::Null | Field::Str(_) => {}
                 other => return Err(format!("field `{field}` must be a string, got {other}")),
             }
-        }
-        if parts.properties.len() > MAX_RECORD_BYTES {
-            return Err(format!(
-                "record is too large ({} bytes of other fields, limit {MAX_RECORD_BYTES})",
-                parts.properties.len()
-            ));
         }
         self.strings[ID].append_value(event_id);
         self.strings[TYPE].append_value(event_type);
@@ -385,5 +440,33 @@ mod tests {
         assert!(why(json!({"id": "", "time": 1}), t).contains("non-empty string, got \"\""));
         let big = "x".repeat(MAX_RECORD_BYTES);
         assert!(why(json!({"id": "a", "time": 1, "blob": big}), t).contains("too large"));
+        // Every field counts, the canonical ones too.
+        for field in ["id", "campaign_name", "url", "event_type"] {
+            let mut record = json!({"id": "a", "time": 1});
+            record[field] = json!(big);
+            assert!(why(record, t).contains("too large"), "{field}");
+        }
+        let half = "x".repeat(MAX_RECORD_BYTES / 2);
+        let split = json!({"id": "a", "time": 1, "campaign_name": half, "blob": half});
+        assert!(why(split, t).contains("too large"));
+        assert!(push(json!({"id": "a", "time": 1, "url": "x".repeat(1000)}), t).is_ok());
+    }
+
+    #[test]
+    fn quarantined_records_are_kept_as_json_text() {
+        let record = json!({"id": "a", "time": 1.5, "url": null, "extra": {"b": [1, "x\"y"]}});
+        let (canonical, properties) = json_parts(record.as_object().unwrap());
+        let text = parts_to_json_text(&Parts {
+            canonical: &canonical,
+            properties: &properties,
+        });
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), record);
+        let empty = json!({});
+        let (canonical, properties) = json_parts(empty.as_object().unwrap());
+        let text = parts_to_json_text(&Parts {
+            canonical: &canonical,
+            properties: &properties,
+        });
+        assert_eq!(text, "{}");
     }
 }

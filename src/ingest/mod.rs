@@ -17,12 +17,21 @@
 //!   done recorded in the manifest, and for a backfill the days already replaced): a run that
 //!   dies resumes from there; a pending backfill must be finished before other ingests.
 //! - **Bad input never stops good data.** Corrupt or truncated files keep the records before the
-//!   damage; bad records (missing or mistyped required fields, oversized) are quarantined with
-//!   file, position and reason; the command exits 3 when anything was quarantined.
+//!   damage; bad records (missing or mistyped required fields, oversized) and bad NDJSON lines
+//!   are quarantined with file, position and reason; the command exits 3 when anything was
+//!   quarantined. A file that panics the decoder (a bug) is quarantined too.
+//! - **Bounded by its limits, not by its input** (`limits.rs`): nothing a file claims is
+//!   allocated before its bytes justify it, a file past a limit is quarantined and the run goes
+//!   on, and peak memory stays within `engine.memory_limit` plus [`limits::MEMORY_OVERHEAD`]
+//!   (640 MiB) plus about 40 bytes per distinct event id of the days being written.
+//! - **One writer per table** (`lock.rs`): concurrent ingests into one table (two sources with
+//!   the same `table`) would each rewrite the same days; the second one exits 5 instead.
 
 pub mod avro;
 pub mod decode;
 pub mod event;
+pub mod limits;
+mod lock;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -56,17 +65,18 @@ use crate::error::{Error, Result};
 use crate::lake::{Lake, Location};
 use crate::parallel::on_rayon;
 use crate::progress::Progress;
+use crate::state::lock::KeptLock;
 use crate::state::{delete_if_exists, read_json, write_json};
 use event::{EventColumns, Parts};
+use limits::{
+    Limits, MAX_OPEN_DAYS, QUARANTINE_BYTES, QUARANTINE_RECORD_BYTES, READ_AHEAD, ROW_GROUP_BYTES,
+    UPLOAD_CONCURRENCY, UPLOAD_PART_BYTES,
+};
 
 /// How often progress is made durable unless told otherwise.
 pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(30);
-/// Days written at once; opening one more closes (switches) the least recently used.
-const MAX_OPEN_DAYS: usize = 8;
-/// Rows per Parquet row group (bounds the memory of an open day).
+/// Rows per Parquet row group (with [`ROW_GROUP_BYTES`], bounds the memory of an open day).
 const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Files decoded ahead of the writer.
-const READ_AHEAD: usize = 4;
 
 /// What to ingest.
 #[derive(Debug, Clone, Default)]
@@ -126,14 +136,37 @@ struct BackfillState {
     replaced: BTreeSet<NaiveDate>,
 }
 
+/// What a quarantine entry takes besides its texts.
+const QUARANTINE_ENTRY_BYTES: usize = std::mem::size_of::<Quarantined>();
+
 /// One quarantined item, a line of `quarantine.jsonl`.
-#[derive(Debug, Serialize)]
-struct Quarantined {
-    file: String,
-    position: u64,
-    reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    record: Option<serde_json::Value>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub file: String,
+    /// Record index (Avro, 0-based) or line number (NDJSON, 1-based).
+    pub position: u64,
+    pub reason: String,
+    /// The record as JSON text, when it could be read.
+    pub record: Option<String>,
+}
+
+impl Quarantined {
+    /// Its line of `quarantine.jsonl` (the record spliced in as the JSON text it already is).
+    fn to_line(&self) -> String {
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let mut line = format!(
+            "{{\"file\":{},\"position\":{},\"reason\":{}",
+            text(&self.file),
+            self.position,
+            text(&self.reason)
+        );
+        if let Some(record) = &self.record {
+            line.push_str(",\"record\":");
+            line.push_str(record);
+        }
+        line.push_str("}\n");
+        line
+    }
 }
 
 pub async fn ingest_source(
@@ -143,8 +176,27 @@ pub async fn ingest_source(
     source: &SourceConfig,
     options: &IngestOptions,
 ) -> Result<IngestSummary> {
-    let started = Instant::now();
     let run_id = crate::state::new_run_id();
+    let table_lock = lock::acquire(lake, &source.table, &run_id, config.state.lock_ttl).await?;
+    let result = ingest_locked(config, lake, name, source, options, run_id, &table_lock).await;
+    let released = table_lock.release().await;
+    let summary = result?;
+    released?;
+    Ok(summary)
+}
+
+/// The ingest of one source, holding its table's lock.
+async fn ingest_locked(
+    config: &Config,
+    lake: &Lake,
+    name: &str,
+    source: &SourceConfig,
+    options: &IngestOptions,
+    run_id: String,
+    table_lock: &KeptLock,
+) -> Result<IngestSummary> {
+    let started = Instant::now();
+    let limits = Limits::for_memory(config.engine.memory_limit);
     let src = Location::parse(&source.url, &config.base_dir(), &config.lake.options).map_err(
         |e| match e {
             Error::Config { message, .. } => Error::config(
@@ -211,6 +263,7 @@ pub async fn ingest_source(
         .await?
         .unwrap_or_default();
     let mut todo = Vec::new();
+    let mut too_big = Vec::new();
     for meta in listed {
         let rel = relative(&src.root, &meta.location);
         let Some(format) = decode::format_of(&rel) else {
@@ -227,7 +280,21 @@ pub async fn ingest_source(
                 .get(&rel)
                 .is_none_or(|f| f.size != meta.size || f.e_tag != meta.e_tag),
         };
-        if wanted {
+        if wanted && meta.size > limits.file_bytes as u64 {
+            // Not read, and not recorded as read: a run with a larger limit picks it up.
+            summary.broken_files += 1;
+            too_big.push(Quarantined {
+                reason: format!(
+                    "the file is {} bytes, more than the per-file limit of {} bytes \
+                     (engine.memory_limit / 20): it was not read, and will be tried again by \
+                     every run; raise `engine.memory_limit` to ingest it",
+                    meta.size, limits.file_bytes
+                ),
+                file: rel,
+                position: 0,
+                record: None,
+            });
+        } else if wanted {
             todo.push((queued, rel, meta, format));
         } else {
             summary.files_skipped += 1;
@@ -251,7 +318,7 @@ pub async fn ingest_source(
                     .bytes()
                     .await
                     .map_err(|e| Error::Storage(format!("{rel}: {e}")))?;
-                Ok::<_, Error>(on_rayon(move || read_file(rel, meta, format, bytes)).await)
+                Ok::<_, Error>(on_rayon(move || read_file(rel, meta, format, bytes, &limits)).await)
             }
         })
         .buffered(READ_AHEAD);
@@ -273,18 +340,26 @@ pub async fn ingest_source(
         backfill,
         backfill_path,
         done: Vec::new(),
-        quarantine: Vec::new(),
+        quarantine: too_big,
         quarantine_written: 0,
+        record_bytes: 0,
+        entry_bytes: 0,
+        omitted: 0,
         qdir: lake.location.child(&quarantine_dir),
     };
     let every = options.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT);
     let mut last_checkpoint = Instant::now();
     while let Some(file) = files.next().await {
         let file = file?;
+        // Another run took the table over (this one stalled past its lock's expiry): stop
+        // before writing anything more.
+        table_lock.check()?;
         summary.files_read += 1;
         summary.records_read += file.records;
         summary.quarantined_records += file.quarantine.len() as u64;
-        ledger.quarantine.extend(file.quarantine);
+        for entry in file.quarantine {
+            ledger.add_quarantined(entry);
+        }
         if let Some((position, reason, bytes)) = file.broken {
             summary.broken_files += 1;
             lake.location
@@ -298,7 +373,7 @@ pub async fn ingest_source(
                     bytes.into(),
                 )
                 .await?;
-            ledger.quarantine.push(Quarantined {
+            ledger.add_quarantined(Quarantined {
                 file: file.rel.clone(),
                 position,
                 reason,
@@ -313,11 +388,13 @@ pub async fn ingest_source(
         ledger.done.push((file.rel, file.meta, file.records));
         progress.inc();
         if last_checkpoint.elapsed() >= every {
+            table_lock.check()?;
             ledger.checkpoint(&mut days).await?;
             last_checkpoint = Instant::now();
         }
     }
     drop(files);
+    table_lock.check()?;
     ledger.checkpoint(&mut days).await?;
     progress.finish();
     if ledger.backfill.is_some() {
@@ -383,19 +460,54 @@ struct Ledger<'a> {
     quarantine: Vec<Quarantined>,
     /// Entries of `quarantine` already in `quarantine.jsonl`.
     quarantine_written: usize,
+    /// Bytes of record texts in `quarantine` (at most [`QUARANTINE_RECORD_BYTES`]).
+    record_bytes: usize,
+    /// Bytes of the entries in `quarantine` (at most [`QUARANTINE_BYTES`]).
+    entry_bytes: usize,
+    /// Entries left out of the report (past [`QUARANTINE_BYTES`]).
+    omitted: u64,
     qdir: Path,
 }
 
 impl Ledger<'_> {
+    /// Adds a quarantine entry; past [`QUARANTINE_RECORD_BYTES`] of record texts in this run,
+    /// without its record.
+    fn add_quarantined(&mut self, mut entry: Quarantined) {
+        let len = entry.record.as_ref().map_or(0, String::len);
+        if self.record_bytes + len > QUARANTINE_RECORD_BYTES {
+            entry.record = None;
+        } else {
+            self.record_bytes += len;
+        }
+        let size = QUARANTINE_ENTRY_BYTES + entry.file.len() + entry.reason.len();
+        if self.entry_bytes + size > QUARANTINE_BYTES {
+            self.omitted += 1;
+            return;
+        }
+        self.entry_bytes += size;
+        self.quarantine.push(entry);
+    }
+
     /// Switches the open days, then records what they now hold.
     async fn checkpoint(&mut self, days: &mut Days) -> Result<()> {
         days.close_all().await?;
-        if self.quarantine.len() > self.quarantine_written {
-            let lines: String = self
-                .quarantine
-                .iter()
-                .map(|q| serde_json::to_string(q).expect("quarantine entry is JSON") + "\n")
-                .collect();
+        if self.quarantine.len() + self.omitted as usize > self.quarantine_written {
+            let mut lines: String = self.quarantine.iter().map(Quarantined::to_line).collect();
+            if self.omitted > 0 {
+                lines.push_str(
+                    &Quarantined {
+                        file: "*".into(),
+                        position: 0,
+                        reason: format!(
+                            "{} more quarantined items are not listed: the report keeps at most \
+                             {QUARANTINE_BYTES} bytes",
+                            self.omitted
+                        ),
+                        record: None,
+                    }
+                    .to_line(),
+                );
+            }
             self.lake
                 .location
                 .store
@@ -404,7 +516,7 @@ impl Ledger<'_> {
                     lines.into_bytes().into(),
                 )
                 .await?;
-            self.quarantine_written = self.quarantine.len();
+            self.quarantine_written = self.quarantine.len() + self.omitted as usize;
         }
         for (rel, meta, records) in self.done.drain(..) {
             if let Some(b) = self.backfill.as_mut() {
@@ -448,66 +560,125 @@ fn read_file(
     meta: object_store::ObjectMeta,
     format: decode::Format,
     bytes: Bytes,
+    limits: &Limits,
 ) -> FileRead {
-    let folder = decode::event_type_of(&rel);
-    let mut columns = EventColumns::default();
-    let mut quarantine = Vec::new();
-    let mut records = 0u64;
-    let broken = match format {
-        decode::Format::Avro => avro::read_file(&bytes, |position, parts| {
-            records += 1;
-            if let Err(reason) = columns.push(parts, folder, &rel) {
-                quarantine.push(Quarantined {
-                    file: rel.clone(),
-                    position,
-                    reason,
-                    record: Some(event::parts_to_json(parts)),
-                });
-            }
-        }),
-        decode::Format::NdJson => {
-            let decoded = decode::ndjson(&bytes);
-            for (position, record) in decoded.records {
-                records += 1;
-                let problem = match record {
-                    Err(reason) => Some((reason, None)),
-                    Ok(m) => {
-                        let (canonical, properties) = event::json_parts(&m);
-                        let parts = Parts {
-                            canonical: &canonical,
-                            properties: &properties,
-                        };
-                        columns
-                            .push(&parts, folder, &rel)
-                            .err()
-                            .map(|reason| (reason, Some(serde_json::Value::Object(m.clone()))))
-                    }
-                };
-                if let Some((reason, record)) = problem {
-                    quarantine.push(Quarantined {
-                        file: rel.clone(),
-                        position,
-                        reason,
-                        record,
-                    });
-                }
-            }
-            decoded.broken
+    // Bad input must not panic; if a bug lets it, the file is quarantined and the run goes on.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_file(&rel, format, &bytes, limits)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        DecodedFile {
+            batch: EventColumns::default().finish(),
+            records: 0,
+            quarantine: Vec::new(),
+            broken: Some((
+                0,
+                format!("the decoder failed on this file (a bug, please report it): {message}"),
+            )),
         }
-    };
-    let batch = columns.finish();
+    });
     let fp = Fingerprints::new();
     FileRead {
-        fingerprints: event::ids(&batch)
+        fingerprints: event::ids(&decoded.batch)
             .iter()
             .map(|id| fp.of(id.unwrap_or_default()))
             .collect(),
-        batch,
-        records,
-        quarantine,
-        broken: broken.map(|(p, r)| (p, r, bytes)),
+        batch: decoded.batch,
+        records: decoded.records,
+        quarantine: decoded.quarantine,
+        broken: decoded.broken.map(|(p, r)| (p, r, bytes)),
         rel,
         meta,
+    }
+}
+
+/// One file decoded.
+#[derive(Debug)]
+pub struct DecodedFile {
+    /// The good events, as rows of [`event::schema`].
+    pub batch: RecordBatch,
+    /// Records (or NDJSON lines) read, good and bad.
+    pub records: u64,
+    /// The bad ones.
+    pub quarantine: Vec<Quarantined>,
+    /// Where and why the file could not be read to the end.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Decodes one file (`rel`: its path under the source, for the event type of its folder and
+/// the `source_file` column) within `limits`. Never panics on any bytes; what it allocates is
+/// bounded by `limits` (see `limits.rs`).
+pub fn decode_file(
+    rel: &str,
+    format: decode::Format,
+    bytes: &[u8],
+    limits: &Limits,
+) -> DecodedFile {
+    let folder = decode::event_type_of(rel);
+    let mut columns = EventColumns::default();
+    let mut quarantine = Vec::new();
+    let mut records = 0u64;
+    // What the quarantine entries of this file take; past the file's limit, the file stops.
+    let mut kept = 0usize;
+    let mut bad = |position: u64, reason: String, record: Option<String>| {
+        kept += QUARANTINE_ENTRY_BYTES
+            + rel.len()
+            + reason.len()
+            + record.as_ref().map_or(0, String::len);
+        quarantine.push(Quarantined {
+            file: rel.to_string(),
+            position,
+            reason,
+            record,
+        });
+        if kept > limits.file_bytes {
+            return Err(format!(
+                "the file's bad records take more than {} bytes to report (the per-file limit, \
+                 engine.memory_limit / 20) at {position}; the records before it are kept",
+                limits.file_bytes
+            ));
+        }
+        Ok(())
+    };
+    let broken = match format {
+        decode::Format::Avro => avro::read_file(bytes, limits, |position, parts| {
+            records += 1;
+            match parts {
+                Err(reason) => bad(position, reason, None),
+                Ok(parts) => match columns.push(parts, folder, rel) {
+                    Ok(()) => Ok(()),
+                    Err(reason) => bad(position, reason, Some(event::parts_to_json_text(parts))),
+                },
+            }
+        }),
+        decode::Format::NdJson => decode::ndjson(bytes, |position, record| {
+            records += 1;
+            match record {
+                Err(reason) => bad(position, reason, None),
+                Ok(m) => {
+                    let (canonical, properties) = event::json_parts(&m);
+                    let parts = Parts {
+                        canonical: &canonical,
+                        properties: &properties,
+                    };
+                    match columns.push(&parts, folder, rel) {
+                        Ok(()) => Ok(()),
+                        Err(reason) => bad(position, reason, serde_json::to_string(&m).ok()),
+                    }
+                }
+            }
+        }),
+    };
+    DecodedFile {
+        batch: columns.finish(),
+        records,
+        quarantine,
+        broken,
     }
 }
 
@@ -656,6 +827,9 @@ impl Days {
         };
         if rows.num_rows() > 0 {
             open.writer.write(&rows).await?;
+            if open.writer.in_progress_size() > ROW_GROUP_BYTES {
+                open.writer.flush().await?;
+            }
         }
         Ok(())
     }
@@ -671,11 +845,9 @@ impl Days {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
         let props = props.build();
-        let mut writer = AsyncArrowWriter::try_new(
-            BufWriter::new(self.store.clone(), path.clone()),
-            event::schema(),
-            Some(props),
-        )?;
+        let upload = BufWriter::with_capacity(self.store.clone(), path.clone(), UPLOAD_PART_BYTES)
+            .with_max_concurrency(UPLOAD_CONCURRENCY);
+        let mut writer = AsyncArrowWriter::try_new(upload, event::schema(), Some(props))?;
         let mut seen = IdSet::default();
         let replace = self.backfill && !self.opened.contains(&day);
         if !replace {
@@ -708,6 +880,9 @@ impl Days {
                         seen.insert(self.fingerprints.of(id.unwrap_or_default()));
                     }
                     writer.write(&batch).await?;
+                    if writer.in_progress_size() > ROW_GROUP_BYTES {
+                        writer.flush().await?;
+                    }
                 }
             }
         }
@@ -796,5 +971,51 @@ impl AsyncFileReader for StoredDay {
                 .await?;
             Ok(Arc::new(metadata))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_bad_records_stops_at_the_file_limit() {
+        let limits = Limits {
+            file_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let lines = "{}\n".repeat(100_000);
+        let d = decode_file(
+            "x/f.ndjson",
+            decode::Format::NdJson,
+            lines.as_bytes(),
+            &limits,
+        );
+        let (at, why) = d.broken.unwrap();
+        assert!(at > 1_000 && at < 100_000, "{at}");
+        assert!(
+            why.contains("bad records take more than 1048576 bytes"),
+            "{why}"
+        );
+        assert_eq!(d.quarantine.len() as u64, d.records);
+        assert_eq!(d.batch.num_rows(), 0);
+    }
+
+    #[test]
+    fn quarantine_lines_are_json_with_the_record_spliced_in() {
+        let q = Quarantined {
+            file: "a/\"b\".ndjson".into(),
+            position: 7,
+            reason: "line 7: why\n".into(),
+            record: Some(r#"{"id":"x","n":[1]}"#.into()),
+        };
+        let line: serde_json::Value = serde_json::from_str(&q.to_line()).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"file": "a/\"b\".ndjson", "position": 7,
+                "reason": "line 7: why\n", "record": {"id": "x", "n": [1]}})
+        );
+        let bare = Quarantined { record: None, ..q };
+        assert!(!bare.to_line().contains("record"));
     }
 }

@@ -32,7 +32,7 @@ const CLICK_SCHEMA: &str = r#"{"type":"record","name":"EmailClickEvent","namespa
 pub const T0: i32 = 1_795_773_600;
 pub const DAY: i32 = 86_400;
 
-type Row = (
+pub type Row = (
     String,
     i64,
     Option<String>,
@@ -41,12 +41,12 @@ type Row = (
     serde_json::Value,
 );
 
-struct Lakeside {
-    dir: tempfile::TempDir,
+pub struct Lakeside {
+    pub dir: tempfile::TempDir,
 }
 
 impl Lakeside {
-    fn new() -> Lakeside {
+    pub fn new() -> Lakeside {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("lake")).unwrap();
         std::fs::write(
@@ -57,7 +57,7 @@ impl Lakeside {
         Lakeside { dir }
     }
 
-    fn currents(&self, event_type: &str, queued: &str, name: &str) -> PathBuf {
+    pub fn currents(&self, event_type: &str, queued: &str, name: &str) -> PathBuf {
         let dir = self
             .dir
             .path()
@@ -69,7 +69,7 @@ impl Lakeside {
         dir.join(name)
     }
 
-    fn ingest(&self, args: &[&str]) -> Run {
+    pub fn ingest(&self, args: &[&str]) -> Run {
         let mut cmd = std::process::Command::new(BIN);
         cmd.current_dir(self.dir.path())
             .arg("ingest")
@@ -78,14 +78,14 @@ impl Lakeside {
         Run(cmd.output().unwrap())
     }
 
-    fn day(&self, day: &str) -> PathBuf {
+    pub fn day(&self, day: &str) -> PathBuf {
         self.dir.path().join(format!(
             "lake/partner_events/event_date={day}/part-0.parquet"
         ))
     }
 
     /// event_id → (event_type, time µs, external_user_id, campaign_name, url, properties).
-    fn rows(&self) -> BTreeMap<String, Row> {
+    pub fn rows(&self) -> BTreeMap<String, Row> {
         let mut out = BTreeMap::new();
         let root = self.dir.path().join("lake/partner_events");
         let Ok(days) = std::fs::read_dir(&root) else {
@@ -214,7 +214,7 @@ fn clicks(ids: &[(&str, i32)]) -> Vec<u8> {
 pub const OPEN: &str = "users.messages.pushnotification.Open";
 const CLICK: &str = "users.messages.email.Click";
 
-fn write(path: &Path, bytes: &[u8]) {
+pub fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 

@@ -15,6 +15,8 @@ mod faults;
 mod hostile;
 mod incremental;
 mod ingest;
+mod ingest_hostile;
+mod ingest_lock;
 mod proxy;
 mod s3;
 mod shards;
