@@ -172,7 +172,12 @@ pub async fn ingest(
                     serde_json::json!({"source": name, "outcome": "failed", "exit_code": this_code, "error": e})
                 );
                 record.run_id = new_run_id();
-                record.outcome = "failed".into();
+                record.outcome = if this_code == exit::LOCKED {
+                    "locked"
+                } else {
+                    "failed"
+                }
+                .into();
                 record.error = Some(e);
             }
         }

@@ -151,7 +151,8 @@ pub struct Quarantined {
 }
 
 impl Quarantined {
-    /// Its line of `quarantine.jsonl` (the record spliced in as the JSON text it already is).
+    /// Its line of `quarantine.jsonl` (the record spliced in as the JSON text it already is),
+    /// redacted.
     fn to_line(&self) -> String {
         let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
         let mut line = format!(
@@ -165,7 +166,8 @@ impl Quarantined {
             line.push_str(record);
         }
         line.push_str("}\n");
-        line
+        // An event may carry anything, a configured secret included.
+        crate::redact::scrubbed(line)
     }
 }
 

@@ -167,12 +167,11 @@ impl Lake {
     }
 
     /// The first Parquet file under `table_path` whose footer cannot be read, and why. Each
-    /// footer is read in a task of its own, so even a reader that panics on crafted bytes
+    /// footer is decoded in a task of its own, so even a decoder that panics on crafted bytes
     /// names the file.
     async fn first_unreadable(&self, table_path: &str) -> Option<(String, String)> {
         use futures::TryStreamExt;
-        use parquet::arrow::ParquetRecordBatchStreamBuilder;
-        use parquet::arrow::async_reader::ParquetObjectReader;
+        use object_store::ObjectStoreExt;
         let store = self.location.store.clone();
         let files: Vec<_> = store
             .list(Some(&self.location.child(table_path)))
@@ -183,20 +182,46 @@ impl Lake {
             .into_iter()
             .filter(|m| m.location.as_ref().ends_with(".parquet"))
         {
-            let reader = ParquetObjectReader::new(store.clone(), meta.location.clone())
-                .with_file_size(meta.size);
-            let opened = self
-                .cpu
-                .run(async move {
-                    ParquetRecordBatchStreamBuilder::new(reader)
-                        .await
-                        .map(|_| ())
-                })
-                .await;
-            let why = match opened {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
+            let size = meta.size;
+            let why = if size < 12 {
+                format!("{size} bytes, too short for Parquet")
+            } else {
+                match store.get_range(&meta.location, size - 8..size).await {
+                    Err(e) => e.to_string(),
+                    Ok(tail) if &tail[4..] != b"PAR1" => {
+                        "no Parquet footer (PAR1) at its end".into()
+                    }
+                    Ok(tail) => {
+                        let len =
+                            u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+                        if len + 12 > size {
+                            format!(
+                                "its footer claims {len} bytes of metadata in a {size}-byte file"
+                            )
+                        } else {
+                            match store
+                                .get_range(&meta.location, size - 8 - len..size - 8)
+                                .await
+                            {
+                                Err(e) => e.to_string(),
+                                Ok(footer) => {
+                                    let decoded = self
+                                        .cpu
+                                        .run(async move {
+                                            parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+                                                .map(|_| ())
+                                        })
+                                        .await;
+                                    match decoded {
+                                        Ok(Ok(())) => continue,
+                                        Ok(Err(e)) => e.to_string(),
+                                        Err(e) => e.to_string(),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             };
             return Some((format!("{}", meta.location), why));
         }
