@@ -1,5 +1,6 @@
-//! Fuzzing on stable Rust: proptest-driven harnesses of the decoders of hostile input, one
-//! module per target. Each target feeds random bytes and mutations of valid inputs (bit flips,
+//! Fuzzing on stable Rust: proptest-driven harnesses of the parsers of hostile input (the
+//! Avro reader, the NDJSON decoder, the rate-limit header parsers, the project-file loader),
+//! one module per target. Each target feeds random bytes and mutations of valid inputs (bit flips,
 //! overwritten and inserted bytes, truncation, varints with huge values inserted or replacing
 //! one) and checks that decoding never panics and never allocates more than a constant times
 //! the input's size.
@@ -29,6 +30,8 @@ use proptest::test_runner::{Config, TestRunner};
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 mod avro;
+mod config;
+mod headers;
 mod ndjson;
 
 /// Inputs per target.
