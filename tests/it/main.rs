@@ -15,5 +15,7 @@ mod incremental;
 mod ingest;
 mod s3;
 mod shards;
+mod signals;
+mod state;
 mod storage;
 mod sync;
