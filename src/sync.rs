@@ -301,6 +301,8 @@ impl Run<'_> {
                 self.state.clean_up(&plan.target_snapshot).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
+                // Everything the commit will need must be readable before anything is sent.
+                dead::pending(self.state).await?;
                 let (sent, skipped) = self.deliver(&plan, &braze, &sender, None).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;

@@ -641,10 +641,10 @@ async fn set_aside_plan(
             format!(
                 "the unfinished run cannot be read ({why}), and neither can some of its id \
                  lists ({}), so the ids it may have sent are not all known; nothing was changed. \
-                 {} --force sets it aside anyway: ids it added that are no longer in the cohort \
-                 may then stay at the partner",
+                 {} sets it aside anyway: ids it added that are no longer in the cohort may \
+                 then stay at the partner",
                 unreadable.join("; "),
-                state.fix("repair").trim_end_matches('`'),
+                state.fix("repair --force"),
             ),
         ));
     }

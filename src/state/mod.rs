@@ -147,9 +147,15 @@ impl CohortState {
         self
     }
 
-    /// `cohort-bridge state <what> <label>`: the command that unsticks this state.
+    /// `cohort-bridge state <what> <label> [flags]`: the command that unsticks this state
+    /// (`what` is the subcommand, then any flags: `"unlock --force"`).
     pub fn fix(&self, what: &str) -> String {
-        format!("`cohort-bridge state {what} {}`", self.label)
+        match what.split_once(' ') {
+            Some((command, flags)) => {
+                format!("`cohort-bridge state {command} {} {flags}`", self.label)
+            }
+            None => format!("`cohort-bridge state {what} {}`", self.label),
+        }
     }
 
     /// A state file that is there but cannot be used: exit 2, naming it and the repair.
