@@ -333,16 +333,13 @@ impl Run<'_> {
                         self.state.path(&plan.target_snapshot),
                         self.state.path(&state::replica(&plan.target_snapshot)),
                     ];
-                    ids::write_to(self.state.store.as_ref(), &paths, change.target.clone())
-                        .await?;
+                    ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await?;
                 }
                 Ok::<(), Error>(())
             };
             let lists = Some([change.adds.clone(), change.removes.clone()]);
-            let (delivered, written) = tokio::join!(
-                self.deliver(&plan, &braze, &sender, lists),
-                write
-            );
+            let (delivered, written) =
+                tokio::join!(self.deliver(&plan, &braze, &sender, lists), write);
             let (sent, _) = delivered?;
             written?;
             summary.batches += sent;
@@ -706,7 +703,10 @@ impl Run<'_> {
                     None
                 } else {
                     return Err(self.identity_refusal(
-                        &format!("the committed snapshot (run {}, {} members)", p.run_id, p.members),
+                        &format!(
+                            "the committed snapshot (run {}, {} members)",
+                            p.run_id, p.members
+                        ),
                         &p.partner,
                     ));
                 }
@@ -739,21 +739,29 @@ impl Run<'_> {
             ));
         }
         let refuse = |layout: &Layout, why: &str| {
+            let (sync, show) = match layout.shards {
+                Some(_) => (
+                    format!(
+                        "cohort-bridge sync {} --shard K/N` for each K",
+                        self.cohort.name
+                    ),
+                    format!("cohort-bridge state show {} --shard K/N", self.cohort.name),
+                ),
+                None => (
+                    format!("cohort-bridge sync {}` without --shard", self.cohort.name),
+                    format!("cohort-bridge state show {}", self.cohort.name),
+                ),
+            };
             Error::config(
                 self.config.file.clone(),
                 format!(
                     "cohort `{}` also ran {} ({why}), so what the partner holds is not known \
                      here. Let that layout's runs finish and run every part of it once \
-                     (`sync {} {}`), then switch; or, if that layout is abandoned, delete its \
-                     state ({})",
+                     (`{sync}; `{show}` shows a part's lock and unfinished run, `state unlock` \
+                     releases a dead run's lock), then switch; or, if that layout is abandoned, \
+                     delete its state ({})",
                     self.cohort.name,
                     layout.name(),
-                    self.cohort.name,
-                    if layout.shards.is_some() {
-                        "--shard K/N for each K"
-                    } else {
-                        "without --shard"
-                    },
                     layout.dir,
                 ),
             )

@@ -45,14 +45,20 @@ async fn open(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Result<
     let cohort = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
-    let lake = crate::lake::Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
-        .map_err(|e| match e {
-            Error::Config { message, .. } => Error::config(config.file.clone(), message),
-            other => other,
-        })?;
+    let lake =
+        crate::lake::Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
+            .map_err(|e| match e {
+                Error::Config { message, .. } => Error::config(config.file.clone(), message),
+                other => other,
+            })?;
     let area = super::area(&config, &lake)?;
-    let root = CohortState::new(area.store.clone(), &area.root, &cohort.destination, &cohort.cohort_id)
-        .named(&cohort.name);
+    let root = CohortState::new(
+        area.store.clone(),
+        &area.root,
+        &cohort.destination,
+        &cohort.cohort_id,
+    )
+    .named(&cohort.name);
     let state = match shard {
         Some(s) => root.shard(s.index, s.count),
         None => root,
@@ -68,7 +74,9 @@ impl Target {
     /// The partner identity the project names now (needs the secrets).
     fn partner(&self) -> Result<String> {
         let dest = self.config.destination(&self.cohort.destination)?;
-        let creds = self.config.credentials(&self.cohort.destination, &env_lookup)?;
+        let creds = self
+            .config
+            .credentials(&self.cohort.destination, &env_lookup)?;
         Ok(crate::sync::partner_identity(dest, &creds))
     }
 }
@@ -281,7 +289,9 @@ pub async fn unlock(
     let released = match lock::newest(state).await? {
         None => {
             let n = lock::remove_all(state).await?;
-            print(&json!({"cohort": name, "outcome": if n == 0 { "not_locked" } else { "unlocked" }}));
+            print(
+                &json!({"cohort": name, "outcome": if n == 0 { "not_locked" } else { "unlocked" }}),
+            );
             return Ok(exit::OK);
         }
         Some((path, Ok(info))) => {
@@ -326,8 +336,12 @@ pub async fn repair(
     force: bool,
 ) -> Result<i32> {
     let t = open(config_file, name, shard).await?;
-    let lock = Lock::acquire(&t.state, &format!("repair-{}", new_run_id()), t.config.state.lock_ttl)
-        .await?;
+    let lock = Lock::acquire(
+        &t.state,
+        &format!("repair-{}", new_run_id()),
+        t.config.state.lock_ttl,
+    )
+    .await?;
     let result = repair_locked(&t, force).await;
     let released = lock.release().await;
     let actions = result?;
@@ -411,10 +425,7 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                 .collect();
             // The unfinished run's base is the committed one; else the newest.
             candidates.sort_by_key(|(run, at)| {
-                (
-                    plan.and_then(|p| p.base_run_id.as_ref()) == Some(run),
-                    *at,
-                )
+                (plan.and_then(|p| p.base_run_id.as_ref()) == Some(run), *at)
             });
             candidates.reverse();
             let mut chosen = None;
@@ -525,7 +536,10 @@ async fn restore_snapshot(
 ) -> Result<std::result::Result<Arc<StringArray>, String>> {
     let store = state.store.as_ref();
     let (main, copy) = (state.path(snapshot), state.path(&replica(snapshot)));
-    let (m, c) = (ids::try_read(store, &main).await?, ids::try_read(store, &copy).await?);
+    let (m, c) = (
+        ids::try_read(store, &main).await?,
+        ids::try_read(store, &copy).await?,
+    );
     Ok(match (m, c) {
         (Ok(ids), Ok(_)) => Ok(ids),
         (Ok(ids), Err(why)) => {
@@ -544,7 +558,11 @@ async fn restore_snapshot(
 
 /// Drops unreadable journal objects, and unreadable pending dead letters with their batch's
 /// journal entries (so those batches are sent again).
-async fn repair_journal(state: &CohortState, plan: &PlanMeta, actions: &mut Vec<String>) -> Result<()> {
+async fn repair_journal(
+    state: &CohortState,
+    plan: &PlanMeta,
+    actions: &mut Vec<String>,
+) -> Result<()> {
     let store = state.store.as_ref();
     let mut unjournal = Vec::new();
     let listed: Vec<_> = store
@@ -584,7 +602,8 @@ async fn repair_journal(state: &CohortState, plan: &PlanMeta, actions: &mut Vec<
         .collect();
     kept.sort_unstable();
     kept.dedup();
-    let written = journal::write_object(state, &format!("repair-{}.acks", new_run_id()), &kept).await?;
+    let written =
+        journal::write_object(state, &format!("repair-{}.acks", new_run_id()), &kept).await?;
     for (path, parsed) in &objects {
         if let Err(why) = parsed {
             actions.push(format!(
@@ -624,9 +643,7 @@ async fn set_aside_plan(
     for prefix in ["pending", "snapshots"] {
         let listed: Vec<_> = store.list(Some(&state.path(prefix))).try_collect().await?;
         for meta in listed {
-            if keep.contains(&meta.location)
-                || !meta.location.as_ref().ends_with(".parquet")
-            {
+            if keep.contains(&meta.location) || !meta.location.as_ref().ends_with(".parquet") {
                 continue;
             }
             match ids::try_read(store, &meta.location).await? {
@@ -651,7 +668,9 @@ async fn set_aside_plan(
     let union = on_rayon(move || {
         lists
             .iter()
-            .fold(StringArray::from(Vec::<&str>::new()), |acc, l| diff::union(&acc, l))
+            .fold(StringArray::from(Vec::<&str>::new()), |acc, l| {
+                diff::union(&acc, l)
+            })
     })
     .await;
     let members = union.len() as u64;
@@ -675,7 +694,9 @@ async fn set_aside_plan(
         members,
         committed_at: Utc::now(),
         resend_all: true,
-        note: Some(format!("an unfinished run was set aside by `state repair`: {why}")),
+        note: Some(format!(
+            "an unfinished run was set aside by `state repair`: {why}"
+        )),
     };
     state.write_pointer(&p).await?;
     state.clean_up(&snapshot).await?;
@@ -684,7 +705,10 @@ async fn set_aside_plan(
          every one of {members} ids it may have sent that is not in the cohort"
     ));
     if !unreadable.is_empty() {
-        actions.push(format!("--force: ignored unreadable {}", unreadable.join("; ")));
+        actions.push(format!(
+            "--force: ignored unreadable {}",
+            unreadable.join("; ")
+        ));
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::parallel::on_rayon;
 
 /// Writes `ids` (already sorted and distinct) to `path`, replacing it atomically.
 pub async fn write(store: &dyn ObjectStore, path: &Path, ids: Arc<StringArray>) -> Result<()> {
-    write_to(store, &[path.clone()], ids).await
+    write_to(store, std::slice::from_ref(path), ids).await
 }
 
 /// Encodes `ids` once and writes the same bytes to every path (a snapshot and its replica).
@@ -134,7 +134,8 @@ fn decode(bytes: Bytes) -> std::result::Result<Arc<StringArray>, String> {
     if ids.null_count() > 0 {
         return Err("corrupt id list: null ids".into());
     }
-    if let Some(i) = (1..ids.len()).find(|&i| ids.value(i - 1).as_bytes() >= ids.value(i).as_bytes())
+    if let Some(i) =
+        (1..ids.len()).find(|&i| ids.value(i - 1).as_bytes() >= ids.value(i).as_bytes())
     {
         return Err(format!(
             "corrupt id list: not sorted and distinct at row {i} (`{}` then `{}`)",

@@ -37,7 +37,12 @@ pub async fn read(state: &CohortState, format: u32) -> Result<BTreeSet<u64>> {
 pub async fn read_objects(
     state: &CohortState,
     format: u32,
-) -> Result<Vec<(object_store::path::Path, std::result::Result<Vec<u64>, String>)>> {
+) -> Result<
+    Vec<(
+        object_store::path::Path,
+        std::result::Result<Vec<u64>, String>,
+    )>,
+> {
     let listed: Vec<_> = state
         .store
         .list(Some(&state.path(DIR)))
@@ -60,7 +65,11 @@ fn parse(bytes: &[u8], trailer_required: bool) -> std::result::Result<Vec<u64>, 
             return Err("lines after the trailer".into());
         }
         if let Some(count) = line.strip_prefix("end ") {
-            ended = Some(count.parse::<usize>().map_err(|_| format!("bad trailer `{line}`"))?);
+            ended = Some(
+                count
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad trailer `{line}`"))?,
+            );
             continue;
         }
         // Puts are atomic, so a torn object means damage or tampering; resuming from it
@@ -162,7 +171,11 @@ mod tests {
         assert!(parse(b"1\n2\n", true).is_err());
         assert!(parse(b"1\n2\nend 3\n", true).is_err());
         assert!(parse(b"1\n2\nen", true).is_err());
-        assert_eq!(parse(b"1\n2\n", false), Ok(vec![1, 2]), "format 1 had no trailer");
+        assert_eq!(
+            parse(b"1\n2\n", false),
+            Ok(vec![1, 2]),
+            "format 1 had no trailer"
+        );
         assert!(parse(b"1\nx2\n", false).is_err());
     }
 }

@@ -483,7 +483,10 @@ mod tests {
     fn state_written_before_formats_reads_as_format_1() {
         let old = r#"{"run_id":"r1","partner":"http://x/partners/p#workspace-1","snapshot":"snapshots/r1.parquet","members":3,"committed_at":"2026-11-26T12:00:00Z"}"#;
         let p: Pointer = serde_json::from_str(old).unwrap();
-        assert_eq!((p.format, p.resend_all, p.note.as_deref()), (1, false, None));
+        assert_eq!(
+            (p.format, p.resend_all, p.note.as_deref()),
+            (1, false, None)
+        );
         assert!(check_format(&Path::from("current.json"), p.format).is_ok());
         let err = check_format(&Path::from("current.json"), FORMAT + 1).unwrap_err();
         assert!(err.to_string().contains("newer cohort-bridge"), "{err}");

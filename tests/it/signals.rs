@@ -84,7 +84,10 @@ fn stopped_cleanly_then_resumed(sig: &str, code: i32) {
     );
     assert!(sent > 0, "{resumed}");
     assert_eq!(sent + skipped, batches);
-    assert_eq!(skipped, applied, "exactly the acknowledged batches are skipped");
+    assert_eq!(
+        skipped, applied,
+        "exactly the acknowledged batches are skipped"
+    );
     assert!(
         partner.members("active") == expected,
         "the partner holds a different set than the cohort"

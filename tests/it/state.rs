@@ -208,7 +208,11 @@ fn a_missing_or_unreadable_pointer_is_not_taken_as_an_empty_state() {
         );
         let repair = project.run(&["state", "repair", "active"]);
         assert_eq!(repair.code(), 0, "{how:?}: {}", repair.stderr());
-        assert!(repair.stdout().contains("\"repaired\""), "{}", repair.stdout());
+        assert!(
+            repair.stdout().contains("\"repaired\""),
+            "{}",
+            repair.stdout()
+        );
         assert_incremental_t2(&partner, &project);
     }
 }
@@ -263,7 +267,12 @@ fn interrupted_at_t2(partner: Partner) -> (Partner, Project) {
     // refused without --force.
     assert_eq!(locks(&state).len(), 1);
     let unlock = project.run(&["state", "unlock", "active"]);
-    assert_eq!(unlock.code(), 5, "a live lock needs --force: {}", unlock.stderr());
+    assert_eq!(
+        unlock.code(),
+        5,
+        "a live lock needs --force: {}",
+        unlock.stderr()
+    );
     assert!(unlock.stderr().contains("state unlock active --force"));
     let unlock = project.run(&["state", "unlock", "active", "--force"]);
     assert_eq!(unlock.code(), 0, "{}", unlock.stderr());
@@ -290,7 +299,11 @@ fn an_unreadable_plan_is_set_aside_and_the_next_sync_converges_exactly() {
         assert!(!state.join("pending/plan.json").exists());
         let run = project.run(&["sync", "active", "--at", T2]);
         let s = run.summary();
-        assert!(run.stderr().contains("re-sending every member"), "{}", run.stderr());
+        assert!(
+            run.stderr().contains("re-sending every member"),
+            "{}",
+            run.stderr()
+        );
         assert_eq!(s["adds"], active_7d(T2).len() as u64);
         assert!(
             partner.members("active") == active_7d(T2),
@@ -377,7 +390,10 @@ fn an_unreadable_lock_names_unlock_force() {
             &refused,
             &partner,
             requests,
-            &["lock-0000000007.json", "cohort-bridge state unlock active --force"],
+            &[
+                "lock-0000000007.json",
+                "cohort-bridge state unlock active --force",
+            ],
         );
         let unlock = project.run(&["state", "unlock", "active"]);
         assert_eq!(unlock.code(), 2, "{}", unlock.stderr());
@@ -429,7 +445,10 @@ fn refusing_partner() -> Partner {
 }
 
 fn refused_ids(ids: &BTreeSet<String>) -> BTreeSet<String> {
-    ids.iter().filter(|id| id.contains("0042")).cloned().collect()
+    ids.iter()
+        .filter(|id| id.contains("0042"))
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -451,7 +470,8 @@ fn unreadable_dead_letters_are_recovered_exactly() {
     assert_eq!(again.code(), 3, "{}", again.stderr());
     let show = project.run(&["state", "show", "active"]);
     assert!(
-        show.stdout().contains(committed[0].file_name().unwrap().to_str().unwrap()),
+        show.stdout()
+            .contains(committed[0].file_name().unwrap().to_str().unwrap()),
         "{}",
         show.stdout()
     );
@@ -472,7 +492,7 @@ fn an_unreadable_pending_dead_letter_is_dropped_and_its_batch_sent_again() {
         .unwrap();
     let state = project.cohort_state("active");
     wait_until("a batch refused and isolated", || {
-        files(&state.join("pending/dead")).len() >= 1
+        !files(&state.join("pending/dead")).is_empty()
     });
     signal(child.id(), "TERM");
     let mut child = child;
@@ -513,7 +533,12 @@ fn state_of_a_newer_format_is_refused() {
     std::fs::write(&path, serde_json::to_vec(&pointer).unwrap()).unwrap();
     let requests = partner.handle.stats().requests;
     let refused = project.run(&["sync", "active", "--at", T2]);
-    assert_refused(&refused, &partner, requests, &["current.json", "newer cohort-bridge"]);
+    assert_refused(
+        &refused,
+        &partner,
+        requests,
+        &["current.json", "newer cohort-bridge"],
+    );
 }
 
 /// `tests/data/state-v1/`: a state area written by cohort-bridge before state formats were
@@ -551,7 +576,10 @@ fn state_written_before_formats_is_synced_incrementally() {
     assert_eq!(s["snapshot_members"], e1.len() as u64);
     assert_eq!(s["adds"], e2.difference(&e1).count() as u64);
     assert_eq!(s["removes"], e1.difference(&e2).count() as u64);
-    assert!(s["removes"].as_u64().unwrap() > 0, "the fixture must move both ways");
+    assert!(
+        s["removes"].as_u64().unwrap() > 0,
+        "the fixture must move both ways"
+    );
     assert!(partner.members("small") == e2);
     let after = partner.handle.stats();
     assert_eq!(
@@ -564,4 +592,46 @@ fn state_written_before_formats_is_synced_incrementally() {
     )
     .unwrap();
     assert_eq!(pointer["format"], 2, "rewritten in the current format");
+}
+
+#[test]
+fn a_shards_state_is_shown_and_repaired_with_its_shard() {
+    let partner = Partner::plain();
+    let project = Project::new(&partner.handle.base_url(), FAST, &[("active", ACTIVE_7D)]);
+    for k in 0..2 {
+        let shard = format!("{k}/2");
+        project
+            .run(&["sync", "active", "--at", T1, "--shard", &shard])
+            .summary();
+    }
+    assert!(partner.members("active") == active_7d(T1));
+    let show = project.run(&["state", "show", "active", "--shard", "1/2"]);
+    assert_eq!(show.code(), 0, "{}", show.stderr());
+    let shown: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
+    assert_eq!(shown["shard"], "1/2");
+    assert!(shown["pointer"]["members"].as_u64().unwrap() > 0);
+    assert_eq!(shown["problems"].as_array().unwrap().len(), 0, "{shown}");
+
+    let shard1 = project.cohort_state("active").join("shards/2/1");
+    damage(&shard1.join("current.json"), Damage::Garble);
+    let requests = partner.handle.stats().requests;
+    let refused = project.run(&["sync", "active", "--at", T2, "--shard", "1/2"]);
+    assert_refused(
+        &refused,
+        &partner,
+        requests,
+        &["cohort-bridge state repair active --shard 1/2"],
+    );
+    // The other shard is not held up.
+    project
+        .run(&["sync", "active", "--at", T2, "--shard", "0/2"])
+        .summary();
+    let repair = project.run(&["state", "repair", "active", "--shard", "1/2"]);
+    assert_eq!(repair.code(), 0, "{}", repair.stderr());
+    project
+        .run(&["sync", "active", "--at", T2, "--shard", "1/2"])
+        .summary();
+    assert!(partner.members("active") == active_7d(T2));
+    let stats = partner.handle.stats();
+    assert_eq!((stats.redundant_adds, stats.redundant_removes), (0, 0));
 }
