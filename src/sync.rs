@@ -507,6 +507,14 @@ impl Run<'_> {
         in_memory: Option<[Arc<StringArray>; 2]>,
     ) -> Result<(u64, u64)> {
         let acked = journal::read(self.state, plan.format).await?;
+        // Everything the plan needs is read before anything is sent.
+        let lists = match in_memory {
+            Some(lists) => lists,
+            None => [
+                self.state.ids(&plan.adds_file).await?,
+                self.state.ids(&plan.removes_file).await?,
+            ],
+        };
         sender
             .send(&braze.create_cohort(plan.at))
             .await
@@ -518,17 +526,11 @@ impl Run<'_> {
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
         let window = (self.dest.max_in_flight * 2).max(16);
         let mut result = Ok(());
-        for (k, remove, file, offset) in [
-            (0, false, &plan.adds_file, 0),
-            (1, true, &plan.removes_file, plan.add_batches),
-        ] {
+        for (k, remove, offset) in [(0, false, 0), (1, true, plan.add_batches)] {
             if crate::signals::received().is_some() {
                 break;
             }
-            let ids = match &in_memory {
-                Some(lists) => lists[k].clone(),
-                None => self.state.ids(file).await?,
-            };
+            let ids = lists[k].clone();
             let batches: Vec<_> = batches(ids.len(), plan.batch_size)
                 .into_iter()
                 .map(|(n, range)| (n + offset, range))

@@ -503,12 +503,12 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
             let listed = store.list_with_delimiter(Some(&journal)).await?;
             if !listed.objects.is_empty() {
                 let why = format!("{plan_path} is missing but {journal} is not");
-                set_aside_plan(t, pointer.as_ref(), &why, force, &mut actions).await?;
+                set_aside_plan(t, pointer.as_ref(), None, &why, force, &mut actions).await?;
             }
         }
         Read::Corrupt(why) => {
             let why = format!("{plan_path} is unreadable: {why}");
-            set_aside_plan(t, pointer.as_ref(), &why, force, &mut actions).await?;
+            set_aside_plan(t, pointer.as_ref(), None, &why, force, &mut actions).await?;
         }
         Read::Ok(plan) => {
             let mut unreadable = None;
@@ -518,7 +518,7 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                 }
             }
             if let Some(why) = unreadable {
-                set_aside_plan(t, pointer.as_ref(), &why, force, &mut actions).await?;
+                set_aside_plan(t, pointer.as_ref(), Some(&plan), &why, force, &mut actions).await?;
             } else {
                 repair_journal(state, &plan, &mut actions).await?;
             }
@@ -624,6 +624,7 @@ async fn repair_journal(
 async fn set_aside_plan(
     t: &Target,
     pointer: Option<&Pointer>,
+    plan: Option<&PlanMeta>,
     why: &str,
     force: bool,
     actions: &mut Vec<String>,
@@ -631,27 +632,63 @@ async fn set_aside_plan(
     let state = &t.state;
     let store = state.store.as_ref();
     let committed = pointer.map(|p| p.snapshot.clone());
-    let keep: Vec<object_store::path::Path> = committed
-        .iter()
-        .flat_map(|s| [state.path(s), state.path(&replica(s))])
-        .collect();
     let mut lists: Vec<StringArray> = Vec::new();
     if let Some(p) = pointer {
         lists.push(state.snapshot(Some(p)).await?.as_ref().clone());
     }
+    // Every id the run could have sent: its adds (in its adds list, and in its target snapshot)
+    // and its removes (in its removes list, and in the committed snapshot it was planned from).
     let mut unreadable = Vec::new();
-    for prefix in ["pending", "snapshots"] {
-        let listed: Vec<_> = store.list(Some(&state.path(prefix))).try_collect().await?;
-        for meta in listed {
-            if keep.contains(&meta.location) || !meta.location.as_ref().ends_with(".parquet") {
-                continue;
+    let mut read_ok: Vec<String> = Vec::new();
+    let listed: Vec<_> = store
+        .list(Some(&state.path("pending")))
+        .try_collect()
+        .await?;
+    for meta in listed {
+        if !meta.location.as_ref().ends_with(".parquet") {
+            continue;
+        }
+        match ids::try_read(store, &meta.location).await? {
+            Ok(ids) => {
+                lists.push(ids.as_ref().clone());
+                read_ok.push(meta.location.to_string());
             }
-            match ids::try_read(store, &meta.location).await? {
-                Ok(ids) => lists.push(ids.as_ref().clone()),
-                Err(e) => unreadable.push(format!("{}: {e}", meta.location)),
-            }
+            Err(e) => unreadable.push((meta.location.to_string(), e)),
         }
     }
+    for (run, _) in state.snapshot_runs().await? {
+        let snapshot = format!("snapshots/{run}.parquet");
+        if committed.as_deref() == Some(snapshot.as_str()) {
+            continue;
+        }
+        let (main, copy) = (state.path(&snapshot), state.path(&replica(&snapshot)));
+        match ids::try_read(store, &main).await? {
+            Ok(ids) => lists.push(ids.as_ref().clone()),
+            Err(e) => match ids::try_read(store, &copy).await? {
+                Ok(ids) => lists.push(ids.as_ref().clone()),
+                Err(_) => {
+                    unreadable.push((main.to_string(), e));
+                    continue;
+                }
+            },
+        }
+        read_ok.push(main.to_string());
+    }
+    let removes_file = state.path(plan.map_or("pending/removes.parquet", |p| &p.removes_file));
+    let target = plan.map(|p| state.path(&p.target_snapshot).to_string());
+    let adds_file = plan.map(|p| state.path(&p.adds_file).to_string());
+    unreadable.retain(|(path, _)| {
+        // Removes are ids of the committed snapshot, which the union holds anyway.
+        if committed.is_some() && *path == removes_file.to_string() {
+            return false;
+        }
+        // The target snapshot holds every add of its plan.
+        !(adds_file.as_ref() == Some(path) && target.as_ref().is_some_and(|t| read_ok.contains(t)))
+    });
+    let unreadable: Vec<String> = unreadable
+        .into_iter()
+        .map(|(path, e)| format!("{path}: {e}"))
+        .collect();
     if !unreadable.is_empty() && !force {
         return Err(Error::config(
             None,

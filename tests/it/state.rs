@@ -635,3 +635,27 @@ fn a_shards_state_is_shown_and_repaired_with_its_shard() {
     let stats = partner.handle.stats();
     assert_eq!((stats.redundant_adds, stats.redundant_removes), (0, 0));
 }
+
+#[test]
+fn an_unreadable_id_list_of_an_unfinished_run_is_set_aside_exactly() {
+    for file in ["pending/adds.parquet", "pending/removes.parquet"] {
+        let (partner, project) = interrupted_at_t2(Partner::plain());
+        let state = project.cohort_state("active");
+        damage(&state.join(file), Damage::Garble);
+        let requests = partner.handle.stats().requests;
+        let refused = project.run(&["sync", "active", "--at", T2]);
+        assert_refused(
+            &refused,
+            &partner,
+            requests,
+            &[file, "cohort-bridge state repair active"],
+        );
+        let repair = project.run(&["state", "repair", "active"]);
+        assert_eq!(repair.code(), 0, "{file}: {}", repair.stderr());
+        project.run(&["sync", "active", "--at", T2]).summary();
+        assert!(
+            partner.members("active") == active_7d(T2),
+            "{file}: the partner holds a different set than the cohort"
+        );
+    }
+}
