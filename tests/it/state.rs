@@ -659,3 +659,36 @@ fn an_unreadable_id_list_of_an_unfinished_run_is_set_aside_exactly() {
         );
     }
 }
+
+#[test]
+fn a_first_sync_that_died_before_its_plan_is_started_over() {
+    // A first sync writes its target snapshot (its adds) before its plan, marked as not
+    // committed; nothing is sent before the plan. Such a leftover is not mistaken for a lost
+    // pointer.
+    let (partner, project) = synced_at_t1();
+    let state = project.cohort_state("active");
+    let leftover = project.dir.path().join("leftover");
+    copy_dir(&state.join("snapshots"), &leftover);
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::create_dir_all(state.join("pending/started")).unwrap();
+    copy_dir(&leftover, &state.join("snapshots"));
+    let name = files(&state.join("snapshots"))[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let run_id = name
+        .strip_suffix(".replica.parquet")
+        .or(name.strip_suffix(".parquet"))
+        .unwrap()
+        .to_string();
+    std::fs::write(state.join("pending/started").join(&run_id), b"").unwrap();
+    let s = project.run(&["sync", "active", "--at", T1]).summary();
+    assert_eq!(s["adds"], active_7d(T1).len() as u64);
+    assert!(partner.members("active") == active_7d(T1));
+    // Without the mark, the same leftover is a lost pointer.
+    std::fs::remove_file(state.join("current.json")).unwrap();
+    let refused = project.run(&["sync", "active", "--at", T1]);
+    assert_eq!(refused.code(), 2, "{}", refused.stderr());
+    assert!(refused.stderr().contains("state repair active"));
+}
