@@ -22,11 +22,10 @@
 //!     shards/<N>/<K>/            the same layout for shard K of N (`sync --shard K/N`)
 //! ```
 //!
-//! A run writes its plan (adds, removes, then `plan.json`) and the next snapshot while its first
-//! batches go out; acknowledged batches are journaled as they are acked, but only once
-//! `plan.json` is durable (before that a crash leaves nothing to resume: the next run starts
-//! over, and re-sending is harmless); a missing next snapshot is rebuilt from the base snapshot,
-//! the adds and the removes. When every batch is acknowledged the pointer is switched
+//! A run writes its plan (adds, removes, then `plan.json`) before its first request, so a run
+//! that dies before that has sent nothing and the next one starts over exactly; then the next
+//! snapshot while its batches go out, journaling acknowledged batches as they are acked; a
+//! missing next snapshot is rebuilt from the base snapshot, the adds and the removes. When every batch is acknowledged the pointer is switched
 //! (one atomic put) and `pending/` removed. After a crash anywhere, the pointer names either the
 //! old snapshot or the new one, and `pending/` says exactly what is left to send.
 //!
