@@ -692,3 +692,48 @@ fn a_first_sync_that_died_before_its_plan_is_started_over() {
     assert_eq!(refused.code(), 2, "{}", refused.stderr());
     assert!(refused.stderr().contains("state repair active"));
 }
+
+#[test]
+fn an_unfinished_run_written_before_formats_is_resumed() {
+    // The state a killed run of the previous release leaves: its plan without `format`, its
+    // journal objects without trailers, its snapshots without replicas.
+    let (partner, project) = interrupted_at_t2(Partner::plain());
+    let state = project.cohort_state("active");
+    let plan_path = state.join("pending/plan.json");
+    let mut plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    plan.as_object_mut().unwrap().remove("format").unwrap();
+    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap()).unwrap();
+    let mut journaled = 0;
+    for f in files(&state.join("pending/journal")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("end ")).collect();
+        journaled += lines.len();
+        std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+    }
+    for f in files(&state.join("snapshots")) {
+        if f.to_string_lossy().ends_with(".replica.parquet") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let s = project.run(&["sync", "active", "--at", T2]).summary();
+    assert_eq!(s["skipped_batches"], journaled as u64, "{s}");
+    assert_eq!(s["outcome"], "delivered");
+    assert!(partner.members("active") == active_7d(T2));
+    // Committed in the current format, with a replica.
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("current.json")).unwrap()).unwrap();
+    assert_eq!(pointer["format"], 2);
+    let snapshot = snapshot_file(&state);
+    assert!(
+        snapshot
+            .with_file_name(
+                snapshot
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace(".parquet", ".replica.parquet")
+            )
+            .exists()
+    );
+}
