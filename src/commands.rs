@@ -24,9 +24,19 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
             .map_err(|m| Error::config(config.file.clone(), m))?;
         credentials.push(config.credentials(&cohort.destination, &env_lookup)?);
     }
+    // SIGTERM/SIGINT stop a sync cleanly (see `signals`).
+    crate::signals::install();
     let lake = Lake::open(&config).await?;
     let mut code = exit::OK;
     for (name, creds) in cohorts.iter().zip(&credentials) {
+        if let Some(signal) = crate::signals::received() {
+            // The cohorts not started are simply not synced (no history row).
+            return Ok(if code == exit::OK {
+                exit::SIGNALLED + signal
+            } else {
+                code
+            });
+        }
         let started_at = Utc::now();
         let result = sync_cohort(&config, &lake, name, creds, options).await;
         let this_code = match &result {
@@ -62,20 +72,20 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
                 record.dead_letters = Some(summary.dead_letters);
             }
             Err(e) => {
-                let e = crate::redact::scrubbed(e.to_string());
-                eprintln!("error: cohort `{name}`: {e}");
+                let text = crate::redact::scrubbed(e.to_string());
+                eprintln!("error: cohort `{name}`: {text}");
+                let outcome = match e {
+                    Error::Locked(_) => "locked",
+                    Error::Interrupted { .. } => "interrupted",
+                    _ => "failed",
+                };
                 let line = serde_json::json!({
-                    "cohort": name, "outcome": "failed", "exit_code": this_code, "error": e,
+                    "cohort": name, "outcome": outcome, "exit_code": this_code, "error": text,
                 });
                 println!("{line}");
                 record.run_id = new_run_id();
-                record.outcome = if matches!(result, Err(Error::Locked(_))) {
-                    "locked"
-                } else {
-                    "failed"
-                }
-                .into();
-                record.error = Some(e);
+                record.outcome = outcome.into();
+                record.error = Some(text);
             }
         }
         if code == exit::OK {

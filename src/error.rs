@@ -16,6 +16,9 @@ pub mod exit {
     pub const PARTNER_REJECTED: i32 = 4;
     /// Another run holds this cohort's lock; nothing was done.
     pub const LOCKED: i32 = 5;
+    /// Stopped by a signal (128 + its number: 130 for SIGINT, 143 for SIGTERM): what was
+    /// acknowledged is journaled, the lock released; the next run resumes.
+    pub const SIGNALLED: i32 = 128;
 }
 
 /// Everything that can stop a command.
@@ -60,6 +63,14 @@ pub enum Error {
     /// A bug or an unexpected state.
     #[error("internal: {0}")]
     Internal(String),
+
+    /// SIGTERM or SIGINT stopped the run cleanly (exit 128 + `signal`).
+    #[error(
+        "interrupted by {}: no new batches were started, the answers in flight are journaled \
+         and the lock released; the next sync resumes where this one stopped",
+        crate::signals::name(*signal)
+    )]
+    Interrupted { signal: i32 },
 }
 
 impl Error {
@@ -76,6 +87,7 @@ impl Error {
             Error::Config { .. } | Error::Sql { .. } => exit::USAGE,
             Error::PartnerRejected { .. } => exit::PARTNER_REJECTED,
             Error::Locked(_) => exit::LOCKED,
+            Error::Interrupted { signal } => exit::SIGNALLED + signal,
             Error::Storage(_) | Error::Query(_) | Error::Delivery(_) | Error::Internal(_) => {
                 exit::FAILURE
             }

@@ -21,6 +21,7 @@ pub mod parallel;
 pub mod progress;
 pub mod query;
 pub mod redact;
+pub mod signals;
 pub mod state;
 pub mod sync;
 pub mod synth;

@@ -71,6 +71,20 @@ enum Command {
         /// `requests_per_second` (and a shard's 1/N share of it).
         #[arg(long, value_name = "R")]
         requests_per_second: Option<f64>,
+        /// The destination's base_url, partner or workspace key changed but it is the same
+        /// workspace: keep the committed state (what it holds) and send only the change.
+        #[arg(long, conflicts_with = "new_workspace")]
+        rebind: bool,
+        /// The destination is a new, empty workspace: send every member (the old state is kept
+        /// under replaced/).
+        #[arg(long)]
+        new_workspace: bool,
+    },
+    /// A cohort's state: `show` it, `unlock` a lock whose run is gone, `repair` a state file
+    /// that is missing or unreadable.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
     },
     /// Validate the project file and plan every cohort's SQL against the real tables, without
     /// running anything; lists every problem. Exit 2 if there is any.
@@ -164,6 +178,37 @@ enum Command {
     /// bodies encoded before the clock starts.
     #[command(hide = true)]
     HttpFloor { cohort: String, ids: usize },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateAction {
+    /// The pointer, snapshot, unfinished run and journal, lock, dead letters and any problem
+    /// with the command that fixes it, as JSON.
+    Show {
+        cohort: String,
+        #[arg(long, value_name = "K/N")]
+        shard: Option<cohort_bridge::cohort::shard::Shard>,
+    },
+    /// Release the cohort's lock if its run is gone (the lock expired); `--force` releases a
+    /// live or unreadable one (only when you are sure no run is going on).
+    Unlock {
+        cohort: String,
+        #[arg(long, value_name = "K/N")]
+        shard: Option<cohort_bridge::cohort::shard::Shard>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Repair missing or unreadable state files without guessing what the partner holds (the
+    /// pointer from the newest complete snapshot, a snapshot from its replica, unreadable
+    /// journal or dead-letter objects); refuses when an exact repair is impossible.
+    Repair {
+        cohort: String,
+        #[arg(long, value_name = "K/N")]
+        shard: Option<cohort_bridge::cohort::shard::Shard>,
+        /// Set an unfinished run aside even when some of its id lists are unreadable.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -278,6 +323,8 @@ async fn run(cli: Cli) -> i32 {
             allow_mass_removal,
             shard,
             requests_per_second,
+            rebind,
+            new_workspace,
         } => {
             let options = cohort_bridge::sync::SyncOptions {
                 at: at.at.unwrap_or_else(chrono::Utc::now),
@@ -287,8 +334,26 @@ async fn run(cli: Cli) -> i32 {
                 allow_mass_removal,
                 shard,
                 requests_per_second,
+                rebind,
+                new_workspace,
             };
             commands::sync(&cli.config, &cohorts, options).await
+        }
+        Command::State { action } => {
+            use cohort_bridge::state::cmd;
+            match action {
+                StateAction::Show { cohort, shard } => cmd::show(&cli.config, &cohort, shard).await,
+                StateAction::Unlock {
+                    cohort,
+                    shard,
+                    force,
+                } => cmd::unlock(&cli.config, &cohort, shard, force).await,
+                StateAction::Repair {
+                    cohort,
+                    shard,
+                    force,
+                } => cmd::repair(&cli.config, &cohort, shard, force).await,
+            }
         }
         Command::Ingest {
             source,

@@ -48,6 +48,13 @@ pub struct SyncOptions {
     /// Requests per second for this run, instead of the destination's (a shard's default is
     /// the destination's divided by the shard count).
     pub requests_per_second: Option<f64>,
+    /// The committed state is of another partner identity (endpoint, partner path or workspace
+    /// key changed) but the workspace is the same: adopt the state under the current identity
+    /// and send only the change.
+    pub rebind: bool,
+    /// The committed state is of another partner identity and the workspace is new: set the old
+    /// state aside (under `replaced/`) and send every member.
+    pub new_workspace: bool,
 }
 
 impl SyncOptions {
@@ -60,6 +67,8 @@ impl SyncOptions {
             allow_mass_removal: false,
             shard: None,
             requests_per_second: None,
+            rebind: false,
+            new_workspace: false,
         }
     }
 }
@@ -136,7 +145,8 @@ pub async fn sync_cohort(
         &lake.state.root,
         &cohort.destination,
         &cohort.cohort_id,
-    );
+    )
+    .named(&cohort.name);
     let state = match options.shard {
         Some(shard) => root.shard(shard.index, shard.count),
         None => root.clone(),
@@ -174,6 +184,7 @@ pub async fn sync_cohort(
         return Ok(summary);
     }
 
+    crate::signals::check()?;
     let lock = Lock::acquire(&state, &run_id, config.state.lock_ttl).await?;
     let kept = lock::keep_alive(lock);
     let result = run.sync(lake, &mut summary, &started, &kept).await;
@@ -189,8 +200,8 @@ pub async fn sync_cohort(
 
 /// Names the partner workspace a snapshot belongs to: the endpoint, the partner path and a short
 /// fingerprint of the workspace key (32 bits of a hash: enough to tell workspaces apart, far too
-/// little to recover anything). Changing any of them means the partner holds nothing we
-/// know of, so the next sync is a full one.
+/// little to recover anything). When any of them changes, a sync refuses until told whether
+/// the workspace is the same (`--rebind`) or new (`--new-workspace`).
 pub fn partner_identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
     // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
     let hash = credentials
@@ -247,11 +258,37 @@ impl Run<'_> {
         let braze = Arc::new(Braze::new(self.dest, self.credentials, self.cohort));
 
         // 1. An interrupted run first: finish exactly its plan.
-        if let Some(plan) = self.state.plan().await? {
+        let mut resumed = false;
+        let plan = self.state.plan().await?;
+        if plan.is_none() {
+            self.refuse_lost_plan().await?;
+        }
+        if let Some(mut plan) = plan {
             let pointer = self.state.pointer().await?;
+            let mut discard = false;
             if plan.partner != self.partner {
-                warn!(cohort = %self.cohort.name, run = %plan.run_id, plan_partner = %plan.partner,
-                    partner = %self.partner, "discarding an interrupted run planned for another partner endpoint or workspace");
+                if self.options.rebind {
+                    warn!(cohort = %self.cohort.name, run = %plan.run_id, plan_partner = %plan.partner,
+                        partner = %self.partner, "--rebind: resuming the interrupted run under the current partner identity");
+                    plan.partner = self.partner.clone();
+                    state::write_json(
+                        self.state.store.as_ref(),
+                        &self.state.path("pending/plan.json"),
+                        &plan,
+                    )
+                    .await?;
+                } else if self.options.new_workspace {
+                    warn!(cohort = %self.cohort.name, run = %plan.run_id, plan_partner = %plan.partner,
+                        partner = %self.partner, "--new-workspace: discarding an interrupted run planned for the old partner");
+                    discard = true;
+                } else {
+                    return Err(self.identity_refusal(
+                        &format!("an interrupted run ({})", plan.run_id),
+                        &plan.partner,
+                    ));
+                }
+            }
+            if discard {
                 let keep = pointer
                     .as_ref()
                     .map(|p| p.snapshot.clone())
@@ -262,40 +299,45 @@ impl Run<'_> {
                 self.state.clean_up(&plan.target_snapshot).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
-                let (sent, skipped) = self.deliver(&plan, &braze, &sender, None, None).await?;
+                // Everything the commit will need must be readable before anything is sent.
+                dead::pending(self.state).await?;
+                let (sent, skipped) = self.deliver(&plan, &braze, &sender, None).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
                 summary.batches += sent;
                 lock.check()?;
                 self.finish(&plan, summary).await?;
+                resumed = true;
             }
         }
 
-        // 2. This run's change.
-        let change = self.change(lake, summary, started).await?;
+        // 2. This run's change (a signal during the query stops here: nothing was planned).
+        let change = crate::signals::interruptible(self.change(lake, summary, started)).await?;
         let nothing_to_send = change.adds.is_empty() && change.removes.is_empty();
         if nothing_to_send && change.base.is_some() && summary.removes_held_back == 0 {
-            summary.outcome = "unchanged";
+            // A run that finished an interrupted one delivered that (its batches are counted).
+            summary.outcome = if resumed { "delivered" } else { "unchanged" };
         } else {
-            // Sending starts at once; the plan files are written meanwhile, and the journal
-            // records acknowledgements only once `plan.json` is durable (before that, a crash
-            // leaves nothing to resume and the next run simply starts over).
+            // Nothing is sent before the plan is durable: a run that dies before that has sent
+            // nothing, so starting over is exact (ids sent from a plan that no file records could
+            // be stranded at the partner if they left the cohort before the next run). The
+            // target snapshot of an incremental plan is written while its batches go out (a
+            // crash before it is written is repaired by `rebuild_target`).
             let plan = self.plan_meta(&change, &summary.run_id);
-            let (durable, plan_durable) = tokio::sync::oneshot::channel();
+            self.write_plan(&change, &plan).await?;
             let write = async {
-                self.write_plan(&change, &plan).await?;
-                let _ = durable.send(());
                 if plan.adds_file != plan.target_snapshot {
-                    let path = self.state.path(&plan.target_snapshot);
-                    ids::write(self.state.store.as_ref(), &path, change.target.clone()).await?;
+                    let paths = [
+                        self.state.path(&plan.target_snapshot),
+                        self.state.path(&state::replica(&plan.target_snapshot)),
+                    ];
+                    ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await?;
                 }
                 Ok::<(), Error>(())
             };
             let lists = Some([change.adds.clone(), change.removes.clone()]);
-            let (delivered, written) = tokio::join!(
-                self.deliver(&plan, &braze, &sender, lists, Some(plan_durable)),
-                write
-            );
+            let (delivered, written) =
+                tokio::join!(self.deliver(&plan, &braze, &sender, lists), write);
             let (sent, _) = delivered?;
             written?;
             summary.batches += sent;
@@ -339,7 +381,12 @@ impl Run<'_> {
 
         summary.snapshot_members = snapshot.len() as u64;
         let now = members.ids.clone();
-        let full = self.options.full;
+        let repaired = base.as_ref().is_some_and(|p| p.resend_all);
+        if repaired && !self.options.full {
+            warn!(cohort = %self.cohort.name,
+                "`state repair` set aside an unfinished run it could not read: re-sending every member and removing every snapshot id not in the cohort (as --full)");
+        }
+        let full = self.options.full || repaired;
         // `adds` is the members array itself (not a copy) when everything is sent: the plan
         // then stores it once, as the target snapshot.
         let (adds, removes) = if snapshot.is_empty() {
@@ -403,6 +450,7 @@ impl Run<'_> {
         };
         let size = self.dest.batch_size;
         PlanMeta {
+            format: state::FORMAT,
             run_id: run_id.to_string(),
             created_at: Utc::now(),
             at: self.options.at,
@@ -426,9 +474,17 @@ impl Run<'_> {
     /// *are* the target.
     async fn write_plan(&self, change: &Change, plan: &PlanMeta) -> Result<()> {
         let store = self.state.store.as_ref();
+        if plan.adds_file == plan.target_snapshot {
+            // This snapshot exists before its plan: mark it as not committed.
+            self.state.mark_started(&plan.run_id).await?;
+        }
         let write = |file: &str, ids: &Arc<StringArray>| {
-            let (path, ids) = (self.state.path(file), ids.clone());
-            async move { ids::write(store, &path, ids).await }
+            let mut paths = vec![self.state.path(file)];
+            if file == plan.target_snapshot {
+                paths.push(self.state.path(&state::replica(file)));
+            }
+            let ids = ids.clone();
+            async move { ids::write_to(store, &paths, ids).await }
         };
         tokio::try_join!(
             write(&plan.adds_file, &change.adds),
@@ -447,17 +503,22 @@ impl Run<'_> {
         sender: &Sender,
         // The plan's adds and removes when this process made it (else read from the plan).
         in_memory: Option<[Arc<StringArray>; 2]>,
-        // Resolves when `plan.json` is durable (a plan being written while it is sent).
-        plan_durable: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<(u64, u64)> {
-        let store = self.state.store.as_ref();
-        let acked = journal::read(self.state).await?;
+        let acked = journal::read(self.state, plan.format).await?;
+        // Everything the plan needs is read before anything is sent.
+        let lists = match in_memory {
+            Some(lists) => lists,
+            None => [
+                self.state.ids(&plan.adds_file).await?,
+                self.state.ids(&plan.removes_file).await?,
+            ],
+        };
         sender
             .send(&braze.create_cohort(plan.at))
             .await
             .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination))?;
 
-        let journal = Journal::start(self.state.clone(), new_run_id(), plan_durable);
+        let journal = Journal::start(self.state.clone(), new_run_id(), None);
         let total = plan.add_batches + plan.remove_batches;
         let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
@@ -465,14 +526,11 @@ impl Run<'_> {
         let breaker = Breaker::new(total);
         let breaker = &breaker;
         let mut result = Ok(());
-        for (k, remove, file, offset) in [
-            (0, false, &plan.adds_file, 0),
-            (1, true, &plan.removes_file, plan.add_batches),
-        ] {
-            let ids = match &in_memory {
-                Some(lists) => lists[k].clone(),
-                None => ids::read(store, &self.state.path(file)).await?,
-            };
+        for (k, remove, offset) in [(0, false, 0), (1, true, plan.add_batches)] {
+            if crate::signals::received().is_some() {
+                break;
+            }
+            let ids = lists[k].clone();
             let batches: Vec<_> = batches(ids.len(), plan.batch_size)
                 .into_iter()
                 .map(|(n, range)| (n + offset, range))
@@ -481,13 +539,22 @@ impl Run<'_> {
             if batches.is_empty() {
                 continue;
             }
-            let requests =
-                encode_in_background(braze.clone(), ids.clone(), batches, remove, window);
+            // After a signal no new request is pulled; those in flight finish and are journaled.
+            let requests = crate::signals::until_signalled(encode_in_background(
+                braze.clone(),
+                ids.clone(),
+                batches,
+                remove,
+                window,
+            ));
             let (journal, progress) = (&journal, &progress);
             result = sender
                 .for_each(requests, |request| {
                     let ids = ids.clone();
                     async move {
+                        if crate::signals::received().is_some() {
+                            return Ok(());
+                        }
                         match sender.send(&request).await {
                             Ok(()) => {}
                             Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
@@ -517,6 +584,7 @@ impl Run<'_> {
         let journaled = journal.finish().await;
         result?;
         journaled?;
+        crate::signals::check()?;
         Ok((todo, total - todo))
     }
 
@@ -550,7 +618,11 @@ impl Run<'_> {
             })
             .await;
             members = adjusted.len() as u64;
-            ids::write(store, &target_path, adjusted).await?;
+            let paths = [
+                target_path.clone(),
+                self.state.path(&state::replica(&plan.target_snapshot)),
+            ];
+            ids::write_to(store, &paths, adjusted).await?;
             dead::write(
                 self.state,
                 &plan.run_id,
@@ -560,6 +632,11 @@ impl Run<'_> {
             )
             .await?;
             summary.dead_letters += dead.len() as u64;
+        } else {
+            let replica = self.state.path(&state::replica(&plan.target_snapshot));
+            if let Err(object_store::Error::NotFound { .. }) = store.head(&replica).await {
+                ids::copy(store, &target_path, &replica).await?;
+            }
         }
         self.state.commit(plan, members).await?;
         self.state.clean_up(&plan.target_snapshot).await
@@ -574,6 +651,8 @@ struct Layout {
     parts: Vec<(CohortState, Option<Pointer>)>,
     /// A part has an unfinished run, or a run holds a part's lock now.
     busy: bool,
+    /// Commits of parts for another partner identity (when they are not taken as this one's).
+    foreign: Vec<(String, DateTime<Utc>)>,
     /// Where its state lives (to name it in messages).
     dir: String,
 }
@@ -619,30 +698,72 @@ impl Run<'_> {
     async fn base(&self) -> Result<(Option<Pointer>, Arc<StringArray>)> {
         let own = match self.state.pointer().await? {
             Some(p) if p.partner != self.partner => {
-                warn!(cohort = %self.cohort.name, snapshot_partner = %p.partner, partner = %self.partner,
-                    "the committed snapshot is of another partner endpoint or workspace; sending the whole cohort");
+                if self.options.rebind {
+                    Some(self.rebind(p).await?)
+                } else if self.options.new_workspace {
+                    self.set_aside(&p).await?;
+                    None
+                } else {
+                    return Err(self.identity_refusal(
+                        &format!(
+                            "the committed snapshot (run {}, {} members)",
+                            p.run_id, p.members
+                        ),
+                        &p.partner,
+                    ));
+                }
+            }
+            Some(p) => {
+                if self.options.rebind || self.options.new_workspace {
+                    info!(cohort = %self.cohort.name,
+                        "the committed snapshot is already this partner's: nothing to rebind or start over; syncing the change");
+                }
+                Some(p)
+            }
+            None => {
+                if !self.options.new_workspace {
+                    self.refuse_orphans().await?;
+                }
                 None
             }
-            other => other,
         };
         let own_at = own.as_ref().map(|p| p.committed_at);
         let layouts = self.other_layouts().await?;
+        if !self.options.new_workspace
+            && let Some((partner, _)) = layouts
+                .iter()
+                .flat_map(|l| &l.foreign)
+                .find(|(_, at)| Some(*at) > own_at)
+        {
+            return Err(self.identity_refusal(
+                "a more recent commit of another layout (unsharded or another shard count)",
+                partner,
+            ));
+        }
         let refuse = |layout: &Layout, why: &str| {
+            let (sync, show) = match layout.shards {
+                Some(_) => (
+                    format!(
+                        "cohort-bridge sync {} --shard K/N` for each K",
+                        self.cohort.name
+                    ),
+                    format!("cohort-bridge state show {} --shard K/N", self.cohort.name),
+                ),
+                None => (
+                    format!("cohort-bridge sync {}` without --shard", self.cohort.name),
+                    format!("cohort-bridge state show {}", self.cohort.name),
+                ),
+            };
             Error::config(
                 self.config.file.clone(),
                 format!(
                     "cohort `{}` also ran {} ({why}), so what the partner holds is not known \
                      here. Let that layout's runs finish and run every part of it once \
-                     (`sync {} {}`), then switch; or, if that layout is abandoned, delete its \
-                     state ({})",
+                     (`{sync}; `{show}` shows a part's lock and unfinished run, `state unlock` \
+                     releases a dead run's lock), then switch; or, if that layout is abandoned, \
+                     delete its state ({})",
                     self.cohort.name,
                     layout.name(),
-                    self.cohort.name,
-                    if layout.shards.is_some() {
-                        "--shard K/N for each K"
-                    } else {
-                        "without --shard"
-                    },
                     layout.dir,
                 ),
             )
@@ -696,13 +817,21 @@ impl Run<'_> {
                 shards,
                 parts: Vec::new(),
                 busy: false,
+                foreign: Vec::new(),
                 dir: match shards {
                     None => self.root.dir.to_string(),
                     Some(n) => format!("{}/shards/{n}", self.root.dir),
                 },
             };
             for state in states {
-                let pointer = state.pointer().await?.filter(|p| p.partner == self.partner);
+                let pointer = match state.pointer().await? {
+                    // `--rebind` takes every layout's commits as this partner's.
+                    Some(p) if p.partner != self.partner && !self.options.rebind => {
+                        layout.foreign.push((p.partner, p.committed_at));
+                        None
+                    }
+                    other => other,
+                };
                 let plan = state.plan().await?;
                 layout.busy |= plan.is_some_and(|p| p.partner == self.partner)
                     || lock::holder(&state).await?.is_some();
@@ -733,24 +862,28 @@ impl Run<'_> {
         if !self.options.dry_run {
             let run_id = format!("adopted-{}", new_run_id());
             let snapshot = format!("snapshots/{run_id}.parquet");
-            ids::write(
-                self.state.store.as_ref(),
-                &self.state.path(&snapshot),
-                ids.clone(),
-            )
-            .await?;
+            // Not committed until the pointer names it.
+            self.state.mark_started(&run_id).await?;
+            let paths = [
+                self.state.path(&snapshot),
+                self.state.path(&state::replica(&snapshot)),
+            ];
+            ids::write_to(self.state.store.as_ref(), &paths, ids.clone()).await?;
             let pointer = Pointer {
-                run_id,
+                format: state::FORMAT,
+                run_id: run_id.clone(),
                 partner: self.partner.clone(),
                 snapshot,
                 members: ids.len() as u64,
                 // As current as the layout it was taken from.
                 committed_at: layout.latest().unwrap_or_else(Utc::now),
+                resend_all: false,
+                note: Some(format!("adopted from {}", layout.name())),
             };
-            state::write_json(
+            self.state.write_pointer(&pointer).await?;
+            state::delete_if_exists(
                 self.state.store.as_ref(),
-                &self.state.path("current.json"),
-                &pointer,
+                &self.state.path(&format!("pending/started/{run_id}")),
             )
             .await?;
         }
@@ -770,17 +903,23 @@ impl Run<'_> {
                 match pointer {
                     Some(p) if &p.run_id == run => self.state.snapshot(Some(&p)).await?,
                     _ => {
-                        return Err(Error::Storage(format!(
-                            "{}: the plan's base snapshot (run {run}) is no longer the committed one; \
-                             cannot rebuild its target. Run with --full to repair.",
-                            self.state.dir
-                        )));
+                        return Err(Error::config(
+                            None,
+                            format!(
+                                "{}: the unfinished run's base snapshot (run {run}) is no longer \
+                                 the committed one, so its target cannot be rebuilt; nothing was \
+                                 committed. Run {} (it sets the unfinished run aside and makes \
+                                 the next sync re-send everything and remove what left)",
+                                self.state.dir,
+                                self.state.fix("repair")
+                            ),
+                        ));
                     }
                 }
             }
         };
-        let adds = ids::read(store, &self.state.path(&plan.adds_file)).await?;
-        let removes = ids::read(store, &self.state.path(&plan.removes_file)).await?;
+        let adds = self.state.ids(&plan.adds_file).await?;
+        let removes = self.state.ids(&plan.removes_file).await?;
         let target = on_rayon(move || {
             let kept = diff::diff(&removes, &base).adds;
             Arc::new(diff::union(&kept, &adds))
@@ -837,6 +976,132 @@ impl Breaker {
                  fix the cause and rerun: acknowledged batches are not re-sent"
             ),
         })
+    }
+}
+
+impl Run<'_> {
+    /// `sync` without `--shard K/N`, or with this run's.
+    fn sync_command(&self) -> String {
+        match self.options.shard {
+            Some(shard) => format!("cohort-bridge sync {} --shard {shard}", self.cohort.name),
+            None => format!("cohort-bridge sync {}", self.cohort.name),
+        }
+    }
+
+    /// The state is of another partner identity: what to do about it.
+    fn identity_refusal(&self, what: &str, theirs: &str) -> Error {
+        let sync = self.sync_command();
+        Error::config(
+            self.config.file.clone(),
+            format!(
+                "cohort `{}`: {what} is for partner `{theirs}`, but destination `{}` is now \
+                 `{}` (its base_url, partner or workspace key changed). Nothing was sent: \
+                 starting over would leave members who left at the partner. If it is the same \
+                 workspace under a new URL or key, keep what it holds and send only the change: \
+                 `{sync} --rebind`. If it is a new, empty workspace, send every member there: \
+                 `{sync} --new-workspace` (the old state is kept under replaced/). See `{}`",
+                self.cohort.name,
+                self.cohort.destination,
+                self.partner,
+                self.state.fix("show").trim_matches('`'),
+            ),
+        )
+    }
+
+    /// `--rebind`: the committed snapshot, under the current partner identity.
+    async fn rebind(&self, mut pointer: Pointer) -> Result<Pointer> {
+        warn!(cohort = %self.cohort.name, from = %pointer.partner, to = %self.partner,
+            "--rebind: the committed snapshot is taken as held by the current partner identity");
+        pointer.note = Some(format!(
+            "rebound at {} from {}",
+            Utc::now().to_rfc3339(),
+            pointer.partner
+        ));
+        pointer.partner = self.partner.clone();
+        pointer.format = state::FORMAT;
+        if !self.options.dry_run {
+            self.state.write_pointer(&pointer).await?;
+        }
+        Ok(pointer)
+    }
+
+    /// `--new-workspace`: keeps the old pointer and its snapshot under `replaced/` (what the
+    /// old workspace was sent), then the run starts from nothing.
+    async fn set_aside(&self, old: &Pointer) -> Result<()> {
+        warn!(cohort = %self.cohort.name, from = %old.partner, to = %self.partner, run = %old.run_id,
+            members = old.members,
+            "--new-workspace: sending every member; the old partner's state is kept under replaced/");
+        if self.options.dry_run {
+            return Ok(());
+        }
+        let store = self.state.store.as_ref();
+        let name = format!("replaced/{}", old.run_id);
+        state::write_json(store, &self.state.path(&format!("{name}.json")), old).await?;
+        if let Err(e) = ids::copy(
+            store,
+            &self.state.path(&old.snapshot),
+            &self.state.path(&format!("{name}.parquet")),
+        )
+        .await
+        {
+            warn!(error = %e, "cannot keep the old snapshot under replaced/");
+        }
+        // `current.json` stays until this run commits: a crash before that refuses again.
+        Ok(())
+    }
+
+    /// No `plan.json`, but a journal: the plan of a run that delivered batches was lost, and
+    /// starting over could strand ids it sent.
+    async fn refuse_lost_plan(&self) -> Result<()> {
+        let journal = self.state.path("pending/journal");
+        let listed = self.state.store.list_with_delimiter(Some(&journal)).await?;
+        if listed.objects.is_empty() {
+            return Ok(());
+        }
+        Err(Error::config(
+            None,
+            format!(
+                "state file {} is missing, but {journal} shows an unfinished run delivered \
+                 batches; starting over could leave ids it sent at the partner. Nothing was sent. \
+                 Run {} (it sets that run aside; the next sync re-sends every member and removes \
+                 every id that run may have sent that is not in the cohort)",
+                self.state.path("pending/plan.json"),
+                self.state.fix("repair"),
+            ),
+        ))
+    }
+
+    /// No pointer: fine if nothing was ever committed; but snapshots of committed runs mean the
+    /// pointer was lost, and starting over would strand members.
+    async fn refuse_orphans(&self) -> Result<()> {
+        let mut uncommitted = self.state.started().await?;
+        if let Some(plan) = self.state.plan().await? {
+            uncommitted.push(plan.run_id);
+        }
+        let orphans: Vec<String> = self
+            .state
+            .snapshot_runs()
+            .await?
+            .into_iter()
+            .map(|(run, _)| run)
+            .filter(|run| !uncommitted.contains(run))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        Err(Error::config(
+            None,
+            format!(
+                "state file {} is missing, but snapshots of committed runs are there ({}): what \
+                 the partner holds is recorded, only the pointer is lost. Nothing was sent. Run \
+                 {} to restore it from the newest complete snapshot; or, if the partner \
+                 workspace is new and empty, `{} --new-workspace`",
+                self.state.path("current.json"),
+                orphans.join(", "),
+                self.state.fix("repair"),
+                self.sync_command(),
+            ),
+        ))
     }
 }
 

@@ -21,6 +21,7 @@ fn state_of(lake: &Lake, table: &str) -> (CohortState, String) {
         CohortState {
             store: lake.state.store.clone(),
             dir: lake.state.child(&rel),
+            label: table.to_string(),
         },
         lake.state.child_url(&rel),
     )
@@ -48,6 +49,15 @@ pub async fn acquire(lake: &Lake, table: &str, run_id: &str, ttl: Duration) -> R
                  lock-*.json objects in {url} to release the table now"
             )))
         }
+        // An unreadable lock object: the `state` command is per cohort, so say what to do here.
+        Err(Error::Config { .. }) => Err(Error::config(
+            None,
+            format!(
+                "table `{table}`: its lock in {url} is unreadable, so whether an ingest is \
+                 writing it is unknown; nothing was done. If none is running, delete the \
+                 lock-*.json objects there"
+            ),
+        )),
         Err(e) => Err(e),
     }
 }

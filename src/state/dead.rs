@@ -15,10 +15,15 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use super::{CohortState, read_json, write_json};
+use super::{CohortState, Read, try_read_json, write_json};
 use crate::error::{Error, Result};
 
-const PENDING: &str = "pending/dead";
+pub const PENDING: &str = "pending/dead";
+
+/// The batch number of a pending dead-letter object (`pending/dead/<batch>.json`).
+pub fn batch_of(path: &object_store::path::Path) -> Option<u64> {
+    path.filename()?.strip_suffix(".json")?.parse().ok()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -49,10 +54,11 @@ pub async fn pending(state: &CohortState) -> Result<Vec<DeadLetter>> {
         .await?;
     let mut out = Vec::new();
     for meta in listed {
-        let batch: Vec<DeadLetter> = read_json(state.store.as_ref(), &meta.location)
-            .await?
-            .unwrap_or_default();
-        out.extend(batch);
+        match try_read_json::<Vec<DeadLetter>>(state.store.as_ref(), &meta.location).await? {
+            Read::Ok(batch) => out.extend(batch),
+            Read::Missing => {}
+            Read::Corrupt(why) => return Err(state.unreadable(&meta.location, &why, "repair")),
+        }
     }
     out.sort_by(|a, b| (&a.change, &a.user_id).cmp(&(&b.change, &b.user_id)));
     Ok(out)

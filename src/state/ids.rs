@@ -20,8 +20,42 @@ use crate::parallel::on_rayon;
 
 /// Writes `ids` (already sorted and distinct) to `path`, replacing it atomically.
 pub async fn write(store: &dyn ObjectStore, path: &Path, ids: Arc<StringArray>) -> Result<()> {
+    write_to(store, std::slice::from_ref(path), ids).await
+}
+
+/// Encodes `ids` once and writes the same bytes to every path (a snapshot and its replica).
+pub async fn write_to(
+    store: &dyn ObjectStore,
+    paths: &[Path],
+    ids: Arc<StringArray>,
+) -> Result<()> {
     let bytes = on_rayon(move || encode(&ids)).await?;
-    store.put(path, bytes.into()).await?;
+    futures::future::try_join_all(paths.iter().map(|path| {
+        let bytes = bytes.clone();
+        async move {
+            store
+                .put(path, bytes.into())
+                .await
+                .map_err(|e| Error::Storage(format!("{path}: {e}")))
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
+/// Copies an object (read, then write; every store can).
+pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()> {
+    let bytes = store
+        .get(from)
+        .await
+        .map_err(|e| Error::Storage(format!("{from}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| Error::Storage(format!("{from}: {e}")))?;
+    store
+        .put(to, bytes.into())
+        .await
+        .map_err(|e| Error::Storage(format!("{to}: {e}")))?;
     Ok(())
 }
 
@@ -55,15 +89,27 @@ fn encode(ids: &StringArray) -> Result<Bytes> {
 
 /// Reads an id list written by [`write`].
 pub async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Arc<StringArray>> {
-    let bytes = store
-        .get(path)
-        .await
-        .map_err(|e| Error::Storage(format!("{path}: {e}")))?
+    try_read(store, path)
+        .await?
+        .map_err(|why| Error::Storage(format!("{path}: {why}")))
+}
+
+/// Reads an id list: a store failure is an error; a missing object, or one that is not a sorted,
+/// distinct id list, is the inner `Err` with the reason.
+pub async fn try_read(
+    store: &dyn ObjectStore,
+    path: &Path,
+) -> Result<std::result::Result<Arc<StringArray>, String>> {
+    let got = match store.get(path).await {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Err("missing".into())),
+        Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
+    };
+    let bytes = got
         .bytes()
         .await
         .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
-    let name = path.to_string();
-    on_rayon(move || decode(bytes).map_err(|e| Error::Storage(format!("{name}: {e}")))).await
+    Ok(on_rayon(move || decode(bytes)).await)
 }
 
 fn decode(bytes: Bytes) -> std::result::Result<Arc<StringArray>, String> {
@@ -83,7 +129,21 @@ fn decode(bytes: Bytes) -> std::result::Result<Arc<StringArray>, String> {
     }
     let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
     let all = concat(&refs).map_err(|e| e.to_string())?;
-    Ok(Arc::new(all.as_string::<i32>().clone()))
+    let ids = all.as_string::<i32>().clone();
+    // Every list is written sorted and distinct; anything else is damage.
+    if ids.null_count() > 0 {
+        return Err("corrupt id list: null ids".into());
+    }
+    if let Some(i) =
+        (1..ids.len()).find(|&i| ids.value(i - 1).as_bytes() >= ids.value(i).as_bytes())
+    {
+        return Err(format!(
+            "corrupt id list: not sorted and distinct at row {i} (`{}` then `{}`)",
+            ids.value(i - 1),
+            ids.value(i)
+        ));
+    }
+    Ok(Arc::new(ids))
 }
 
 #[cfg(test)]

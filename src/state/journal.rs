@@ -18,27 +18,92 @@ const DIR: &str = "pending/journal";
 /// batches are sent again on resume, which set semantics make harmless).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Every batch number journaled so far for the pending plan.
-pub async fn read(state: &CohortState) -> Result<BTreeSet<u64>> {
+/// Every batch number journaled so far for the pending plan. `format` is the plan's: from 2
+/// on every object must end with its trailer (`end <count>`), so a truncated one is detected.
+/// An unreadable object stops the run (exit 2) naming it and `state repair`, which drops it
+/// (its batches are sent again: harmless).
+pub async fn read(state: &CohortState, format: u32) -> Result<BTreeSet<u64>> {
+    let mut acked = BTreeSet::new();
+    for (path, parsed) in read_objects(state, format).await? {
+        match parsed {
+            Ok(batches) => acked.extend(batches),
+            Err(why) => return Err(state.unreadable(&path, &why, "repair")),
+        }
+    }
+    Ok(acked)
+}
+
+/// Each journal object with its batch numbers, or why it cannot be trusted.
+pub async fn read_objects(
+    state: &CohortState,
+    format: u32,
+) -> Result<
+    Vec<(
+        object_store::path::Path,
+        std::result::Result<Vec<u64>, String>,
+    )>,
+> {
     let listed: Vec<_> = state
         .store
         .list(Some(&state.path(DIR)))
         .try_collect()
         .await?;
-    let mut acked = BTreeSet::new();
+    let mut out = Vec::new();
     for meta in listed {
         let bytes = state.store.get(&meta.location).await?.bytes().await?;
-        let text = String::from_utf8_lossy(&bytes);
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            // A torn object cannot happen (puts are atomic); anything unparsable is a bug or
-            // tampering, and resuming from it would be guessing.
-            let n = line.parse::<u64>().map_err(|_| {
-                Error::Storage(format!("{}: corrupt journal line `{line}`", meta.location))
-            })?;
-            acked.insert(n);
-        }
+        out.push((meta.location, parse(&bytes, format >= 2)));
     }
-    Ok(acked)
+    Ok(out)
+}
+
+fn parse(bytes: &[u8], trailer_required: bool) -> std::result::Result<Vec<u64>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let mut batches = Vec::new();
+    let mut ended = None;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if ended.is_some() {
+            return Err("lines after the trailer".into());
+        }
+        if let Some(count) = line.strip_prefix("end ") {
+            ended = Some(
+                count
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad trailer `{line}`"))?,
+            );
+            continue;
+        }
+        // Puts are atomic, so a torn object means damage or tampering; resuming from it
+        // would be guessing.
+        batches.push(
+            line.parse::<u64>()
+                .map_err(|_| format!("corrupt journal line `{line}`"))?,
+        );
+    }
+    match ended {
+        Some(n) if n != batches.len() => Err(format!(
+            "the trailer counts {n} batches, the object holds {}",
+            batches.len()
+        )),
+        None if trailer_required => Err("truncated: no trailer line".into()),
+        _ => Ok(batches),
+    }
+}
+
+/// Writes one journal object (with its trailer).
+pub async fn write_object(
+    state: &CohortState,
+    name: &str,
+    batches: &[u64],
+) -> Result<object_store::path::Path> {
+    let mut body: String = batches.iter().map(|n| format!("{n}\n")).collect();
+    body.push_str(&format!("end {}\n", batches.len()));
+    let path = state.path(&format!("{DIR}/{name}"));
+    state
+        .store
+        .put(&path, body.into_bytes().into())
+        .await
+        .map_err(|e| Error::Storage(format!("{path}: journal write failed: {e}")))?;
+    Ok(path)
 }
 
 /// Appends acknowledged batch numbers in the background.
@@ -74,13 +139,7 @@ impl Journal {
                     group.push(n);
                 }
                 seq += 1;
-                let body: String = group.iter().map(|n| format!("{n}\n")).collect();
-                let path = state.path(&format!("{DIR}/{writer}-{seq:08}.acks"));
-                state
-                    .store
-                    .put(&path, body.into_bytes().into())
-                    .await
-                    .map_err(|e| Error::Storage(format!("{path}: journal write failed: {e}")))?;
+                write_object(&state, &format!("{writer}-{seq:08}.acks"), &group).await?;
                 written += group.len() as u64;
             }
             Ok(written)
@@ -99,5 +158,24 @@ impl Journal {
         self.task
             .await
             .map_err(|e| Error::Internal(format!("journal writer: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn a_truncated_object_is_detected_from_format_2() {
+        assert_eq!(parse(b"1\n2\nend 2\n", true), Ok(vec![1, 2]));
+        assert!(parse(b"1\n2\n", true).is_err());
+        assert!(parse(b"1\n2\nend 3\n", true).is_err());
+        assert!(parse(b"1\n2\nen", true).is_err());
+        assert_eq!(
+            parse(b"1\n2\n", false),
+            Ok(vec![1, 2]),
+            "format 1 had no trailer"
+        );
+        assert!(parse(b"1\nx2\n", false).is_err());
     }
 }

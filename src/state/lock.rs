@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{CohortState, delete_if_exists, read_json};
+use super::{CohortState, Read, delete_if_exists, try_read_json};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,11 +32,11 @@ pub struct Lock {
     ttl: Duration,
 }
 
-fn lock_name(generation: u64) -> String {
+pub fn lock_name(generation: u64) -> String {
     format!("lock-{generation:010}.json")
 }
 
-async fn generations(state: &CohortState) -> Result<Vec<u64>> {
+pub async fn generations(state: &CohortState) -> Result<Vec<u64>> {
     let listed = state.store.list_with_delimiter(Some(&state.dir)).await?;
     let mut gens: Vec<u64> = listed
         .objects
@@ -48,14 +48,56 @@ async fn generations(state: &CohortState) -> Result<Vec<u64>> {
     Ok(gens)
 }
 
+/// Reads a lock file; an unreadable one stops everything (exit 2) naming
+/// `state unlock --force` (its expiry cannot be known).
+async fn read_lock(state: &CohortState, path: &Path) -> Result<Option<LockInfo>> {
+    match try_read_json::<LockInfo>(state.store.as_ref(), path).await? {
+        Read::Ok(info) => Ok(Some(info)),
+        Read::Missing => Ok(None),
+        Read::Corrupt(why) => Err(Error::config(
+            None,
+            format!(
+                "lock file {path} is unreadable ({why}), so whether a run holds the cohort is \
+                 unknown; nothing was sent. If no run of it is going on, run {}",
+                state.fix("unlock --force")
+            ),
+        )),
+    }
+}
+
 /// The live lock of `state`, if a run holds one now.
 pub async fn holder(state: &CohortState) -> Result<Option<LockInfo>> {
     let Some(&g) = generations(state).await?.last() else {
         return Ok(None);
     };
-    let held: Option<LockInfo> =
-        read_json(state.store.as_ref(), &state.path(&lock_name(g))).await?;
+    let held = read_lock(state, &state.path(&lock_name(g))).await?;
     Ok(held.filter(|h| h.expires_at > Utc::now()))
+}
+
+/// The newest lock file and what it says (`Err`: unreadable, with why), expired or not.
+pub async fn newest(
+    state: &CohortState,
+) -> Result<Option<(Path, std::result::Result<LockInfo, String>)>> {
+    let Some(&g) = generations(state).await?.last() else {
+        return Ok(None);
+    };
+    let path = state.path(&lock_name(g));
+    Ok(
+        match try_read_json::<LockInfo>(state.store.as_ref(), &path).await? {
+            Read::Ok(info) => Some((path, Ok(info))),
+            Read::Corrupt(why) => Some((path, Err(why))),
+            Read::Missing => None,
+        },
+    )
+}
+
+/// Deletes every lock file of `state`; returns how many there were.
+pub async fn remove_all(state: &CohortState) -> Result<usize> {
+    let gens = generations(state).await?;
+    for g in &gens {
+        delete_if_exists(state.store.as_ref(), &state.path(&lock_name(*g))).await?;
+    }
+    Ok(gens.len())
 }
 
 impl Lock {
@@ -72,12 +114,16 @@ impl Lock {
                 None => 1,
                 Some(&g) => {
                     let path = state.path(&lock_name(g));
-                    match read_json::<LockInfo>(state.store.as_ref(), &path).await? {
+                    match read_lock(state, &path).await? {
                         Some(held) if held.expires_at > Utc::now() => {
                             return Err(Error::Locked(format!(
                                 "{} is being synced by {} (run {}, lock expires {}); \
-                                 wait for it, or remove {path} if you are sure it is dead",
-                                state.dir, held.owner, held.run_id, held.expires_at
+                                 wait for it, or if you are sure that run is dead, run {}",
+                                state.dir,
+                                held.owner,
+                                held.run_id,
+                                held.expires_at,
+                                state.fix("unlock --force")
                             )));
                         }
                         Some(held) => {
@@ -127,8 +173,9 @@ impl Lock {
             }
         }
         Err(Error::Locked(format!(
-            "{}: the lock is contended; try again",
-            state.dir
+            "{}: the lock is contended; try again (see {})",
+            state.dir,
+            state.fix("show")
         )))
     }
 

@@ -35,7 +35,7 @@ pub struct RunRecord {
     pub requests: Option<u64>,
     pub retries: Option<u64>,
     pub dead_letters: Option<u64>,
-    /// `delivered`, `unchanged`, `failed`, `locked`, ...
+    /// `delivered`, `unchanged`, `failed`, `locked`, `interrupted` (SIGTERM/SIGINT), ...
     pub outcome: String,
     pub exit_code: i32,
     pub error: Option<String>,

@@ -192,8 +192,8 @@ fn full_repairs_a_partner_that_lost_the_cohort_and_a_new_partner_gets_everything
     assert!(restarted.members("pro") == pro);
     drop(restarted);
 
-    // Pointed at another endpoint, the snapshot means nothing there: the whole cohort is sent
-    // without being asked.
+    // Pointed at another endpoint, the run refuses rather than start over (which would leave
+    // members who left at the partner): it names --rebind and --new-workspace.
     let other = Partner::plain();
     let toml = std::fs::read_to_string(project.dir.path().join("cohort-bridge.toml")).unwrap();
     let old_url = toml
@@ -210,14 +210,22 @@ fn full_repairs_a_partner_that_lost_the_cohort_and_a_new_partner_gets_everything
     )
     .unwrap();
     let run = project.run(&["sync", "pro", "--at", T1]);
-    assert_eq!(run.summary()["adds"], pro.len() as u64);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(
-        run.stderr()
-            .contains("another partner endpoint or workspace"),
+        run.stderr().contains("--rebind") && run.stderr().contains("--new-workspace"),
         "{}",
         run.stderr()
     );
+    assert_eq!(other.handle.stats().requests, 0, "nothing was sent");
+    // A new workspace gets everything, and the old state is kept aside.
+    let run = project.run(&["sync", "pro", "--at", T1, "--new-workspace"]);
+    assert_eq!(run.summary()["adds"], pro.len() as u64);
     assert!(other.members("pro") == pro);
+    assert!(project.cohort_state("pro").join("replaced").is_dir());
+    assert_eq!(
+        project.run(&["sync", "pro", "--at", T1]).summary()["outcome"],
+        "unchanged"
+    );
 }
 
 /// Backdates every lock in a cohort's state folder (as time would for a dead run's lock);
@@ -346,8 +354,8 @@ fn runs_killed_mid_delivery_resume_without_resending_acknowledged_batches() {
         stats.redundant_adds
     );
     assert_eq!(
-        resumed["outcome"], "unchanged",
-        "the resumed plan was already the whole change"
+        resumed["outcome"], "delivered",
+        "the resumed plan was the whole change, and it was delivered by this run"
     );
 }
 

@@ -20,5 +20,7 @@ mod ingest_lock;
 mod proxy;
 mod s3;
 mod shards;
+mod signals;
+mod state;
 mod storage;
 mod sync;
