@@ -556,7 +556,7 @@ impl Run<'_> {
                             return Ok(());
                         }
                         match sender.send(&request).await {
-                            Ok(()) => {}
+                            Ok(()) => breaker.delivered(request.ids),
                             Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
                                 let start = (request.batch - offset - 1) as usize * plan.batch_size;
                                 let range = start..start + request.ids;
@@ -932,9 +932,11 @@ impl Run<'_> {
 /// The circuit breaker of isolation: when the partner refuses (400) nearly everything — a
 /// wrong cohort id, a body it no longer accepts — splitting every batch down to single ids
 /// would cost two requests per id and dead-letter the whole cohort. Isolation stops, and the
-/// run fails with the partner's message, once more ids have been refused than delivered after
-/// `MIN_SAMPLE` isolating requests, or once isolation spent more than its budget (100 requests
-/// plus 10 per batch of the plan).
+/// run fails with the partner's message, once it has made `MIN_SAMPLE` requests and the ids
+/// refused outnumber four times those the partner accepted in this run (whole batches and
+/// isolated halves alike: refused ids often cluster, ids being sorted, so isolation alone
+/// would see a dense cluster as "everything"), or once isolation spent its budget (200
+/// requests plus 20 per batch of the plan).
 struct Breaker {
     budget: u64,
     spent: AtomicU64,
@@ -943,15 +945,20 @@ struct Breaker {
 }
 
 impl Breaker {
-    const MIN_SAMPLE: u64 = 32;
+    const MIN_SAMPLE: u64 = 64;
 
     fn new(batches: u64) -> Self {
         Breaker {
-            budget: 100 + 10 * batches,
+            budget: 200 + 20 * batches,
             spent: AtomicU64::new(0),
             refused_ids: AtomicU64::new(0),
             delivered_ids: AtomicU64::new(0),
         }
+    }
+
+    /// `ids` were accepted.
+    fn delivered(&self, ids: usize) {
+        self.delivered_ids.fetch_add(ids as u64, Ordering::Relaxed);
     }
 
     /// Called before each isolating request: an error when the breaker has tripped.
@@ -961,8 +968,8 @@ impl Breaker {
         let delivered = self.delivered_ids.load(Ordering::Relaxed);
         let why = if spent > self.budget {
             format!("isolation spent its budget of {} requests", self.budget)
-        } else if spent > Self::MIN_SAMPLE && refused > delivered {
-            format!("{refused} ids refused and only {delivered} accepted among those isolated")
+        } else if spent > Self::MIN_SAMPLE && refused > 4 * delivered {
+            format!("{refused} ids refused and only {delivered} accepted so far")
         } else {
             return Ok(());
         };
@@ -1137,11 +1144,7 @@ async fn isolate(
                 .send(&braze.change_members(batch, ids, half.clone(), remove))
                 .await
             {
-                Ok(()) => {
-                    breaker
-                        .delivered_ids
-                        .fetch_add(half.len() as u64, Ordering::Relaxed);
-                }
+                Ok(()) => breaker.delivered(half.len()),
                 Err(Error::PartnerRejected {
                     status: 400,
                     message,
