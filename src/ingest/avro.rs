@@ -1333,45 +1333,7 @@ mod tests {
         assert!(broken.unwrap().1.contains("magic"));
     }
 
-    /// A zig-zag varint.
-    fn varint(n: i64) -> Vec<u8> {
-        let mut z = ((n << 1) ^ (n >> 63)) as u64;
-        let mut out = Vec::new();
-        loop {
-            let b = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    /// An object container file written by hand: any schema, codec and block, true or not.
-    fn container(schema: &str, codec: &str, blocks: &[(i64, Vec<u8>)]) -> Vec<u8> {
-        let sync = [7u8; 16];
-        let mut out = b"Obj\x01".to_vec();
-        out.extend(varint(2));
-        for (k, v) in [
-            ("avro.schema", schema.as_bytes()),
-            ("avro.codec", codec.as_bytes()),
-        ] {
-            out.extend(varint(k.len() as i64));
-            out.extend(k.as_bytes());
-            out.extend(varint(v.len() as i64));
-            out.extend(v);
-        }
-        out.extend(varint(0));
-        out.extend(sync);
-        for (count, data) in blocks {
-            out.extend(varint(*count));
-            out.extend(varint(data.len() as i64));
-            out.extend(data);
-            out.extend(sync);
-        }
-        out
-    }
+    use crate::ingest::craft::{container, varint};
 
     fn outcome(bytes: &[u8], limits: &Limits) -> (Vec<Result<String, String>>, Option<String>) {
         let mut seen = Vec::new();

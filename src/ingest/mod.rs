@@ -28,6 +28,8 @@
 //!   the same `table`) would each rewrite the same days; the second one exits 5 instead.
 
 pub mod avro;
+#[doc(hidden)]
+pub mod craft;
 pub mod decode;
 pub mod event;
 pub mod limits;

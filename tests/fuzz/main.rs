@@ -108,20 +108,7 @@ pub fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// A zig-zag varint, as Avro writes ints and longs.
-pub fn varint(n: i64) -> Vec<u8> {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    let mut out = Vec::new();
-    loop {
-        let b = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
+pub use cohort_bridge::ingest::craft::varint;
 
 /// `seed` with `mutations` applied in turn.
 pub fn mutate(seed: &[u8], mutations: &[Mutation]) -> Vec<u8> {

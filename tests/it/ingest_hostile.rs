@@ -3,6 +3,7 @@
 //! limit. Each must be quarantined with its reason while every good event lands, and no rerun
 //! may trip on them again.
 
+use cohort_bridge::ingest::craft::{container, varint};
 use cohort_bridge::ingest::limits::MEMORY_OVERHEAD;
 
 use crate::ingest::{Lakeside, OPEN, T0, opens, write};
@@ -32,46 +33,6 @@ fn ingest_within_limits(l: &Lakeside, memory_limit: usize) -> Run {
         .unwrap();
     std::fs::write(&config, base).unwrap();
     Run(out)
-}
-
-/// A zig-zag varint.
-fn varint(n: i64) -> Vec<u8> {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    let mut out = Vec::new();
-    loop {
-        let b = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// An Avro object container file written by hand, so its blocks can say anything.
-fn container(schema: &str, codec: &str, blocks: &[(i64, Vec<u8>)]) -> Vec<u8> {
-    let sync = *b"0123456789abcdef";
-    let mut out = b"Obj\x01".to_vec();
-    out.extend(varint(2));
-    for (k, v) in [
-        ("avro.schema", schema.as_bytes()),
-        ("avro.codec", codec.as_bytes()),
-    ] {
-        out.extend(varint(k.len() as i64));
-        out.extend(k.as_bytes());
-        out.extend(varint(v.len() as i64));
-        out.extend(v);
-    }
-    out.extend(varint(0));
-    out.extend(sync);
-    for (count, data) in blocks {
-        out.extend(varint(*count));
-        out.extend(varint(data.len() as i64));
-        out.extend(data);
-        out.extend(sync);
-    }
-    out
 }
 
 const NULLS: &str = r#"{"type":"record","name":"N","fields":[{"name":"n","type":"null"}]}"#;
