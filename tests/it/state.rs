@@ -71,6 +71,16 @@ fn assert_refused(run: &Run, partner: &Partner, requests_before: u64, names: &[&
     );
 }
 
+/// The T2 sync is refused (exit 2, naming `names`, nothing sent); `state repair` then succeeds.
+fn refused_then_repaired(partner: &Partner, project: &Project, names: &[&str]) -> Run {
+    let requests = partner.handle.stats().requests;
+    let refused = project.run(&["sync", "active", "--at", T2]);
+    assert_refused(&refused, partner, requests, names);
+    let repair = project.run(&["state", "repair", "active"]);
+    assert_eq!(repair.code(), 0, "{}", repair.stderr());
+    repair
+}
+
 /// A project synced at T1 (fast).
 fn synced_at_t1() -> (Partner, Project) {
     let partner = Partner::plain();
@@ -198,16 +208,11 @@ fn a_missing_or_unreadable_pointer_is_not_taken_as_an_empty_state() {
         let (partner, project) = synced_at_t1();
         let state = project.cohort_state("active");
         damage(&state.join("current.json"), how);
-        let requests = partner.handle.stats().requests;
-        let refused = project.run(&["sync", "active", "--at", T2]);
-        assert_refused(
-            &refused,
+        let repair = refused_then_repaired(
             &partner,
-            requests,
+            &project,
             &["current.json", "cohort-bridge state repair active"],
         );
-        let repair = project.run(&["state", "repair", "active"]);
-        assert_eq!(repair.code(), 0, "{how:?}: {}", repair.stderr());
         assert!(
             repair.stdout().contains("\"repaired\""),
             "{}",
@@ -224,19 +229,14 @@ fn a_damaged_snapshot_is_restored_from_its_replica() {
         let state = project.cohort_state("active");
         let snapshot = snapshot_file(&state);
         damage(&snapshot, how);
-        let requests = partner.handle.stats().requests;
-        let refused = project.run(&["sync", "active", "--at", T2]);
-        assert_refused(
-            &refused,
+        refused_then_repaired(
             &partner,
-            requests,
+            &project,
             &[
                 snapshot.file_name().unwrap().to_str().unwrap(),
                 "cohort-bridge state repair active",
             ],
         );
-        let repair = project.run(&["state", "repair", "active"]);
-        assert_eq!(repair.code(), 0, "{how:?}: {}", repair.stderr());
         assert_incremental_t2(&partner, &project);
     }
 }
@@ -286,16 +286,11 @@ fn an_unreadable_plan_is_set_aside_and_the_next_sync_converges_exactly() {
         let (partner, project) = interrupted_at_t2(Partner::plain());
         let state = project.cohort_state("active");
         damage(&state.join("pending/plan.json"), how);
-        let requests = partner.handle.stats().requests;
-        let refused = project.run(&["sync", "active", "--at", T2]);
-        assert_refused(
-            &refused,
+        refused_then_repaired(
             &partner,
-            requests,
+            &project,
             &["plan.json", "cohort-bridge state repair active"],
         );
-        let repair = project.run(&["state", "repair", "active"]);
-        assert_eq!(repair.code(), 0, "{how:?}: {}", repair.stderr());
         assert!(!state.join("pending/plan.json").exists());
         let run = project.run(&["sync", "active", "--at", T2]);
         let s = run.summary();
@@ -321,16 +316,11 @@ fn a_deleted_plan_with_a_journal_is_not_forgotten() {
     let (partner, project) = interrupted_at_t2(Partner::plain());
     let state = project.cohort_state("active");
     std::fs::remove_file(state.join("pending/plan.json")).unwrap();
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T2]);
-    assert_refused(
-        &refused,
+    refused_then_repaired(
         &partner,
-        requests,
+        &project,
         &["plan.json", "cohort-bridge state repair active"],
     );
-    let repair = project.run(&["state", "repair", "active"]);
-    assert_eq!(repair.code(), 0, "{}", repair.stderr());
     project.run(&["sync", "active", "--at", T2]).summary();
     assert!(partner.members("active") == active_7d(T2));
 }
@@ -347,16 +337,11 @@ fn an_unreadable_journal_object_is_dropped_by_repair_and_its_batches_resent() {
             let s = project.run(&["sync", "active", "--at", T2]).summary();
             assert_eq!(s["outcome"], "delivered");
         } else {
-            let requests = partner.handle.stats().requests;
-            let refused = project.run(&["sync", "active", "--at", T2]);
-            assert_refused(
-                &refused,
+            let repair = refused_then_repaired(
                 &partner,
-                requests,
+                &project,
                 &["pending/journal", "cohort-bridge state repair active"],
             );
-            let repair = project.run(&["state", "repair", "active"]);
-            assert_eq!(repair.code(), 0, "{how:?}: {}", repair.stderr());
             assert!(repair.stdout().contains("journal"), "{}", repair.stdout());
             let s = project.run(&["sync", "active", "--at", T2]).summary();
             assert!(s["skipped_batches"].as_u64().unwrap() > 0, "{s}");
@@ -642,16 +627,11 @@ fn an_unreadable_id_list_of_an_unfinished_run_is_set_aside_exactly() {
         let (partner, project) = interrupted_at_t2(Partner::plain());
         let state = project.cohort_state("active");
         damage(&state.join(file), Damage::Garble);
-        let requests = partner.handle.stats().requests;
-        let refused = project.run(&["sync", "active", "--at", T2]);
-        assert_refused(
-            &refused,
+        refused_then_repaired(
             &partner,
-            requests,
+            &project,
             &[file, "cohort-bridge state repair active"],
         );
-        let repair = project.run(&["state", "repair", "active"]);
-        assert_eq!(repair.code(), 0, "{file}: {}", repair.stderr());
         project.run(&["sync", "active", "--at", T2]).summary();
         assert!(
             partner.members("active") == active_7d(T2),
