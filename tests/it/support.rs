@@ -40,7 +40,7 @@ pub fn lake() -> &'static Path {
     static LAKE: OnceLock<PathBuf> = OnceLock::new();
     LAKE.get_or_init(|| {
         let dir =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7"));
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7-uuid"));
         if !dir.join("_generated.json").exists() {
             let _ = std::fs::remove_dir_all(&dir);
             let out = Command::new(BIN)
