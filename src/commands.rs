@@ -241,7 +241,8 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
     let dest = config.destination(&cohort.destination)?;
     let creds = config.credentials(&cohort.destination, &env_lookup)?;
     let braze = Braze::new(dest, &creds, &cohort);
-    let members = StringArray::from_iter_values((0..ids).map(|i| format!("u{i:09}")));
+    // UUID ids, as the realistic lake's (benches/e2e.py): the bodies are as long as a sync's.
+    let members = StringArray::from_iter_values((0..ids as u64).map(|i| user_id(IdShape::Uuid, i)));
     let create = braze.create_cohort(Utc::now());
     let requests: Vec<_> = batches(members.len(), dest.batch_size)
         .into_iter()
