@@ -136,31 +136,39 @@ pub fn distinct_sorted_ids(columns: &[StringArray]) -> Sorted {
     }
 }
 
-/// One compact array of the ids at `entries`, in that order, its bytes copied in parallel.
+/// One compact array of the ids at `entries`, in that order, built in parallel pieces (the
+/// reads are random, so both cores wait on memory together rather than one alone).
 fn gather(columns: &[StringArray], entries: &[Entry]) -> StringArray {
-    let mut offsets = Vec::with_capacity(entries.len() + 1);
-    let mut end = 0usize;
-    offsets.push(0i32);
-    for e in entries {
-        end += at(columns, e.1).len();
-        offsets.push(i32::try_from(end).expect("ids of a cohort exceed 2 GiB"));
+    // Bytes per piece, then where each piece starts.
+    let sizes: Vec<usize> = entries
+        .par_chunks(PIECE)
+        .map(|chunk| chunk.iter().map(|e| at(columns, e.1).len()).sum())
+        .collect();
+    let total: usize = sizes.iter().sum();
+    assert!(
+        i32::try_from(total).is_ok(),
+        "the ids of a cohort exceed 2 GiB"
+    );
+    let mut offsets = vec![0i32; entries.len() + 1];
+    let mut values = vec![0u8; total];
+    let mut pieces = Vec::with_capacity(sizes.len());
+    let (mut offsets_rest, mut values_rest) = (&mut offsets[1..], values.as_mut_slice());
+    let mut start = 0usize;
+    for (chunk, &size) in entries.chunks(PIECE).zip(&sizes) {
+        let (o, o_tail) = offsets_rest.split_at_mut(chunk.len());
+        let (v, v_tail) = values_rest.split_at_mut(size);
+        pieces.push((chunk, start, o, v));
+        (offsets_rest, values_rest) = (o_tail, v_tail);
+        start += size;
     }
-    let mut values = vec![0u8; end];
-    let mut pieces = Vec::with_capacity(entries.len().div_ceil(PIECE));
-    let mut rest = values.as_mut_slice();
-    for (i, chunk) in entries.chunks(PIECE).enumerate() {
-        let start = offsets[i * PIECE] as usize;
-        let stop = offsets[i * PIECE + chunk.len()] as usize;
-        let (head, tail) = rest.split_at_mut(stop - start);
-        pieces.push((chunk, head));
-        rest = tail;
-    }
-    pieces.into_par_iter().for_each(|(chunk, out)| {
+    pieces.into_par_iter().for_each(|(chunk, start, ends, out)| {
         let mut pos = 0;
-        for e in chunk {
+        for (e, end) in chunk.iter().zip(ends) {
             let id = at(columns, e.1);
             out[pos..pos + id.len()].copy_from_slice(id);
             pos += id.len();
+            // Below 2 GiB: checked above.
+            *end = (start + pos) as i32;
         }
     });
     StringArray::try_new(
