@@ -340,9 +340,7 @@ async fn run(cli: Cli) -> i32 {
             ids,
             seed,
             at,
-        } => {
-            commands::export_engagement(&out, users, ids, seed, at.unwrap_or_else(Utc::now)).await
-        }
+        } => commands::export_engagement(&out, users, ids, seed, at.unwrap_or_else(Utc::now)).await,
         Command::Runs {
             cohort,
             last,

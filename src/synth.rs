@@ -174,11 +174,17 @@ fn write_user_id(shape: IdShape, idx: u64, buf: &mut [u8; 40]) -> usize {
             // spread over the UUID around its version and variant bits, so ids are distinct;
             // the other 58 bits from a second stream.
             let b = splitmix_finalize(idx ^ 0x2545_F491_4F6C_DD1D);
-            let r = splitmix_finalize(idx.wrapping_add(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678_9ABC_DEF1);
+            let r =
+                splitmix_finalize(idx.wrapping_add(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678_9ABC_DEF1);
             let hi: u64 = (b >> 16) << 16 | 0x4000 | ((b >> 4) & 0xFFF);
             let lo: u64 = (0b10 << 62) | ((b & 0xF) << 58) | (r & ((1 << 58) - 1));
             let mut pos = 0;
-            for (i, byte) in hi.to_be_bytes().into_iter().chain(lo.to_be_bytes()).enumerate() {
+            for (i, byte) in hi
+                .to_be_bytes()
+                .into_iter()
+                .chain(lo.to_be_bytes())
+                .enumerate()
+            {
                 if matches!(i, 4 | 6 | 8 | 10) {
                     buf[pos] = b'-';
                     pos += 1;
@@ -1173,10 +1179,7 @@ mod tests {
             let u = user_id(IdShape::Uuid, i);
             let b = u.as_bytes();
             assert_eq!(b.len(), 36, "{u}");
-            assert!(
-                [8, 13, 18, 23].iter().all(|&p| b[p] == b'-'),
-                "{u}: dashes"
-            );
+            assert!([8, 13, 18, 23].iter().all(|&p| b[p] == b'-'), "{u}: dashes");
             assert_eq!(b[14], b'4', "{u}: version 4");
             assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{u}: variant");
             assert!(
@@ -1188,10 +1191,15 @@ mod tests {
             .map(|i| user_id(IdShape::Numeric, i).len())
             .collect();
         assert!(lengths.len() >= 3, "mixed lengths: {lengths:?}");
-        assert!(
-            (0..10_000).all(|i| user_id(IdShape::Numeric, i).bytes().all(|c| c.is_ascii_digit()))
+        assert!((0..10_000).all(|i| {
+            user_id(IdShape::Numeric, i)
+                .bytes()
+                .all(|c| c.is_ascii_digit())
+        }));
+        assert_eq!(
+            "uuids".parse::<IdShape>().unwrap_err(),
+            "unknown id shape `uuids` (expected uuid, numeric or sorted)"
         );
-        assert_eq!("uuids".parse::<IdShape>().unwrap_err(), "unknown id shape `uuids` (expected uuid, numeric or sorted)");
     }
 
     #[tokio::test]
@@ -1288,7 +1296,10 @@ mod tests {
         }
         assert_eq!(rows as u64, r1.users);
         assert_eq!(ids.len(), 30_000);
-        assert!(ids.contains(&user_id(IdShape::Uuid, 0)) && ids.contains(&user_id(IdShape::Uuid, 29_999)));
+        assert!(
+            ids.contains(&user_id(IdShape::Uuid, 0))
+                && ids.contains(&user_id(IdShape::Uuid, 29_999))
+        );
         assert_eq!(m.ids, IdShape::Uuid);
         let share = |c: usize| c as f64 / rows as f64;
         let near = |c: usize, want: f64, tol: f64| {

@@ -30,7 +30,9 @@ pub struct Sorted {
 }
 
 fn at(columns: &[StringArray], loc: u64) -> &[u8] {
-    columns[(loc >> 32) as usize].value((loc & 0xFFFF_FFFF) as usize).as_bytes()
+    columns[(loc >> 32) as usize]
+        .value((loc & 0xFFFF_FFFF) as usize)
+        .as_bytes()
 }
 
 /// 8 bytes of `id` from `from`, big-endian, zero-padded.
@@ -120,7 +122,10 @@ pub fn distinct_sorted_ids(columns: &[StringArray]) -> Sorted {
             .then_with(|| at(columns, a.1)[common..].cmp(&at(columns, b.1)[common..]))
     };
     // Already in order (a sorted lake read by one partition): one linear check, no sort.
-    if !entries.par_windows(2).all(|w| order(&w[0], &w[1]) != Ordering::Greater) {
+    if !entries
+        .par_windows(2)
+        .all(|w| order(&w[0], &w[1]) != Ordering::Greater)
+    {
         entries.par_sort_unstable_by(order);
     }
     let before = entries.len();
@@ -161,16 +166,18 @@ fn gather(columns: &[StringArray], entries: &[Entry]) -> StringArray {
         (offsets_rest, values_rest) = (o_tail, v_tail);
         start += size;
     }
-    pieces.into_par_iter().for_each(|(chunk, start, ends, out)| {
-        let mut pos = 0;
-        for (e, end) in chunk.iter().zip(ends) {
-            let id = at(columns, e.1);
-            out[pos..pos + id.len()].copy_from_slice(id);
-            pos += id.len();
-            // Below 2 GiB: checked above.
-            *end = (start + pos) as i32;
-        }
-    });
+    pieces
+        .into_par_iter()
+        .for_each(|(chunk, start, ends, out)| {
+            let mut pos = 0;
+            for (e, end) in chunk.iter().zip(ends) {
+                let id = at(columns, e.1);
+                out[pos..pos + id.len()].copy_from_slice(id);
+                pos += id.len();
+                // Below 2 GiB: checked above.
+                *end = (start + pos) as i32;
+            }
+        });
     StringArray::try_new(
         OffsetBuffer::new(ScalarBuffer::from(offsets)),
         Buffer::from_vec(values),
@@ -263,7 +270,13 @@ mod tests {
         };
         let shapes: [fn(u64) -> String; 4] = [
             |i| format!("u{i:09}"),
-            |i| format!("{:016x}-{:04x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i % 7),
+            |i| {
+                format!(
+                    "{:016x}-{:04x}",
+                    i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    i % 7
+                )
+            },
             |i| format!("user-{}", i.wrapping_mul(2_654_435_761) % 1_000_003),
             |i| format!("é{}ü", i % 5_000),
         ];
