@@ -322,6 +322,7 @@ def case_c(n_runs):
     runs = []
     for i in range(n_runs):
         with tempfile.TemporaryDirectory() as work:
+            (Path(work) / "lake").mkdir()  # a fresh, empty lake (a missing one is refused)
             config = Path(work) / "cohort-bridge.toml"
             config.write_text(f'[lake]\nurl = "lake"\n\n[sources.currents]\nurl = "{CURRENTS}"\n')
             wall, cpu, rss, out = measure([str(BIN), "--config", str(config), "ingest"])
@@ -423,24 +424,36 @@ def main():
         build()
     ensure_inputs(cases)
     rows = []
+    out = TARGET / "bench-e2e.json"
+
+    def report():
+        verdicts(rows)
+        print(f"cohort-bridge e2e benchmark, {os.cpu_count()} cores, median of {args.runs} runs")
+        print(table(rows))
+        out.write_text(json.dumps(rows, indent=1, default=str))
+        log(f"(written to {out})")
+
+    failed = []
     with tempfile.TemporaryDirectory(prefix="cohort-bridge-bench-") as work:
         for case in cases:
-            if case in ("a", "e", "s"):
-                rows += case_full(case, work, LAKES[CASE_LAKES[case]], args.runs, peer)
-            elif case == "b":
-                rows += case_incremental(work, LAKES["uuid"], args.runs, peer)
-            elif case == "c":
-                rows += case_c(args.runs)
-            elif case == "d":
-                rows += case_d(work, LAKES["uuid"], args.runs)
-            else:
-                sys.exit(f"unknown case {case}")
-    verdicts(rows)
-    print(f"cohort-bridge e2e benchmark, {os.cpu_count()} cores, median of {args.runs} runs")
-    print(table(rows))
-    out = TARGET / "bench-e2e.json"
-    out.write_text(json.dumps(rows, indent=1, default=str))
-    log(f"(written to {out})")
+            # A case that fails is named; the others' rows are still reported.
+            try:
+                if case in ("a", "e", "s"):
+                    rows += case_full(case, work, LAKES[CASE_LAKES[case]], args.runs, peer)
+                elif case == "b":
+                    rows += case_incremental(work, LAKES["uuid"], args.runs, peer)
+                elif case == "c":
+                    rows += case_c(args.runs)
+                elif case == "d":
+                    rows += case_d(work, LAKES["uuid"], args.runs)
+                else:
+                    sys.exit(f"unknown case {case}")
+            except (RuntimeError, AssertionError, OSError) as e:
+                log(f"case {case} FAILED: {e}")
+                failed.append(case)
+    report()
+    if failed:
+        sys.exit(f"failed cases: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
