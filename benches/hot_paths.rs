@@ -1,8 +1,10 @@
 //! Criterion micro-benchmarks of the hot paths, on seeded data, each checking its counts before
 //! it is timed: `cargo bench --bench hot_paths` (add a name to run some: `-- diff`).
 //!
-//! - `members/distinct_sorted`: the cohort's ids from the query's arrays, sorted and de-duplicated
-//!   (rayon).
+//! - `members/…`: the cohort's ids from the query's arrays, sorted and de-duplicated (rayon):
+//!   `shuffled` (`u000000000`-style ids in no order, 5% repeated), `sorted` (the same ids
+//!   arriving in order, the best case) and `uuid_shuffled` (UUID v4 ids in no order, as product
+//!   lakes hold them) — the cost should not depend on the order.
 //! - `diff/merge`: the change between a snapshot and the cohort (one merge pass).
 //! - `plan/encode`: cutting sorted ids into 1,000-id batches and encoding their request bodies with
 //!   rayon, through the bounded channel the sender reads.
@@ -25,6 +27,7 @@ use cohort_bridge::emulator::currents::{EngagementSpec, write_engagement};
 use cohort_bridge::ingest::avro::read_file;
 use cohort_bridge::ingest::event::EventColumns;
 use cohort_bridge::ingest::limits::Limits;
+use cohort_bridge::synth::{IdShape, user_id};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::{Array, StringArray};
 use futures::TryStreamExt;
@@ -75,12 +78,32 @@ fn members(c: &mut Criterion) {
     assert_eq!(once.ids.len(), distinct);
     assert_eq!(once.duplicates_removed, (IDS - distinct) as u64);
 
+    let sorted_columns: Vec<StringArray> = {
+        let mut all: Vec<u64> = rows.clone();
+        all.sort_unstable();
+        all.chunks(all.len().div_ceil(8))
+            .map(|c| StringArray::from_iter_values(c.iter().map(|n| id(*n))))
+            .collect()
+    };
+    assert_eq!(distinct_sorted(&sorted_columns).ids, once.ids);
+    let uuid_columns: Vec<StringArray> = rows
+        .chunks(rows.len().div_ceil(8))
+        .map(|c| StringArray::from_iter_values(c.iter().map(|n| user_id(IdShape::Uuid, *n))))
+        .collect();
+    assert_eq!(distinct_sorted(&uuid_columns).ids.len(), distinct);
+
     let mut g = c.benchmark_group("members");
     g.throughput(Throughput::Elements(IDS as u64))
         .sample_size(10);
-    g.bench_function("distinct_sorted", |b| {
-        b.iter(|| assert_eq!(distinct_sorted(black_box(&columns)).ids.len(), distinct))
-    });
+    for (name, columns) in [
+        ("shuffled", &columns),
+        ("sorted", &sorted_columns),
+        ("uuid_shuffled", &uuid_columns),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| assert_eq!(distinct_sorted(black_box(columns)).ids.len(), distinct))
+        });
+    }
     g.finish();
 }
 

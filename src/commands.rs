@@ -11,7 +11,7 @@ use crate::lake::{Lake, Location};
 use crate::state::new_run_id;
 use crate::state::runs::{self, RunRecord};
 use crate::sync::{SyncOptions, sync_cohort};
-use crate::synth::{SynthSpec, generate as synth_generate};
+use crate::synth::{IdShape, SynthSpec, generate as synth_generate, user_id};
 
 /// `sync`: every named cohort, one JSON line each on stdout; the exit code of the first failure.
 pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) -> Result<i32> {
@@ -203,10 +203,17 @@ pub async fn ingest(
 }
 
 /// `export-engagement`: the emulator's Currents export for synthetic members.
-pub async fn export_engagement(out: &str, users: u64, seed: u64, at: DateTime<Utc>) -> Result<i32> {
+/// Its members are the first `users` users of a lake generated with the same id shape.
+pub async fn export_engagement(
+    out: &str,
+    users: u64,
+    ids: IdShape,
+    seed: u64,
+    at: DateTime<Utc>,
+) -> Result<i32> {
     use crate::emulator::currents::{EngagementSpec, write_engagement};
     let location = Location::parse(out, Path::new("."), &Default::default())?;
-    let members: Vec<String> = (0..users).map(|i| format!("u{i:09}")).collect();
+    let members: Vec<String> = (0..users).map(|i| user_id(ids, i)).collect();
     let spec = EngagementSpec {
         seed,
         at,
@@ -244,7 +251,8 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
     let dest = config.destination(&cohort.destination)?;
     let creds = config.credentials(&cohort.destination, &env_lookup)?;
     let braze = Braze::new(dest, &creds, &cohort);
-    let members = StringArray::from_iter_values((0..ids).map(|i| format!("u{i:09}")));
+    // UUID ids, as the realistic lake's (benches/e2e.py): the bodies are as long as a sync's.
+    let members = StringArray::from_iter_values((0..ids as u64).map(|i| user_id(IdShape::Uuid, i)));
     let create = braze.create_cohort(Utc::now());
     let requests: Vec<_> = batches(members.len(), dest.batch_size)
         .into_iter()
@@ -340,10 +348,12 @@ pub async fn generate(
     seed: u64,
     end_date: NaiveDate,
     events_per_day: Option<u64>,
+    ids: IdShape,
 ) -> Result<i32> {
     let location = Location::parse(out, Path::new("."), &Default::default())?;
     let mut spec = SynthSpec::new(users, days, seed, end_date);
     spec.events_per_day = events_per_day;
+    spec.ids = ids;
     let started = std::time::Instant::now();
     let report = synth_generate(location.store.clone(), &location.root, &spec)
         .await
@@ -351,7 +361,8 @@ pub async fn generate(
     let line = serde_json::json!({
         "lake": location.url.as_str(), "users": report.users, "events": report.events,
         "user_files": report.user_files, "event_files": report.event_files,
-        "end_date": end_date.to_string(), "seconds": started.elapsed().as_secs_f64(),
+        "end_date": end_date.to_string(), "ids": ids.as_str(),
+        "seconds": started.elapsed().as_secs_f64(),
     });
     println!("{line}");
     Ok(exit::OK)

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use cohort_bridge::commands;
 use cohort_bridge::error::{Error, exit};
+use cohort_bridge::synth::IdShape;
 
 /// Sync SQL-defined cohorts from a Parquet lake to a marketing-automation partner (Braze).
 #[derive(Parser, Debug)]
@@ -126,14 +127,18 @@ enum Command {
         #[command(flatten)]
         at: AtArg,
     },
-    /// Write the emulator's Currents-style engagement export (Avro) for N synthetic members
-    /// `u000000000`…, as the partner would after a sync (for trying `ingest` and benchmarks).
+    /// Write the emulator's Currents-style engagement export (Avro) for the first N users of a
+    /// generated lake (the same --ids shape), as the partner would after a sync (for trying
+    /// `ingest` and benchmarks).
     ExportEngagement {
         /// Output folder or object-store URL.
         #[arg(long)]
         out: String,
         #[arg(long, default_value_t = 100_000)]
         users: u64,
+        /// The id shape of the lake whose users these are: uuid, numeric or sorted.
+        #[arg(long, default_value_t = IdShape::Uuid)]
+        ids: IdShape,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// When the campaigns go out (default: now).
@@ -168,6 +173,11 @@ enum Command {
         /// Events per day; default users / 5.
         #[arg(long)]
         events_per_day: Option<u64>,
+        /// User ids: `uuid` (UUID v4, in no order, as product lakes hold them), `numeric`
+        /// (scrambled decimal strings of mixed length, in no order) or `sorted` (`u000000000`…
+        /// in order: the best case).
+        #[arg(long, default_value_t = IdShape::Uuid)]
+        ids: IdShape,
     },
     /// Run a Braze-compatible partner emulator over HTTP (for demos, tests and benchmarks).
     Emulator(EmulatorArgs),
@@ -392,9 +402,10 @@ async fn run(cli: Cli) -> i32 {
         Command::ExportEngagement {
             out,
             users,
+            ids,
             seed,
             at,
-        } => commands::export_engagement(&out, users, seed, at.unwrap_or_else(Utc::now)).await,
+        } => commands::export_engagement(&out, users, ids, seed, at.unwrap_or_else(Utc::now)).await,
         Command::Runs {
             cohort,
             last,
@@ -416,9 +427,10 @@ async fn run(cli: Cli) -> i32 {
             seed,
             end_date,
             events_per_day,
+            ids,
         } => {
             let end = end_date.unwrap_or_else(|| Utc::now().date_naive());
-            commands::generate(&out, users, days, seed, end, events_per_day).await
+            commands::generate(&out, users, days, seed, end, events_per_day, ids).await
         }
         Command::Emulator(a) => {
             let secret = |var: &str| {

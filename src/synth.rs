@@ -6,8 +6,14 @@
 //! floating-point functions are used (only `+ - * / sqrt`, which IEEE 754 rounds exactly), so the
 //! output is byte-for-byte identical whatever the thread scheduling, machine or chunking.
 //!
+//! User ids ([`IdShape`]): by default UUID v4 strings in no order, as product lakes hold them;
+//! `numeric` gives scrambled decimal strings of mixed length, `sorted` today's best case
+//! `u000000000`… in order. A user's id is a function of its index and the shape alone
+//! ([`user_id`]), so the emulator's engagement export (`export-engagement`) names the same users.
+//!
 //! Layout under `root`:
-//! - `users/part-00000.parquet` … (at most [`USERS_PER_FILE`] rows each, sorted by `user_id`)
+//! - `users/part-00000.parquet` … (at most [`USERS_PER_FILE`] rows each, by user index: sorted by
+//!   `user_id` only for [`IdShape::Sorted`])
 //! - `events/event_date=YYYY-MM-DD/part-00000.parquet` … (at most [`EVENTS_PER_FILE`] rows each,
 //!   sorted by `event_time`)
 //! - `_generated.json`, written last: the spec and the counts ([`SynthSpecJson`]).
@@ -47,7 +53,7 @@ pub const EVENTS_PER_FILE: u64 = 2_000_000;
 /// File name of the marker written last.
 pub const MARKER_FILE: &str = "_generated.json";
 /// Identifies the generator algorithm in the marker; bump when the output changes.
-pub const GENERATOR: &str = "cohort-bridge-synth/1";
+pub const GENERATOR: &str = "cohort-bridge-synth/2";
 
 /// Rows per Parquet row group (several row groups per file help parallel scans and pruning).
 const ROW_GROUP_ROWS: usize = 256 * 1024;
@@ -77,6 +83,136 @@ pub struct SynthSpec {
     pub end_date: NaiveDate,
     /// Weekday events per day; weekends get ~20% fewer. Default: `max(users / 5, 100)`.
     pub events_per_day: Option<u64>,
+    /// The shape and order of user ids.
+    pub ids: IdShape,
+}
+
+/// The shape (and so the order) of generated user ids; see [`user_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdShape {
+    /// UUID v4 strings (`8c4f0e1a-…`), 36 bytes, in no order.
+    #[default]
+    Uuid,
+    /// Scrambled decimal strings of mixed length (mostly 12 digits, some 13, 11, fewer), in no
+    /// order.
+    Numeric,
+    /// `u` and the index zero-padded to 9 digits (`u000000042`), in order: the best case.
+    Sorted,
+}
+
+impl IdShape {
+    pub const ALL: [IdShape; 3] = [IdShape::Uuid, IdShape::Numeric, IdShape::Sorted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdShape::Uuid => "uuid",
+            IdShape::Numeric => "numeric",
+            IdShape::Sorted => "sorted",
+        }
+    }
+}
+
+impl std::fmt::Display for IdShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IdShape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IdShape::ALL
+            .into_iter()
+            .find(|shape| shape.as_str() == s)
+            .ok_or_else(|| format!("unknown id shape `{s}` (expected uuid, numeric or sorted)"))
+    }
+}
+
+/// The id of user `idx` in `shape`: a function of the two alone (not of the seed), distinct for
+/// distinct indices (each shape is a bijection of the index below 2^40).
+pub fn user_id(shape: IdShape, idx: u64) -> String {
+    let mut buf = [0u8; 40];
+    let n = write_user_id(shape, idx, &mut buf);
+    // Every shape writes ASCII only.
+    std::str::from_utf8(&buf[..n]).expect("ascii").to_string()
+}
+
+/// Writes the id of user `idx` into `buf`, returning its length (at most 36 bytes, or 21 for
+/// `sorted` indices of 10^9 and more).
+fn write_user_id(shape: IdShape, idx: u64, buf: &mut [u8; 40]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match shape {
+        IdShape::Sorted => {
+            buf[0] = b'u';
+            let digits = decimal(idx, &mut buf[1..]);
+            if digits >= 9 {
+                return 1 + digits;
+            }
+            // Zero-pad to 9 digits: shift right.
+            let pad = 9 - digits;
+            buf.copy_within(1..1 + digits, 1 + pad);
+            buf[1..1 + pad].fill(b'0');
+            10
+        }
+        IdShape::Numeric => {
+            // A bijection of the 40-bit index space (xor-shift and odd multiplications modulo
+            // 2^40), so ids are distinct and in no order; written without padding, so lengths
+            // vary (13 digits above 10^12, mostly 12, some 11 and fewer).
+            const MASK: u64 = (1 << 40) - 1;
+            let mut x = (idx ^ 0x5A_C3E1_9B27) & MASK;
+            x = (x ^ (x >> 21)) & MASK;
+            x = x.wrapping_mul(0x9E37_79B9_7F4B) & MASK;
+            x = (x ^ (x >> 19)) & MASK;
+            x = x.wrapping_mul(0xBF58_476D_1CE5) & MASK;
+            x = (x ^ (x >> 23)) & MASK;
+            decimal(x, &mut buf[..])
+        }
+        IdShape::Uuid => {
+            // 64 bits that are a bijection of the index (SplitMix64's finaliser is invertible)
+            // spread over the UUID around its version and variant bits, so ids are distinct;
+            // the other 58 bits from a second stream.
+            let b = splitmix_finalize(idx ^ 0x2545_F491_4F6C_DD1D);
+            let r =
+                splitmix_finalize(idx.wrapping_add(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678_9ABC_DEF1);
+            let hi: u64 = (b >> 16) << 16 | 0x4000 | ((b >> 4) & 0xFFF);
+            let lo: u64 = (0b10 << 62) | ((b & 0xF) << 58) | (r & ((1 << 58) - 1));
+            let mut pos = 0;
+            for (i, byte) in hi
+                .to_be_bytes()
+                .into_iter()
+                .chain(lo.to_be_bytes())
+                .enumerate()
+            {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    buf[pos] = b'-';
+                    pos += 1;
+                }
+                buf[pos] = HEX[usize::from(byte >> 4)];
+                buf[pos + 1] = HEX[usize::from(byte & 0xF)];
+                pos += 2;
+            }
+            pos
+        }
+    }
+}
+
+/// Writes `n` in decimal at the start of `out`; returns the number of digits.
+fn decimal(mut n: u64, out: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = tmp.len() - i;
+    out[..len].copy_from_slice(&tmp[i..]);
+    len
 }
 
 impl SynthSpec {
@@ -88,6 +224,7 @@ impl SynthSpec {
             seed,
             end_date,
             events_per_day: None,
+            ids: IdShape::default(),
         }
     }
 
@@ -125,7 +262,14 @@ pub struct SynthSpecJson {
     pub start_date: String,
     /// Weekday events per day (resolved default).
     pub events_per_day: u64,
+    /// The id shape (markers written before there was a choice: `sorted`).
+    #[serde(default = "sorted_ids")]
+    pub ids: IdShape,
     pub report: SynthReport,
+}
+
+fn sorted_ids() -> IdShape {
+    IdShape::Sorted
 }
 
 impl SynthSpecJson {
@@ -138,6 +282,7 @@ impl SynthSpecJson {
             seed: self.seed,
             end_date,
             events_per_day: Some(self.events_per_day),
+            ids: self.ids,
         })
     }
 }
@@ -328,6 +473,7 @@ async fn generate_with(
         end_date: spec.end_date.format("%Y-%m-%d").to_string(),
         start_date: spec.start_date().format("%Y-%m-%d").to_string(),
         events_per_day: spec.effective_events_per_day(),
+        ids: spec.ids,
         report: report.clone(),
     };
     let body = serde_json::to_vec_pretty(&json).map_err(|source| SynthError::Marker {
@@ -648,6 +794,7 @@ const HOUR_WEIGHTS: [f64; 24] = [
 struct GenContext {
     seed: u64,
     users: u64,
+    ids: IdShape,
     /// `end_date 23:59:59` in UTC micros.
     end_ts: i64,
     platforms: Vec<(f64, &'static str)>,
@@ -670,6 +817,7 @@ impl GenContext {
         GenContext {
             seed: spec.seed,
             users: spec.users,
+            ids: spec.ids,
             end_ts: midnight_micros(spec.end_date) + (MICROS_PER_DAY - MICROS_PER_SEC),
             platforms: cumulative(PLATFORMS),
             plans: cumulative(PLANS),
@@ -677,8 +825,9 @@ impl GenContext {
             event_names: cumulative(EVENT_NAMES),
             features: cumulative(FEATURES),
             hours: cumulative(&hours),
-            users_props: writer_props(0, false),
-            events_props: writer_props(1, true),
+            // Users files are in index order: sorted by user_id only for the sorted shape.
+            users_props: writer_props((spec.ids == IdShape::Sorted).then_some(0), false),
+            events_props: writer_props(Some(1), true),
         }
     }
 
@@ -692,7 +841,7 @@ impl GenContext {
     }
 }
 
-fn writer_props(sorted_column: i32, user_id_dictionary: bool) -> WriterProperties {
+fn writer_props(sorted_column: Option<i32>, user_id_dictionary: bool) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid zstd level"),
@@ -701,11 +850,13 @@ fn writer_props(sorted_column: i32, user_id_dictionary: bool) -> WriterPropertie
         .set_created_by(GENERATOR.to_string())
         // Unique ids gain nothing from a dictionary; skewed event user ids do.
         .set_column_dictionary_enabled(ColumnPath::from("user_id"), user_id_dictionary)
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: sorted_column,
-            descending: false,
-            nulls_first: false,
-        }]))
+        .set_sorting_columns(sorted_column.map(|column_idx| {
+            vec![SortingColumn {
+                column_idx,
+                descending: false,
+                nulls_first: false,
+            }]
+        }))
         .build()
 }
 
@@ -738,21 +889,11 @@ pub fn events_schema() -> SchemaRef {
     ]))
 }
 
-/// `u` followed by the index, zero-padded to 9 digits (`u000000042`).
-fn append_user_id(b: &mut StringBuilder, idx: u64) {
-    if idx < 1_000_000_000 {
-        let mut buf = [b'0'; 10];
-        buf[0] = b'u';
-        let mut n = idx;
-        for slot in buf[1..].iter_mut().rev() {
-            *slot = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        // All bytes are ASCII.
-        b.append_value(std::str::from_utf8(&buf).expect("ascii"));
-    } else {
-        b.append_value(format!("u{idx:09}"));
-    }
+/// Appends the id of user `idx` ([`user_id`]) without allocating.
+fn append_user_id(b: &mut StringBuilder, shape: IdShape, idx: u64) {
+    let mut buf = [0u8; 40];
+    let n = write_user_id(shape, idx, &mut buf);
+    b.append_value(std::str::from_utf8(&buf[..n]).expect("ascii"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,7 +943,7 @@ fn users_batch(ctx: &GenContext, start: u64, len: u64) -> Result<RecordBatch, Ar
     let n = len as usize;
     let two_years = 730 * MICROS_PER_DAY;
     let day = MICROS_PER_DAY;
-    let mut user_id = StringBuilder::with_capacity(n, n * 10);
+    let mut user_id = StringBuilder::with_capacity(n, n * 36);
     let mut plan = StringBuilder::with_capacity(n, n * 5);
     let mut country = StringBuilder::with_capacity(n, n * 2);
     let mut platform = StringBuilder::with_capacity(n, n * 7);
@@ -813,7 +954,7 @@ fn users_batch(ctx: &GenContext, start: u64, len: u64) -> Result<RecordBatch, Ar
 
     for idx in start..start + len {
         let mut rng = ctx.user_rng(idx);
-        append_user_id(&mut user_id, idx);
+        append_user_id(&mut user_id, ctx.ids, idx);
         platform.append_value(ctx.user_platform(&mut rng));
         let p = rng.pick(&ctx.plans);
         plan.append_option(p);
@@ -905,7 +1046,7 @@ fn events_batch(
         } else {
             // Heavy skew toward a head of active users.
             let idx = ((ctx.users as f64 * (u * u * u)) as u64).min(ctx.users - 1);
-            append_user_id(&mut user_id, idx);
+            append_user_id(&mut user_id, ctx.ids, idx);
             ctx.user_platform(&mut ctx.user_rng(idx))
         };
         // Mostly the user's own platform; sometimes a second device.
@@ -973,6 +1114,7 @@ mod tests {
             seed: 42,
             end_date: date("2026-03-15"),
             events_per_day: None,
+            ids: IdShape::Uuid,
         }
     }
 
@@ -999,11 +1141,65 @@ mod tests {
             Rng::from_key(7, &[2, 1]).next_u64()
         );
         let mut user_ids = StringBuilder::new();
-        append_user_id(&mut user_ids, 42);
-        append_user_id(&mut user_ids, 1_234_567_890);
+        append_user_id(&mut user_ids, IdShape::Sorted, 42);
+        append_user_id(&mut user_ids, IdShape::Sorted, 1_234_567_890);
         let ids = user_ids.finish();
         assert_eq!(ids.value(0), "u000000042");
         assert_eq!(ids.value(1), "u1234567890");
+        // Pinned: changing these changes every generated lake and its engagement exports.
+        assert_eq!(user_id(IdShape::Sorted, 0), "u000000000");
+        assert_eq!(user_id(IdShape::Uuid, 0), user_id(IdShape::Uuid, 0));
+        assert_eq!(
+            [user_id(IdShape::Uuid, 0), user_id(IdShape::Numeric, 0)],
+            [UUID_0, NUMERIC_0]
+        );
+    }
+
+    const UUID_0: &str = "952f14f1-e8dd-4c49-8523-3eaac5e5d24d";
+    const NUMERIC_0: &str = "617099431508";
+
+    #[test]
+    fn id_shapes_are_distinct_unordered_and_well_formed() {
+        let n = 200_000u64;
+        for shape in IdShape::ALL {
+            assert_eq!(shape.as_str().parse::<IdShape>(), Ok(shape));
+            let ids: Vec<String> = (0..n).map(|i| user_id(shape, i)).collect();
+            let distinct: HashSet<&str> = ids.iter().map(String::as_str).collect();
+            assert_eq!(distinct.len(), ids.len(), "{shape}: ids repeat");
+            let ascending = ids.windows(2).filter(|w| w[0] < w[1]).count();
+            if shape == IdShape::Sorted {
+                assert_eq!(ascending, ids.len() - 1);
+            } else {
+                // In no order: about half of neighbours ascend.
+                let share = ascending as f64 / n as f64;
+                assert!((share - 0.5).abs() < 0.01, "{shape}: {share}");
+            }
+        }
+        for i in [0, 1, 7, 1 << 33, u64::from(u32::MAX)] {
+            let u = user_id(IdShape::Uuid, i);
+            let b = u.as_bytes();
+            assert_eq!(b.len(), 36, "{u}");
+            assert!([8, 13, 18, 23].iter().all(|&p| b[p] == b'-'), "{u}: dashes");
+            assert_eq!(b[14], b'4', "{u}: version 4");
+            assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{u}: variant");
+            assert!(
+                u.bytes()
+                    .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            );
+        }
+        let lengths: HashSet<usize> = (0..10_000)
+            .map(|i| user_id(IdShape::Numeric, i).len())
+            .collect();
+        assert!(lengths.len() >= 3, "mixed lengths: {lengths:?}");
+        assert!((0..10_000).all(|i| {
+            user_id(IdShape::Numeric, i)
+                .bytes()
+                .all(|c| c.is_ascii_digit())
+        }));
+        assert_eq!(
+            "uuids".parse::<IdShape>().unwrap_err(),
+            "unknown id shape `uuids` (expected uuid, numeric or sorted)"
+        );
     }
 
     #[tokio::test]
@@ -1100,7 +1296,11 @@ mod tests {
         }
         assert_eq!(rows as u64, r1.users);
         assert_eq!(ids.len(), 30_000);
-        assert!(ids.contains("u000000000") && ids.contains("u000029999"));
+        assert!(
+            ids.contains(&user_id(IdShape::Uuid, 0))
+                && ids.contains(&user_id(IdShape::Uuid, 29_999))
+        );
+        assert_eq!(m.ids, IdShape::Uuid);
         let share = |c: usize| c as f64 / rows as f64;
         let near = |c: usize, want: f64, tol: f64| {
             let got = share(c);
@@ -1231,14 +1431,18 @@ mod tests {
                 .keys()
                 .any(|k| k.ends_with("event_date=2026-01-28/part-00001.parquet"))
         );
-        // Users across files: 1000 + 1000 + 500, in id order.
+        // Users across files: 1000 + 1000 + 500, in index order.
         let firsts: Vec<String> = (0..3)
             .map(|i| {
                 let b = &read_batches(&files[&format!("out/users/part-{i:05}.parquet")])[0];
                 b.column(0).as_string::<i32>().value(0).to_string()
             })
             .collect();
-        assert_eq!(firsts, ["u000000000", "u000001000", "u000002000"]);
+        let want: Vec<String> = [0, 1000, 2000]
+            .into_iter()
+            .map(|i| user_id(IdShape::Uuid, i))
+            .collect();
+        assert_eq!(firsts, want);
         // Regenerating smaller removes the now-surplus user file and partitions.
         let smaller = SynthSpec::new(1_500, 2, 1, date("2026-01-31"));
         let r2 = generate_with(Arc::clone(&store), &root, &smaller, limits)
@@ -1252,6 +1456,15 @@ mod tests {
             r2.event_files
         );
         assert!(read_marker(store.as_ref(), &root).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn markers_from_before_id_shapes_read_as_sorted() {
+        let old = r#"{"generator":"cohort-bridge-synth/1","users":10,"days":1,"seed":1,
+            "end_date":"2026-01-02","start_date":"2026-01-02","events_per_day":100,
+            "report":{"users":10,"events":100,"user_files":1,"event_files":1}}"#;
+        let m: SynthSpecJson = serde_json::from_str(old).unwrap();
+        assert_eq!(m.spec().unwrap().ids, IdShape::Sorted);
     }
 
     #[tokio::test]

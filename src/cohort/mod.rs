@@ -3,15 +3,15 @@
 
 pub mod diff;
 pub mod shard;
+pub mod sort;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, AsArray, StringArray, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
 use futures::StreamExt;
-use rayon::slice::ParallelSliceMut;
 
 use crate::config::Cohort;
 use crate::error::{Error, Result};
@@ -101,9 +101,8 @@ pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Memb
     let df = df
         .select_columns(&[USER_ID])
         .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
-    // Each partition's batches are kept together and in order: lake files are often sorted by
-    // user_id, and then every partition is one sorted run, which the sort below merges in
-    // linear time (batches interleaved across partitions would be thousands of short runs).
+    // Each partition's batches are kept together and in order (a lake sorted by user_id read by
+    // one partition arrives sorted, and the sort below then only checks it).
     let columns: Vec<StringArray> = lake
         .cpu()
         .run(async move {
@@ -133,28 +132,16 @@ pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Memb
     Ok(on_rayon(move || distinct_sorted(&columns)).await)
 }
 
-/// Sorts and de-duplicates ids from many arrays into one compact array (rayon).
+/// Sorts and de-duplicates ids from many arrays into one compact array (rayon), in byte order,
+/// at a cost that does not depend on the order the ids arrive in ([`sort`]).
 pub fn distinct_sorted(columns: &[StringArray]) -> Members {
-    let rows: usize = columns.iter().map(Array::len).sum();
-    let nulls: usize = columns.iter().map(Array::null_count).sum();
-    let mut ids: Vec<&str> = Vec::with_capacity(rows - nulls);
-    for c in columns {
-        ids.extend(c.iter().flatten());
-    }
-    let before_empty = ids.len();
-    ids.retain(|s| !s.is_empty());
-    let empty = before_empty - ids.len();
-    // Stable (merge) sort on purpose: it finds sorted runs, and lake files are often sorted
-    // by user_id already (each file or row group a run), so this is close to a linear merge.
-    ids.par_sort();
-    let before_dedup = ids.len();
-    ids.dedup();
+    let s = sort::distinct_sorted_ids(columns);
     Members {
-        rows: rows as u64,
-        nulls_skipped: nulls as u64,
-        empty_skipped: empty as u64,
-        duplicates_removed: (before_dedup - ids.len()) as u64,
-        ids: Arc::new(string_array(&ids)),
+        rows: s.rows as u64,
+        nulls_skipped: s.nulls as u64,
+        empty_skipped: s.empty as u64,
+        duplicates_removed: s.duplicates as u64,
+        ids: Arc::new(s.ids),
     }
 }
 

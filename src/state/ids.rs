@@ -66,7 +66,7 @@ fn encode(ids: &StringArray) -> Result<Bytes> {
         false,
     )]));
     let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(compression_for(ids))
         // Ids are distinct: a dictionary only costs time before it falls back.
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(1 << 20))
@@ -85,6 +85,26 @@ fn encode(ids: &StringArray) -> Result<Bytes> {
     }
     writer.close()?;
     Ok(Bytes::from(out))
+}
+
+/// Snappy when it pays on a sample of the ids (sequential ids like `u000000123` shrink several
+/// times), none when it does not: random ids such as UUIDs barely shrink, and compressing a 10M
+/// UUID snapshot cost more CPU than the rest of writing it. Readers take either (the codec is
+/// recorded per column chunk), so snapshots of both kinds, old and new, read alike.
+fn compression_for(ids: &StringArray) -> Compression {
+    const SAMPLE: usize = 1 << 16;
+    let offsets = ids.value_offsets();
+    let n = ids.len().min(SAMPLE / 8);
+    let sample = &ids.value_data()[offsets[0] as usize..offsets[n] as usize];
+    if sample.is_empty() {
+        return Compression::SNAPPY;
+    }
+    match snap::raw::Encoder::new().compress_vec(sample) {
+        // Worth it below 80% of the size.
+        Ok(small) if small.len() * 10 < sample.len() * 8 => Compression::SNAPPY,
+        Ok(_) => Compression::UNCOMPRESSED,
+        Err(_) => Compression::SNAPPY,
+    }
 }
 
 /// Reads an id list written by [`write`].
@@ -163,5 +183,21 @@ mod tests {
         let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
         write(&store, &path, empty).await.unwrap();
         assert_eq!(read(&store, &path).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn compression_only_where_it_pays_and_both_read() {
+        let sequential = StringArray::from_iter_values((0..20_000).map(|i| format!("u{i:09}")));
+        assert_eq!(compression_for(&sequential), Compression::SNAPPY);
+        let mut uuids: Vec<String> = (0..20_000)
+            .map(|i| crate::synth::user_id(crate::synth::IdShape::Uuid, i))
+            .collect();
+        uuids.sort();
+        let uuids = Arc::new(StringArray::from_iter_values(uuids));
+        assert_eq!(compression_for(&uuids), Compression::UNCOMPRESSED);
+        let store = InMemory::new();
+        let path = Path::from("s/uuids.parquet");
+        write(&store, &path, uuids.clone()).await.unwrap();
+        assert_eq!(read(&store, &path).await.unwrap().as_ref(), uuids.as_ref());
     }
 }

@@ -39,8 +39,8 @@ pub fn at() -> DateTime<Utc> {
 pub fn lake() -> &'static Path {
     static LAKE: OnceLock<PathBuf> = OnceLock::new();
     LAKE.get_or_init(|| {
-        let dir =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7"));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("it-lake-{LAKE_USERS}-10-7-uuid"));
         if !dir.join("_generated.json").exists() {
             let _ = std::fs::remove_dir_all(&dir);
             let out = Command::new(BIN)
