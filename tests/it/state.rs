@@ -532,9 +532,17 @@ const SMALL: &str = "SELECT user_id FROM users\n\
 WHERE last_seen_at >= $run_ts - INTERVAL '7 days' AND last_seen_at < $run_ts\n\
 AND user_id LIKE '%7'\n";
 
+/// The `small` cohort over the sorted lake (the shape the v1 fixture was written against).
 fn small(at: &str) -> BTreeSet<String> {
-    active_7d(at)
+    let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+    let (from, to) = (
+        (at - chrono::Duration::days(7)).timestamp_micros(),
+        at.timestamp_micros(),
+    );
+    users_of(sorted_lake())
         .into_iter()
+        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
+        .map(|u| u.user_id)
         .filter(|id| id.ends_with('7'))
         .collect()
 }
@@ -543,9 +551,19 @@ fn small(at: &str) -> BTreeSet<String> {
 fn state_written_before_formats_is_synced_incrementally() {
     let partner = Partner::plain();
     // The partner holds what the fixture says it does.
-    let seed = Project::new(&partner.handle.base_url(), FAST, &[("small", SMALL)]);
+    let seed = Project::on(
+        sorted_lake(),
+        &partner.handle.base_url(),
+        FAST,
+        &[("small", SMALL)],
+    );
     seed.run(&["sync", "small", "--at", T1]).summary();
-    let project = Project::new(&partner.handle.base_url(), FAST, &[("small", SMALL)]);
+    let project = Project::on(
+        sorted_lake(),
+        &partner.handle.base_url(),
+        FAST,
+        &[("small", SMALL)],
+    );
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v1"),
         &project.dir.path().join("state"),

@@ -34,37 +34,39 @@ pub fn at() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// Generated once per test binary through the real `generate` command; reused across runs
-/// when its completion marker is there.
+/// Generated once per test binary through the real `generate` command (UUID ids in no order,
+/// as product lakes hold them); reused across runs when its completion marker is there.
 pub fn lake() -> &'static Path {
     static LAKE: OnceLock<PathBuf> = OnceLock::new();
-    LAKE.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("it-lake-{LAKE_USERS}-10-7-uuid"));
-        if !dir.join("_generated.json").exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-            let out = Command::new(BIN)
-                .args([
-                    "generate",
-                    "--users",
-                    &LAKE_USERS.to_string(),
-                    "--days",
-                    "10",
-                    "--seed",
-                    "7",
-                ])
-                .args(["--end-date", LAKE_END, "--out"])
-                .arg(&dir)
-                .output()
-                .expect("run generate");
-            assert!(
-                out.status.success(),
-                "generate failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir
-    })
+    LAKE.get_or_init(|| generated("uuid"))
+}
+
+/// The same lake with the ids of `generate --ids sorted` (`u000000000`…), the shape of state
+/// written by releases before realistic ids (the `tests/data/state-v1` fixture).
+pub fn sorted_lake() -> &'static Path {
+    static LAKE: OnceLock<PathBuf> = OnceLock::new();
+    LAKE.get_or_init(|| generated("sorted"))
+}
+
+fn generated(ids: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("it-lake-{LAKE_USERS}-10-7-{ids}"));
+    if !dir.join("_generated.json").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(BIN)
+            .args(["generate", "--users", &LAKE_USERS.to_string()])
+            .args(["--days", "10", "--seed", "7", "--ids", ids])
+            .args(["--end-date", LAKE_END, "--out"])
+            .arg(&dir)
+            .output()
+            .expect("run generate");
+        assert!(
+            out.status.success(),
+            "generate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
 }
 
 /// Copies a folder tree (e.g. the shared lake, for a test that writes into its lake).
@@ -167,6 +169,16 @@ impl Project {
     /// `destination` is the body of `[destinations.braze]` after `base_url`/keys; cohorts are
     /// (name, SQL) pairs written to `queries/cohorts/NAME.sql`.
     pub fn new(base_url: &str, destination_extra: &str, cohorts: &[(&str, &str)]) -> Project {
+        Project::on(lake(), base_url, destination_extra, cohorts)
+    }
+
+    /// The same over another lake.
+    pub fn on(
+        lake: &Path,
+        base_url: &str,
+        destination_extra: &str,
+        cohorts: &[(&str, &str)],
+    ) -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
         let mut toml = format!(
@@ -188,7 +200,7 @@ partner_api_key_env = "{KEY_VAR}"
 client_secret_env = "{SECRET_VAR}"
 {destination_extra}
 "#,
-            lake = lake().display(),
+            lake = lake.display(),
         );
         for (name, sql) in cohorts {
             std::fs::write(dir.path().join(format!("queries/cohorts/{name}.sql")), sql).unwrap();
@@ -338,8 +350,13 @@ pub struct User {
 }
 
 pub fn users() -> Vec<User> {
+    users_of(lake())
+}
+
+/// The users of a generated lake.
+pub fn users_of(lake: &Path) -> Vec<User> {
     let mut files = Vec::new();
-    parquet_files(&lake().join("users"), &mut files);
+    parquet_files(&lake.join("users"), &mut files);
     let mut out = Vec::new();
     for f in files {
         for b in read_all(&f) {
