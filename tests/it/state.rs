@@ -71,11 +71,17 @@ fn assert_refused(run: &Run, partner: &Partner, requests_before: u64, names: &[&
     );
 }
 
+/// Runs `args` (a sync) and checks it is refused: exit 2, naming `names`, nothing sent.
+fn sync_refused(partner: &Partner, project: &Project, args: &[&str], names: &[&str]) -> Run {
+    let requests = partner.handle.stats().requests;
+    let refused = project.run(args);
+    assert_refused(&refused, partner, requests, names);
+    refused
+}
+
 /// The T2 sync is refused (exit 2, naming `names`, nothing sent); `state repair` then succeeds.
 fn refused_then_repaired(partner: &Partner, project: &Project, names: &[&str]) -> Run {
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T2]);
-    assert_refused(&refused, partner, requests, names);
+    sync_refused(partner, project, &["sync", "active", "--at", T2], names);
     let repair = project.run(&["state", "repair", "active"]);
     assert_eq!(repair.code(), 0, "{}", repair.stderr());
     repair
@@ -116,12 +122,10 @@ fn an_endpoint_change_is_refused_and_rebind_keeps_what_the_partner_holds() {
     let localhost = url.replace("127.0.0.1", "localhost");
     assert_ne!(url, localhost);
     set_config(&project, &url, &localhost);
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T2]);
-    assert_refused(
-        &refused,
+    sync_refused(
         &partner,
-        requests,
+        &project,
+        &["sync", "active", "--at", T2],
         &["sync active --rebind", "sync active --new-workspace"],
     );
     let show = project.run(&["state", "show", "active"]);
@@ -172,12 +176,10 @@ fn an_interrupted_run_for_the_old_endpoint_is_not_discarded() {
     set_config(&project, SLOW, FAST);
     let url = partner.handle.base_url();
     set_config(&project, &url, &url.replace("127.0.0.1", "localhost"));
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T2]);
-    assert_refused(
-        &refused,
+    sync_refused(
         &partner,
-        requests,
+        &project,
+        &["sync", "active", "--at", T2],
         &["interrupted run", "--rebind", "--new-workspace"],
     );
     assert!(state.join("pending/plan.json").exists(), "the plan is kept");
@@ -369,12 +371,10 @@ fn an_unreadable_lock_names_unlock_force() {
         )
         .unwrap();
         damage(&lock, how);
-        let requests = partner.handle.stats().requests;
-        let refused = project.run(&["sync", "active", "--at", T2]);
-        assert_refused(
-            &refused,
+        sync_refused(
             &partner,
-            requests,
+            &project,
+            &["sync", "active", "--at", T2],
             &[
                 "lock-0000000007.json",
                 "cohort-bridge state unlock active --force",
@@ -486,12 +486,10 @@ fn an_unreadable_pending_dead_letter_is_dropped_and_its_batch_sent_again() {
     let dead = files(&state.join("pending/dead"));
     damage(&dead[0], Damage::Truncate);
 
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T1]);
-    assert_refused(
-        &refused,
+    sync_refused(
         &partner,
-        requests,
+        &project,
+        &["sync", "active", "--at", T1],
         &["pending/dead", "cohort-bridge state repair active"],
     );
     let repair = project.run(&["state", "repair", "active"]);
@@ -516,12 +514,10 @@ fn state_of_a_newer_format_is_refused() {
     assert_eq!(pointer["format"], 2);
     pointer["format"] = serde_json::json!(99);
     std::fs::write(&path, serde_json::to_vec(&pointer).unwrap()).unwrap();
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T2]);
-    assert_refused(
-        &refused,
+    sync_refused(
         &partner,
-        requests,
+        &project,
+        &["sync", "active", "--at", T2],
         &["current.json", "newer cohort-bridge"],
     );
 }
@@ -617,12 +613,10 @@ fn a_shards_state_is_shown_and_repaired_with_its_shard() {
 
     let shard1 = project.cohort_state("active").join("shards/2/1");
     damage(&shard1.join("current.json"), Damage::Garble);
-    let requests = partner.handle.stats().requests;
-    let refused = project.run(&["sync", "active", "--at", T2, "--shard", "1/2"]);
-    assert_refused(
-        &refused,
+    sync_refused(
         &partner,
-        requests,
+        &project,
+        &["sync", "active", "--at", T2, "--shard", "1/2"],
         &["cohort-bridge state repair active --shard 1/2"],
     );
     // The other shard is not held up.
