@@ -325,15 +325,13 @@ impl Run<'_> {
             // crash before it is written is repaired by `rebuild_target`).
             let plan = self.plan_meta(&change, &summary.run_id);
             self.write_plan(&change, &plan).await?;
+            // The target snapshot (a first sync wrote it as its plan) and its replica.
             let write = async {
+                let mut paths = vec![self.state.path(&state::replica(&plan.target_snapshot))];
                 if plan.adds_file != plan.target_snapshot {
-                    let paths = [
-                        self.state.path(&plan.target_snapshot),
-                        self.state.path(&state::replica(&plan.target_snapshot)),
-                    ];
-                    ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await?;
+                    paths.push(self.state.path(&plan.target_snapshot));
                 }
-                Ok::<(), Error>(())
+                ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await
             };
             let lists = Some([change.adds.clone(), change.removes.clone()]);
             let (delivered, written) =
@@ -478,13 +476,11 @@ impl Run<'_> {
             // This snapshot exists before its plan: mark it as not committed.
             self.state.mark_started(&plan.run_id).await?;
         }
+        // A first sync's target snapshot gets its replica while the batches go out.
         let write = |file: &str, ids: &Arc<StringArray>| {
-            let mut paths = vec![self.state.path(file)];
-            if file == plan.target_snapshot {
-                paths.push(self.state.path(&state::replica(file)));
-            }
+            let path = self.state.path(file);
             let ids = ids.clone();
-            async move { ids::write_to(store, &paths, ids).await }
+            async move { ids::write(store, &path, ids).await }
         };
         tokio::try_join!(
             write(&plan.adds_file, &change.adds),
@@ -600,7 +596,7 @@ impl Run<'_> {
         let dead = dead::pending(self.state).await?;
         let mut members = plan.target_members;
         if !dead.is_empty() {
-            let target = ids::read(store, &target_path).await?;
+            let target = ids::read(&self.state.store, &target_path).await?;
             let pick = |change: &str| {
                 let mut v: Vec<&str> = dead
                     .iter()

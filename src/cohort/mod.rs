@@ -7,7 +7,7 @@ pub mod sort;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, StringArray, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::{Params, SqlSource};
 use crate::parallel::on_rayon;
+use sort::Collector;
 
 /// The member column every cohort query must return.
 pub const USER_ID: &str = "user_id";
@@ -101,41 +102,51 @@ pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Memb
     let df = df
         .select_columns(&[USER_ID])
         .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
-    // Each partition's batches are kept together and in order (a lake sorted by user_id read by
-    // one partition arrives sorted, and the sort below then only checks it).
-    let columns: Vec<StringArray> = lake
+    // One collector per partition copies its ids out of each batch as it arrives (the batch is
+    // freed at once); a lake sorted by user_id read by one partition arrives sorted, and the
+    // sort then only checks it.
+    let parts: Vec<Collector> = lake
         .cpu()
         .run(async move {
             let streams = df.execute_stream_partitioned().await?;
             let tasks = streams.into_iter().map(|mut stream| {
                 tokio::spawn(async move {
-                    let mut columns = Vec::new();
+                    let mut ids = Collector::new();
                     while let Some(batch) = stream.next().await {
                         let column: ArrayRef = batch?.column(0).clone();
-                        let utf8 = cast(&column, &DataType::Utf8)?;
-                        columns.push(utf8.as_string::<i32>().clone());
+                        let column = match column.data_type() {
+                            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => column,
+                            _ => cast(&column, &DataType::Utf8)?,
+                        };
+                        ids.push(column.as_ref())
+                            .map_err(datafusion::error::DataFusionError::Execution)?;
                     }
-                    Ok::<_, datafusion::error::DataFusionError>(columns)
+                    Ok::<_, datafusion::error::DataFusionError>(ids)
                 })
             });
-            let mut columns = Vec::new();
+            let mut parts = Vec::new();
             for part in futures::future::join_all(tasks).await {
-                let part = part.map_err(|e| {
+                parts.push(part.map_err(|e| {
                     datafusion::error::DataFusionError::Execution(format!("query task: {e}"))
-                })??;
-                columns.extend(part);
+                })??);
             }
-            Ok::<_, datafusion::error::DataFusionError>(columns)
+            Ok::<_, datafusion::error::DataFusionError>(parts)
         })
         .await?
         .map_err(|e| lake.query_error(&origin, e))?;
-    Ok(on_rayon(move || distinct_sorted(&columns)).await)
+    let sorted = on_rayon(move || sort::Collector::finish(parts))
+        .await
+        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    Ok(from_sorted(sorted))
 }
 
 /// Sorts and de-duplicates ids from many arrays into one compact array (rayon), in byte order,
 /// at a cost that does not depend on the order the ids arrive in ([`sort`]).
 pub fn distinct_sorted(columns: &[StringArray]) -> Members {
-    let s = sort::distinct_sorted_ids(columns);
+    from_sorted(sort::distinct_sorted_ids(columns))
+}
+
+fn from_sorted(s: sort::Sorted) -> Members {
     Members {
         rows: s.rows as u64,
         nulls_skipped: s.nulls as u64,

@@ -1,26 +1,30 @@
-//! Distinct ids in byte order, at a cost that does not depend on the order they arrive in.
+//! Distinct ids in byte order, at a cost that does not depend on the order they arrive in, with
+//! the ids held once.
 //!
 //! Sorting string slices compares through two pointers into a buffer of hundreds of megabytes:
 //! on ids in no order nearly every comparison is two cache misses, and a 10M-id cohort took
-//! ~10 s where the same ids already sorted took ~0.2 s. Here every id becomes a 16-byte entry
-//! `(key, location)`: `key` is 8 bytes of the id read as a big-endian `u64` (after the prefix
-//! every id shares, so `u000000123`-style ids still get distinct keys), zero-padded. Keys order
-//! like the bytes they hold, so the entries sort as plain integers, in place, on rayon;
-//! only entries with equal keys compare their ids' remaining bytes. The output is exactly byte
-//! order (what snapshots hold), the same as sorting the `&str`s.
+//! ~10 s where the same ids already sorted took ~0.2 s. Here ids are copied out of the query's
+//! batches as they arrive ([`Collector::push`]) into groups by their first two bytes, which are
+//! ranges of byte order: the query's batches are freed at once, and no cast copies them first.
+//! [`Collector::finish`] then sorts group by group — a group of a 10M UUID cohort is ~1.4 MB, so
+//! its sort runs in cache — as 16-byte `(key, location)` integers (`key`: 8 bytes of the id after
+//! the prefix the group shares, big-endian, zero-padded, so keys order like the bytes they hold;
+//! only equal keys compare the ids' remaining bytes), writes each group's ids into the output
+//! and frees the group: ids are held about once, not as batches, a sorted copy and the entries
+//! of all of them together. The output is exactly byte order (what snapshots hold), the same as
+//! sorting the `&str`s; ids already in order (a sorted lake) are only checked.
 
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, AsArray, StringArray};
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::DataType;
 use rayon::prelude::*;
-use std::cmp::Ordering;
 
-/// Ids per parallel piece when building the output.
-const PIECE: usize = 64 * 1024;
+/// Ids sorted per round of [`Collector::finish`]: the sort entries alive at once.
+const WINDOW: usize = 1 << 20;
+/// Groups: one per value of an id's first two bytes.
+const GROUPS: usize = 1 << 16;
 
-/// An id: its sort key and where it is (`column << 32 | row`).
-type Entry = (u64, u64);
-
-/// What [`distinct_sorted_ids`] found.
+/// What [`distinct_sorted_ids`] and [`Collector::finish`] found.
 pub struct Sorted {
     pub ids: StringArray,
     pub rows: usize,
@@ -29,10 +33,238 @@ pub struct Sorted {
     pub duplicates: usize,
 }
 
-fn at(columns: &[StringArray], loc: u64) -> &[u8] {
-    columns[(loc >> 32) as usize]
-        .value((loc & 0xFFFF_FFFF) as usize)
-        .as_bytes()
+/// The first block of an arena (most groups of a small cohort never need another).
+const FIRST_BLOCK: usize = 64 << 10;
+/// Every later block: at or above the allocator's mmap threshold (`main` sets it to 1 MiB on
+/// glibc), so each block is its own mapping and freeing it returns the memory to the system.
+const BLOCK: usize = 1 << 20;
+/// The longest id accepted (an id never spans two blocks); partners accept far shorter ones.
+pub const MAX_ID_BYTES: usize = FIRST_BLOCK;
+
+/// The ids of one group from one collector, back to back in fixed-size blocks (no doubling
+/// reallocations: what is allocated is what is used, and it is freed block by block).
+#[derive(Default)]
+struct Arena {
+    blocks: Vec<Vec<u8>>,
+    /// Each id's end as a position over the blocks laid end to end; an id that would not fit in
+    /// the rest of a block starts the next one.
+    ends: Vec<u32>,
+}
+
+fn block_start(k: usize) -> usize {
+    if k == 0 {
+        0
+    } else {
+        FIRST_BLOCK + (k - 1) * BLOCK
+    }
+}
+
+fn block_of(pos: usize) -> usize {
+    if pos < FIRST_BLOCK {
+        0
+    } else {
+        1 + (pos - FIRST_BLOCK) / BLOCK
+    }
+}
+
+impl Arena {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.blocks.iter().map(Vec::len).sum()
+    }
+
+    fn push(&mut self, id: &[u8]) -> Result<(), String> {
+        if id.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "a user_id of {} bytes (`{}…`); the longest accepted is {MAX_ID_BYTES} bytes",
+                id.len(),
+                String::from_utf8_lossy(&id[..40])
+            ));
+        }
+        let mut pos = self.ends.last().map_or(0, |&e| e as usize);
+        let k = self.blocks.len();
+        if k == 0 || pos + id.len() > block_start(k) {
+            // The next block (the rest of this one stays unused).
+            pos = block_start(k);
+            self.blocks
+                .push(Vec::with_capacity(if k == 0 { FIRST_BLOCK } else { BLOCK }));
+        }
+        self.blocks
+            .last_mut()
+            .expect("a block")
+            .extend_from_slice(id);
+        let end = u32::try_from(pos + id.len())
+            .map_err(|_| "the ids of a cohort exceed 2 GiB".to_string())?;
+        self.ends.push(end);
+        Ok(())
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let end = self.ends[i] as usize;
+        let k = block_of(end - 1);
+        let base = block_start(k);
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize }.max(base);
+        &self.blocks[k][start - base..end - base]
+    }
+}
+
+/// Collects the ids of a query's batches (one collector per partition, no locks), grouped by
+/// their first two bytes.
+pub struct Collector {
+    groups: Vec<Option<Box<Arena>>>,
+    rows: usize,
+    nulls: usize,
+    empty: usize,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The group of an id: its first two bytes (a missing second byte as 0), so groups in index
+/// order are ranges of byte order.
+fn group_of(id: &[u8]) -> usize {
+    (id[0] as usize) << 8 | id.get(1).copied().unwrap_or(0) as usize
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self {
+            groups: (0..GROUPS).map(|_| None).collect(),
+            rows: 0,
+            nulls: 0,
+            empty: 0,
+        }
+    }
+
+    /// Copies the non-NULL, non-empty ids of a `Utf8`, `LargeUtf8` or `Utf8View` array; other
+    /// types are the caller's to cast. Errs on an id over [`MAX_ID_BYTES`], and when one group
+    /// of one collector would pass 4 GiB (a cohort's ids are limited to 2 GiB anyway).
+    pub fn push(&mut self, array: &dyn Array) -> Result<(), String> {
+        self.rows += array.len();
+        self.nulls += array.null_count();
+        match array.data_type() {
+            DataType::Utf8 => self.add_all(array.as_string::<i32>().iter()),
+            DataType::LargeUtf8 => self.add_all(array.as_string::<i64>().iter()),
+            DataType::Utf8View => self.add_all(array.as_string_view().iter()),
+            other => Err(format!("ids of type {other} (cast them to Utf8 first)")),
+        }
+    }
+
+    fn add_all<'a>(&mut self, ids: impl Iterator<Item = Option<&'a str>>) -> Result<(), String> {
+        for id in ids.flatten() {
+            let id = id.as_bytes();
+            if id.is_empty() {
+                self.empty += 1;
+                continue;
+            }
+            self.groups[group_of(id)]
+                .get_or_insert_with(Box::default)
+                .push(id)?;
+        }
+        Ok(())
+    }
+
+    /// Sorts and de-duplicates everything the collectors hold into one array in byte order.
+    /// `parts` are in partition order (an input already sorted across them is only checked).
+    pub fn finish(mut parts: Vec<Collector>) -> Result<Sorted, String> {
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let nulls = parts.iter().map(|p| p.nulls).sum();
+        let empty = parts.iter().map(|p| p.empty).sum();
+        let groups: Vec<Vec<Arena>> = (0..GROUPS)
+            .map(|g| {
+                parts
+                    .iter_mut()
+                    .filter_map(|p| p.groups[g].take().map(|a| *a))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| !g.is_empty())
+            .collect();
+        drop(parts);
+        let total: usize = groups.iter().flatten().map(Arena::len).sum();
+        let bytes: usize = groups.iter().flatten().map(Arena::bytes).sum();
+        if i32::try_from(bytes).is_err() {
+            return Err("the ids of a cohort exceed 2 GiB".into());
+        }
+        let mut values: Vec<u8> = Vec::with_capacity(bytes);
+        let mut offsets: Vec<i32> = Vec::with_capacity(total + 1);
+        offsets.push(0);
+        let mut duplicates = 0;
+        let mut groups = groups.into_iter().peekable();
+        while groups.peek().is_some() {
+            // A window of groups: sorted in parallel, written, then freed.
+            let mut window = Vec::new();
+            let mut n = 0;
+            while let Some(g) = groups.next_if(|_| n < WINDOW) {
+                n += g.iter().map(Arena::len).sum::<usize>();
+                window.push(g);
+            }
+            let sorted: Vec<SortedGroup> = window.into_par_iter().map(sort_group).collect();
+            duplicates += sorted.iter().map(|g| g.duplicates).sum::<usize>();
+            let (byte_start, id_start) = (values.len(), offsets.len());
+            values.resize(
+                byte_start + sorted.iter().map(|g| g.bytes).sum::<usize>(),
+                0,
+            );
+            offsets.resize(
+                id_start + sorted.iter().map(|g| g.order.len()).sum::<usize>(),
+                0,
+            );
+            // Each group's slice of the output, then the copies in parallel.
+            let mut pieces = Vec::with_capacity(sorted.len());
+            let (mut v_rest, mut o_rest) = (&mut values[byte_start..], &mut offsets[id_start..]);
+            let mut at = byte_start;
+            for g in &sorted {
+                let (v, v_tail) = v_rest.split_at_mut(g.bytes);
+                let (o, o_tail) = o_rest.split_at_mut(g.order.len());
+                pieces.push((g, at, v, o));
+                (v_rest, o_rest) = (v_tail, o_tail);
+                at += g.bytes;
+            }
+            pieces.into_par_iter().for_each(|(g, start, out, ends)| {
+                let mut pos = 0;
+                for (&loc, end) in g.order.iter().zip(ends) {
+                    let id = g.id(loc);
+                    out[pos..pos + id.len()].copy_from_slice(id);
+                    pos += id.len();
+                    // Below 2 GiB: checked above.
+                    *end = (start + pos) as i32;
+                }
+            });
+        }
+        let ids = StringArray::try_new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(values),
+            None,
+        )
+        .map_err(|e| format!("ids: {e}"))?;
+        Ok(Sorted {
+            ids,
+            rows,
+            nulls,
+            empty,
+            duplicates,
+        })
+    }
+}
+
+/// One group, its ids' order (`arena << 32 | index`), de-duplicated.
+struct SortedGroup {
+    arenas: Vec<Arena>,
+    order: Vec<u64>,
+    bytes: usize,
+    duplicates: usize,
+}
+
+impl SortedGroup {
+    fn id(&self, loc: u64) -> &[u8] {
+        self.arenas[(loc >> 32) as usize].get((loc & 0xFFFF_FFFF) as usize)
+    }
 }
 
 /// 8 bytes of `id` from `from`, big-endian, zero-padded.
@@ -45,145 +277,70 @@ fn key(id: &[u8], from: usize) -> u64 {
     u64::from_be_bytes(k)
 }
 
-/// Sorts and de-duplicates the non-NULL, non-empty ids of `columns` into one array in byte order.
-///
-/// Panics if there are 2^32 columns or more (the query's batches) — far beyond any cohort.
-pub fn distinct_sorted_ids(columns: &[StringArray]) -> Sorted {
-    assert!(columns.len() < 1 << 32, "too many id arrays");
-    let rows: usize = columns.iter().map(Array::len).sum();
-    let nulls: usize = columns.iter().map(Array::null_count).sum();
-
-    // Non-empty ids per column (offsets only), then one entry each, filled in parallel.
-    let kept: Vec<usize> = columns
-        .par_iter()
-        .map(|c| {
-            let offsets = c.value_offsets();
-            (0..c.len())
-                .filter(|&i| c.is_valid(i) && offsets[i + 1] > offsets[i])
-                .count()
-        })
-        .collect();
-    let total: usize = kept.iter().sum();
-    let empty = rows - nulls - total;
-
-    // The prefix every id shares: keys start after it.
-    let first = columns
-        .iter()
-        .flat_map(|c| c.iter().flatten())
-        .find(|s| !s.is_empty())
-        .map(str::as_bytes)
-        .unwrap_or_default();
-    let common = columns
-        .par_iter()
-        .map(|c| {
-            let mut n = first.len();
-            for s in c.iter().flatten() {
-                if n == 0 {
-                    break;
-                }
-                if !s.is_empty() {
-                    n = s
-                        .as_bytes()
-                        .iter()
-                        .zip(&first[..n])
-                        .take_while(|(a, b)| a == b)
-                        .count();
-                }
-            }
-            n
-        })
-        .min()
-        .unwrap_or(0);
-
-    let mut entries: Vec<Entry> = vec![(0, 0); total];
-    let mut slices = Vec::with_capacity(columns.len());
-    let mut rest = entries.as_mut_slice();
-    for &n in &kept {
-        let (head, tail) = rest.split_at_mut(n);
-        slices.push(head);
-        rest = tail;
-    }
-    slices
-        .into_par_iter()
-        .zip(columns.par_iter())
-        .enumerate()
-        .for_each(|(ci, (out, c))| {
-            let ids = c
-                .iter()
-                .enumerate()
-                .filter_map(|(row, s)| s.filter(|s| !s.is_empty()).map(|s| (row, s)));
-            for (slot, (row, s)) in out.iter_mut().zip(ids) {
-                *slot = (key(s.as_bytes(), common), (ci as u64) << 32 | row as u64);
-            }
-        });
-
-    let order = |a: &Entry, b: &Entry| {
-        a.0.cmp(&b.0)
-            .then_with(|| at(columns, a.1)[common..].cmp(&at(columns, b.1)[common..]))
+fn sort_group(arenas: Vec<Arena>) -> SortedGroup {
+    let locs = || {
+        arenas
+            .iter()
+            .enumerate()
+            .flat_map(|(a, arena)| (0..arena.len()).map(move |i| (a as u64) << 32 | i as u64))
     };
-    // Already in order (a sorted lake read by one partition): one linear check, no sort.
-    if !entries
-        .par_windows(2)
-        .all(|w| order(&w[0], &w[1]) != Ordering::Greater)
-    {
-        entries.par_sort_unstable_by(order);
-    }
-    let before = entries.len();
-    entries.dedup_by(|b, a| a.0 == b.0 && at(columns, a.1) == at(columns, b.1));
-    let duplicates = before - entries.len();
-
-    Sorted {
-        ids: gather(columns, &entries),
-        rows,
-        nulls,
-        empty,
-        duplicates,
+    let id = |loc: u64| arenas[(loc >> 32) as usize].get((loc & 0xFFFF_FFFF) as usize);
+    let in_order = {
+        let mut prev: Option<&[u8]> = None;
+        locs().all(|loc| {
+            let now = id(loc);
+            let ok = prev.is_none_or(|p| p <= now);
+            prev = Some(now);
+            ok
+        })
+    };
+    let mut order: Vec<u64> = if in_order {
+        locs().collect()
+    } else {
+        // The prefix every id of the group shares: keys start after it.
+        let first = id(0);
+        let common = locs().fold(first.len(), |n, loc| {
+            let other = id(loc);
+            n.min(
+                other
+                    .iter()
+                    .zip(&first[..n])
+                    .take_while(|(a, b)| a == b)
+                    .count(),
+            )
+        });
+        let mut entries: Vec<(u64, u64)> = locs().map(|loc| (key(id(loc), common), loc)).collect();
+        let order = |a: &(u64, u64), b: &(u64, u64)| {
+            a.0.cmp(&b.0)
+                .then_with(|| id(a.1)[common..].cmp(&id(b.1)[common..]))
+        };
+        if entries.len() > WINDOW / 8 {
+            entries.par_sort_unstable_by(order);
+        } else {
+            entries.sort_unstable_by(order);
+        }
+        entries.into_iter().map(|(_, loc)| loc).collect()
+    };
+    let before = order.len();
+    order.dedup_by(|b, a| id(*a) == id(*b));
+    let bytes = order.iter().map(|&loc| id(loc).len()).sum();
+    SortedGroup {
+        duplicates: before - order.len(),
+        bytes,
+        order,
+        arenas,
     }
 }
 
-/// One compact array of the ids at `entries`, in that order, built in parallel pieces (the
-/// reads are random, so both cores wait on memory together rather than one alone).
-fn gather(columns: &[StringArray], entries: &[Entry]) -> StringArray {
-    // Bytes per piece, then where each piece starts.
-    let sizes: Vec<usize> = entries
-        .par_chunks(PIECE)
-        .map(|chunk| chunk.iter().map(|e| at(columns, e.1).len()).sum())
-        .collect();
-    let total: usize = sizes.iter().sum();
-    assert!(
-        i32::try_from(total).is_ok(),
-        "the ids of a cohort exceed 2 GiB"
-    );
-    let mut offsets = vec![0i32; entries.len() + 1];
-    let mut values = vec![0u8; total];
-    let mut pieces = Vec::with_capacity(sizes.len());
-    let (mut offsets_rest, mut values_rest) = (&mut offsets[1..], values.as_mut_slice());
-    let mut start = 0usize;
-    for (chunk, &size) in entries.chunks(PIECE).zip(&sizes) {
-        let (o, o_tail) = offsets_rest.split_at_mut(chunk.len());
-        let (v, v_tail) = values_rest.split_at_mut(size);
-        pieces.push((chunk, start, o, v));
-        (offsets_rest, values_rest) = (o_tail, v_tail);
-        start += size;
+/// Sorts and de-duplicates the non-NULL, non-empty ids of `columns` into one array in byte order.
+///
+/// Panics if the ids pass 2 GiB (the query path reports that as an error instead).
+pub fn distinct_sorted_ids(columns: &[StringArray]) -> Sorted {
+    let mut collector = Collector::new();
+    for c in columns {
+        collector.push(c).expect("ids below 2 GiB");
     }
-    pieces
-        .into_par_iter()
-        .for_each(|(chunk, start, ends, out)| {
-            let mut pos = 0;
-            for (e, end) in chunk.iter().zip(ends) {
-                let id = at(columns, e.1);
-                out[pos..pos + id.len()].copy_from_slice(id);
-                pos += id.len();
-                // Below 2 GiB: checked above.
-                *end = (start + pos) as i32;
-            }
-        });
-    StringArray::try_new(
-        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-        Buffer::from_vec(values),
-        None,
-    )
-    .expect("whole UTF-8 ids at their offsets")
+    Collector::finish(vec![collector]).expect("ids below 2 GiB")
 }
 
 #[cfg(test)]

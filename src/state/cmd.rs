@@ -124,8 +124,8 @@ pub async fn show(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Res
                 p.partner
             ));
         }
-        let main = ids::try_read(store, &state.path(&p.snapshot)).await?;
-        let copy = ids::try_read(store, &state.path(&replica(&p.snapshot))).await?;
+        let main = ids::try_read(&state.store, &state.path(&p.snapshot)).await?;
+        let copy = ids::try_read(&state.store, &state.path(&replica(&p.snapshot))).await?;
         let describe = |r: &std::result::Result<Arc<StringArray>, String>| match r {
             Ok(ids) => json!({"ids": ids.len()}),
             Err(why) => json!({"error": why}),
@@ -513,7 +513,7 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
         Read::Ok(plan) => {
             let mut unreadable = None;
             for file in [&plan.adds_file, &plan.removes_file] {
-                if let Err(why) = ids::try_read(store, &state.path(file)).await? {
+                if let Err(why) = ids::try_read(&state.store, &state.path(file)).await? {
                     unreadable = Some(format!("{}: {why}", state.path(file)));
                 }
             }
@@ -537,8 +537,8 @@ async fn restore_snapshot(
     let store = state.store.as_ref();
     let (main, copy) = (state.path(snapshot), state.path(&replica(snapshot)));
     let (m, c) = (
-        ids::try_read(store, &main).await?,
-        ids::try_read(store, &copy).await?,
+        ids::try_read(&state.store, &main).await?,
+        ids::try_read(&state.store, &copy).await?,
     );
     Ok(match (m, c) {
         (Ok(ids), Ok(_)) => Ok(ids),
@@ -648,7 +648,7 @@ async fn set_aside_plan(
         if !meta.location.as_ref().ends_with(".parquet") {
             continue;
         }
-        match ids::try_read(store, &meta.location).await? {
+        match ids::try_read(&state.store, &meta.location).await? {
             Ok(ids) => {
                 lists.push(ids.as_ref().clone());
                 read_ok.push(meta.location.to_string());
@@ -662,9 +662,9 @@ async fn set_aside_plan(
             continue;
         }
         let (main, copy) = (state.path(&snapshot), state.path(&replica(&snapshot)));
-        match ids::try_read(store, &main).await? {
+        match ids::try_read(&state.store, &main).await? {
             Ok(ids) => lists.push(ids.as_ref().clone()),
-            Err(e) => match ids::try_read(store, &copy).await? {
+            Err(e) => match ids::try_read(&state.store, &copy).await? {
                 Ok(ids) => lists.push(ids.as_ref().clone()),
                 Err(_) => {
                     unreadable.push((main.to_string(), e));

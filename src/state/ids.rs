@@ -4,46 +4,154 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
-use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use futures::future::BoxFuture;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder};
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::error::{Error, Result};
-use crate::parallel::on_rayon;
 
 /// Writes `ids` (already sorted and distinct) to `path`, replacing it atomically.
 pub async fn write(store: &dyn ObjectStore, path: &Path, ids: Arc<StringArray>) -> Result<()> {
     write_to(store, std::slice::from_ref(path), ids).await
 }
 
+/// Rows per row group, and so per chunk streamed to the store: ~4.5 MiB of UUIDs, a buffer the
+/// allocator reuses from one row group to the next (36 MiB ones were fresh pages every time).
+const ROW_GROUP: usize = 1 << 17;
+/// Bytes an object buffers before it becomes a multipart upload (S3 parts must be ≥ 5 MiB).
+const PART: usize = 16 << 20;
+/// Parts of one object uploading at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
 /// Encodes `ids` once and writes the same bytes to every path (a snapshot and its replica).
+///
+/// Row groups are encoded on a thread of their own and streamed to each object as they are
+/// ready, so a 10M-id list costs a row group or two of memory, not a second copy of the list.
+/// Each object appears whole or not at all: one `put`, or a multipart upload completed last.
 pub async fn write_to(
     store: &dyn ObjectStore,
     paths: &[Path],
     ids: Arc<StringArray>,
 ) -> Result<()> {
-    let bytes = on_rayon(move || encode(&ids)).await?;
-    futures::future::try_join_all(paths.iter().map(|path| {
-        let bytes = bytes.clone();
-        async move {
-            store
-                .put(path, bytes.into())
-                .await
-                .map_err(|e| Error::Storage(format!("{path}: {e}")))
-        }
-    }))
-    .await?;
-    Ok(())
+    write_sized(store, paths, ids, ROW_GROUP, PART).await
 }
 
-/// Copies an object (read, then write; every store can).
+async fn write_sized(
+    store: &dyn ObjectStore,
+    paths: &[Path],
+    ids: Arc<StringArray>,
+    row_group: usize,
+    part: usize,
+) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(2);
+    std::thread::Builder::new()
+        .name("ids-encode".into())
+        .spawn(move || {
+            // A closed channel means the writer gave up (its error is reported there).
+            if let Err(e) = encode(&ids, row_group, &mut |chunk| {
+                tx.blocking_send(Ok(chunk)).is_ok()
+            }) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start an encoding thread: {e}")))?;
+    let mut sinks: Vec<Sink> = paths.iter().map(|p| Sink::new(p.clone(), part)).collect();
+    let written = async {
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk?;
+            futures::future::try_join_all(sinks.iter_mut().map(|s| s.push(store, chunk.clone())))
+                .await?;
+        }
+        futures::future::try_join_all(sinks.iter_mut().map(|s| s.finish(store))).await
+    }
+    .await;
+    if written.is_err() {
+        for sink in sinks {
+            sink.abort().await;
+        }
+    }
+    written.map(|_| ())
+}
+
+/// One object being written: buffered until it is big enough for a multipart upload.
+enum Sink {
+    /// The path, the chunks so far, their size, the part size.
+    Buffer(Path, Vec<Bytes>, usize, usize),
+    Upload(Path, WriteMultipart),
+    Done,
+}
+
+impl Sink {
+    fn new(path: Path, part: usize) -> Self {
+        Sink::Buffer(path, Vec::new(), 0, part)
+    }
+
+    async fn push(&mut self, store: &dyn ObjectStore, chunk: Bytes) -> Result<()> {
+        match self {
+            Sink::Buffer(path, chunks, len, part) => {
+                *len += chunk.len();
+                chunks.push(chunk);
+                if *len >= *part {
+                    let upload = store
+                        .put_multipart(path)
+                        .await
+                        .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                    let mut upload = WriteMultipart::new_with_chunk_size(upload, *part);
+                    for c in chunks.drain(..) {
+                        upload.put(c);
+                    }
+                    *self = Sink::Upload(path.clone(), upload);
+                }
+            }
+            Sink::Upload(path, upload) => {
+                upload
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                upload.put(chunk);
+            }
+            Sink::Done => return Err(Error::Internal("id list written after its end".into())),
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, store: &dyn ObjectStore) -> Result<()> {
+        match std::mem::replace(self, Sink::Done) {
+            Sink::Buffer(path, chunks, _, _) => store
+                .put(&path, chunks.into_iter().collect::<PutPayload>())
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::Storage(format!("{path}: {e}"))),
+            Sink::Upload(path, upload) => upload
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::Storage(format!("{path}: {e}"))),
+            Sink::Done => Ok(()),
+        }
+    }
+
+    async fn abort(self) {
+        if let Sink::Upload(_, upload) = self {
+            let _ = upload.abort().await;
+        }
+    }
+}
+
+/// Copies an object (read, then write; every store can). Not `ObjectStore::copy`: on a local
+/// filesystem that is a hard link, and a replica sharing the snapshot's inode protects nothing.
 pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()> {
     let bytes = store
         .get(from)
@@ -59,7 +167,9 @@ pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()>
     Ok(())
 }
 
-fn encode(ids: &StringArray) -> Result<Bytes> {
+/// Encodes `ids` as Parquet, handing each row group's bytes (then the footer's) to `emit` as
+/// soon as they are complete; stops early when `emit` returns false.
+fn encode(ids: &StringArray, row_group: usize, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "user_id",
         DataType::Utf8,
@@ -69,22 +179,34 @@ fn encode(ids: &StringArray) -> Result<Bytes> {
         .set_compression(compression_for(ids))
         // Ids are distinct: a dictionary only costs time before it falls back.
         .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(1 << 20))
+        // Nothing prunes an id list: min/max statistics only cost byte comparisons.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_max_row_group_row_count(Some(row_group))
         .build();
-    let mut out = Vec::with_capacity(ids.value_data().len() / 2 + 1024);
-    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))?;
-    let step = 1 << 20;
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?;
+    let mut take = |writer: &mut ArrowWriter<Vec<u8>>| -> Result<bool> {
+        writer
+            .sync()
+            .map_err(|e| Error::Internal(format!("id list: {e}")))?;
+        let bytes = std::mem::take(writer.inner_mut());
+        Ok(bytes.is_empty() || emit(Bytes::from(bytes)))
+    };
     let mut start = 0;
     while start < ids.len() {
-        let len = step.min(ids.len() - start);
+        let len = row_group.min(ids.len() - start);
         let column: ArrayRef = Arc::new(ids.slice(start, len));
         let batch = RecordBatch::try_new(schema.clone(), vec![column])
             .map_err(|e| Error::Internal(format!("id batch: {e}")))?;
         writer.write(&batch)?;
+        writer.flush()?;
+        if !take(&mut writer)? {
+            return Err(Error::Internal("id list writer gone".into()));
+        }
         start += len;
     }
-    writer.close()?;
-    Ok(Bytes::from(out))
+    writer.finish()?;
+    take(&mut writer)?;
+    Ok(())
 }
 
 /// Snappy when it pays on a sample of the ids (sequential ids like `u000000123` shrink several
@@ -108,7 +230,7 @@ fn compression_for(ids: &StringArray) -> Compression {
 }
 
 /// Reads an id list written by [`write`].
-pub async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Arc<StringArray>> {
+pub async fn read(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Arc<StringArray>> {
     try_read(store, path)
         .await?
         .map_err(|why| Error::Storage(format!("{path}: {why}")))
@@ -116,54 +238,141 @@ pub async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Arc<StringArra
 
 /// Reads an id list: a store failure is an error; a missing object, or one that is not a sorted,
 /// distinct id list, is the inner `Err` with the reason.
+///
+/// Row groups are fetched and decoded one at a time into one array sized from the footer, so
+/// reading a 10M-id snapshot holds the ids once, not the file, its batches and their
+/// concatenation together.
 pub async fn try_read(
-    store: &dyn ObjectStore,
+    store: &Arc<dyn ObjectStore>,
     path: &Path,
 ) -> Result<std::result::Result<Arc<StringArray>, String>> {
-    let got = match store.get(path).await {
-        Ok(got) => got,
+    let meta = match store.head(path).await {
+        Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Ok(Err("missing".into())),
         Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
     };
-    let bytes = got
-        .bytes()
-        .await
-        .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
-    Ok(on_rayon(move || decode(bytes)).await)
+    let reader = Reader {
+        store: store.clone(),
+        path: path.clone(),
+        size: meta.size,
+    };
+    // A failure of the store (also inside the Parquet reader) is an error of the run, not damage.
+    let classify = |e: ParquetError| -> Result<String> {
+        match e {
+            ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
+                Ok(store_error)
+                    if !matches!(*store_error, object_store::Error::NotFound { .. }) =>
+                {
+                    Err(Error::Storage(format!("{path}: {store_error}")))
+                }
+                Ok(gone) => Ok(format!("missing ({gone})")),
+                Err(other) => Ok(format!("not a readable id list: {other}")),
+            },
+            other => Ok(format!("not a readable id list: {other}")),
+        }
+    };
+    let builder = match ParquetRecordBatchStreamBuilder::new(reader).await {
+        Ok(b) => b,
+        Err(e) => return classify(e).map(Err),
+    };
+    let Some(column) = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "user_id")
+    else {
+        return Ok(Err("id list without a user_id column".into()));
+    };
+    let (rows, bytes) = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .fold((0u64, 0u64), |(r, b), rg| {
+            let chunk = rg.column(column);
+            let values = chunk.uncompressed_size().max(0) as u64;
+            (r + rg.num_rows().max(0) as u64, b + values)
+        });
+    // The footer is untrusted: its counts size buffers only up to what the object could hold.
+    let cap = meta.size.saturating_mul(4);
+    let mut out = StringBuilder::with_capacity(
+        rows.min(cap) as usize,
+        bytes.saturating_sub(4 * rows).min(cap) as usize,
+    );
+    let mut stream = match builder.with_batch_size(ROW_GROUP).build() {
+        Ok(s) => s,
+        Err(e) => return classify(e).map(Err),
+    };
+    let mut last: Option<Vec<u8>> = None;
+    let mut row = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => return classify(e).map(|why| Err(why.replace("not a readable", "corrupt"))),
+        };
+        let Some(values) = batch.column_by_name("user_id") else {
+            return Ok(Err("id list without a user_id column".into()));
+        };
+        let values = match cast(values, &DataType::Utf8) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(format!("corrupt id list: {e}"))),
+        };
+        let values = values.as_string::<i32>();
+        // Every list is written sorted and distinct; anything else is damage.
+        if values.null_count() > 0 {
+            return Ok(Err("corrupt id list: null ids".into()));
+        }
+        let mut prev: Option<&[u8]> = last.as_deref();
+        for id in values.iter().flatten() {
+            if let Some(prev) = prev
+                && prev >= id.as_bytes()
+            {
+                return Ok(Err(format!(
+                    "corrupt id list: not sorted and distinct at row {row} (`{}` then `{id}`)",
+                    String::from_utf8_lossy(prev)
+                )));
+            }
+            out.append_value(id);
+            prev = Some(id.as_bytes());
+            row += 1;
+        }
+        last = prev.map(<[u8]>::to_vec);
+    }
+    Ok(Ok(Arc::new(out.finish())))
 }
 
-fn decode(bytes: Bytes) -> std::result::Result<Arc<StringArray>, String> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.with_batch_size(1 << 20).build())
-        .map_err(|e| format!("not a readable id list: {e}"))?;
-    let mut parts: Vec<ArrayRef> = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| format!("corrupt id list: {e}"))?;
-        let column = batch
-            .column_by_name("user_id")
-            .ok_or("id list without a user_id column")?;
-        parts.push(cast(column, &DataType::Utf8).map_err(|e| e.to_string())?);
+/// Parquet's view of one object of known size: ranged reads through the store.
+struct Reader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl AsyncFileReader for Reader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        Box::pin(async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        })
     }
-    if parts.is_empty() {
-        return Ok(Arc::new(StringArray::from(Vec::<&str>::new())));
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        })
     }
-    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-    let all = concat(&refs).map_err(|e| e.to_string())?;
-    let ids = all.as_string::<i32>().clone();
-    // Every list is written sorted and distinct; anything else is damage.
-    if ids.null_count() > 0 {
-        return Err("corrupt id list: null ids".into());
-    }
-    if let Some(i) =
-        (1..ids.len()).find(|&i| ids.value(i - 1).as_bytes() >= ids.value(i).as_bytes())
-    {
-        return Err(format!(
-            "corrupt id list: not sorted and distinct at row {i} (`{}` then `{}`)",
-            ids.value(i - 1),
-            ids.value(i)
-        ));
-    }
-    Ok(Arc::new(ids))
 }
 
 #[cfg(test)]
@@ -173,16 +382,74 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip() {
-        let store = InMemory::new();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let path = Path::from("s/ids.parquet");
         let ids = Arc::new(StringArray::from_iter_values(
             (0..2500).map(|i| format!("u{i:05}")),
         ));
-        write(&store, &path, ids.clone()).await.unwrap();
+        write(store.as_ref(), &path, ids.clone()).await.unwrap();
         assert_eq!(read(&store, &path).await.unwrap().as_ref(), ids.as_ref());
         let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
-        write(&store, &path, empty).await.unwrap();
+        write(store.as_ref(), &path, empty).await.unwrap();
         assert_eq!(read(&store, &path).await.unwrap().len(), 0);
+    }
+
+    /// Row group by row group, through multipart uploads, to a snapshot and its replica on a
+    /// real filesystem: both read back whole, and no staging file is left.
+    #[tokio::test]
+    async fn streamed_in_row_groups_and_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let ids = Arc::new(StringArray::from_iter_values(
+            (0..50_000).map(|i| format!("{i:08x}-{}", i % 7)),
+        ));
+        let paths = [Path::from("s/a.parquet"), Path::from("s/a.replica.parquet")];
+        // 1,000 rows a row group, parts of 64 KiB: ~50 row groups over ~10 parts.
+        write_sized(store.as_ref(), &paths, ids.clone(), 1000, 64 << 10)
+            .await
+            .unwrap();
+        for path in &paths {
+            assert_eq!(read(&store, path).await.unwrap().as_ref(), ids.as_ref());
+        }
+        let mut files: Vec<String> = std::fs::read_dir(dir.path().join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["a.parquet", "a.replica.parquet"]);
+        let meta = ParquetRecordBatchStreamBuilder::new(Reader {
+            store: store.clone(),
+            path: paths[0].clone(),
+            size: store.head(&paths[0]).await.unwrap().size,
+        })
+        .await
+        .unwrap();
+        assert_eq!(meta.metadata().num_row_groups(), 50);
+    }
+
+    /// Damage is the inner `Err` naming the row; a missing list is `missing`.
+    #[tokio::test]
+    async fn damaged_lists_are_named_not_read() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("s/x.parquet");
+        assert_eq!(
+            try_read(&store, &path).await.unwrap().unwrap_err(),
+            "missing"
+        );
+        let unsorted = Arc::new(StringArray::from(vec!["b", "a"]));
+        write(store.as_ref(), &path, unsorted).await.unwrap();
+        let why = try_read(&store, &path).await.unwrap().unwrap_err();
+        assert!(
+            why.contains("not sorted and distinct at row 1 (`b` then `a`)"),
+            "{why}"
+        );
+        store
+            .put(&path, Bytes::from_static(b"PAR1 not really").into())
+            .await
+            .unwrap();
+        let why = try_read(&store, &path).await.unwrap().unwrap_err();
+        assert!(why.starts_with("not a readable id list"), "{why}");
     }
 
     #[tokio::test]
@@ -195,9 +462,9 @@ mod tests {
         uuids.sort();
         let uuids = Arc::new(StringArray::from_iter_values(uuids));
         assert_eq!(compression_for(&uuids), Compression::UNCOMPRESSED);
-        let store = InMemory::new();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let path = Path::from("s/uuids.parquet");
-        write(&store, &path, uuids.clone()).await.unwrap();
+        write(store.as_ref(), &path, uuids.clone()).await.unwrap();
         assert_eq!(read(&store, &path).await.unwrap().as_ref(), uuids.as_ref());
     }
 }

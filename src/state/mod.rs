@@ -238,7 +238,7 @@ impl CohortState {
     /// `state repair`.
     pub async fn ids(&self, rel: &str) -> Result<Arc<datafusion::arrow::array::StringArray>> {
         let path = self.path(rel);
-        ids::try_read(self.store.as_ref(), &path)
+        ids::try_read(&self.store, &path)
             .await?
             .map_err(|why| self.unreadable(&path, &why, "repair"))
     }
