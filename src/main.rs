@@ -11,6 +11,11 @@ use cohort_bridge::commands;
 use cohort_bridge::error::{Error, exit};
 use cohort_bridge::synth::IdShape;
 
+/// jemalloc (see Cargo.toml for the measurement that chose it).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Sync SQL-defined cohorts from a Parquet lake to a marketing-automation partner (Braze).
 #[derive(Parser, Debug)]
 #[command(name = "cohort-bridge", version, about)]

@@ -416,6 +416,25 @@ mod tests {
         }
     }
 
+    /// Ids long enough to leave gaps at the ends of blocks (one group: same first two bytes),
+    /// and one over the limit, which is refused with its length.
+    #[test]
+    fn block_ends_and_the_longest_id() {
+        let ids: Vec<Option<String>> = (0..2_000u32)
+            .map(|i| {
+                let len = 1_000 + (i.wrapping_mul(2_654_435_761) % 7_000) as usize;
+                Some(format!("ab{:05}{}", (i * 7_919) % 2_000, "x".repeat(len)))
+            })
+            .collect();
+        check(&split(&ids, &[700, 1_300]));
+        let mut c = Collector::new();
+        let long = StringArray::from(vec!["é".repeat(MAX_ID_BYTES)]);
+        let e = c.push(&long).unwrap_err();
+        assert!(e.contains("a user_id of 131072 bytes (`éé"), "{e}");
+        let exact = StringArray::from(vec!["z".repeat(MAX_ID_BYTES)]);
+        c.push(&exact).unwrap();
+    }
+
     #[test]
     fn shapes_orders_and_duplicates() {
         let mut rng = 0x1234_5678u64;

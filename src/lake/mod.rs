@@ -116,12 +116,9 @@ impl Lake {
         let session = SessionConfig::new()
             .with_information_schema(true)
             .set_bool("datafusion.sql_parser.collect_spans", true)
-            // Plain Utf8 strings: member ids leave DataFusion as a StringArray without a
-            // view-to-offsets copy of every id.
-            .set_bool(
-                "datafusion.execution.parquet.schema_force_view_types",
-                false,
-            );
+            // Strings as views: `substr` and filters pass 16-byte views instead of copying
+            // bytes, and member ids are copied once, out of the views, by the collector.
+            .set_bool("datafusion.execution.parquet.schema_force_view_types", true);
         let session = match config.engine.target_partitions {
             Some(n) => session.with_target_partitions(n),
             None => session,
