@@ -22,8 +22,9 @@ pub struct CheckReport {
     pub warnings: Vec<String>,
 }
 
-/// Runs every check; the report lists problems (exit 2) and warnings (exit 0).
-pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
+/// Runs every check; the report lists problems (exit 2) and warnings (exit 0). `only` limits the
+/// cohorts planned (empty: every cohort); a name the project does not define is a problem.
+pub async fn check_project(config: &Config, at: DateTime<Utc>, only: &[String]) -> CheckReport {
     let file = config.file.display().to_string();
     let mut report = CheckReport {
         tables: config.tables.len(),
@@ -35,6 +36,19 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
             .collect(),
         ..CheckReport::default()
     };
+    for name in only {
+        if !config.cohorts.contains_key(name) {
+            report.problems.push(format!(
+                "{file}: no cohort `{name}` (the file defines: {})",
+                config
+                    .cohorts
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     for (name, d) in &config.destinations {
         if let Some(host) = plain_http_host(&d.base_url) {
             report.warnings.push(format!(
@@ -81,7 +95,11 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
         report.problems.push(e.to_string());
     }
     let params = Params { run_ts: at };
-    for name in config.cohorts.keys() {
+    for name in config
+        .cohorts
+        .keys()
+        .filter(|n| only.is_empty() || only.contains(n))
+    {
         // A cohort whose configuration is wrong was reported by `problems` already.
         let Ok(c) = config.cohort(name) else { continue };
         match cohort::plan(&lake, &c, &params).await {
@@ -93,11 +111,11 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>) -> CheckReport {
 }
 
 /// The `check` command: problems and warnings on stderr, a JSON summary on stdout.
-pub async fn check(config_file: &Path, at: Option<DateTime<Utc>>) -> Result<i32> {
+pub async fn check(config_file: &Path, at: Option<DateTime<Utc>>, only: &[String]) -> Result<i32> {
     let started_at = Utc::now();
     let config = Config::load_unchecked(config_file)?;
     let at = at.unwrap_or_else(Utc::now);
-    let report = check_project(&config, at).await;
+    let report = check_project(&config, at, only).await;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

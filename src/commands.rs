@@ -13,9 +13,23 @@ use crate::state::runs::{self, RunRecord};
 use crate::sync::{SyncOptions, sync_cohort};
 use crate::synth::{IdShape, SynthSpec, generate as synth_generate, user_id};
 
-/// `sync`: every named cohort, one JSON line each on stdout; the exit code of the first failure.
+/// `sync`: every named cohort (none named: every cohort of the project, `sync --all`), one JSON
+/// line each on stdout; the exit code of the first failure.
 pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) -> Result<i32> {
     let config = Config::load(config_file)?;
+    let all: Vec<String>;
+    let cohorts = if cohorts.is_empty() {
+        all = config.cohorts.keys().cloned().collect();
+        if all.is_empty() {
+            return Err(Error::config(
+                config.file.clone(),
+                "`sync --all`: the file defines no [cohorts.*]",
+            ));
+        }
+        &all
+    } else {
+        cohorts
+    };
     // Usage problems first, before any work: unknown cohorts, unset secrets.
     let mut credentials = Vec::new();
     for name in cohorts {

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod emulator;
 pub mod error;
 pub mod ingest;
+pub mod init;
 pub mod lake;
 pub mod parallel;
 pub mod progress;

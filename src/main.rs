@@ -16,9 +16,20 @@ use cohort_bridge::synth::IdShape;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// `--version`: the version, the commit it was built from and the optional features built in
+/// (written by build.rs).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("COHORT_BRIDGE_COMMIT"),
+    ", features: ",
+    env!("COHORT_BRIDGE_FEATURES"),
+    ")"
+);
+
 /// Sync SQL-defined cohorts from a Parquet lake to a marketing-automation partner (Braze).
 #[derive(Parser, Debug)]
-#[command(name = "cohort-bridge", version, about)]
+#[command(name = "cohort-bridge", version, long_version = LONG_VERSION, about)]
 struct Cli {
     /// The project file.
     #[arg(
@@ -50,8 +61,11 @@ enum Command {
     /// Deliver cohorts to their destination; one JSON summary line per cohort on stdout.
     Sync {
         /// Cohort names from the project file.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         cohorts: Vec<String>,
+        /// Every cohort of the project file, one after the other.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         at: AtArg,
         /// Never draw a progress bar (it is only drawn on a terminal anyway).
@@ -95,9 +109,32 @@ enum Command {
     /// Validate the project file and plan every cohort's SQL against the real tables, without
     /// running anything; lists every problem. Exit 2 if there is any.
     Check {
+        /// Only these cohorts (default: every cohort).
+        #[arg(conflicts_with = "all")]
+        cohorts: Vec<String>,
+        /// Every cohort (the default; for symmetry with `sync --all`).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         at: AtArg,
     },
+    /// Scaffold a project in DIR (default: here): a commented cohort-bridge.toml, example
+    /// cohorts and an analysis query, a .gitignore for local state, and a small sample lake;
+    /// never overwrites.
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Do not generate the sample lake (point [lake] url at yours).
+        #[arg(long)]
+        no_sample: bool,
+    },
+    /// Print a shell completion script, e.g. `source <(cohort-bridge completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `cohort-bridge man > cohort-bridge.1`.
+    Man,
     /// Partner event files (Currents Avro or NDJSON) into the lake as `partner_events`,
     /// partitioned by event_date; `--from/--to` backfills (replaces) those days.
     Ingest {
@@ -327,10 +364,21 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print_all(bytes: &[u8]) -> Result<i32, Error> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Err(e) => Err(Error::Internal(format!("stdout: {e}"))),
+    }
+}
+
 async fn run(cli: Cli) -> i32 {
     let result: Result<i32, Error> = match cli.command {
         Command::Sync {
             cohorts,
+            all: _,
             at,
             no_progress,
             dry_run,
@@ -424,7 +472,26 @@ async fn run(cli: Cli) -> i32 {
             )
             .await
         }
-        Command::Check { at } => commands::check(&cli.config, at.at).await,
+        Command::Check {
+            cohorts,
+            all: _,
+            at,
+        } => commands::check(&cli.config, at.at, &cohorts).await,
+        Command::Init { dir, no_sample } => cohort_bridge::init::init(&dir, !no_sample).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cohort-bridge", &mut script);
+            print_all(&script)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| Error::Internal(format!("man page: {e}")))
+                .and_then(|_| print_all(&page))
+        }
         Command::Generate {
             out,
             users,

@@ -7,6 +7,7 @@ mod analysis;
 #[cfg(feature = "ballista")]
 mod ballista;
 mod check;
+mod cli;
 mod demo;
 mod engine;
 mod errors;
