@@ -4,14 +4,22 @@
 use std::process::Command;
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    // A build without .git (a container build context) may be told the commit.
+    println!("cargo:rerun-if-env-changed=COHORT_BRIDGE_COMMIT");
+    let given = std::env::var("COHORT_BRIDGE_COMMIT")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .filter(|c| !c.is_empty() && c != "unknown");
+    let commit = given
+        .or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=COHORT_BRIDGE_COMMIT={commit}");
     let features: Vec<String> = std::env::vars()
