@@ -9,18 +9,15 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
-use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::error::{Error, Result};
+use crate::lake::store::ObjectFile;
 
 /// Writes `ids` (already sorted and distinct) to `path`, replacing it atomically.
 pub async fn write(store: &dyn ObjectStore, path: &Path, ids: Arc<StringArray>) -> Result<()> {
@@ -251,7 +248,7 @@ pub async fn try_read(
         Err(object_store::Error::NotFound { .. }) => return Ok(Err("missing".into())),
         Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
     };
-    let reader = Reader {
+    let reader = ObjectFile {
         store: store.clone(),
         path: path.clone(),
         size: meta.size,
@@ -340,41 +337,6 @@ pub async fn try_read(
     Ok(Ok(Arc::new(out.finish())))
 }
 
-/// Parquet's view of one object of known size: ranged reads through the store.
-struct Reader {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    size: u64,
-}
-
-impl AsyncFileReader for Reader {
-    fn get_bytes(
-        &mut self,
-        range: std::ops::Range<u64>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        Box::pin(async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(|e| ParquetError::External(Box::new(e)))
-        })
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        Box::pin(async move {
-            let size = self.size;
-            let metadata = ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,7 +380,7 @@ mod tests {
             .collect();
         files.sort();
         assert_eq!(files, ["a.parquet", "a.replica.parquet"]);
-        let meta = ParquetRecordBatchStreamBuilder::new(Reader {
+        let meta = ParquetRecordBatchStreamBuilder::new(ObjectFile {
             store: store.clone(),
             path: paths[0].clone(),
             size: store.head(&paths[0]).await.unwrap().size,
