@@ -263,8 +263,13 @@ struct SortedGroup {
 
 impl SortedGroup {
     fn id(&self, loc: u64) -> &[u8] {
-        self.arenas[(loc >> 32) as usize].get((loc & 0xFFFF_FFFF) as usize)
+        at(&self.arenas, loc)
     }
+}
+
+/// The id at `loc` (`arena << 32 | index`).
+fn at(arenas: &[Arena], loc: u64) -> &[u8] {
+    arenas[(loc >> 32) as usize].get((loc & 0xFFFF_FFFF) as usize)
 }
 
 /// 8 bytes of `id` from `from`, big-endian, zero-padded.
@@ -284,7 +289,7 @@ fn sort_group(arenas: Vec<Arena>) -> SortedGroup {
             .enumerate()
             .flat_map(|(a, arena)| (0..arena.len()).map(move |i| (a as u64) << 32 | i as u64))
     };
-    let id = |loc: u64| arenas[(loc >> 32) as usize].get((loc & 0xFFFF_FFFF) as usize);
+    let id = |loc: u64| at(&arenas, loc);
     let in_order = {
         let mut prev: Option<&[u8]> = None;
         locs().all(|loc| {
