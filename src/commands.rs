@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use crate::config::{Config, env_lookup};
 use crate::error::{Error, Result, exit};
 use crate::lake::{Lake, Location};
+use crate::metrics::{Metrics, MetricsOut};
 use crate::state::new_run_id;
 use crate::state::runs::{self, RunRecord};
 use crate::sync::{SyncOptions, sync_cohort};
@@ -15,8 +16,14 @@ use crate::synth::{IdShape, SynthSpec, generate as synth_generate, user_id};
 
 /// `sync`: every named cohort (none named: every cohort of the project, `sync --all`), one JSON
 /// line each on stdout; the exit code of the first failure.
-pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) -> Result<i32> {
+pub async fn sync(
+    config_file: &Path,
+    cohorts: &[String],
+    options: SyncOptions,
+    metrics: &MetricsOut,
+) -> Result<i32> {
     let config = Config::load(config_file)?;
+    metrics.check()?;
     let all: Vec<String>;
     let cohorts = if cohorts.is_empty() {
         all = config.cohorts.keys().cloned().collect();
@@ -52,6 +59,7 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
             });
         }
         let started_at = Utc::now();
+        let clock = std::time::Instant::now();
         let result = sync_cohort(&config, &lake, name, creds, options).await;
         let this_code = match &result {
             Ok(s) if s.dead_letters > 0 => exit::PARTIAL,
@@ -105,11 +113,31 @@ pub async fn sync(config_file: &Path, cohorts: &[String], options: SyncOptions) 
         if code == exit::OK {
             code = this_code;
         }
-        // A dry run changes nothing anywhere, its history included.
+        // A dry run changes nothing anywhere, its history and metrics included.
         if !options.dry_run {
             record.ended_at = Utc::now();
             if let Err(e) = runs::append(&lake.state, &record).await {
                 tracing::error!(error = %e, run = %record.run_id, "cannot record the run in the run history");
+            }
+            if !metrics.is_empty() {
+                let destination = record.destination.clone().unwrap_or_default();
+                let shard = options.shard.map(|s| s.to_string());
+                let mut m = Metrics::default();
+                m.sync_run(
+                    name,
+                    &destination,
+                    shard.as_deref(),
+                    result.as_ref().ok(),
+                    this_code,
+                    record.ended_at,
+                    clock.elapsed(),
+                );
+                let group = [
+                    ("cohort", name.as_str()),
+                    ("destination", destination.as_str()),
+                    ("shard", shard.as_deref().unwrap_or("")),
+                ];
+                metrics.emit(&group, m).await;
             }
         }
     }
@@ -121,8 +149,10 @@ pub async fn ingest(
     config_file: &Path,
     source: Option<&str>,
     options: crate::ingest::IngestOptions,
+    metrics: &MetricsOut,
 ) -> Result<i32> {
     let config = Config::load(config_file)?;
+    metrics.check()?;
     if let Some((from, to)) = options.range
         && from > to
     {
@@ -159,6 +189,7 @@ pub async fn ingest(
     let mut code = exit::OK;
     for name in &names {
         let started_at = Utc::now();
+        let clock = std::time::Instant::now();
         let result =
             crate::ingest::ingest_source(&config, &lake, name, &config.sources[name], &options)
                 .await;
@@ -208,6 +239,17 @@ pub async fn ingest(
         record.ended_at = Utc::now();
         if let Err(e) = runs::append(&lake.state, &record).await {
             tracing::error!(error = %e, "cannot record the run in the run history");
+        }
+        if !metrics.is_empty() {
+            let mut m = Metrics::default();
+            m.ingest_run(
+                name,
+                result.as_ref().ok(),
+                this_code,
+                record.ended_at,
+                clock.elapsed(),
+            );
+            metrics.emit(&[("source", name.as_str())], m).await;
         }
         if code == exit::OK {
             code = this_code;

@@ -18,6 +18,7 @@ pub mod error;
 pub mod ingest;
 pub mod init;
 pub mod lake;
+pub mod metrics;
 pub mod parallel;
 pub mod progress;
 pub mod query;

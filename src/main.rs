@@ -56,6 +56,28 @@ enum LogFormat {
     Json,
 }
 
+/// Where a run's metrics go (OpenMetrics; see README "Metrics for schedulers").
+#[derive(Args, Debug)]
+struct MetricsArgs {
+    /// After each cohort or source, merge its figures into this OpenMetrics file (replaced
+    /// atomically; for node_exporter's textfile collector name it `*.prom`).
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+    /// Also POST them to this Prometheus Pushgateway (e.g. http://pushgateway:9091), grouped
+    /// by job `cohort_bridge` and the cohort and destination, or the source.
+    #[arg(long, value_name = "URL")]
+    metrics_push: Option<reqwest::Url>,
+}
+
+impl From<MetricsArgs> for cohort_bridge::metrics::MetricsOut {
+    fn from(a: MetricsArgs) -> Self {
+        cohort_bridge::metrics::MetricsOut {
+            file: a.metrics_file,
+            push: a.metrics_push,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Deliver cohorts to their destination; one JSON summary line per cohort on stdout.
@@ -99,6 +121,8 @@ enum Command {
         /// under replaced/).
         #[arg(long)]
         new_workspace: bool,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// A cohort's state: `show` it, `unlock` a lock whose run is gone, `repair` a state file
     /// that is missing or unreadable.
@@ -151,6 +175,8 @@ enum Command {
         /// most every this many seconds; a run that dies resumes from there. 0: after every file.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         checkpoint_every: u64,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Read-only SQL over the lake (every table, `partner_events`, `runs`), with $run_date and
     /// $run_ts bound from --at.
@@ -388,6 +414,7 @@ async fn run(cli: Cli) -> i32 {
             requests_per_second,
             rebind,
             new_workspace,
+            metrics,
         } => {
             let options = cohort_bridge::sync::SyncOptions {
                 at: at.at.unwrap_or_else(chrono::Utc::now),
@@ -400,7 +427,7 @@ async fn run(cli: Cli) -> i32 {
                 rebind,
                 new_workspace,
             };
-            commands::sync(&cli.config, &cohorts, options).await
+            commands::sync(&cli.config, &cohorts, options, &metrics.into()).await
         }
         Command::State { action } => {
             use cohort_bridge::state::cmd;
@@ -423,13 +450,14 @@ async fn run(cli: Cli) -> i32 {
             from,
             to,
             checkpoint_every,
+            metrics,
         } => {
             let options = cohort_bridge::ingest::IngestOptions {
                 range: from.zip(to),
                 progress: true,
                 checkpoint_every: Some(std::time::Duration::from_secs(checkpoint_every)),
             };
-            commands::ingest(&cli.config, source.as_deref(), options).await
+            commands::ingest(&cli.config, source.as_deref(), options, &metrics.into()).await
         }
         Command::Query {
             sql,

@@ -18,6 +18,7 @@ mod incremental;
 mod ingest;
 mod ingest_hostile;
 mod ingest_lock;
+mod metrics;
 mod packaging;
 mod proxy;
 mod s3;
