@@ -76,6 +76,16 @@ pub struct StateConfig {
     /// `--allow-mass-removal` is given. Default `0.5`.
     #[serde(default = "default_max_removal_share")]
     pub max_removal_share: f64,
+    /// An incremental sync commits its change as a delta on top of the snapshot (instead of
+    /// rewriting it) while the chain holds at most this many deltas, and their ids stay within
+    /// a tenth of the cohort; then a run writes a full snapshot again. 0: always a full
+    /// snapshot. Default 24.
+    #[serde(default = "default_max_deltas")]
+    pub max_deltas: u32,
+}
+
+fn default_max_deltas() -> u32 {
+    24
 }
 
 fn default_lock_ttl() -> Duration {
@@ -91,6 +101,7 @@ impl Default for StateConfig {
             url: None,
             lock_ttl: default_lock_ttl(),
             max_removal_share: default_max_removal_share(),
+            max_deltas: default_max_deltas(),
         }
     }
 }
@@ -454,6 +465,12 @@ impl Config {
             out.push(format!(
                 "state.max_removal_share: must be between 0 and 1, got {}",
                 self.state.max_removal_share
+            ));
+        }
+        if self.state.max_deltas > 1000 {
+            out.push(format!(
+                "state.max_deltas: at most 1000 (each one is read by every run), got {}",
+                self.state.max_deltas
             ));
         }
         if let Err(e) = self.engine.engine() {

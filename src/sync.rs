@@ -289,14 +289,11 @@ impl Run<'_> {
                 }
             }
             if discard {
-                let keep = pointer
-                    .as_ref()
-                    .map(|p| p.snapshot.clone())
-                    .unwrap_or_default();
+                let keep = pointer.as_ref().map(Pointer::files).unwrap_or_default();
                 self.state.clean_up(&keep).await?;
-            } else if pointer.as_ref().is_some_and(|p| p.run_id == plan.run_id) {
+            } else if let Some(p) = pointer.as_ref().filter(|p| p.run_id == plan.run_id) {
                 // It committed and died while cleaning up.
-                self.state.clean_up(&plan.target_snapshot).await?;
+                self.state.clean_up(&p.files()).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
                 // Everything the commit will need must be readable before anything is sent.
@@ -325,8 +322,12 @@ impl Run<'_> {
             // crash before it is written is repaired by `rebuild_target`).
             let plan = self.plan_meta(&change, &summary.run_id);
             self.write_plan(&change, &plan).await?;
-            // The target snapshot (a first sync wrote it as its plan) and its replica.
+            // The target snapshot (a first sync wrote it as its plan) and its replica; a delta
+            // commit needs neither (its plan files are the delta).
             let write = async {
+                if plan.chain.is_some() {
+                    return Ok(());
+                }
                 let mut paths = vec![self.state.path(&state::replica(&plan.target_snapshot))];
                 if plan.adds_file != plan.target_snapshot {
                     paths.push(self.state.path(&plan.target_snapshot));
@@ -447,8 +448,38 @@ impl Run<'_> {
             "pending/adds.parquet".to_string()
         };
         let size = self.dest.batch_size;
+        // An incremental change commits as a delta while the chain stays short and small
+        // (see `state`); else the run writes a full snapshot (compaction).
+        let chain = change.base.as_ref().and_then(|base| {
+            let change_ids = (change.adds.len() + change.removes.len()) as u64;
+            let fits = !Arc::ptr_eq(&change.adds, &change.target)
+                && !self.options.full
+                && !base.resend_all
+                && base.deltas.len() < self.config.state.max_deltas as usize
+                && (base.delta_ids() + change_ids) * 10 <= change.target.len() as u64;
+            fits.then(|| {
+                let mut deltas = base.deltas.clone();
+                deltas.push(state::Delta::of(
+                    run_id,
+                    change.adds.len() as u64,
+                    change.removes.len() as u64,
+                ));
+                state::Chain {
+                    snapshot: base.snapshot.clone(),
+                    deltas,
+                }
+            })
+        });
+        let (adds_file, removes_file) = match chain.as_ref().and_then(|c| c.deltas.last()) {
+            Some(d) => (d.adds.clone(), d.removes.clone()),
+            None => (adds_file, "pending/removes.parquet".to_string()),
+        };
         PlanMeta {
-            format: state::FORMAT,
+            format: if chain.is_some() {
+                state::FORMAT
+            } else {
+                state::FORMAT_NO_DELTAS
+            },
             run_id: run_id.to_string(),
             created_at: Utc::now(),
             at: self.options.at,
@@ -456,13 +487,14 @@ impl Run<'_> {
             partner: self.partner.clone(),
             target_snapshot,
             adds_file,
-            removes_file: "pending/removes.parquet".to_string(),
+            removes_file,
             target_members: change.target.len() as u64,
             batch_size: size,
             adds: change.adds.len() as u64,
             removes: change.removes.len() as u64,
             add_batches: change.adds.len().div_ceil(size) as u64,
             remove_batches: change.removes.len().div_ceil(size) as u64,
+            chain,
         }
     }
 
@@ -472,15 +504,21 @@ impl Run<'_> {
     /// *are* the target.
     async fn write_plan(&self, change: &Change, plan: &PlanMeta) -> Result<()> {
         let store = self.state.store.as_ref();
-        if plan.adds_file == plan.target_snapshot {
-            // This snapshot exists before its plan: mark it as not committed.
+        let delta = plan.chain.is_some();
+        if plan.adds_file == plan.target_snapshot || delta {
+            // These files sit under snapshots/ before their plan exists: mark them as not
+            // committed (`state repair` must not take them for a committed run's).
             self.state.mark_started(&plan.run_id).await?;
         }
-        // A first sync's target snapshot gets its replica while the batches go out.
+        // A first sync's target snapshot gets its replica while the batches go out; a delta's
+        // files get theirs now (they are small, and are what the commit will name).
         let write = |file: &str, ids: &Arc<StringArray>| {
-            let path = self.state.path(file);
+            let mut paths = vec![self.state.path(file)];
+            if delta {
+                paths.push(self.state.path(&state::replica(file)));
+            }
             let ids = ids.clone();
-            async move { ids::write(store, &path, ids).await }
+            async move { ids::write_to(store, &paths, ids).await }
         };
         tokio::try_join!(
             write(&plan.adds_file, &change.adds),
@@ -590,10 +628,25 @@ impl Run<'_> {
     async fn finish(&self, plan: &PlanMeta, summary: &mut SyncSummary) -> Result<()> {
         let store = self.state.store.as_ref();
         let target_path = self.state.path(&plan.target_snapshot);
-        if let Err(object_store::Error::NotFound { .. }) = store.head(&target_path).await {
+        let dead = dead::pending(self.state).await?;
+        // Refused ids: a delta run compacts instead (its snapshot is rebuilt, then adjusted).
+        if let Some(chain) = &plan.chain
+            && dead.is_empty()
+        {
+            let pointer = self
+                .state
+                .commit(plan, plan.target_members, Some(chain))
+                .await?;
+            return self.state.clean_up(&pointer.files()).await;
+        }
+        if plan.chain.is_some()
+            || matches!(
+                store.head(&target_path).await,
+                Err(object_store::Error::NotFound { .. })
+            )
+        {
             self.rebuild_target(plan).await?;
         }
-        let dead = dead::pending(self.state).await?;
         let mut members = plan.target_members;
         if !dead.is_empty() {
             let target = ids::read(&self.state.store, &target_path).await?;
@@ -634,8 +687,10 @@ impl Run<'_> {
                 ids::copy(store, &target_path, &replica).await?;
             }
         }
-        self.state.commit(plan, members).await?;
-        self.state.clean_up(&plan.target_snapshot).await
+        self.state.commit(plan, members, None).await?;
+        self.state
+            .clean_up(std::slice::from_ref(&plan.target_snapshot))
+            .await
     }
 }
 
@@ -875,6 +930,7 @@ impl Run<'_> {
                 committed_at: layout.latest().unwrap_or_else(Utc::now),
                 resend_all: false,
                 note: Some(format!("adopted from {}", layout.name())),
+                deltas: Vec::new(),
             };
             self.state.write_pointer(&pointer).await?;
             state::delete_if_exists(
@@ -1039,14 +1095,16 @@ impl Run<'_> {
         }
         let store = self.state.store.as_ref();
         let name = format!("replaced/{}", old.run_id);
-        state::write_json(store, &self.state.path(&format!("{name}.json")), old).await?;
-        if let Err(e) = ids::copy(
-            store,
-            &self.state.path(&old.snapshot),
-            &self.state.path(&format!("{name}.parquet")),
-        )
-        .await
-        {
+        // The pointer set aside names the membership as one file (its deltas applied).
+        let mut kept = old.clone();
+        kept.snapshot = format!("{name}.parquet");
+        kept.deltas.clear();
+        state::write_json(store, &self.state.path(&format!("{name}.json")), &kept).await?;
+        let copied = async {
+            let members = self.state.snapshot(Some(old)).await?;
+            ids::write(store, &self.state.path(&kept.snapshot), members).await
+        };
+        if let Err(e) = copied.await {
             warn!(error = %e, "cannot keep the old snapshot under replaced/");
         }
         // `current.json` stays until this run commits: a crash before that refuses again.

@@ -2,6 +2,7 @@
 //! merge pass over two sorted, distinct id lists.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, StringArray, StringBuilder};
 
@@ -79,9 +80,53 @@ pub fn union(a: &StringArray, b: &StringArray) -> StringArray {
     out.finish()
 }
 
+/// The net change of deltas applied in order, as (adds, removes), disjoint and sorted: an id's
+/// last change wins. Each delta's adds and removes are sorted, distinct and disjoint.
+pub fn net(deltas: &[(Arc<StringArray>, Arc<StringArray>)]) -> (StringArray, StringArray) {
+    let empty = || StringArray::from(Vec::<&str>::new());
+    let (mut adds, mut removes) = (empty(), empty());
+    for (a, r) in deltas {
+        adds = union(&diff(r, &adds).adds, a);
+        removes = union(&diff(a, &removes).adds, r);
+    }
+    (adds, removes)
+}
+
+/// `(base − removes) ∪ adds` in one merge pass (all three sorted and distinct).
+pub fn apply(base: &StringArray, adds: &StringArray, removes: &StringArray) -> StringArray {
+    let mut out = StringBuilder::with_capacity(
+        base.len() + adds.len(),
+        base.value_data().len() + adds.value_data().len(),
+    );
+    let (mut a, mut r) = (0, 0);
+    for i in 0..base.len() {
+        let b = base.value(i);
+        while a < adds.len() && adds.value(a) < b {
+            out.append_value(adds.value(a));
+            a += 1;
+        }
+        let added = a < adds.len() && adds.value(a) == b;
+        if added {
+            a += 1;
+        }
+        while r < removes.len() && removes.value(r) < b {
+            r += 1;
+        }
+        let removed = r < removes.len() && removes.value(r) == b;
+        if added || !removed {
+            out.append_value(b);
+        }
+    }
+    for k in a..adds.len() {
+        out.append_value(adds.value(k));
+    }
+    out.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn arr(v: &[&str]) -> StringArray {
         StringArray::from(v.to_vec())
@@ -110,5 +155,29 @@ mod tests {
             vals(&union(&arr(&["a", "c"]), &arr(&["b", "c", "d"]))),
             ["a", "b", "c", "d"]
         );
+    }
+
+    proptest::proptest! {
+        /// Deltas applied one after the other, or netted then applied once: the same members.
+        #[test]
+        fn net_deltas_apply_like_each_in_turn(
+            base in proptest::collection::btree_set("[a-f]{1,2}", 0..20),
+            steps in proptest::collection::vec(proptest::collection::btree_set("[a-f]{1,2}", 0..20), 0..6),
+        ) {
+            let sorted = |s: &BTreeSet<String>| StringArray::from(s.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut members = base.clone();
+            let mut deltas = Vec::new();
+            for now in &steps {
+                let before = sorted(&members);
+                let d = diff(&before, &sorted(now));
+                deltas.push((Arc::new(d.adds), Arc::new(d.removes)));
+                members = now.clone();
+            }
+            let (adds, removes) = net(&deltas);
+            let applied = apply(&sorted(&base), &adds, &removes);
+            proptest::prop_assert_eq!(vals(&applied), members.iter().map(String::as_str).collect::<Vec<_>>());
+            // The net change is disjoint.
+            proptest::prop_assert!(diff(&adds, &removes).removes.len() == adds.len());
+        }
     }
 }

@@ -137,7 +137,30 @@ pub async fn show(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Res
                 state.fix("repair")
             ));
         }
-        snapshot = json!({"path": p.snapshot, "file": describe(&main), "replica": describe(&copy)});
+        let mut deltas = Vec::new();
+        for d in &p.deltas {
+            let mut files = serde_json::Map::new();
+            for (kind, file) in [("adds", &d.adds), ("removes", &d.removes)] {
+                let main = ids::try_read(&state.store, &state.path(file)).await?;
+                let copy = ids::try_read(&state.store, &state.path(&replica(file))).await?;
+                if main.is_err() || copy.is_err() {
+                    problems.push(format!(
+                        "the {kind} of committed delta {} ({file}) or its replica is missing or \
+                         unreadable: run {}",
+                        d.run_id,
+                        state.fix("repair")
+                    ));
+                }
+                files.insert(
+                    kind.into(),
+                    json!({"path": file, "file": describe(&main), "replica": describe(&copy)}),
+                );
+            }
+            files.insert("run_id".into(), json!(d.run_id));
+            deltas.push(Value::Object(files));
+        }
+        snapshot = json!({"path": p.snapshot, "file": describe(&main), "replica": describe(&copy),
+            "deltas": deltas});
     } else {
         let orphans: Vec<&String> = snapshots
             .iter()
@@ -375,6 +398,26 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
     // 1. The pointer and its snapshot.
     let pointer = match pointer_read {
         Read::Ok(p) => {
+            for d in &p.deltas {
+                for file in [&d.adds, &d.removes] {
+                    restore_snapshot(state, file, &mut actions)
+                        .await?
+                        .map_err(|why| {
+                            Error::config(
+                                None,
+                                format!(
+                                    "the committed delta file {} and its replica are both \
+                                     missing or unreadable ({why}), so what the partner holds \
+                                     cannot be known from this state; nothing was changed. If \
+                                     the partner can be emptied of this cohort, do that and run \
+                                     `cohort-bridge sync {} --new-workspace`",
+                                    state.path(file),
+                                    state.label
+                                ),
+                            )
+                        })?;
+                }
+            }
             restore_snapshot(state, &p.snapshot, &mut actions)
                 .await?
                 .map_err(|why| {
@@ -441,11 +484,63 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                     )),
                 }
             }
+            // Deltas committed on top of it: every delta run after it that is not
+            // uncommitted (a commit deletes every delta file outside its own chain).
+            let mut chain = Vec::new();
+            if let Some((base_run, ..)) = &chosen {
+                let mut runs: Vec<_> = state
+                    .delta_runs()
+                    .await?
+                    .into_iter()
+                    .filter(|(run, _)| run > base_run && !uncommitted.contains(run))
+                    .collect();
+                runs.sort();
+                for (run, at) in runs {
+                    let mut lists = Vec::new();
+                    for file in [
+                        format!("snapshots/{run}.adds.parquet"),
+                        format!("snapshots/{run}.removes.parquet"),
+                    ] {
+                        match restore_snapshot(state, &file, &mut actions).await? {
+                            Ok(ids) => lists.push(ids),
+                            Err(why) => {
+                                return Err(Error::config(
+                                    None,
+                                    format!(
+                                        "{pointer_path} is {why} and the delta {file}, committed \
+                                         after the newest snapshot, is unreadable with its \
+                                         replica ({why}), so what the partner holds cannot be \
+                                         known; nothing was changed",
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    chain.push((
+                        crate::state::Delta::of(&run, lists[0].len() as u64, lists[1].len() as u64),
+                        at,
+                        (lists[0].clone(), lists[1].clone()),
+                    ));
+                }
+            }
             match chosen {
-                Some((run_id, at, snapshot, members)) => {
+                Some((base_run, base_at, snapshot, base_members)) => {
                     let partner = match plan {
                         Some(p) => p.partner.clone(),
                         None => t.partner()?,
+                    };
+                    let (run_id, at, members) = match chain.last() {
+                        None => (base_run, base_at, base_members),
+                        Some((last, at, _)) => {
+                            let base = state.ids(&snapshot).await?;
+                            let changes: Vec<_> = chain.iter().map(|(_, _, l)| l.clone()).collect();
+                            let members = on_rayon(move || {
+                                let (a, r) = diff::net(&changes);
+                                diff::apply(&base, &a, &r).len() as u64
+                            })
+                            .await;
+                            (last.run_id.clone(), *at, members)
+                        }
                     };
                     let p = Pointer {
                         format: FORMAT,
@@ -455,6 +550,7 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                         members,
                         committed_at: at,
                         resend_all: false,
+                        deltas: chain.into_iter().map(|(d, _, _)| d).collect(),
                         note: Some(format!(
                             "restored by `state repair` at {} (current.json was {why})",
                             Utc::now().to_rfc3339()
@@ -462,8 +558,10 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                     };
                     state.write_pointer(&p).await?;
                     actions.push(format!(
-                        "rewrote {pointer_path} ({why}) from the snapshot of run {run_id} \
-                         ({members} members)"
+                        "rewrote {pointer_path} ({why}) from the snapshot of run {} and {} \
+                         deltas after it, up to run {run_id} ({members} members)",
+                        p.snapshot,
+                        p.deltas.len()
                     ));
                     Some(p)
                 }
@@ -674,6 +772,29 @@ async fn set_aside_plan(
         }
         read_ok.push(main.to_string());
     }
+    // Deltas outside the committed chain (the unfinished run's, when it commits as a delta):
+    // their adds may have been sent; their removes are ids of the committed membership.
+    let chained: Vec<String> = pointer
+        .map(|p| p.deltas.iter().map(|d| d.run_id.clone()).collect())
+        .unwrap_or_default();
+    for (run, _) in state.delta_runs().await? {
+        if chained.contains(&run) {
+            continue;
+        }
+        let file = format!("snapshots/{run}.adds.parquet");
+        let (main, copy) = (state.path(&file), state.path(&replica(&file)));
+        match ids::try_read(&state.store, &main).await? {
+            Ok(ids) => lists.push(ids.as_ref().clone()),
+            Err(e) => match ids::try_read(&state.store, &copy).await? {
+                Ok(ids) => lists.push(ids.as_ref().clone()),
+                Err(_) => {
+                    unreadable.push((main.to_string(), e));
+                    continue;
+                }
+            },
+        }
+        read_ok.push(main.to_string());
+    }
     let removes_file = state.path(plan.map_or("pending/removes.parquet", |p| &p.removes_file));
     let target = plan.map(|p| state.path(&p.target_snapshot).to_string());
     let adds_file = plan.map(|p| state.path(&p.adds_file).to_string());
@@ -734,9 +855,10 @@ async fn set_aside_plan(
         note: Some(format!(
             "an unfinished run was set aside by `state repair`: {why}"
         )),
+        deltas: Vec::new(),
     };
     state.write_pointer(&p).await?;
-    state.clean_up(&snapshot).await?;
+    state.clean_up(std::slice::from_ref(&snapshot)).await?;
     actions.push(format!(
         "set aside the unfinished run ({why}); the next sync re-sends every member and removes \
          every one of {members} ids it may have sent that is not in the cohort"

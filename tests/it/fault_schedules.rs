@@ -25,9 +25,22 @@ use proptest::test_runner::{Config as Cases, TestRunner};
 use crate::proxy::{Action, Canned, Proxy, Sink};
 use crate::support::*;
 
-const VARIANTS: [&[&str]; 2] = [&["03", "17", "42"], &["17", "42", "58", "99"]];
+/// The cohort is the users whose id ends in one of 25 hex suffixes; the two variants differ by
+/// one suffix (~8% of the cohort each way), so a case's change commits as a delta on top of the
+/// snapshot when the chain allows it, and as a full snapshot otherwise (every other case: two
+/// deltas would exceed a tenth of the cohort): both commit paths run under faults.
+const VARIANTS: [&[&str]; 2] = [
+    &[
+        "03", "0a", "11", "17", "1f", "25", "2c", "33", "3b", "42", "4d", "5e", "61", "6f", "7a",
+        "80", "8b", "93", "a4", "b5", "c6", "d7", "e8", "f9", "fe",
+    ],
+    &[
+        "58", "0a", "11", "17", "1f", "25", "2c", "33", "3b", "42", "4d", "5e", "61", "6f", "7a",
+        "80", "8b", "93", "a4", "b5", "c6", "d7", "e8", "f9", "fe",
+    ],
+];
 
-const DEST: &str = "batch_size = 100\nmax_in_flight = 3\nrequest_timeout = \"300ms\"\n\
+const DEST: &str = "batch_size = 20\nmax_in_flight = 3\nrequest_timeout = \"300ms\"\n\
     requests_per_second = 100000\n[destinations.braze.retry]\nmax_attempts = 3\n\
     initial_backoff = \"1ms\"\nmax_backoff = \"50ms\"\nmax_elapsed = \"5s\"\n";
 
@@ -128,18 +141,36 @@ fn differ(got: &BTreeSet<String>, want: &BTreeSet<String>) -> Option<String> {
     ))
 }
 
-/// The committed snapshot's ids (or `None` when nothing is committed).
+/// The committed membership (or `None` when nothing is committed): the pointer's snapshot with
+/// its deltas applied in order, read here with plain sets.
 fn committed(state: &Path) -> Option<BTreeSet<String>> {
     let text = std::fs::read_to_string(state.join("current.json")).ok()?;
     let pointer: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let snapshot = state.join(pointer["snapshot"].as_str().unwrap());
-    let mut out = BTreeSet::new();
-    for b in read_all(&snapshot) {
-        for row in 0..b.num_rows() {
-            out.insert(string_at(&b, "user_id", row).unwrap());
+    let ids = |file: &serde_json::Value| {
+        let mut out = BTreeSet::new();
+        for b in read_all(&state.join(file.as_str().unwrap())) {
+            for row in 0..b.num_rows() {
+                out.insert(string_at(&b, "user_id", row).unwrap());
+            }
         }
+        out
+    };
+    let mut out = ids(&pointer["snapshot"]);
+    for d in pointer["deltas"].as_array().into_iter().flatten() {
+        for id in ids(&d["removes"]) {
+            out.remove(&id);
+        }
+        out.extend(ids(&d["adds"]));
     }
     Some(out)
+}
+
+/// Whether the committed pointer names deltas.
+fn has_deltas(state: &Path) -> bool {
+    std::fs::read_to_string(state.join("current.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|p| p["deltas"].as_array().is_some_and(|d| !d.is_empty()))
 }
 
 #[test]
@@ -183,7 +214,7 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
         ..Cases::default()
     });
     let variant = Cell::new(0usize);
-    let (ok, failed) = (Cell::new(0u32), Cell::new(0u32));
+    let (ok, failed, deltas) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
     let last = std::cell::RefCell::new(String::new());
     let result = runner.run(&prop::collection::vec(fault(), 0..24), |faults| {
         *last.borrow_mut() = format!("{faults:?}");
@@ -200,6 +231,9 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
         match &run {
             Ok(_) => {
                 ok.set(ok.get() + 1);
+                if has_deltas(&state) {
+                    deltas.set(deltas.get() + 1);
+                }
                 if let Some(d) = differ(&holds, &expected[v]) {
                     prop_assert!(false, "a run that succeeded left the partner off: {}", d);
                 }
@@ -259,11 +293,17 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
         (0, 0),
         "a redirect target received something"
     );
-    // The schedules must exercise both outcomes.
+    // The schedules must exercise both outcomes, and both kinds of commit.
     assert!(
         ok.get() > 0 && failed.get() > 0,
         "ok {} failed {}",
         ok.get(),
         failed.get()
+    );
+    assert!(
+        deltas.get() > 0 && deltas.get() < ok.get(),
+        "{} of {} successful runs committed a delta",
+        deltas.get(),
+        ok.get()
     );
 }

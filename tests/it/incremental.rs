@@ -431,6 +431,17 @@ fn refused_ids_are_dead_lettered_and_retried_next_run() {
     assert_eq!(again["adds"], bad.len() as u64);
     assert_eq!(again["removes"], 0);
     assert_eq!(again["dead_letters"], bad.len() as u64);
+    // That change was small enough for a delta, but refused ids make the run compact: a
+    // full snapshot without them, so a third run tries exactly them once more.
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(project.cohort_state("pro").join("current.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(pointer.get("deltas").is_none(), "{pointer}");
+    assert_eq!(pointer["members"], good.len() as u64);
+    let third = project.run(&["sync", "pro", "--at", T1]);
+    assert_eq!(third.summaries()[0]["adds"], bad.len() as u64);
+    assert!(partner.members("pro") == good);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod analysis;
 mod ballista;
 mod check;
 mod cli;
+mod deltas;
 mod demo;
 mod engine;
 mod errors;
