@@ -160,9 +160,15 @@ class Emulator:
 
 
 def measure(argv, env=None):
-    """Runs argv; returns (wall s, cpu s of the child, peak RSS bytes, stdout)."""
+    """Runs argv; returns (wall s, cpu s of the child, peak RSS bytes, stdout).
+
+    Dirty pages are flushed first (`sync`), for ours and the peer's runs alike, so no run pays
+    for the writeback of the run before it (a full sync leaves ~800 MB of snapshot and replica
+    in the page cache, which the kernel writes out during the next run otherwise).
+    """
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
+    os.sync()
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
