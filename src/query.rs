@@ -56,7 +56,13 @@ pub async fn query(
             &params,
         )
         .await?;
-    let batches = lake.collect(df, &origin).await?;
+    // No rows is still a result with columns: an empty batch gives CSV and tables their
+    // header, and Parquet its schema.
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let mut batches = lake.collect(df, &origin).await?;
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
     let bytes = render(&batches, format)?;
     match out {
         Some(path) => std::fs::write(path, bytes)

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -170,6 +171,7 @@ pub async fn sync_cohort(
         credentials,
         state: &state,
         options,
+        history: lake.state.root.clone().join(state::history::DIR),
     };
 
     if options.dry_run {
@@ -243,6 +245,8 @@ struct Run<'a> {
     /// This run's state: the root, or its shard's folder.
     state: &'a CohortState,
     options: SyncOptions,
+    /// `<state>/history`: committed changes, the `cohort_changes` table.
+    history: Path,
 }
 
 impl Run<'_> {
@@ -292,7 +296,9 @@ impl Run<'_> {
                 let keep = pointer.as_ref().map(Pointer::files).unwrap_or_default();
                 self.state.clean_up(&keep).await?;
             } else if let Some(p) = pointer.as_ref().filter(|p| p.run_id == plan.run_id) {
-                // It committed and died while cleaning up.
+                // It committed and died before its history was kept or while cleaning up.
+                let dead = dead::pending(self.state).await?;
+                self.record_history(&plan, p.committed_at, &dead).await?;
                 self.state.clean_up(&p.files()).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
@@ -637,6 +643,8 @@ impl Run<'_> {
                 .state
                 .commit(plan, plan.target_members, Some(chain))
                 .await?;
+            self.record_history(plan, pointer.committed_at, &dead)
+                .await?;
             return self.state.clean_up(&pointer.files()).await;
         }
         if plan.chain.is_some()
@@ -687,10 +695,66 @@ impl Run<'_> {
                 ids::copy(store, &target_path, &replica).await?;
             }
         }
-        self.state.commit(plan, members, None).await?;
+        let pointer = self.state.commit(plan, members, None).await?;
+        self.record_history(plan, pointer.committed_at, &dead)
+            .await?;
         self.state
             .clean_up(std::slice::from_ref(&plan.target_snapshot))
             .await
+    }
+
+    /// Keeps what a committed run changed at the partner under `history/` (the
+    /// `cohort_changes` table): its adds and removes files, copied (a hard link on a local
+    /// filesystem, a server-side copy on object stores, so a 10M-id first sync costs no
+    /// rewrite), or, when the partner refused ids, the lists without them. Runs after the
+    /// commit and before `pending/` is removed, so a run that dies in between records it on
+    /// the next run; the same paths are written again, so that is idempotent.
+    async fn record_history(
+        &self,
+        plan: &PlanMeta,
+        committed_at: DateTime<Utc>,
+        dead: &[dead::DeadLetter],
+    ) -> Result<()> {
+        let store = self.state.store.as_ref();
+        let dir = state::history::run_dir(
+            &self.history,
+            &self.cohort.destination,
+            &self.cohort.cohort_id,
+            plan.at,
+            committed_at,
+        );
+        for (op, file, count) in [
+            ("add", &plan.adds_file, plan.adds),
+            ("remove", &plan.removes_file, plan.removes),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            let to = state::history::file(&dir, op);
+            let refused: Vec<&str> = dead
+                .iter()
+                .filter(|d| d.change == op)
+                .map(|d| d.user_id.as_str())
+                .collect();
+            if refused.is_empty() {
+                let from = self.state.path(file);
+                if let Err(e) = store.copy(&from, &to).await {
+                    // Some S3-compatible servers refuse copies (s3s-fs: into a new prefix):
+                    // read and write the bytes instead.
+                    tracing::debug!(error = %e, "history: the store's copy failed; copying the bytes");
+                    ids::copy(store, &from, &to).await?;
+                }
+            } else {
+                let ids = self.state.ids(file).await?;
+                let mut refused = refused;
+                refused.sort_unstable();
+                refused.dedup();
+                let refused = StringArray::from(refused);
+                let kept = on_rayon(move || Arc::new(diff::diff(&refused, &ids).adds)).await;
+                ids::write(store, &to, kept).await?;
+            }
+        }
+        Ok(())
     }
 }
 

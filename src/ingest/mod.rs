@@ -934,7 +934,10 @@ pub fn register_tables(lake: &Lake, config: &Config) -> Result<()> {
             &source.table,
             &lake.location.child_url(&source.table),
             event::schema(),
-            ("event_date", datafusion::arrow::datatypes::DataType::Date32),
+            vec![(
+                "event_date".to_string(),
+                datafusion::arrow::datatypes::DataType::Date32,
+            )],
         )?;
     }
     Ok(())

@@ -249,14 +249,14 @@ impl Lake {
         name: &str,
         url: &str,
         schema: datafusion::arrow::datatypes::SchemaRef,
-        partition: (&str, DataType),
+        partitions: Vec<(String, DataType)>,
     ) -> Result<()> {
         let fail =
             |e: &dyn std::fmt::Display| Error::Storage(format!("table `{name}` at {url}: {e}"));
         let table_url = ListingTableUrl::parse(url).map_err(|e| fail(&e))?;
         let options = ListingOptions::new(Arc::new(self.parquet_format()))
             .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![(partition.0.to_string(), partition.1)]);
+            .with_table_partition_cols(partitions);
         let config = ListingTableConfig::new(table_url)
             .with_listing_options(options)
             .with_schema(schema);
@@ -297,7 +297,17 @@ impl Lake {
             "runs",
             &self.state.child_url("runs"),
             crate::state::runs::schema(),
-            ("run_date", DataType::Date32),
+            vec![("run_date".to_string(), DataType::Date32)],
+        )?;
+        // What every committed sync changed at the partner (`state::history`).
+        if config.tables.contains_key("cohort_changes") {
+            return Ok(());
+        }
+        self.register_fixed(
+            "cohort_changes",
+            &self.state.child_url(crate::state::history::DIR),
+            crate::state::history::schema(),
+            crate::state::history::partitions(),
         )
     }
 

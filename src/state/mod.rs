@@ -23,6 +23,8 @@
 //!     dead_letters/<run_id>.parquet  refused ids of committed runs, with the partner's reason
 //!     lock-<generation>.json     the run lock (see `lock`)
 //!     shards/<N>/<K>/            the same layout for shard K of N (`sync --shard K/N`)
+//! <state>/history/...            what each committed run changed (`history`, the
+//!                                `cohort_changes` table)
 //! ```
 //!
 //! A run writes its plan (adds, removes, then `plan.json`) before its first request, so a run
@@ -52,6 +54,7 @@
 pub mod cmd;
 
 pub mod dead;
+pub mod history;
 pub mod ids;
 pub mod journal;
 pub mod lock;

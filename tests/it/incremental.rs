@@ -401,6 +401,16 @@ fn refused_ids_are_dead_lettered_and_retried_next_run() {
         partner.members("pro") == good,
         "every other id was delivered"
     );
+    // The membership history records what the partner took, not the refused ids.
+    let history = project
+        .run(&[
+            "query",
+            "SELECT count(*) AS n FROM cohort_changes WHERE op = 'add'",
+            "--format",
+            "csv",
+        ])
+        .stdout();
+    assert_eq!(history, format!("n\n{}\n", good.len()));
 
     // The dead letters, as Parquet, with the partner's reason.
     let dir = project.cohort_state("pro").join("dead_letters");

@@ -14,6 +14,7 @@ mod engine;
 mod errors;
 mod fault_schedules;
 mod faults;
+mod history;
 mod hostile;
 mod incremental;
 mod ingest;

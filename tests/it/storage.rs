@@ -243,6 +243,31 @@ fn sync_scenario(backend: Backend) {
     assert!(partner.members("active") == e2, "{backend:?}: resumed");
     let history = house.run(&["runs", "--format", "json"]).summaries();
     assert!(history.len() >= 4, "{backend:?}: run history: {history:?}");
+
+    // Hourly syncs commit deltas on the store (their adds, removes and replicas), read back by
+    // the next run.
+    let t2: chrono::DateTime<chrono::Utc> = T2.parse().unwrap();
+    for h in 1..=2 {
+        let at = (t2 + chrono::Duration::hours(h)).to_rfc3339();
+        let s = house.run(&["sync", "active", "--at", &at]).summary();
+        let want = active_7d(&at);
+        assert!(
+            partner.members("active") == want,
+            "{backend:?}: hour {h}: {s}"
+        );
+        let pointer: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(house.cohort_state().join("current.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            pointer["deltas"].as_array().map(Vec::len),
+            Some(h as usize),
+            "{backend:?}: {pointer}"
+        );
+    }
+    house.report_requests("hourly delta syncs");
+    let show = house.run(&["state", "show", "active"]);
+    assert_eq!(show.code(), 0, "{backend:?}: {}", show.stdout());
 }
 
 /// Ingest, an idempotent rerun, a late file, a one-day backfill, and `query` over the result.

@@ -1,0 +1,16 @@
+-- Who was in each cohort, as the partner held it, at the --at time: from `cohort_changes`
+-- (every committed sync's adds and removes), each id's last change committed by then.
+-- `cohort-bridge query -f queries/analysis/members_as_of.sql --at 2026-11-28T09:00:00Z`
+-- (add `WHERE cohort = '...'` below for one cohort; `count(*)` for sizes over time).
+SELECT destination, cohort, user_id
+FROM (
+  SELECT destination, cohort, user_id, op,
+         row_number() OVER (
+           PARTITION BY destination, cohort, user_id
+           ORDER BY committed_at_ms DESC
+         ) AS latest
+  FROM cohort_changes
+  WHERE committed_at_ms <= CAST(date_part('epoch', $run_ts) * 1000 AS BIGINT)
+) AS changes
+WHERE latest = 1 AND op = 'add'
+ORDER BY destination, cohort, user_id
