@@ -23,7 +23,7 @@ use cohort_bridge::cohort::distinct_sorted;
 use cohort_bridge::config::Config;
 use cohort_bridge::deliver::destination::braze::Braze;
 use cohort_bridge::deliver::plan::{batches, encode_in_background};
-use cohort_bridge::emulator::currents::{EngagementSpec, write_engagement};
+use cohort_bridge::emulator::currents::{EngagementSpec, PushCampaign, write_engagement};
 use cohort_bridge::ingest::avro::read_file;
 use cohort_bridge::ingest::event::EventColumns;
 use cohort_bridge::ingest::limits::Limits;
@@ -192,7 +192,13 @@ fn currents(users: u64) -> (Vec<(String, Bytes)>, u64) {
         let spec = EngagementSpec {
             seed: SEED,
             at: "2026-11-20T10:00:00Z".parse().expect("time"),
-            push_campaigns: vec![("camp".into(), "Campaign".into())],
+            push_campaigns: vec![PushCampaign {
+                cohort_id: None,
+                campaign_id: "camp".into(),
+                campaign_name: "Campaign".into(),
+                feature: None,
+            }],
+            lift: Default::default(),
         };
         let members = (0..users).map(id).collect();
         let report = write_engagement(

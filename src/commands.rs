@@ -266,14 +266,44 @@ pub async fn export_engagement(
     ids: IdShape,
     seed: u64,
     at: DateTime<Utc>,
+    lift: crate::emulator::currents::Lift,
+    lake: Option<&str>,
 ) -> Result<i32> {
-    use crate::emulator::currents::{EngagementSpec, write_engagement};
+    use crate::emulator::currents::{EngagementSpec, PushCampaign, write_engagement};
+    for (flag, p) in [
+        ("--lift-after-send", lift.after_send),
+        ("--lift-after-open", lift.after_open),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::config(
+                None,
+                format!("{flag}: a probability between 0 and 1, got {p}"),
+            ));
+        }
+    }
+    let planting = lift.after_send > 0.0 || lift.after_open > 0.0;
+    let lake = match (lake, planting) {
+        (Some(url), _) => Some(Location::parse(url, Path::new("."), &Default::default())?),
+        (None, true) => {
+            return Err(Error::config(
+                None,
+                "--lift-after-send/--lift-after-open plant feature uses in a lake: pass --lake",
+            ));
+        }
+        (None, false) => None,
+    };
     let location = Location::parse(out, Path::new("."), &Default::default())?;
     let members: Vec<String> = (0..users).map(|i| user_id(ids, i)).collect();
     let spec = EngagementSpec {
         seed,
         at,
-        push_campaigns: vec![("camp-offline".into(), "Try offline mode".into())],
+        push_campaigns: vec![PushCampaign {
+            cohort_id: None,
+            campaign_id: "camp-offline".into(),
+            campaign_name: "Try offline mode".into(),
+            feature: Some("offline_mode".into()),
+        }],
+        lift,
     };
     let started = std::time::Instant::now();
     let report = write_engagement(
@@ -284,6 +314,16 @@ pub async fn export_engagement(
     )
     .await
     .map_err(Error::Internal)?;
+    if let Some(lake) = lake {
+        crate::synth::write_feature_uses(
+            lake.store.as_ref(),
+            &lake.root,
+            &report.planted,
+            "planted-export",
+        )
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    }
     let mut line = serde_json::to_value(&report).expect("report is JSON");
     line["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     line["out"] = serde_json::json!(location.url.as_str());

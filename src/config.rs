@@ -367,6 +367,11 @@ pub struct CohortConfig {
     pub cohort_id: Option<String>,
     /// Display name in the partner's dashboard. Default: the cohort's name.
     pub name: Option<String>,
+    /// Share of members held out (never sent; recorded as `held_out`), `0` to `0.5`.
+    #[serde(default)]
+    pub holdout: f64,
+    /// Salt of the holdout split. Default: the cohort's `cohort_id`.
+    pub holdout_salt: Option<String>,
 }
 
 /// A cohort with every default applied.
@@ -377,6 +382,8 @@ pub struct Cohort {
     pub destination: String,
     pub cohort_id: String,
     pub display_name: String,
+    /// Members held out of delivery (a control group); `share == 0` holds out nobody.
+    pub holdout: crate::cohort::holdout::Holdout,
 }
 
 /// A secret value: never printed by `Debug` or `Display`.
@@ -650,12 +657,24 @@ impl Config {
             .sql
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("queries/cohorts/{name}.sql")));
+        if !(0.0..=crate::cohort::holdout::MAX_SHARE).contains(&c.holdout) {
+            return Err(format!(
+                "cohorts.{name}.holdout: must be between 0 and {} (a share of the members), got {}",
+                crate::cohort::holdout::MAX_SHARE,
+                c.holdout
+            ));
+        }
+        let salt = c.holdout_salt.clone().unwrap_or_else(|| cohort_id.clone());
+        if salt.is_empty() {
+            return Err(format!("cohorts.{name}.holdout_salt: must not be empty"));
+        }
         Ok(Cohort {
             name: name.to_string(),
             sql_file: self.resolve(&sql),
             destination,
             cohort_id,
             display_name,
+            holdout: crate::cohort::holdout::Holdout::new(c.holdout, salt),
         })
     }
 

@@ -8,12 +8,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use datafusion::arrow::array::Array;
 
 use crate::cohort;
 use crate::config::SourceConfig;
 use crate::config::{Config, Credentials, Secret};
-use crate::emulator::currents::{EngagementSpec, write_engagement};
+use crate::emulator::currents::{EngagementSpec, Lift, PushCampaign, write_engagement};
 use crate::emulator::{self, EmulatorConfig};
 use crate::error::{Error, Result, exit};
 use crate::lake::sql::{Params, SqlSource};
@@ -42,6 +41,11 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let mut config = Config::load(config_file)?;
     let location = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)?;
     ensure_lake(&location).await?;
+    // The feature uses an earlier demo's pushes caused are not part of the generated world:
+    // every demo starts from the lake `generate` wrote.
+    synth::remove_feature_uses(location.store.as_ref(), &location.root, PLANTED)
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
 
     // The partner: an emulator on a free loopback port, with throwaway keys.
     let nonce = Utc::now().timestamp_nanos_opt().unwrap_or_default();
@@ -87,14 +91,33 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let state_dir = std::env::temp_dir().join(format!("cohort-bridge-demo-{nonce:x}"));
     config.state.url = Some(state_dir.display().to_string());
 
-    let lake = Lake::open(&config).await?;
+    let mut lake = Lake::open(&config).await?;
     let names: Vec<String> = config.cohorts.keys().cloned().collect();
     let mut rows = Vec::new();
     // Two hourly-style runs a day apart: a first full sync, then an incremental one that sends
     // only who entered and who left.
     let rounds = [demo_at() - chrono::Duration::days(1), demo_at()];
+    let mut engagement = None;
     let result = async {
-        for at in rounds {
+        for (round, at) in rounds.into_iter().enumerate() {
+            if round == 1 {
+                // Between the runs, the partner's campaigns go out to what it holds, users
+                // react in the product, and the engagement comes back into the lake.
+                let held: Vec<(String, Vec<String>)> = names
+                    .iter()
+                    .filter_map(|n| config.cohort(n).ok())
+                    .map(|c| {
+                        let held = partner_emulator.members(&c.cohort_id).unwrap_or_default();
+                        (c.cohort_id.clone(), held)
+                    })
+                    .collect();
+                engagement =
+                    Some(return_path(&mut config, &lake, &location, &state_dir, &held).await?);
+                // Tables list their files when they are opened: open the lake again to see
+                // the feature uses the pushes caused (each command of a real schedule is a
+                // process of its own, and opens the lake as it is then).
+                lake = Lake::open(&config).await?;
+            }
             for name in &names {
                 let summary = sync_cohort(
                     &config,
@@ -117,9 +140,9 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     .cohort(name)
                     .map_err(|m| Error::config(config.file.clone(), m))?;
                 let members = cohort::members(&lake, &c, &Params { run_ts: at }).await?;
-                let expected: BTreeSet<&str> = (0..members.ids.len())
-                    .map(|i| members.ids.value(i))
-                    .collect();
+                // The partner holds the members outside the cohort's holdout.
+                let (treated, _) = c.holdout.split(&members.ids);
+                let expected: BTreeSet<&str> = treated.iter().flatten().collect();
                 let held: BTreeSet<String> = partner_emulator
                     .members(&c.cohort_id)
                     .unwrap_or_default()
@@ -131,6 +154,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     at: at.format("%Y-%m-%d %H:%M").to_string(),
                     name: name.clone(),
                     members: expected.len() as u64,
+                    held_out: summary.held_out,
                     adds: summary.adds,
                     removes: summary.removes,
                     held: held.len() as u64,
@@ -142,31 +166,22 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         Ok::<(), Error>(())
     }
     .await;
-    // What the partner holds now, for its engagement exports below.
-    let held: Vec<(String, Vec<String>)> = names
-        .iter()
-        .filter_map(|n| config.cohort(n).ok())
-        .map(|c| {
-            (
-                c.cohort_id.clone(),
-                partner_emulator.members(&c.cohort_id).unwrap_or_default(),
-            )
-        })
-        .collect();
     partner_emulator.shutdown();
-    let engagement = match result {
-        Ok(()) => return_path(&mut config, &lake, &state_dir, &held).await,
+    let analyses = match result {
+        Ok(()) => analyses(&config, &lake).await,
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&state_dir);
-    let analysis = engagement?;
+    let (push_to_feature, lift) = analyses?;
+    let lift_spec = engagement.map(|e| e.lift).unwrap_or_default();
 
     println!();
     println!(
-        "{:<17} {:<26} {:>8} {:>7} {:>7} {:>13} {:>8} {:>5}",
+        "{:<17} {:<26} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>5}",
         "run at (UTC)",
         "cohort",
         "members",
+        "held out",
         "adds",
         "removes",
         "partner holds",
@@ -175,10 +190,11 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     );
     for r in &rows {
         println!(
-            "{:<17} {:<26} {:>8} {:>7} {:>7} {:>13} {:>8} {:>5}",
+            "{:<17} {:<26} {:>8} {:>8} {:>7} {:>7} {:>13} {:>8} {:>5}",
             r.at,
             r.name,
             r.members,
+            r.held_out,
             r.adds,
             r.removes,
             r.held,
@@ -196,20 +212,183 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         }
     );
     println!(
-        "\nAfter the push (queries/analysis/push_open_to_feature.sql over partner_events ⋈ events):\n{analysis}"
+        "\nAfter the push (queries/analysis/push_open_to_feature.sql over partner_events ⋈ events):\n{push_to_feature}"
     );
-    Ok(if all { exit::OK } else { exit::FAILURE })
+    println!(
+        "\nLift: treated against held-out members (queries/analysis/lift.sql over cohort_changes ⋈ partner_events ⋈ events):\n{}",
+        lift.table
+    );
+    let recovered = lift.recovered(&lift_spec);
+    for line in &recovered.lines {
+        println!("{line}");
+    }
+    if !recovered.all {
+        println!("MISMATCH: the lift analysis did not recover the planted effect");
+    }
+    Ok(if all && recovered.all {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }
 
-/// The loop's other half: the emulator exports engagement (Currents Avro) for the cohorts it
-/// holds, `ingest` brings it into the lake as `partner_events`, and the push-to-feature
-/// analysis runs over it joined with product events. Returns the analysis as a table.
+/// The name of the demo's planted feature uses in the lake's `events` folders.
+const PLANTED: &str = "planted-demo";
+
+/// The demo's campaigns: each push goes to one cohort and points to one feature; the planted
+/// lift makes members use it.
+fn demo_campaigns() -> Vec<PushCampaign> {
+    [
+        (
+            "sessions_without_offline",
+            "camp-offline",
+            "Try offline mode",
+            "offline_mode",
+        ),
+        (
+            "paid_active_30d",
+            "camp-playlists",
+            "Build a playlist",
+            "playlists",
+        ),
+    ]
+    .into_iter()
+    .map(|(cohort, id, name, feature)| PushCampaign {
+        cohort_id: Some(cohort.into()),
+        campaign_id: id.into(),
+        campaign_name: name.into(),
+        feature: Some(feature.into()),
+    })
+    .collect()
+}
+
+/// The effect the demo plants: 5% of members use the feature after the push, 25% of those who
+/// opened it (30% open): +11 points expected.
+pub const DEMO_LIFT: Lift = Lift {
+    after_send: 0.05,
+    after_open: 0.25,
+    within: chrono::Duration::hours(12),
+};
+
+/// `lift.sql`'s result, and whether it recovers a planted lift.
+pub struct LiftTable {
+    pub table: String,
+    /// (campaign, held-out share that used the feature, lift, 95% interval), in points.
+    pub rows: Vec<(String, f64, f64, f64, f64)>,
+}
+
+pub struct Recovered {
+    pub all: bool,
+    pub lines: Vec<String>,
+}
+
+impl LiftTable {
+    fn from_batches(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<LiftTable> {
+        use datafusion::arrow::array::{AsArray, Float64Array};
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::DataType;
+        let table = crate::query::render(batches, crate::query::Format::Table)?;
+        let mut rows = Vec::new();
+        for b in batches {
+            let col = |name: &str| -> Result<Float64Array> {
+                let c = b.column_by_name(name).ok_or_else(|| {
+                    Error::Internal(format!("lift.sql returns no `{name}` column"))
+                })?;
+                let c = cast(c, &DataType::Float64).map_err(|e| Error::Internal(e.to_string()))?;
+                Ok(c.as_primitive().clone())
+            };
+            let campaign = cast(
+                b.column_by_name("campaign_id")
+                    .ok_or_else(|| Error::Internal("lift.sql returns no `campaign_id`".into()))?,
+                &DataType::Utf8,
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            let campaign = campaign.as_string::<i32>();
+            let (base, lift, lo, hi) = (
+                col("held_out_pct")?,
+                col("lift_points")?,
+                col("ci95_low")?,
+                col("ci95_high")?,
+            );
+            for i in 0..b.num_rows() {
+                rows.push((
+                    campaign.value(i).to_string(),
+                    base.value(i),
+                    lift.value(i),
+                    lo.value(i),
+                    hi.value(i),
+                ));
+            }
+        }
+        Ok(LiftTable {
+            table: String::from_utf8_lossy(&table).into_owned(),
+            rows,
+        })
+    }
+
+    /// Does every campaign's 95% interval hold the planted lift (net of the held-out base
+    /// rate: a member who would have used the feature anyway counts once)?
+    pub fn recovered(&self, lift: &Lift) -> Recovered {
+        let mut lines = Vec::new();
+        let mut all = !self.rows.is_empty();
+        for (campaign, base, measured, lo, hi) in &self.rows {
+            let planted = 100.0 * lift.expected() * (1.0 - base / 100.0);
+            let ok = *lo <= planted && planted <= *hi;
+            all &= ok;
+            lines.push(format!(
+                "{campaign}: planted +{planted:.2} points ({:.0}% open × {:.0}% + {:.0}% × {:.0}%, \
+                 net of the {base:.2}% base rate), measured {measured:+.2} [{lo:+.2}, {hi:+.2}]: {}",
+                100.0 * crate::emulator::currents::OPEN_RATE,
+                100.0 * lift.after_open,
+                100.0 * (1.0 - crate::emulator::currents::OPEN_RATE),
+                100.0 * lift.after_send,
+                if ok { "recovered" } else { "NOT recovered" }
+            ));
+        }
+        Recovered { all, lines }
+    }
+}
+
+/// Runs a query file of `queries/analysis/` as of the demo's time.
+async fn analysis(
+    config: &Config,
+    lake: &Lake,
+    name: &str,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    let file = config.base_dir().join("queries/analysis").join(name);
+    let text = crate::query::read_sql_file(&file)?;
+    let origin = file.display().to_string();
+    let df = lake
+        .plan_query(
+            &SqlSource {
+                origin: &origin,
+                text: &text,
+            },
+            &Params { run_ts: demo_at() },
+        )
+        .await?;
+    lake.collect(df, &origin).await
+}
+
+/// The push-to-feature table and the lift.
+async fn analyses(config: &Config, lake: &Lake) -> Result<(String, LiftTable)> {
+    let push = analysis(config, lake, "push_open_to_feature.sql").await?;
+    let push = crate::query::render(&push, crate::query::Format::Table)?;
+    let lift = LiftTable::from_batches(&analysis(config, lake, "lift.sql").await?)?;
+    Ok((String::from_utf8_lossy(&push).into_owned(), lift))
+}
+
+/// The loop's other half: the emulator's campaigns go out to the cohorts it holds and it
+/// exports the engagement (Currents Avro); the members react in the product (the planted
+/// lift, written into the lake's `events`); `ingest` brings the engagement into the lake as
+/// `partner_events`. Returns the spec used.
 async fn return_path(
     config: &mut Config,
     lake: &Lake,
+    location: &Location,
     state_dir: &Path,
     held: &[(String, Vec<String>)],
-) -> Result<String> {
+) -> Result<EngagementSpec> {
     let currents = state_dir.join("currents");
     let loc = Location::parse(
         &currents.display().to_string(),
@@ -218,19 +397,26 @@ async fn return_path(
     )?;
     let spec = EngagementSpec {
         seed: DEMO_SEED,
-        // Inside the demo lake's product events, so the 24 h after each push can be looked at.
-        at: demo_at() - chrono::Duration::days(8) + chrono::Duration::hours(10),
-        push_campaigns: vec![
-            ("camp-offline".into(), "Try offline mode".into()),
-            ("camp-playlists".into(), "Build a playlist".into()),
-        ],
+        // Two hours after the first sync, inside the demo lake's last day of product events.
+        at: demo_at() - chrono::Duration::days(1) + chrono::Duration::hours(2),
+        push_campaigns: demo_campaigns(),
+        lift: DEMO_LIFT,
     };
     let report = write_engagement(loc.store.clone(), &loc.root, held, &spec)
         .await
         .map_err(|e| Error::Internal(format!("emulator engagement export: {e}")))?;
+    synth::write_feature_uses(
+        location.store.as_ref(),
+        &location.root,
+        &report.planted,
+        PLANTED,
+    )
+    .await
+    .map_err(|e| Error::Storage(e.to_string()))?;
     eprintln!(
-        "the partner exported {} engagement events in {} Currents Avro files ({} duplicate deliveries, {} late)",
-        report.events, report.files, report.duplicates, report.late
+        "the partner exported {} engagement events in {} Currents Avro files ({} duplicate deliveries, {} late); \
+         the pushes caused {} feature uses",
+        report.events, report.files, report.duplicates, report.late, report.planted_uses
     );
     let source = SourceConfig {
         url: currents.display().to_string(),
@@ -249,30 +435,14 @@ async fn return_path(
         "{}",
         serde_json::to_string(&ingested).expect("summary is JSON")
     );
-
-    let file = config
-        .base_dir()
-        .join("queries/analysis/push_open_to_feature.sql");
-    let text = crate::query::read_sql_file(&file)?;
-    let origin = file.display().to_string();
-    let df = lake
-        .plan_query(
-            &SqlSource {
-                origin: &origin,
-                text: &text,
-            },
-            &Params { run_ts: demo_at() },
-        )
-        .await?;
-    let batches = lake.collect(df, &origin).await?;
-    let table = crate::query::render(&batches, crate::query::Format::Table)?;
-    Ok(String::from_utf8_lossy(&table).into_owned())
+    Ok(spec)
 }
 
 struct Row {
     at: String,
     name: String,
     members: u64,
+    held_out: u64,
     adds: u64,
     removes: u64,
     held: u64,

@@ -212,6 +212,17 @@ enum Command {
         /// When the campaigns go out (default: now).
         #[arg(long, value_parser = parse_at)]
         at: Option<DateTime<Utc>>,
+        /// A planted effect of the push ("Try offline mode"): the share of members who use
+        /// offline mode within 12 hours of the send (0 to 1). Needs --lake.
+        #[arg(long, default_value_t = 0.0)]
+        lift_after_send: f64,
+        /// The same for members who opened the push, within 12 hours of the open.
+        #[arg(long, default_value_t = 0.0)]
+        lift_after_open: f64,
+        /// The lake whose `events` table receives the planted feature uses
+        /// (`events/event_date=*/planted-export.parquet`, replaced on each export).
+        #[arg(long)]
+        lake: Option<String>,
     },
     /// The run history (the `runs` table of the state area), newest first.
     Runs {
@@ -486,7 +497,26 @@ async fn run(cli: Cli) -> i32 {
             ids,
             seed,
             at,
-        } => commands::export_engagement(&out, users, ids, seed, at.unwrap_or_else(Utc::now)).await,
+            lift_after_send,
+            lift_after_open,
+            lake,
+        } => {
+            let lift = cohort_bridge::emulator::currents::Lift {
+                after_send: lift_after_send,
+                after_open: lift_after_open,
+                ..Default::default()
+            };
+            commands::export_engagement(
+                &out,
+                users,
+                ids,
+                seed,
+                at.unwrap_or_else(Utc::now),
+                lift,
+                lake.as_deref(),
+            )
+            .await
+        }
         Command::Runs {
             cohort,
             last,

@@ -61,6 +61,10 @@ const FAMILIES: &[(&str, &str)] = &[
         "Removals the last successful sync held back (removal guard)",
     ),
     (
+        "cohort_bridge_sync_held_out",
+        "Members the last successful sync held out (the cohort's holdout share)",
+    ),
+    (
         "cohort_bridge_sync_requests",
         "HTTP requests of the last successful sync, retries included",
     ),
@@ -306,6 +310,7 @@ impl Metrics {
             ("cohort_bridge_sync_adds", s.adds),
             ("cohort_bridge_sync_removes", s.removes),
             ("cohort_bridge_sync_removes_held_back", s.removes_held_back),
+            ("cohort_bridge_sync_held_out", s.held_out),
             ("cohort_bridge_sync_requests", s.requests),
             ("cohort_bridge_sync_retries", s.retries),
             ("cohort_bridge_sync_dead_letters", s.dead_letters),

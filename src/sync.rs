@@ -109,6 +109,9 @@ pub struct SyncSummary {
     /// Query plus reading the committed snapshot (they overlap).
     pub query_seconds: f64,
     pub seconds: f64,
+    /// Members held out of delivery (the cohort's `holdout` share): not counted in `members`,
+    /// never sent, recorded in `cohort_changes` as `held_out`.
+    pub held_out: u64,
     /// `--dry-run` only: up to 5 ids of each kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_adds: Option<Vec<String>>,
@@ -231,6 +234,8 @@ struct Change {
     adds: Arc<StringArray>,
     removes: Arc<StringArray>,
     target: Arc<StringArray>,
+    /// The members held out (empty when the cohort holds out nobody).
+    held: Arc<StringArray>,
 }
 
 struct Run<'a> {
@@ -350,6 +355,7 @@ impl Run<'_> {
             self.finish(&plan, summary).await?;
             summary.outcome = "delivered";
         }
+        self.record_holdout(change.held).await?;
         let stats = sender.stats();
         summary.requests = stats.requests;
         summary.retries = stats.retries;
@@ -375,6 +381,18 @@ impl Run<'_> {
             let all = members.ids.clone();
             members.ids = Arc::new(on_rayon(move || shard.filter(&all)).await);
         }
+        // The control group is split off before anything else: it is never diffed against what
+        // the partner holds, so a member who moves into it is removed like one who left.
+        let query_members = members.ids.len();
+        let held = if self.cohort.holdout.is_active() {
+            let (all, holdout) = (members.ids.clone(), self.cohort.holdout.clone());
+            let (treated, held) = on_rayon(move || holdout.split(&all)).await;
+            members.ids = Arc::new(treated);
+            Arc::new(held)
+        } else {
+            Arc::new(StringArray::from(Vec::<&str>::new()))
+        };
+        summary.held_out = held.len() as u64;
         summary.query_seconds = started.elapsed().as_secs_f64();
         summary.members = members.ids.len() as u64;
         summary.rows = members.rows;
@@ -413,13 +431,13 @@ impl Run<'_> {
             removes.len() as f64 / summary.snapshot_members as f64
         };
         let suspicious = !removes.is_empty()
-            && (members.ids.is_empty() || share > self.config.state.max_removal_share);
+            && (query_members == 0 || share > self.config.state.max_removal_share);
         let (removes, target) = if suspicious && !self.options.allow_mass_removal {
             warn!(
                 cohort = %self.cohort.name, removes = removes.len(), members = members.ids.len(),
                 snapshot = summary.snapshot_members,
                 "holding back removals: {}; pass --allow-mass-removal if this is intended",
-                if members.ids.is_empty() {
+                if query_members == 0 {
                     "the query returned no members".to_string()
                 } else {
                     format!("{:.0}% of the cohort would leave (state.max_removal_share = {})",
@@ -440,6 +458,7 @@ impl Run<'_> {
             adds,
             removes,
             target,
+            held,
         })
     }
 
@@ -757,6 +776,58 @@ impl Run<'_> {
         Ok(())
     }
 }
+
+impl Run<'_> {
+    /// Records who entered and who left the control group since the last run in
+    /// `cohort_changes` (`held_out`, `held_out_left`), then keeps the group as
+    /// `holdout/held.parquet` in this run's state. Nothing here reaches the partner, so it runs
+    /// after the partner's part is committed; a run that dies between the history and the file
+    /// records the same change again on the next run (same ops, a later `committed_at_ms`:
+    /// "the latest op" answers the same). An unreadable file is logged and the whole group is
+    /// recorded again.
+    async fn record_holdout(&self, held: Arc<StringArray>) -> Result<()> {
+        let store = self.state.store.as_ref();
+        let path = self.state.path(HOLDOUT_FILE);
+        let before = match ids::try_read(&self.state.store, &path).await? {
+            Ok(ids) => ids,
+            Err(why) => {
+                if why != "missing" {
+                    warn!(cohort = %self.cohort.name, file = %path, %why,
+                        "the holdout list is unreadable: recording the whole holdout again");
+                }
+                Arc::new(StringArray::from(Vec::<&str>::new()))
+            }
+        };
+        if before.is_empty() && held.is_empty() {
+            return Ok(());
+        }
+        let (now, was) = (held.clone(), before);
+        let d = on_rayon(move || diff::diff(&was, &now)).await;
+        if d.adds.is_empty() && d.removes.is_empty() {
+            return Ok(());
+        }
+        let dir = state::history::run_dir(
+            &self.history,
+            &self.cohort.destination,
+            &self.cohort.cohort_id,
+            self.options.at,
+            Utc::now(),
+        );
+        for (op, list) in [("held_out", d.adds), ("held_out_left", d.removes)] {
+            if !list.is_empty() {
+                ids::write(store, &state::history::file(&dir, op), Arc::new(list)).await?;
+            }
+        }
+        if held.is_empty() {
+            state::delete_if_exists(store, &path).await
+        } else {
+            ids::write(store, &path, held).await
+        }
+    }
+}
+
+/// Where a cohort's (or shard's) control group is kept between runs.
+pub const HOLDOUT_FILE: &str = "holdout/held.parquet";
 
 /// The committed state of one way of splitting a cohort: unsharded, or N shards.
 struct Layout {

@@ -27,7 +27,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, BooleanBuilder, Float64Array, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -887,6 +888,100 @@ pub fn events_schema() -> SchemaRef {
         Field::new("feature", DataType::Utf8, true),
         Field::new("platform", DataType::Utf8, false),
     ]))
+}
+
+/// Writes feature uses caused by a campaign (the emulator's planted lift,
+/// `emulator::currents::Lift`) into the lake's `events` table, as the product would have logged
+/// them: one `<name>.parquet` per `event_date` partition, next to the generated part files
+/// (which `generate` never touches). The same `name` replaces what an earlier call wrote;
+/// [`remove_feature_uses`] takes it away. Returns the rows written.
+pub async fn write_feature_uses(
+    store: &dyn ObjectStore,
+    root: &Path,
+    uses: &[crate::emulator::currents::PlantedUse],
+    name: &str,
+) -> Result<u64, SynthError> {
+    remove_feature_uses(store, root, name).await?;
+    let mut by_day: std::collections::BTreeMap<
+        NaiveDate,
+        Vec<&crate::emulator::currents::PlantedUse>,
+    > = Default::default();
+    for u in uses {
+        by_day.entry(u.time.date_naive()).or_default().push(u);
+    }
+    for (date, mut day) in by_day {
+        day.sort_by_key(|u| u.time);
+        let path = root
+            .clone()
+            .join("events")
+            .join(format!("event_date={date}"))
+            .join(format!("{name}.parquet"));
+        let n = day.len();
+        let mut user_id = StringBuilder::with_capacity(n, n * 36);
+        let mut feature = StringBuilder::with_capacity(n, n * 10);
+        for u in &day {
+            user_id.append_value(&u.user_id);
+            feature.append_value(&u.feature);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(user_id.finish()),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    day.iter().map(|u| u.time.timestamp_micros()),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                "feature_used",
+                n,
+            ))),
+            Arc::new(feature.finish()),
+            // The pushes go to the app.
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("ios", n))),
+        ];
+        let batch =
+            RecordBatch::try_new(events_schema(), columns).map_err(|source| SynthError::Arrow {
+                path: path.to_string(),
+                source,
+            })?;
+        let bytes =
+            encode(&batch, writer_props(None, true)).map_err(|source| SynthError::Parquet {
+                path: path.to_string(),
+                source,
+            })?;
+        store
+            .put(&path, bytes.into())
+            .await
+            .map_err(|e| SynthError::store(&path, e))?;
+    }
+    Ok(uses.len() as u64)
+}
+
+/// Removes every `events/event_date=*/<name>.parquet` (what [`write_feature_uses`] wrote).
+pub async fn remove_feature_uses(
+    store: &dyn ObjectStore,
+    root: &Path,
+    name: &str,
+) -> Result<(), SynthError> {
+    let prefix = root.clone().join("events");
+    let file = format!("{name}.parquet");
+    let mut listing = store.list(Some(&prefix));
+    let mut found = Vec::new();
+    while let Some(meta) = listing.next().await {
+        match meta {
+            Ok(m) if m.location.filename() == Some(file.as_str()) => found.push(m.location),
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => break,
+            Err(e) => return Err(SynthError::store(&prefix, e)),
+        }
+    }
+    for path in found {
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(SynthError::store(&path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Appends the id of user `idx` ([`user_id`]) without allocating.

@@ -2,6 +2,7 @@
 //! compute its members — sorted, de-duplicated, NULL and empty ids skipped and counted.
 
 pub mod diff;
+pub mod holdout;
 pub mod shard;
 pub mod sort;
 

@@ -168,14 +168,69 @@ fn record(t: &EventType, values: &BTreeMap<&str, V>) -> Value {
     Value::Record(fields)
 }
 
-/// Which campaigns the emulator "sends" to each cohort.
+/// Which campaigns the emulator "sends" to each cohort, and how users react.
 #[derive(Debug, Clone)]
 pub struct EngagementSpec {
     pub seed: u64,
-    /// When the campaigns go out.
+    /// When the campaigns go out (each member's send falls in the two hours after).
     pub at: DateTime<Utc>,
-    /// Push campaigns (campaign_id, campaign_name), assigned to cohorts in turn.
-    pub push_campaigns: Vec<(String, String)>,
+    pub push_campaigns: Vec<PushCampaign>,
+    /// The effect the pushes have on product use (none by default).
+    pub lift: Lift,
+}
+
+/// A push campaign.
+#[derive(Debug, Clone)]
+pub struct PushCampaign {
+    /// The cohort (the partner's cohort id) it goes to; `None`: every cohort exported.
+    pub cohort_id: Option<String>,
+    pub campaign_id: String,
+    pub campaign_name: String,
+    /// The product feature it points to: the one its lift raises the use of.
+    pub feature: Option<String>,
+}
+
+/// A planted effect: a member who got a push with a feature uses that feature within `within`
+/// of the send with probability `after_send`, or, if they opened it, within `within` of the
+/// open with probability `after_open`. The uses are returned ([`EngagementReport::planted`])
+/// for the product side to log (`synth::write_feature_uses`): users react in the product, not
+/// at the partner. Drawn from a stream of their own, so the engagement events are the same
+/// whatever the lift.
+#[derive(Debug, Clone, Copy)]
+pub struct Lift {
+    pub after_send: f64,
+    pub after_open: f64,
+    pub within: Duration,
+}
+
+impl Default for Lift {
+    fn default() -> Self {
+        Lift {
+            after_send: 0.0,
+            after_open: 0.0,
+            within: Duration::hours(12),
+        }
+    }
+}
+
+impl Lift {
+    /// The expected rise in the share of members who use the feature after the push, over
+    /// members who got no push: what `queries/analysis/lift.sql` should recover (before the
+    /// few who would have used it anyway, `× (1 − base rate)`).
+    pub fn expected(&self) -> f64 {
+        OPEN_RATE * self.after_open + (1.0 - OPEN_RATE) * self.after_send
+    }
+}
+
+/// The share of pushes opened.
+pub const OPEN_RATE: f64 = 0.3;
+
+/// A feature use the push caused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlantedUse {
+    pub user_id: String,
+    pub feature: String,
+    pub time: DateTime<Utc>,
 }
 
 /// What was written.
@@ -185,6 +240,10 @@ pub struct EngagementReport {
     pub events: u64,
     pub duplicates: u64,
     pub late: u64,
+    /// Feature uses planted by the lift (see [`Lift`]).
+    pub planted_uses: u64,
+    #[serde(skip)]
+    pub planted: Vec<PlantedUse>,
 }
 
 /// Writes engagement for each `(cohort_id, members)` under `prefix`.
@@ -195,6 +254,8 @@ pub async fn write_engagement(
     spec: &EngagementSpec,
 ) -> Result<EngagementReport, String> {
     let mut rng = SplitMix64(spec.seed);
+    let mut plant = SplitMix64(spec.seed ^ 0x6c69_6674_0000_0000);
+    let mut planted = Vec::new();
     // (event type index, queued hour, record)
     let mut out: Vec<(usize, DateTime<Utc>, Value)> = Vec::new();
     // Files written so far per (event type, queued hour).
@@ -226,9 +287,12 @@ pub async fn write_engagement(
         }
         out.push((ty, queued, rec));
     };
-    for (i, (_cohort, members)) in cohorts.iter().enumerate() {
-        let (campaign_id, campaign_name) =
-            spec.push_campaigns[i % spec.push_campaigns.len().max(1)].clone();
+    for (i, (cohort, members)) in cohorts.iter().enumerate() {
+        let campaigns: Vec<&PushCampaign> = spec
+            .push_campaigns
+            .iter()
+            .filter(|c| c.cohort_id.as_ref().is_none_or(|id| id == cohort))
+            .collect();
         for user in members {
             // Written as it goes: memory holds a bounded number of records, not the export.
             if out.len() >= FLUSH_RECORDS {
@@ -240,22 +304,40 @@ pub async fn write_engagement(
                 m.insert("external_user_id", V::S(user.clone()));
                 m
             };
-            let sent = t0 + Duration::seconds((rng.next_f64() * 7200.0) as i64);
-            let mut m = base();
-            m.insert("app_id", V::S("app-main".into()));
-            m.insert("campaign_id", V::S(campaign_id.clone()));
-            m.insert("campaign_name", V::S(campaign_name.clone()));
-            m.insert("platform", V::S("ios".into()));
-            m.insert("send_id", V::S(format!("{campaign_id}-send")));
-            push(0, sent, m, &mut rng, &mut out);
-            if rng.next_f64() < 0.3 {
+            for campaign in &campaigns {
+                let (campaign_id, campaign_name) = (&campaign.campaign_id, &campaign.campaign_name);
+                let sent = t0 + Duration::seconds((rng.next_f64() * 7200.0) as i64);
                 let mut m = base();
                 m.insert("app_id", V::S("app-main".into()));
                 m.insert("campaign_id", V::S(campaign_id.clone()));
                 m.insert("campaign_name", V::S(campaign_name.clone()));
                 m.insert("platform", V::S("ios".into()));
-                let opened = sent + Duration::seconds(60 + (rng.next_f64() * 7200.0) as i64);
-                push(1, opened, m, &mut rng, &mut out);
+                m.insert("send_id", V::S(format!("{campaign_id}-send")));
+                push(0, sent, m, &mut rng, &mut out);
+                let mut reacted_from = (sent, spec.lift.after_send);
+                if rng.next_f64() < OPEN_RATE {
+                    let mut m = base();
+                    m.insert("app_id", V::S("app-main".into()));
+                    m.insert("campaign_id", V::S(campaign_id.clone()));
+                    m.insert("campaign_name", V::S(campaign_name.clone()));
+                    m.insert("platform", V::S("ios".into()));
+                    let opened = sent + Duration::seconds(60 + (rng.next_f64() * 7200.0) as i64);
+                    push(1, opened, m, &mut rng, &mut out);
+                    reacted_from = (opened, spec.lift.after_open);
+                }
+                // Two draws per push whatever the lift, so one lift's world differs from
+                // another's only in the uses planted.
+                let (hit, delay) = (plant.next_f64(), plant.next_f64());
+                if let Some(feature) = &campaign.feature
+                    && hit < reacted_from.1
+                {
+                    let within = spec.lift.within.num_seconds().max(1) as f64;
+                    planted.push(PlantedUse {
+                        user_id: user.clone(),
+                        feature: feature.clone(),
+                        time: reacted_from.0 + Duration::seconds((delay * within) as i64),
+                    });
+                }
             }
             if i == 0 {
                 let mut m = base();
@@ -284,6 +366,8 @@ pub async fn write_engagement(
     write_files(store.as_ref(), prefix, &mut out, &mut parts, &mut report).await?;
     report.duplicates = report.events - n;
     report.late = late;
+    report.planted_uses = planted.len() as u64;
+    report.planted = planted;
     Ok(report)
 }
 

@@ -3,14 +3,16 @@
 //!
 //! ```text
 //! history/destination=<d>/cohort=<cohort_id>/run_at_ms=<ms>/committed_at_ms=<ms>/
-//!     op=<add|remove>/ids.parquet
+//!     op=<add|remove|held_out|held_out_left>/ids.parquet
 //! ```
 //!
 //! Every path segment but the file is a Hive partition, so the table's columns are `user_id`
 //! (from the file) and `destination`, `cohort`, `run_at_ms` (the run's logical time, `--at`, in
 //! milliseconds since the epoch), `committed_at_ms` (when the partner was known to hold the
 //! change: the commit; commits of one cohort are serialized by its lock, and a shard's are its
-//! own ids, so this orders every change of an id) and `op`. Keys stay short (about 130
+//! own ids, so this orders every change of an id) and `op`: `add` and `remove` were sent to the
+//! partner; `held_out` and `held_out_left` are members entering and leaving the cohort's
+//! control group (`cohort::holdout`), never sent, recorded after the run's commit. Keys stay short (about 130
 //! characters under the state area): some S3-compatible servers limit them well below S3's
 //! 1,024 bytes. The files are the run's own plan lists (copied: a hard link on local
 //! disk, a server-side copy on object stores), so keeping history costs no rewrite of the ids.
@@ -67,7 +69,7 @@ pub fn run_dir(
         ))
 }
 
-/// The id list of `op` (`add` or `remove`) in a run's folder.
+/// The id list of `op` in a run's folder.
 pub fn file(run_dir: &Path, op: &str) -> Path {
     run_dir.clone().join(format!("op={op}")).join("ids.parquet")
 }

@@ -224,11 +224,13 @@ fn a_delta_run_killed_mid_delivery_resumes_exactly() {
     );
     assert!(partner.members("active") == active_7d(&hour(1)));
     assert_eq!(pointer(&state)["deltas"].as_array().unwrap().len(), 1);
-    // Nothing of the run is left pending (empty folders may stay on a local filesystem).
+    // Nothing of the run is left pending (empty folders may stay on a local filesystem, and so
+    // may the staging file of a put the kill interrupted: object_store's local store writes
+    // `NAME#N` and renames it, and no list or read ever shows such a file).
     let left: Vec<_> = project
         .state_files()
         .into_iter()
-        .filter(|(path, _)| path.contains("/pending/"))
+        .filter(|(path, _)| path.contains("/pending/") && !path.contains('#'))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     sync_hour(&project, &partner, 2);

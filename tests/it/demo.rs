@@ -73,10 +73,26 @@ fn demo_on_the_committed_project_matches_every_cohort() {
         stdout.contains("camp-offline") && stdout.contains("not opened"),
         "{stdout}"
     );
+    // The lift of each campaign against its cohort's holdout, with the planted effect found.
+    for campaign in ["camp-offline", "camp-playlists"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{campaign}: planted")))
+            .unwrap_or_else(|| panic!("no lift line for {campaign}: {stdout}"));
+        assert!(line.ends_with(": recovered"), "{line}");
+    }
     assert_eq!(delivered.len(), 2 * cohorts);
     let (full, incremental) = delivered.split_at(cohorts);
     for s in full {
         assert_eq!(s["outcome"], "delivered", "{s}");
+        if s["cohort"] != "active_30d" {
+            // The project file holds out 10% of these two.
+            let (members, held) = (
+                s["members"].as_f64().unwrap(),
+                s["held_out"].as_f64().unwrap(),
+            );
+            assert!((0.08..0.12).contains(&(held / (members + held))), "{s}");
+        }
         assert!(s["members"].as_u64().unwrap() > 1_000, "{s}");
         assert_eq!(s["adds"], s["members"], "{s}");
     }

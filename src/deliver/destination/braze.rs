@@ -130,6 +130,7 @@ client_secret_env = "B""#,
             destination: "braze".into(),
             cohort_id: "cid".into(),
             display_name: "Nice \"name\"".into(),
+            holdout: crate::cohort::holdout::Holdout::new(0.0, "cid".into()),
         };
         Braze::new(&dest, &creds, &cohort)
     }
