@@ -134,6 +134,12 @@ fn every_query_gives_the_same_rows_on_ballista_and_locally() {
     for file in &files {
         let f = file.to_str().unwrap();
         let name = file.file_name().unwrap().to_string_lossy();
+        // Not on Ballista 55 (README, "Queries on a Ballista cluster"): its in-process
+        // scheduler overflowed a 2 MiB stack on this plan and did not finish in 30 minutes on
+        // a 32 MiB one. Its own test (`lift.rs`) runs it on the local engine.
+        if name == "lift.sql" {
+            continue;
+        }
         // Membership history is stamped with the commit's wall-clock time.
         let at = if name == "members_as_of.sql" {
             "2100-01-01T00:00:00Z"
