@@ -23,6 +23,7 @@ pub mod parallel;
 pub mod progress;
 pub mod query;
 pub mod redact;
+pub mod report;
 pub mod signals;
 pub mod state;
 pub mod sync;

@@ -195,6 +195,15 @@ enum Command {
         #[command(flatten)]
         at: AtArg,
     },
+    /// One self-contained HTML report of the lake: cohort sizes and changes, delivery, ingest
+    /// volume, the engagement funnel and the lift against holdouts (charts, tables, CSV).
+    Report {
+        /// Where to write it.
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+        #[command(flatten)]
+        at: AtArg,
+    },
     /// Write the emulator's Currents-style engagement export (Avro) for the first N users of a
     /// generated lake (the same --ids shape), as the partner would after a sync (for trying
     /// `ingest` and benchmarks).
@@ -490,6 +499,9 @@ async fn run(cli: Cli) -> i32 {
                 (None, None) => unreachable!("clap requires one"),
             };
             cohort_bridge::query::query(&cli.config, source, format, out.as_deref(), at.at).await
+        }
+        Command::Report { out, at } => {
+            cohort_bridge::report::report(&cli.config, &out, at.at).await
         }
         Command::ExportEngagement {
             out,

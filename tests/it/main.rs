@@ -25,6 +25,7 @@ mod lift;
 mod metrics;
 mod packaging;
 mod proxy;
+mod report;
 mod s3;
 mod shards;
 mod signals;
