@@ -100,27 +100,8 @@ fn every_query_gives_the_same_rows_on_ballista_and_locally() {
         "batch_size = 500\nrequests_per_second = 5000",
         &[("active", crate::incremental::ACTIVE_7D)],
     );
-    let dir = project.dir.path();
-    copy_dir(lake(), &dir.join("lake"));
-    let toml = std::fs::read_to_string(dir.join("cohort-bridge.toml"))
-        .unwrap()
-        .replace(&format!("url = \"{}\"", lake().display()), "url = \"lake\"");
-    std::fs::write(dir.join("cohort-bridge.toml"), toml).unwrap();
-    let export = project.run(&[
-        "export-engagement",
-        "--out",
-        dir.join("currents").to_str().unwrap(),
-        "--users",
-        "3000",
-        "--at",
-        "2026-11-20T10:00:00Z",
-    ]);
-    assert_eq!(export.code(), 0, "{}", export.stderr());
-    let mut toml = std::fs::read_to_string(dir.join("cohort-bridge.toml")).unwrap();
-    toml.push_str("\n[sources.currents]\nurl = \"currents\"\n");
-    std::fs::write(dir.join("cohort-bridge.toml"), toml).unwrap();
-    let ingest = project.run(&["ingest"]);
-    assert_eq!(ingest.code(), 0, "{}", ingest.stderr());
+    project.own_lake_with_source();
+    project.export_and_ingest(3000, "2026-11-20T10:00:00Z");
     project
         .run(&["sync", "active", "--at", crate::incremental::T1])
         .summary();

@@ -88,28 +88,12 @@ fn the_report_loads_in_a_browser_and_shows_the_lakes_numbers() {
         &[("active", ACTIVE_7D)],
     );
     let dir = project.dir.path();
-    copy_dir(lake(), &dir.join("lake"));
-    let toml = std::fs::read_to_string(dir.join("cohort-bridge.toml"))
-        .unwrap()
-        .replace(&format!("url = \"{}\"", lake().display()), "url = \"lake\"")
-        + "\n[sources.currents]\nurl = \"currents\"\n";
-    std::fs::write(dir.join("cohort-bridge.toml"), toml).unwrap();
+    project.own_lake_with_source();
     let summaries: Vec<serde_json::Value> = [T1, T2]
         .iter()
         .map(|at| project.run(&["sync", "active", "--at", at]).summary())
         .collect();
-    let export = project.run(&[
-        "export-engagement",
-        "--out",
-        dir.join("currents").to_str().unwrap(),
-        "--users",
-        "2000",
-        "--at",
-        "2026-11-24T10:00:00Z",
-    ]);
-    assert_eq!(export.code(), 0, "{}", export.stderr());
-    let ingest = project.run(&["ingest"]);
-    assert_eq!(ingest.code(), 0, "{}", ingest.stderr());
+    project.export_and_ingest(2000, "2026-11-24T10:00:00Z");
 
     let html = dir.join("out/report.html");
     let run = project.run(&["report", "--out", html.to_str().unwrap()]);

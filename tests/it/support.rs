@@ -217,6 +217,36 @@ client_secret_env = "{SECRET_VAR}"
         Project { dir }
     }
 
+    /// Gives the project a copy of the shared lake (for tests that write into it: `ingest`,
+    /// planted events) at `lake/`, and a Currents source at `currents/`.
+    pub fn own_lake_with_source(&self) {
+        let dir = self.dir.path();
+        copy_dir(lake(), &dir.join("lake"));
+        let toml = std::fs::read_to_string(dir.join("cohort-bridge.toml"))
+            .unwrap()
+            .replace(&format!("url = \"{}\"", lake().display()), "url = \"lake\"")
+            + "\n[sources.currents]\nurl = \"currents\"\n";
+        std::fs::write(dir.join("cohort-bridge.toml"), toml).unwrap();
+    }
+
+    /// The emulator's engagement export for the lake's first `users` users into `currents/`,
+    /// campaigns at `at`, then `ingest`.
+    pub fn export_and_ingest(&self, users: u64, at: &str) {
+        let out = self.dir.path().join("currents");
+        let export = self.run(&[
+            "export-engagement",
+            "--out",
+            out.to_str().unwrap(),
+            "--users",
+            &users.to_string(),
+            "--at",
+            at,
+        ]);
+        assert_eq!(export.code(), 0, "{}", export.stderr());
+        let ingest = self.run(&["ingest"]);
+        assert_eq!(ingest.code(), 0, "{}", ingest.stderr());
+    }
+
     /// Runs the binary in the project folder with the secrets set.
     /// Every file under the project's state area, with its size (to show nothing changed).
     pub fn state_files(&self) -> Vec<(String, u64)> {
