@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod demo;
 pub mod emulator;
 pub mod error;
+pub mod hash;
 pub mod ingest;
 pub mod init;
 pub mod lake;

@@ -209,13 +209,7 @@ pub async fn sync_cohort(
 /// the workspace is the same (`--rebind`) or new (`--new-workspace`).
 pub fn partner_identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
     // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
-    let hash = credentials
-        .client_secret
-        .expose()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::hash::fnv1a64(credentials.client_secret.expose().as_bytes());
     format!(
         "{}/partners/{}#workspace-{:08x}",
         dest.base_url.trim_end_matches('/'),

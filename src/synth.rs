@@ -675,11 +675,7 @@ const TAG_DAY: u64 = 0x0044_4159; // "DAY"
 #[derive(Debug, Clone)]
 struct Rng(u64);
 
-fn splitmix_finalize(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::hash::mix64 as splitmix_finalize;
 
 impl Rng {
     /// A stream keyed by `(seed, key…)`.

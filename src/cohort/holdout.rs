@@ -79,12 +79,11 @@ impl Holdout {
 
 /// The split's hash of `id` under `salt`.
 pub fn hash(salt: &str, id: &str) -> u64 {
-    let fnv = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    let h = salt.bytes().fold(0xcbf2_9ce4_8422_2325_u64, fnv);
-    let mut z = id.bytes().fold(fnv(h, 0xff), fnv);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    use crate::hash::{FNV_OFFSET, fnv1a64_from, mix64};
+    mix64(fnv1a64_from(
+        FNV_OFFSET,
+        salt.bytes().chain([0xff]).chain(id.bytes()),
+    ))
 }
 
 #[cfg(test)]

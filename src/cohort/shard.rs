@@ -59,13 +59,7 @@ impl FromStr for Shard {
 
 /// The shard (of `count`) an id belongs to.
 pub fn shard_of(id: &str, count: u32) -> u32 {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut z = h;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    let z = crate::hash::mix64(crate::hash::fnv1a64(id.as_bytes()));
     (z % u64::from(count)) as u32
 }
 

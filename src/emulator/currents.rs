@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::deliver::retry::SplitMix64;
+use crate::hash::SplitMix64;
 
 /// Field kinds of the schemas written here.
 #[derive(Clone, Copy)]

@@ -4,36 +4,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{FaultConfig, RateLimitConfig};
+use crate::hash::SplitMix64;
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// SplitMix64: small, fast and good enough to pick faults reproducibly from a seed.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform draw in `[0, 1)`.
-    pub(crate) fn next_f64(&mut self) -> f64 {
-        // The top 53 bits fill an f64 mantissa exactly.
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// What a request's fault draw decided, before the request is validated and applied.
@@ -84,7 +59,7 @@ impl FaultInjector {
         ]
         .iter()
         .any(|p| *p > 0.0);
-        let rng = Mutex::new(SplitMix64::new(config.seed));
+        let rng = Mutex::new(SplitMix64(config.seed));
         Self {
             config,
             enabled,
@@ -226,15 +201,15 @@ mod tests {
 
     #[test]
     fn splitmix_is_deterministic_and_in_range() {
-        let mut a = SplitMix64::new(42);
-        let mut b = SplitMix64::new(42);
+        let mut a = SplitMix64(42);
+        let mut b = SplitMix64(42);
         for _ in 0..1000 {
             let x = a.next_f64();
             assert_eq!(x, b.next_f64());
             assert!((0.0..1.0).contains(&x));
         }
         // Reference value of SplitMix64 with seed 0.
-        assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(SplitMix64(0).next_u64(), 0xE220_A839_7B1D_CDAF);
     }
 
     #[test]
