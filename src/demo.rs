@@ -262,9 +262,11 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         println!("MISMATCH: the lift analysis did not recover the planted effect");
     }
     println!(
-        "\nThe report (cohorts, delivery, ingest, funnel, lift): {} ({} of 6 sections with data)",
+        "\nThe report (cohorts, delivery, ingest, funnel, lift): {} ({} of {} sections with data)",
         report_file.display(),
-        6 - report["sections_without_data"].as_u64().unwrap_or(0)
+        report["sections"].as_u64().unwrap_or(0)
+            - report["sections_without_data"].as_u64().unwrap_or(0),
+        report["sections"]
     );
     Ok(if all && recovered.all {
         exit::OK

@@ -9,6 +9,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -540,7 +542,12 @@ pub async fn write(
     };
     let mut body = String::new();
     let mut missing = 0;
-    for section in sections(config) {
+    let sections = sections(config);
+    let count = sections.len();
+    // Sections that chart the same query (delivery, duration) run it once.
+    let mut results: std::collections::HashMap<String, std::result::Result<Arc<Rows>, String>> =
+        Default::default();
+    for section in sections {
         let _ = write!(
             body,
             r#"<section id="{}"><h2>{}</h2><p class="about">{}</p>"#,
@@ -549,32 +556,38 @@ pub async fn write(
             esc(section.about)
         );
         let origin = format!("report section `{}`", section.id);
-        let result = async {
-            let df = lake
-                .plan_query(
-                    &SqlSource {
-                        origin: &origin,
-                        text: &section.sql,
-                    },
-                    &params,
-                )
-                .await?;
-            let columns: Vec<String> = df
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().to_string())
-                .collect();
-            let batches = lake.collect(df, &origin).await?;
-            Rows::from_batches(&batches, &columns)
+        if !results.contains_key(&section.sql) {
+            let result = async {
+                let df = lake
+                    .plan_query(
+                        &SqlSource {
+                            origin: &origin,
+                            text: &section.sql,
+                        },
+                        &params,
+                    )
+                    .await?;
+                let columns: Vec<String> = df
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().to_string())
+                    .collect();
+                let batches = lake.collect(df, &origin).await?;
+                Rows::from_batches(&batches, &columns)
+            }
+            .await;
+            results.insert(
+                section.sql.clone(),
+                result.map(Arc::new).map_err(|e| e.to_string()),
+            );
         }
-        .await;
-        match result {
+        match &results[&section.sql] {
             Ok(rows) if rows.cells.is_empty() => {
                 body.push_str(r#"<p class="missing">No rows yet.</p>"#);
             }
             Ok(rows) => {
-                for (i, b) in charts(&section.chart, &rows)?.iter().enumerate() {
+                for (i, b) in charts(&section.chart, rows)?.iter().enumerate() {
                     if let Some(t) = &b.title {
                         let _ = write!(body, "<h3>{}</h3>", esc(t));
                     }
@@ -585,17 +598,13 @@ pub async fn write(
                     body,
                     r#"<p><a class="csv" download="{}.csv" href="data:text/csv;charset=utf-8;base64,{csv}">Download the table as CSV</a></p>{}"#,
                     section.id,
-                    table(&rows)
+                    table(rows)
                 );
             }
             Err(e) => {
                 missing += 1;
                 tracing::warn!(section = section.id, error = %e, "report section left empty");
-                let _ = write!(
-                    body,
-                    r#"<p class="missing">Not available: {}</p>"#,
-                    esc(&e.to_string())
-                );
+                let _ = write!(body, r#"<p class="missing">Not available: {}</p>"#, esc(e));
             }
         }
         let _ = write!(
@@ -626,7 +635,7 @@ pub async fn write(
         .map_err(|e| Error::Storage(format!("{}: {e}", out.display())))?;
     Ok(serde_json::json!({
         "out": out.display().to_string(),
-        "sections": 6,
+        "sections": count,
         "sections_without_data": missing,
         "bytes": html.len(),
         "seconds": started.elapsed().as_secs_f64(),

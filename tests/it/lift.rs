@@ -32,15 +32,12 @@ struct LiftRow {
 /// what the partner held of each cohort.
 fn world(lift: Lift) -> (BTreeMap<String, LiftRow>, BTreeMap<String, u64>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lake = tempfile::tempdir().unwrap();
-    copy_dir(crate::support::lake(), lake.path());
     let partner = Partner::plain();
     let sql = |name: &str| {
         std::fs::read_to_string(root.join(format!("queries/cohorts/{name}.sql"))).unwrap()
     };
     let (offline, paid) = (sql("sessions_without_offline"), sql("paid_active_30d"));
-    let project = Project::on(
-        lake.path(),
+    let project = Project::new(
         &partner.handle.base_url(),
         FAST,
         &[
@@ -48,6 +45,9 @@ fn world(lift: Lift) -> (BTreeMap<String, LiftRow>, BTreeMap<String, u64>) {
             ("paid_active_30d", &paid),
         ],
     );
+    // Its own lake: the pushes' feature uses are written into it.
+    project.own_lake_with_source();
+    let lake_dir = project.dir.path().join("lake");
     let file = project.dir.path().join("cohort-bridge.toml");
     let currents = project.dir.path().join("currents");
     let toml = std::fs::read_to_string(&file)
@@ -59,8 +59,7 @@ fn world(lift: Lift) -> (BTreeMap<String, LiftRow>, BTreeMap<String, u64>) {
         .replace(
             "name = \"Cohort paid_active_30d\"\n",
             "name = \"Cohort paid_active_30d\"\nholdout = 0.3\n",
-        )
-        + &format!("\n[sources.currents]\nurl = \"{}\"\n", currents.display());
+        );
     std::fs::write(&file, toml).unwrap();
     for s in project.run(&["sync", "--all", "--at", AT]).summaries() {
         assert_eq!(s["outcome"], "delivered", "{s}");
@@ -95,7 +94,7 @@ fn world(lift: Lift) -> (BTreeMap<String, LiftRow>, BTreeMap<String, u64>) {
         let planted = (lift.after_send + lift.after_open > 0.0) as u64;
         assert_eq!(report.planted_uses > 0, planted > 0, "{report:?}");
         let lake = Location::parse(
-            &lake.path().display().to_string(),
+            &lake_dir.display().to_string(),
             Path::new("."),
             &Default::default(),
         )
