@@ -256,7 +256,9 @@ def summarize(runs):
     walls = [r[0] for r in runs]
     wall = statistics.median(walls)
     return {"runs": walls, "wall": wall, "cpu": statistics.median(r[1] for r in runs),
-            "rss": max(r[2] for r in runs), "detail": runs[walls.index(wall)][3]}
+            "rss": max(r[2] for r in runs),
+            # An even number of runs has no middle one: the detail is the run nearest the median.
+            "detail": min(runs, key=lambda r: abs(r[0] - wall))[3]}
 
 
 def row(case, what, runs, ids, requests, peer=None):

