@@ -22,6 +22,7 @@ use cohort_bridge::cohort::diff::diff;
 use cohort_bridge::cohort::distinct_sorted;
 use cohort_bridge::config::Config;
 use cohort_bridge::deliver::destination::braze::Braze;
+use cohort_bridge::deliver::destination::{Destination, Op};
 use cohort_bridge::deliver::plan::{batches, encode_in_background};
 use cohort_bridge::emulator::currents::{EngagementSpec, PushCampaign, write_engagement};
 use cohort_bridge::ingest::avro::read_file;
@@ -150,18 +151,21 @@ client_secret_env = "CS"
     let creds = config
         .credentials("partner", &|v| Some(format!("{v}-secret-value")))
         .expect("credentials");
-    let braze = Arc::new(Braze::new(
-        config.destination("partner").expect("destination"),
-        &creds,
-        &cohort,
-    ));
+    let braze: Arc<dyn Destination> = Arc::new(
+        Braze::new(
+            config.destination("partner").expect("destination"),
+            &creds,
+            &cohort,
+        )
+        .expect("a Cohort Import destination"),
+    );
     let ids = Arc::new(sorted_ids(0..IDS as u64, |_| true));
     let encode = || {
         let mut rx = encode_in_background(
             braze.clone(),
             ids.clone(),
             batches(ids.len(), 1000),
-            false,
+            Op::Add,
             64,
         );
         let (mut requests, mut sent, mut bytes) = (0, 0, 0);

@@ -336,7 +336,7 @@ pub async fn export_engagement(
 /// `batch_size` batches) through the same client, pacing and in-flight bound, with every body
 /// encoded before the clock starts: no query, diff, plan or state. Prints one JSON line.
 pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<i32> {
-    use crate::deliver::destination::braze::Braze;
+    use crate::deliver::destination::{self, Op};
     use crate::deliver::{plan::batches, sender::Sender};
     use datafusion::arrow::array::{Array, StringArray};
 
@@ -346,15 +346,15 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
         .map_err(|e| Error::config(config.file.clone(), e))?;
     let dest = config.destination(&cohort.destination)?;
     let creds = config.credentials(&cohort.destination, &env_lookup)?;
-    let braze = Braze::new(dest, &creds, &cohort);
+    let braze = destination::open(dest, &creds, &cohort)?;
     // UUID ids, as the realistic lake's (benches/e2e.py): the bodies are as long as a sync's.
     let members = StringArray::from_iter_values((0..ids as u64).map(|i| user_id(IdShape::Uuid, i)));
-    let create = braze.create_cohort(Utc::now());
+    let setup = braze.setup(Utc::now());
     let requests: Vec<_> = batches(members.len(), dest.batch_size)
         .into_iter()
-        .map(|(n, range)| braze.change_members(n, &members, range, false))
+        .map(|(n, range)| braze.batch(n, &members, range, Op::Add))
         .collect();
-    let count = requests.len() + 1;
+    let count = requests.len() + usize::from(setup.is_some());
     let (tx, rx) = tokio::sync::mpsc::channel(count);
     for request in requests {
         tx.send(request)
@@ -362,10 +362,16 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
             .map_err(|_| Error::Internal("request channel closed".into()))?;
     }
     drop(tx);
-    let sender = Sender::new(dest, tokio::time::Instant::now() + dest.deadline)?;
+    let sender = Sender::new(
+        dest,
+        braze.clone(),
+        tokio::time::Instant::now() + dest.deadline,
+    )?;
     // As a sync does: the cohort exists before its members are sent.
     let started = std::time::Instant::now();
-    sender.send(&create).await?;
+    if let Some(setup) = setup {
+        sender.send(&setup).await?;
+    }
     sender.send_all(rx, |_| {}).await?;
     let seconds = started.elapsed().as_secs_f64();
     println!(

@@ -257,30 +257,86 @@ pub enum PartitionType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum DestinationKind {
-    /// Braze's Partner Cohort Import API.
+    /// Braze's Partner Cohort Import API (a `partner_api_key` Braze issues to partners).
     Braze,
+    /// Braze's REST `/users/track`: membership as a custom attribute, with a workspace REST
+    /// API key (any Braze customer).
+    BrazeUsersTrack,
+}
+
+impl DestinationKind {
+    /// The most ids one request may carry.
+    pub fn max_batch(self) -> usize {
+        match self {
+            DestinationKind::Braze => MAX_BATCH_SIZE,
+            DestinationKind::BrazeUsersTrack => {
+                crate::deliver::destination::users_track::MAX_OBJECTS
+            }
+        }
+    }
+
+    /// Requests per second when the config does not say: the partner's default limit.
+    fn default_rps(self) -> f64 {
+        match self {
+            DestinationKind::Braze => DEFAULT_REQUESTS_PER_SECOND,
+            // 3,000 requests per 3 seconds.
+            DestinationKind::BrazeUsersTrack => 1000.0,
+        }
+    }
+}
+
+/// How `/users/track` records membership.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// A boolean attribute per cohort, `true` for members, `false` once they leave.
+    #[default]
+    Boolean,
+    /// One array attribute shared by the cohorts, changed with `add` / `remove`.
+    Array,
 }
 
 /// A partner destination. Secrets are named by environment variable, never written here.
+/// Which keys apply depends on `kind` (`problems` names the ones that do not).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub kind: DestinationKind,
     /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com`.
     pub base_url: String,
-    /// The `{partner}` segment of `/partners/{partner}/cohorts`.
+    /// `braze`: the `{partner}` segment of `/partners/{partner}/cohorts`.
+    #[serde(default)]
     pub partner: String,
-    /// Environment variable holding the `partner_api_key`.
+    /// `braze`: environment variable holding the `partner_api_key`.
+    #[serde(default)]
     pub partner_api_key_env: String,
-    /// Environment variable holding the workspace's `client_secret` (data import key).
+    /// `braze`: environment variable holding the workspace's `client_secret` (data import key).
+    #[serde(default)]
     pub client_secret_env: String,
-    /// Ids per request, 1..=1000. Default 1000 (the partner's maximum).
-    #[serde(default = "default_batch_size")]
+    /// `braze_users_track`: environment variable holding the workspace REST API key (sent as
+    /// `Authorization: Bearer`).
+    #[serde(default)]
+    pub api_key_env: String,
+    /// `braze_users_track`: a boolean attribute per cohort, or one array attribute.
+    #[serde(default)]
+    pub membership: Membership,
+    /// `braze_users_track`: the attribute's name. Default `cohort_<cohort_id>` for a boolean,
+    /// `cohorts` for an array.
+    #[serde(default)]
+    pub attribute: Option<String>,
+    /// `braze_users_track`: send `_update_existing_only` so unknown ids create no profile (their
+    /// item-level errors become dead letters). Default true.
+    #[serde(default = "default_true")]
+    pub update_existing_only: bool,
+    /// Ids per request: 1..=1000 for `braze` (default 1000), 1..=75 for `braze_users_track`
+    /// (default 75): the partner's limits.
+    #[serde(default)]
     pub batch_size: usize,
-    /// Requests per second across the whole run. Default 69.44 (250,000 per hour).
-    #[serde(default = "default_rps")]
+    /// Requests per second across the whole run. Default: the partner's limit (69.44 for
+    /// `braze`, 250,000 per hour; 1,000 for `braze_users_track`, 3,000 per 3 seconds).
+    #[serde(default)]
     pub requests_per_second: f64,
     /// Requests in flight at once on one connection pool. Default 8.
     #[serde(default = "default_max_in_flight")]
@@ -301,11 +357,8 @@ fn default_deadline() -> Duration {
     Duration::from_secs(6 * 3600)
 }
 
-fn default_batch_size() -> usize {
-    MAX_BATCH_SIZE
-}
-fn default_rps() -> f64 {
-    DEFAULT_REQUESTS_PER_SECOND
+fn default_true() -> bool {
+    true
 }
 fn default_max_in_flight() -> usize {
     8
@@ -409,11 +462,34 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The two keys the partner wants in every request body.
+/// A destination's keys, read from the environment.
 #[derive(Debug, Clone)]
-pub struct Credentials {
-    pub partner_api_key: Secret,
-    pub client_secret: Secret,
+pub enum Credentials {
+    /// Cohort Import: the two keys the partner wants in every request body.
+    CohortImport {
+        partner_api_key: Secret,
+        client_secret: Secret,
+    },
+    /// A workspace REST API key, sent as `Authorization: Bearer`.
+    RestKey { api_key: Secret },
+}
+
+impl Credentials {
+    /// The key that names the workspace (its fingerprint tells workspaces apart).
+    pub fn workspace_key(&self) -> &Secret {
+        match self {
+            Credentials::CohortImport { client_secret, .. } => client_secret,
+            Credentials::RestKey { api_key } => api_key,
+        }
+    }
+}
+
+/// The name of a kind as written in the config.
+pub fn kind_name(kind: DestinationKind) -> &'static str {
+    match kind {
+        DestinationKind::Braze => "braze",
+        DestinationKind::BrazeUsersTrack => "braze_users_track",
+    }
 }
 
 impl Config {
@@ -441,6 +517,15 @@ impl Config {
         let mut config: Config = toml::from_str(text)
             .map_err(|e| Error::config(file.to_path_buf(), e.to_string().trim_end().to_string()))?;
         config.file = file.to_path_buf();
+        // Defaults that depend on the destination's kind.
+        for d in config.destinations.values_mut() {
+            if d.batch_size == 0 {
+                d.batch_size = d.kind.max_batch();
+            }
+            if d.requests_per_second == 0.0 {
+                d.requests_per_second = d.kind.default_rps();
+            }
+        }
         if let Some(url) = ENGINE_OVERRIDE.get() {
             config.engine.url = url.clone();
         }
@@ -528,22 +613,58 @@ impl Config {
                     d.base_url
                 )),
             }
-            if d.partner.is_empty() || d.partner.contains('/') {
+            // The environment variables a kind needs, and the keys it does not take.
+            type Needed<'a> = &'a [(&'a str, &'a String)];
+            let (needed, foreign): (Needed, &[(&str, bool)]) = match d.kind {
+                DestinationKind::Braze => (
+                    &[
+                        ("partner_api_key_env", &d.partner_api_key_env),
+                        ("client_secret_env", &d.client_secret_env),
+                    ],
+                    &[
+                        ("api_key_env", !d.api_key_env.is_empty()),
+                        ("attribute", d.attribute.is_some()),
+                    ],
+                ),
+                DestinationKind::BrazeUsersTrack => (
+                    &[("api_key_env", &d.api_key_env)],
+                    &[
+                        ("partner", !d.partner.is_empty()),
+                        ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
+                        ("client_secret_env", !d.client_secret_env.is_empty()),
+                    ],
+                ),
+            };
+            if d.kind == DestinationKind::Braze && (d.partner.is_empty() || d.partner.contains('/'))
+            {
                 out.push(format!("{key}.partner: must be a non-empty path segment"));
             }
-            for (field, var) in [
-                ("partner_api_key_env", &d.partner_api_key_env),
-                ("client_secret_env", &d.client_secret_env),
-            ] {
+            for (field, var) in needed {
                 if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     out.push(format!(
                         "{key}.{field}: must name an environment variable (letters, digits, _), got `{var}`"
                     ));
                 }
             }
-            if d.batch_size == 0 || d.batch_size > MAX_BATCH_SIZE {
+            for (field, set) in foreign {
+                if *set {
+                    out.push(format!(
+                        "{key}.{field}: not a key of kind `{}` destinations",
+                        kind_name(d.kind)
+                    ));
+                }
+            }
+            if let Some(a) = &d.attribute
+                && (a.is_empty() || a.len() > 255 || a.starts_with('$'))
+            {
                 out.push(format!(
-                    "{key}.batch_size: must be between 1 and {MAX_BATCH_SIZE} (the partner's limit), got {}",
+                    "{key}.attribute: must be 1 to 255 characters, not starting with `$`, got `{a}`"
+                ));
+            }
+            let max = d.kind.max_batch();
+            if d.batch_size == 0 || d.batch_size > max {
+                out.push(format!(
+                    "{key}.batch_size: must be between 1 and {max} (the partner's limit), got {}",
                     d.batch_size
                 ));
             }
@@ -712,9 +833,14 @@ impl Config {
                 )),
             }
         };
-        Ok(Credentials {
-            partner_api_key: read("partner_api_key_env", &d.partner_api_key_env)?,
-            client_secret: read("client_secret_env", &d.client_secret_env)?,
+        Ok(match d.kind {
+            DestinationKind::Braze => Credentials::CohortImport {
+                partner_api_key: read("partner_api_key_env", &d.partner_api_key_env)?,
+                client_secret: read("client_secret_env", &d.client_secret_env)?,
+            },
+            DestinationKind::BrazeUsersTrack => Credentials::RestKey {
+                api_key: read("api_key_env", &d.api_key_env)?,
+            },
         })
     }
 }
@@ -993,7 +1119,7 @@ name = "Paid users"
         let ok = c
             .credentials("braze", &|v| Some(format!("value-of-{v}")))
             .unwrap();
-        assert_eq!(ok.client_secret.expose(), "value-of-CS");
+        assert_eq!(ok.workspace_key().expose(), "value-of-CS");
         assert!(!format!("{ok:?}").contains("value-of"));
     }
 

@@ -50,10 +50,10 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
 
     // The partner: an emulator on a free loopback port, with throwaway keys.
     let nonce = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    let creds = Credentials {
-        partner_api_key: Secret::new(format!("demo-partner-key-{nonce:x}")),
-        client_secret: Secret::new(format!("demo-client-secret-{nonce:x}")),
-    };
+    let (partner_api_key, client_secret) = (
+        Secret::new(format!("demo-partner-key-{nonce:x}")),
+        Secret::new(format!("demo-client-secret-{nonce:x}")),
+    );
     let partner = config
         .destinations
         .values()
@@ -69,8 +69,8 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         ([127, 0, 0, 1], 0).into(),
         EmulatorConfig {
             partner: partner.clone(),
-            partner_api_key: creds.partner_api_key.expose().to_string(),
-            client_secret: creds.client_secret.expose().to_string(),
+            partner_api_key: partner_api_key.expose().to_string(),
+            client_secret: client_secret.expose().to_string(),
             ..EmulatorConfig::default()
         },
     )
@@ -125,7 +125,10 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     &config,
                     &lake,
                     name,
-                    &creds,
+                    &Credentials::CohortImport {
+                        partner_api_key: partner_api_key.clone(),
+                        client_secret: client_secret.clone(),
+                    },
                     SyncOptions {
                         progress: true,
                         ..SyncOptions::at(at)

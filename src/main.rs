@@ -378,6 +378,14 @@ pub struct EmulatorArgs {
     /// refuses ids it considers invalid.
     #[arg(long)]
     invalid_id_marker: Option<String>,
+    /// Environment variable holding the workspace REST API key `/users/track` accepts (unset:
+    /// `/users/track` refuses every key).
+    #[arg(long, default_value = "BRAZE_REST_API_KEY")]
+    rest_api_key_env: String,
+    /// `/users/track`: ids containing this text have no profile, so update-only objects naming
+    /// them are item-level errors.
+    #[arg(long)]
+    unknown_id_marker: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -600,6 +608,10 @@ async fn run(cli: Cli) -> i32 {
                             drop_connection: a.fault_drop,
                         },
                         invalid_id_marker: a.invalid_id_marker,
+                        // Unset: a key no client can send (a header value has no NUL).
+                        rest_api_key: std::env::var(&a.rest_api_key_env)
+                            .unwrap_or_else(|_| "\0unset".into()),
+                        unknown_id_marker: a.unknown_id_marker,
                     };
                     cohort_bridge::emulator::serve_forever((a.host, a.port).into(), config)
                         .await

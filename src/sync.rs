@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::cohort::shard::Shard;
 use crate::cohort::{self, diff};
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
-use crate::deliver::destination::braze::Braze;
+use crate::deliver::destination::{self, Destination, Op, Refused};
 use crate::deliver::plan::{batches, encode_in_background};
 use crate::deliver::sender::Sender;
 use crate::error::{Error, Result};
@@ -208,14 +208,7 @@ pub async fn sync_cohort(
 /// little to recover anything). When any of them changes, a sync refuses until told whether
 /// the workspace is the same (`--rebind`) or new (`--new-workspace`).
 pub fn partner_identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
-    // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
-    let hash = crate::hash::fnv1a64(credentials.client_secret.expose().as_bytes());
-    format!(
-        "{}/partners/{}#workspace-{:08x}",
-        dest.base_url.trim_end_matches('/'),
-        dest.partner,
-        hash >> 32
-    )
+    destination::identity(dest, credentials)
 }
 
 fn sample(ids: &StringArray) -> Vec<String> {
@@ -257,8 +250,8 @@ impl Run<'_> {
         lock: &lock::KeptLock,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::from_std(*started) + self.dest.deadline;
-        let sender = Sender::new(self.dest, deadline)?;
-        let braze = Arc::new(Braze::new(self.dest, self.credentials, self.cohort));
+        let braze = destination::open(self.dest, self.credentials, self.cohort)?;
+        let sender = Sender::new(self.dest, braze.clone(), deadline)?;
 
         // 1. An interrupted run first: finish exactly its plan.
         let mut resumed = false;
@@ -552,7 +545,7 @@ impl Run<'_> {
     async fn deliver(
         &self,
         plan: &PlanMeta,
-        braze: &Arc<Braze>,
+        braze: &Arc<dyn Destination>,
         sender: &Sender,
         // The plan's adds and removes when this process made it (else read from the plan).
         in_memory: Option<[Arc<StringArray>; 2]>,
@@ -566,10 +559,9 @@ impl Run<'_> {
                 self.state.ids(&plan.removes_file).await?,
             ],
         };
-        sender
-            .send(&braze.create_cohort(plan.at))
-            .await
-            .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination))?;
+        if let Some(setup) = braze.setup(plan.at) {
+            sender.send(&setup).await.map_err(|e| braze.explain(e))?;
+        }
 
         let journal = Journal::start(self.state.clone(), new_run_id(), None);
         let total = plan.add_batches + plan.remove_batches;
@@ -579,7 +571,7 @@ impl Run<'_> {
         let breaker = Breaker::new(total);
         let breaker = &breaker;
         let mut result = Ok(());
-        for (k, remove, offset) in [(0, false, 0), (1, true, plan.add_batches)] {
+        for (k, op, offset) in [(0, Op::Add, 0), (1, Op::Remove, plan.add_batches)] {
             if crate::signals::received().is_some() {
                 break;
             }
@@ -597,7 +589,7 @@ impl Run<'_> {
                 braze.clone(),
                 ids.clone(),
                 batches,
-                remove,
+                op,
                 window,
             ));
             let (journal, progress) = (&journal, &progress);
@@ -608,18 +600,24 @@ impl Run<'_> {
                         if crate::signals::received().is_some() {
                             return Ok(());
                         }
-                        match sender.send(&request).await {
-                            Ok(()) => breaker.delivered(request.ids),
+                        let start = (request.batch - offset - 1) as usize * plan.batch_size;
+                        let range = start..start + request.ids;
+                        let dead = match sender.send(&request).await {
+                            Ok(refused) => {
+                                breaker.delivered(request.ids.saturating_sub(refused.len()));
+                                breaker.refused_ids.fetch_add(refused.len() as u64, Ordering::Relaxed);
+                                dead_letters(&ids, &range, &refused, request.batch, op)
+                            }
                             Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
-                                let start = (request.batch - offset - 1) as usize * plan.batch_size;
-                                let range = start..start + request.ids;
-                                let dead = isolate(sender, braze, breaker, &ids, request.batch, range, remove, message).await?;
-                                warn!(cohort = %self.cohort.name, batch = request.batch, refused = dead.len(),
-                                    first = %dead.first().map(|d| d.reason.as_str()).unwrap_or(""),
-                                    "the partner refused ids; they are dead-lettered and retried next run");
-                                dead::record(self.state, request.batch, &dead).await?;
+                                isolate(sender, braze.as_ref(), breaker, &ids, request.batch, range, op, message).await?
                             }
                             Err(e) => return Err(e),
+                        };
+                        if !dead.is_empty() {
+                            warn!(cohort = %self.cohort.name, batch = request.batch, refused = dead.len(),
+                                first = %dead.first().map(|d| d.reason.as_str()).unwrap_or(""),
+                                "the partner refused ids; they are dead-lettered and retried next run");
+                            dead::record(self.state, request.batch, &dead).await?;
                         }
                         journal.ack(request.batch);
                         progress.inc();
@@ -627,7 +625,7 @@ impl Run<'_> {
                     }
                 })
                 .await
-                .map_err(|e| explain_rejection(e, self.config, &self.cohort.destination));
+                .map_err(|e| braze.explain(e));
             if result.is_err() {
                 break;
             }
@@ -1295,16 +1293,39 @@ impl Run<'_> {
     }
 }
 
-/// Splits a refused range until every refused id is alone; the rest is delivered.
+/// The dead letters of the items a partner acknowledged but did not apply (`range` is the
+/// batch's place in `ids`; an index past it is ignored: the partner cannot refuse what was
+/// not sent).
+fn dead_letters(
+    ids: &StringArray,
+    range: &std::ops::Range<usize>,
+    refused: &[Refused],
+    batch: u64,
+    op: Op,
+) -> Vec<DeadLetter> {
+    refused
+        .iter()
+        .filter(|r| r.index < range.len())
+        .map(|r| DeadLetter {
+            user_id: ids.value(range.start + r.index).to_string(),
+            change: op.name().to_string(),
+            reason: r.reason.clone(),
+            batch,
+        })
+        .collect()
+}
+
+/// Splits a range refused with 400 until every refused id is alone; the rest is delivered (an
+/// acknowledged half's item-level refusals are dead letters too).
 #[allow(clippy::too_many_arguments)]
 async fn isolate(
     sender: &Sender,
-    braze: &Braze,
+    destination: &dyn Destination,
     breaker: &Breaker,
     ids: &StringArray,
     batch: u64,
     range: std::ops::Range<usize>,
-    remove: bool,
+    op: Op,
     message: String,
 ) -> Result<Vec<DeadLetter>> {
     let mut dead = Vec::new();
@@ -1314,7 +1335,7 @@ async fn isolate(
             breaker.refused_ids.fetch_add(1, Ordering::Relaxed);
             dead.push(DeadLetter {
                 user_id: ids.value(range.start).to_string(),
-                change: if remove { "remove" } else { "add" }.to_string(),
+                change: op.name().to_string(),
                 reason: message,
                 batch,
             });
@@ -1324,10 +1345,16 @@ async fn isolate(
         for half in [range.start..mid, mid..range.end] {
             breaker.spend(&message)?;
             match sender
-                .send(&braze.change_members(batch, ids, half.clone(), remove))
+                .send(&destination.batch(batch, ids, half.clone(), op))
                 .await
             {
-                Ok(()) => breaker.delivered(half.len()),
+                Ok(items) => {
+                    breaker.delivered(half.len().saturating_sub(items.len()));
+                    breaker
+                        .refused_ids
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                    dead.extend(dead_letters(ids, &half, &items, batch, op));
+                }
                 Err(Error::PartnerRejected {
                     status: 400,
                     message,
@@ -1338,32 +1365,4 @@ async fn isolate(
         }
     }
     Ok(dead)
-}
-
-/// A 401 names the environment variables that hold the keys, so the fix is obvious.
-fn explain_rejection(e: Error, config: &Config, destination: &str) -> Error {
-    match e {
-        Error::PartnerRejected {
-            what,
-            status: 401,
-            message,
-        } => {
-            let hint = config
-                .destinations
-                .get(destination)
-                .map(|d| {
-                    format!(
-                        " (check {} and {} for destination `{destination}`)",
-                        d.partner_api_key_env, d.client_secret_env
-                    )
-                })
-                .unwrap_or_default();
-            Error::PartnerRejected {
-                what,
-                status: 401,
-                message: format!("{message}{hint}"),
-            }
-        }
-        other => other,
-    }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use super::Request;
-use super::destination::braze::Braze;
+use super::destination::{Destination, Op};
 
 /// Deterministic batches over sorted ids: batch `n` (1-based) holds ids
 /// `[(n-1)*size, n*size)`, so re-planning the same ids yields the same batches.
@@ -25,10 +25,10 @@ pub fn batches(len: usize, size: usize) -> Vec<(u64, Range<usize>)> {
 /// Encodes `batches` in windows of `window` with rayon and sends them in order on a channel
 /// holding at most `window` requests. Stops early when the receiver is dropped.
 pub fn encode_in_background(
-    braze: Arc<Braze>,
+    destination: Arc<dyn Destination>,
     ids: Arc<StringArray>,
     batches: Vec<(u64, Range<usize>)>,
-    remove: bool,
+    op: Op,
     window: usize,
 ) -> mpsc::Receiver<Request> {
     let window = window.max(1);
@@ -39,7 +39,7 @@ pub fn encode_in_background(
             for chunk in batches.chunks(window) {
                 let encoded: Vec<Request> = chunk
                     .par_iter()
-                    .map(|(n, range)| braze.change_members(*n, &ids, range.clone(), remove))
+                    .map(|(n, range)| destination.batch(*n, &ids, range.clone(), op))
                     .collect();
                 for request in encoded {
                     if tx.blocking_send(request).is_err() {

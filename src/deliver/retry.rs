@@ -16,6 +16,8 @@ use crate::redact;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Success,
+    /// Acknowledged, but the partner says it did not apply these items of the batch.
+    Partial(Vec<crate::deliver::destination::Refused>),
     /// Transient (423, 429, 5xx, 408, timeouts, connection errors, a 2xx that is not the
     /// documented success): try again, after at least what the partner asked for.
     Retry {

@@ -12,6 +12,7 @@
 //! logged with its reason, nothing starts after the run's deadline, and every text from the
 //! partner is redacted before it goes anywhere.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Request;
+use super::destination::{Destination, Refused};
 use super::ratelimit::{LOGGED_WAIT, Pacer, Ticket};
-use super::retry::{Answer, Backoff, Verdict, classify};
+use super::retry::{Answer, Backoff, Verdict};
 use crate::config::{DestinationConfig, human_duration};
 use crate::error::{Error, Result};
 use crate::redact;
@@ -32,6 +34,8 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub struct Sender {
     client: reqwest::Client,
+    /// Headers of every request, and what an answer means.
+    destination: Arc<dyn Destination>,
     pacer: Pacer,
     backoff: Backoff,
     max_in_flight: usize,
@@ -60,7 +64,11 @@ pub struct SendStats {
 
 impl Sender {
     /// A sender for `dest`, whose run must end by `deadline`.
-    pub fn new(dest: &DestinationConfig, deadline: Instant) -> Result<Self> {
+    pub fn new(
+        dest: &DestinationConfig,
+        destination: Arc<dyn Destination>,
+        deadline: Instant,
+    ) -> Result<Self> {
         let client = reqwest::Client::builder()
             // Never follow a redirect: keys travel in the body (and headers) and must not
             // reach another host; a POST turned into a GET would be "acknowledged" unapplied.
@@ -78,6 +86,7 @@ impl Sender {
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Sender {
             client,
+            destination,
             pacer: Pacer::new(
                 dest.requests_per_second,
                 dest.max_in_flight,
@@ -109,7 +118,12 @@ impl Sender {
     ) -> Result<()> {
         let on_ack = &on_ack;
         self.for_each(requests, |request| async move {
-            self.send(&request).await?;
+            if !self.send(&request).await?.is_empty() {
+                return Err(Error::Internal(format!(
+                    "{}: the partner refused items, and this caller records no dead letters",
+                    describe(&request)
+                )));
+            }
             on_ack(&request);
             Ok(())
         })
@@ -148,7 +162,8 @@ impl Sender {
     }
 
     /// Sends one request until it is acknowledged, permanently rejected, or out of retries.
-    pub async fn send(&self, request: &Request) -> Result<()> {
+    /// Returns the items of an acknowledged batch that the partner did not apply (usually none).
+    pub async fn send(&self, request: &Request) -> Result<Vec<Refused>> {
         let first = Instant::now();
         let retry = self.backoff.config();
         let mut attempt: u32 = 0;
@@ -170,7 +185,7 @@ impl Sender {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let verdict = self.attempt(request, ticket).await;
             let (reason, asked) = match verdict {
-                Verdict::Success => {
+                Verdict::Success | Verdict::Partial(_) => {
                     self.stats
                         .acked_batches
                         .fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
@@ -183,7 +198,10 @@ impl Sender {
                         attempt,
                         "acknowledged"
                     );
-                    return Ok(());
+                    return Ok(match verdict {
+                        Verdict::Partial(refused) => refused,
+                        _ => Vec::new(),
+                    });
                 }
                 Verdict::Reject { status, message } => {
                     return Err(Error::PartnerRejected {
@@ -263,6 +281,7 @@ impl Sender {
             .client
             .post(&*request.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .headers(self.destination.headers().clone())
             .body(request.body.clone())
             .send()
             .await;
@@ -296,7 +315,7 @@ impl Sender {
                 }
             }
         }
-        classify(&Answer {
+        self.destination.acknowledge(&Answer {
             status: response.status(),
             headers: response.headers(),
             body: &body,

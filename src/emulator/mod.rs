@@ -9,6 +9,7 @@
 pub mod currents;
 mod faults;
 mod state;
+mod users_track;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +51,11 @@ pub struct EmulatorConfig {
     /// User ids containing this text are refused with a 400 naming the id, as a partner
     /// refuses an id it considers invalid (for testing dead letters). `None`: no such ids.
     pub invalid_id_marker: Option<String>,
+    /// The only valid workspace REST API key (`/users/track`, `Authorization: Bearer`).
+    pub rest_api_key: String,
+    /// `/users/track`: ids containing this text have no profile until one is created, so an
+    /// update-only object naming one is an item-level error. `None`: every id has a profile.
+    pub unknown_id_marker: Option<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -61,6 +67,8 @@ impl Default for EmulatorConfig {
             rate_limit: RateLimitConfig::default(),
             faults: FaultConfig::default(),
             invalid_id_marker: None,
+            rest_api_key: "emulator-rest-api-key".to_owned(),
+            unknown_id_marker: None,
         }
     }
 }
@@ -72,6 +80,7 @@ impl fmt::Debug for EmulatorConfig {
             .field("partner", &self.partner)
             .field("partner_api_key", &"<redacted>")
             .field("client_secret", &"<redacted>")
+            .field("rest_api_key", &"<redacted>")
             .field("rate_limit", &self.rate_limit)
             .field("faults", &self.faults)
             .finish()
@@ -152,12 +161,18 @@ pub struct Stats {
     pub max_ids_per_request: u64,
     /// 429 answers.
     pub rate_limited: u64,
+    /// `/users/track` requests applied, and the attribute objects they applied.
+    #[serde(default)]
+    pub track_requests_applied: u64,
+    #[serde(default)]
+    pub track_objects_applied: u64,
 }
 
 /// Everything the connection tasks share.
 struct Shared {
     config: EmulatorConfig,
     state: State,
+    profiles: users_track::Profiles,
     limiter: RateLimiter,
     faults: FaultInjector,
     shutdown: watch::Sender<bool>,
@@ -208,6 +223,17 @@ impl EmulatorHandle {
         self.shared.state.stats()
     }
 
+    /// `/users/track`: the users whose boolean `attribute` is true, sorted (external ids plain,
+    /// aliases `alias:NAME:LABEL`, Braze ids `braze:ID`).
+    pub fn attribute_true(&self, attribute: &str) -> Vec<String> {
+        self.shared.profiles.with_true(attribute)
+    }
+
+    /// `/users/track`: the users whose array `attribute` holds `value`, sorted.
+    pub fn attribute_holds(&self, attribute: &str, value: &str) -> Vec<String> {
+        self.shared.profiles.with_element(attribute, value)
+    }
+
     /// Every authenticated partner request so far, in arrival order: when it arrived and whether
     /// the rate limit let it through (false: answered 429).
     pub fn rate_log(&self) -> Vec<(std::time::SystemTime, bool)> {
@@ -227,6 +253,7 @@ pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         state: State::default(),
+        profiles: users_track::Profiles::default(),
         limiter: RateLimiter::new(&config.rate_limit),
         faults: FaultInjector::new(config.faults.clone()),
         config,
@@ -356,6 +383,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Abo
 enum Route {
     Cohorts { partner: String },
     CohortUsers { partner: String },
+    UsersTrack,
+    Profiles,
     Stats,
     ListCohorts,
     Members { cohort_id: String },
@@ -372,6 +401,8 @@ impl Route {
             ["partners", p, "cohorts", "users"] => Route::CohortUsers {
                 partner: percent_decode(p),
             },
+            ["users", "track"] => Route::UsersTrack,
+            ["_emulator", "profiles"] => Route::Profiles,
             ["_emulator", "stats"] => Route::Stats,
             ["_emulator", "cohorts"] => Route::ListCohorts,
             ["_emulator", "cohorts", id, "members"] => Route::Members {
@@ -384,8 +415,12 @@ impl Route {
     /// The one method the route accepts.
     fn method(&self) -> Option<Method> {
         match self {
-            Route::Cohorts { .. } | Route::CohortUsers { .. } => Some(Method::POST),
-            Route::Stats | Route::ListCohorts | Route::Members { .. } => Some(Method::GET),
+            Route::Cohorts { .. } | Route::CohortUsers { .. } | Route::UsersTrack => {
+                Some(Method::POST)
+            }
+            Route::Stats | Route::ListCohorts | Route::Members { .. } | Route::Profiles => {
+                Some(Method::GET)
+            }
             Route::NotFound => None,
         }
     }
@@ -414,6 +449,8 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
         Route::CohortUsers { partner } => {
             partner_request(shared, req, &partner, Endpoint::Users).await
         }
+        Route::UsersTrack => users_track::handle(shared, req).await,
+        Route::Profiles => Ok(users_track::list(shared)),
         Route::Stats => Ok(json_response(StatusCode::OK, &shared.state.stats())),
         Route::ListCohorts => Ok(list_cohorts(&shared.state)),
         Route::Members { cohort_id } => Ok(cohort_members(&shared.state, &cohort_id)),

@@ -83,6 +83,8 @@ struct Counters {
     ids_removed: AtomicU64,
     max_ids_per_request: AtomicU64,
     rate_limited: AtomicU64,
+    track_requests_applied: AtomicU64,
+    track_objects_applied: AtomicU64,
 }
 
 const STATUS_SLOTS: usize = 600;
@@ -100,6 +102,8 @@ impl Default for Counters {
             ids_removed: AtomicU64::new(0),
             max_ids_per_request: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            track_requests_applied: AtomicU64::new(0),
+            track_objects_applied: AtomicU64::new(0),
         }
     }
 }
@@ -241,6 +245,11 @@ impl State {
         bump(&self.counters.dropped_connections, 1);
     }
 
+    pub(crate) fn record_track(&self, objects: u64) {
+        bump(&self.counters.track_requests_applied, 1);
+        bump(&self.counters.track_objects_applied, objects);
+    }
+
     pub(crate) fn record_rate_limited(&self) {
         bump(&self.counters.rate_limited, 1);
     }
@@ -274,6 +283,8 @@ impl State {
             redundant_removes,
             max_ids_per_request: read(&c.max_ids_per_request),
             rate_limited: read(&c.rate_limited),
+            track_requests_applied: read(&c.track_requests_applied),
+            track_objects_applied: read(&c.track_objects_applied),
         }
     }
 }

@@ -188,7 +188,7 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
     let config = Config::load(&project.dir.path().join("cohort-bridge.toml")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lake = runtime.block_on(Lake::open(&config)).unwrap();
-    let creds = Credentials {
+    let creds = Credentials::CohortImport {
         partner_api_key: Secret::new(KEY),
         client_secret: Secret::new(SECRET),
     };

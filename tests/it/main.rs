@@ -32,3 +32,4 @@ mod signals;
 mod state;
 mod storage;
 mod sync;
+mod users_track;

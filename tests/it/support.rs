@@ -20,6 +20,9 @@ pub const KEY_VAR: &str = "IT_PARTNER_API_KEY";
 pub const SECRET_VAR: &str = "IT_CLIENT_SECRET";
 /// Distinctive values, so a test can search every log line for them.
 pub const KEY: &str = "pk-7f3a9c1e-never-log-me";
+/// The workspace REST API key of `/users/track` destinations.
+pub const REST_VAR: &str = "IT_REST_API_KEY";
+pub const REST_KEY: &str = "rk-2c8e41d7-never-log-me";
 pub const SECRET: &str = "cs-51d0b2aa-never-log-me";
 
 /// The lake all tests read: 20,000 users, 10 days of events ending 2026-11-27.
@@ -103,6 +106,7 @@ impl Partner {
         let config = EmulatorConfig {
             partner_api_key: KEY.into(),
             client_secret: SECRET.into(),
+            rest_api_key: REST_KEY.into(),
             ..config
         };
         let handle = runtime
@@ -179,6 +183,34 @@ impl Project {
         destination_extra: &str,
         cohorts: &[(&str, &str)],
     ) -> Project {
+        let destination = format!(
+            r#"kind = "braze"
+base_url = "{base_url}"
+partner = "cohort-bridge"
+partner_api_key_env = "{KEY_VAR}"
+client_secret_env = "{SECRET_VAR}"
+{destination_extra}"#
+        );
+        Project::with_destination(lake, &destination, cohorts)
+    }
+
+    /// The same with `/users/track` (membership as an attribute) as the destination.
+    pub fn users_track(
+        base_url: &str,
+        destination_extra: &str,
+        cohorts: &[(&str, &str)],
+    ) -> Project {
+        let destination = format!(
+            r#"kind = "braze_users_track"
+base_url = "{base_url}"
+api_key_env = "{REST_VAR}"
+{destination_extra}"#
+        );
+        Project::with_destination(lake(), &destination, cohorts)
+    }
+
+    /// `destination` is the whole body of `[destinations.braze]`.
+    pub fn with_destination(lake: &Path, destination: &str, cohorts: &[(&str, &str)]) -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
         let mut toml = format!(
@@ -193,12 +225,7 @@ path = "events"
 partitions = [{{ name = "event_date", type = "date" }}]
 
 [destinations.braze]
-kind = "braze"
-base_url = "{base_url}"
-partner = "cohort-bridge"
-partner_api_key_env = "{KEY_VAR}"
-client_secret_env = "{SECRET_VAR}"
-{destination_extra}
+{destination}
 "#,
             lake = lake.display(),
         );
@@ -282,12 +309,20 @@ client_secret_env = "{SECRET_VAR}"
             .env_remove("RUST_LOG")
             .env_remove("COHORT_BRIDGE_CONFIG")
             .env(KEY_VAR, KEY)
-            .env(SECRET_VAR, SECRET);
+            .env(SECRET_VAR, SECRET)
+            .env(REST_VAR, REST_KEY);
         cmd
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        self.run_with(args, &[(KEY_VAR, Some(KEY)), (SECRET_VAR, Some(SECRET))])
+        self.run_with(
+            args,
+            &[
+                (KEY_VAR, Some(KEY)),
+                (SECRET_VAR, Some(SECRET)),
+                (REST_VAR, Some(REST_KEY)),
+            ],
+        )
     }
 
     /// Runs the binary with extra environment (`None` removes a variable).

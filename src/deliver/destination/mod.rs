@@ -1,3 +1,127 @@
-//! Destinations: how a plan's batches become HTTP requests for one partner. One file each.
+//! Destinations: everything partner-specific about delivering a plan. The sync core and the
+//! sender name no destination; they hold an `Arc<dyn Destination>` made by [`open`].
+//!
+//! A destination turns a batch of ids (`Op::Add` / `Op::Remove`) into a request, says which
+//! headers every request carries, what an answer means (documented success, transient,
+//! permanent, or success with some items refused), which workspace it talks to, and how to
+//! explain a refusal of its keys. One file per destination; adding one is a new file, an arm in
+//! [`open`] and one in `config::DestinationKind`.
 
 pub mod braze;
+pub mod users_track;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::StringArray;
+use reqwest::header::HeaderMap;
+
+use crate::config::{Cohort, Credentials, DestinationConfig, DestinationKind};
+use crate::deliver::Request;
+use crate::deliver::retry::{self, Answer, Verdict};
+use crate::error::{Error, Result};
+
+/// What a batch does to its ids' membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Remove,
+}
+
+impl Op {
+    /// `add` or `remove`, as dead letters and history record it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Remove => "remove",
+        }
+    }
+}
+
+/// One item of an acknowledged request that the partner did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The item's position in the request's batch (0-based).
+    pub index: usize,
+    /// The partner's reason (its error type), redacted.
+    pub reason: String,
+}
+
+/// Everything partner-specific about delivering a plan.
+pub trait Destination: Send + Sync {
+    /// Sent once per run before any batch (Cohort Import creates or renames the cohort).
+    fn setup(&self, at: DateTime<Utc>) -> Option<Request>;
+
+    /// The request applying `op` to `ids[range]`, numbered `batch`.
+    fn batch(&self, batch: u64, ids: &StringArray, range: Range<usize>, op: Op) -> Request;
+
+    /// Headers every request carries besides `Content-Type: application/json`.
+    fn headers(&self) -> &HeaderMap;
+
+    /// What an answer means. The default: only the documented success JSON acknowledges.
+    fn acknowledge(&self, answer: &Answer<'_>) -> Verdict {
+        retry::classify(answer)
+    }
+
+    /// Adds what the user can do about a refused key (401/403) to the error.
+    fn explain(&self, e: Error) -> Error {
+        e
+    }
+}
+
+/// The destination a cohort is delivered to, with its keys.
+pub fn open(
+    dest: &DestinationConfig,
+    credentials: &Credentials,
+    cohort: &Cohort,
+) -> Result<Arc<dyn Destination>> {
+    Ok(match dest.kind {
+        DestinationKind::Braze => Arc::new(braze::Braze::new(dest, credentials, cohort)?),
+        DestinationKind::BrazeUsersTrack => {
+            Arc::new(users_track::UsersTrack::new(dest, credentials, cohort)?)
+        }
+    })
+}
+
+/// Names the partner workspace a destination writes to: when it changes between runs, a sync
+/// refuses until told whether it is the same workspace (`--rebind`) or a new one
+/// (`--new-workspace`). The endpoint and a short fingerprint of the workspace's key.
+pub fn identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
+    let base = dest.base_url.trim_end_matches('/');
+    let key = fingerprint(credentials.workspace_key().expose());
+    match dest.kind {
+        // The format earlier releases recorded in every snapshot: unchanged, so upgrading is
+        // not a change of workspace.
+        DestinationKind::Braze => format!("{base}/partners/{}#workspace-{key}", dest.partner),
+        DestinationKind::BrazeUsersTrack => format!("{base}/users/track#workspace-{key}"),
+    }
+}
+
+/// A 32-bit fingerprint of a workspace key: enough to tell workspaces apart, far too little to
+/// recover anything. FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
+pub fn fingerprint(key: &str) -> String {
+    format!("{:08x}", crate::hash::fnv1a64(key.as_bytes()) >> 32)
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Ids are almost always plain ASCII; escape only when needed.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Whether the ids of `range` need no JSON escaping: one pass over their contiguous bytes that
+/// the compiler vectorises (no early exit).
+pub fn plain_json(ids: &StringArray, range: &Range<usize>) -> bool {
+    let offsets = ids.value_offsets();
+    let (lo, hi) = (offsets[range.start] as usize, offsets[range.end] as usize);
+    ids.value_data()[lo..hi]
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'))
+}

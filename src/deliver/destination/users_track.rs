@@ -1,0 +1,345 @@
+//! Braze's REST `/users/track`, for any Braze customer: cohort membership as a custom attribute
+//! on each profile, with a workspace REST API key (`Authorization: Bearer`).
+//!
+//! Membership is a boolean attribute per cohort (`"cohort_<id>": true`, `false` once the user
+//! leaves) or one array attribute shared by cohorts (`"cohorts": {"add": ["<id>"]}`, `remove`).
+//! At most 75 attribute objects per request; `_update_existing_only` (the default) keeps
+//! unknown ids from creating profiles. A success may list items it did not apply
+//! (`errors: [{type, input_array, index}]`): those become dead letters with the partner's type.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{Array, StringArray};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+
+use super::{Destination, Op, Refused, plain_json, push_json_str};
+use crate::config::{Cohort, Credentials, DestinationConfig, Membership};
+use crate::deliver::Request;
+use crate::deliver::retry::{self, Answer, Verdict};
+use crate::error::{Error, Result};
+use crate::redact;
+
+/// Attribute objects per request (the partner's limit).
+pub const MAX_OBJECTS: usize = 75;
+
+/// A cohort's `/users/track` requests, with the constant parts encoded once.
+pub struct UsersTrack {
+    url: Arc<str>,
+    headers: HeaderMap,
+    /// What follows an object's id, for a member joining and one leaving, e.g.
+    /// `,"cohort_x":true,"_update_existing_only":true}`.
+    tail_add: Vec<u8>,
+    tail_remove: Vec<u8>,
+    key_var: String,
+    destination: String,
+}
+
+impl UsersTrack {
+    pub fn new(dest: &DestinationConfig, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+        let Credentials::RestKey { api_key } = creds else {
+            return Err(Error::Internal("/users/track needs a REST API key".into()));
+        };
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", api_key.expose())).map_err(|_| {
+                Error::config(
+                    None,
+                    format!(
+                        "destinations.{}.api_key_env: the key in {} is not a valid header value \
+                         (control characters or non-ASCII)",
+                        cohort.destination, dest.api_key_env
+                    ),
+                )
+            })?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        let tail = |joined: bool| {
+            let mut t = Vec::new();
+            t.push(b',');
+            match dest.membership {
+                Membership::Boolean => {
+                    let name = dest
+                        .attribute
+                        .clone()
+                        .unwrap_or_else(|| format!("cohort_{}", cohort.cohort_id));
+                    push_json_str(&mut t, &name);
+                    t.extend_from_slice(if joined { b":true" } else { b":false" });
+                }
+                Membership::Array => {
+                    let name = dest.attribute.clone().unwrap_or_else(|| "cohorts".into());
+                    push_json_str(&mut t, &name);
+                    t.extend_from_slice(if joined {
+                        b":{\"add\":["
+                    } else {
+                        b":{\"remove\":["
+                    });
+                    push_json_str(&mut t, &cohort.cohort_id);
+                    t.extend_from_slice(b"]}");
+                }
+            }
+            if dest.update_existing_only {
+                t.extend_from_slice(b",\"_update_existing_only\":true");
+            }
+            t.push(b'}');
+            t
+        };
+        let base = dest.base_url.trim_end_matches('/');
+        Ok(UsersTrack {
+            url: format!("{base}/users/track").into(),
+            headers,
+            tail_add: tail(true),
+            tail_remove: tail(false),
+            key_var: dest.api_key_env.clone(),
+            destination: cohort.destination.clone(),
+        })
+    }
+}
+
+impl Destination for UsersTrack {
+    fn setup(&self, _at: DateTime<Utc>) -> Option<Request> {
+        None
+    }
+
+    fn batch(&self, batch: u64, ids: &StringArray, range: Range<usize>, op: Op) -> Request {
+        let count = range.len();
+        let tail = match op {
+            Op::Add => &self.tail_add,
+            Op::Remove => &self.tail_remove,
+        };
+        let plain = plain_json(ids, &range);
+        let offsets = ids.value_offsets();
+        let bytes = (offsets[range.end] - offsets[range.start]) as usize;
+        let mut body = Vec::with_capacity(bytes + count * (tail.len() + 20) + 32);
+        body.extend_from_slice(b"{\"attributes\":[");
+        for (n, i) in range.enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            debug_assert!(!ids.is_null(i));
+            body.extend_from_slice(b"{\"external_id\":");
+            if plain {
+                body.push(b'"');
+                body.extend_from_slice(ids.value(i).as_bytes());
+                body.push(b'"');
+            } else {
+                push_json_str(&mut body, ids.value(i));
+            }
+            body.extend_from_slice(tail);
+        }
+        body.extend_from_slice(b"]}");
+        Request {
+            url: self.url.clone(),
+            body: Bytes::from(body),
+            batch,
+            ids: count,
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// 201 or 200 with `{"message": "success"}` acknowledges; the objects its `errors` list
+    /// were not applied. An `errors` list that cannot be read item by item acknowledges
+    /// nothing (re-sending an attribute is harmless: the request is retried).
+    fn acknowledge(&self, answer: &Answer<'_>) -> Verdict {
+        let verdict = retry::classify(answer);
+        if verdict != Verdict::Success {
+            return verdict;
+        }
+        match item_errors(answer.body) {
+            Ok(refused) if refused.is_empty() => Verdict::Success,
+            Ok(refused) => Verdict::Partial(refused),
+            Err(why) => Verdict::Retry {
+                reason: format!(
+                    "HTTP {} success whose `errors` cannot be read item by item ({why}): {}",
+                    answer.status.as_u16(),
+                    retry::first_bytes(answer.body)
+                ),
+                asked: None,
+            },
+        }
+    }
+
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::PartnerRejected {
+                what,
+                status: status @ (401 | 403),
+                message,
+            } => Error::PartnerRejected {
+                what,
+                status,
+                message: format!(
+                    "{message} (check {} for destination `{}`: a workspace REST API key with \
+                     the users.track permission)",
+                    self.key_var, self.destination
+                ),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The objects a success response says it did not apply: `errors[*]` with `input_array`
+/// `"attributes"` (or none) and an `index`. Errors on other arrays (events, purchases: we send
+/// none) are ignored.
+fn item_errors(body: &[u8]) -> std::result::Result<Vec<Refused>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let errors = match v.get("errors") {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(errors)) => errors,
+        Some(_) => return Err("`errors` is not an array".into()),
+    };
+    let mut refused = Vec::new();
+    for (k, e) in errors.iter().enumerate() {
+        let array = e.get("input_array").and_then(|a| a.as_str());
+        if array.is_some_and(|a| a != "attributes") {
+            continue;
+        }
+        let index = e
+            .get("index")
+            .and_then(|i| i.as_u64())
+            .filter(|&i| i < MAX_OBJECTS as u64)
+            .ok_or_else(|| format!("errors[{k}] has no index below {MAX_OBJECTS}"))?;
+        let kind = e
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("(no type)");
+        refused.push(Refused {
+            index: index as usize,
+            reason: redact::scrub(&kind.chars().take(200).collect::<String>()).into_owned(),
+        });
+    }
+    refused.sort_by_key(|r| r.index);
+    refused.dedup_by_key(|r| r.index);
+    Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use reqwest::StatusCode;
+
+    fn dest(extra: &str) -> DestinationConfig {
+        toml::from_str(&format!(
+            "kind = \"braze_users_track\"\nbase_url = \"http://h:1/\"\napi_key_env = \"K\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn cohort() -> Cohort {
+        Cohort {
+            name: "c".into(),
+            sql_file: "c.sql".into(),
+            destination: "track".into(),
+            cohort_id: "vip\"s".into(),
+            display_name: "VIPs".into(),
+            holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
+        }
+    }
+
+    fn track(extra: &str) -> UsersTrack {
+        let creds = Credentials::RestKey {
+            api_key: Secret::new("rest-key"),
+        };
+        UsersTrack::new(&dest(extra), &creds, &cohort()).unwrap()
+    }
+
+    fn body(t: &UsersTrack, ids: &[&str], op: Op) -> serde_json::Value {
+        let array = StringArray::from(ids.to_vec());
+        let req = t.batch(2, &array, 0..ids.len(), op);
+        assert_eq!(&*req.url, "http://h:1/users/track");
+        assert_eq!((req.batch, req.ids), (2, ids.len()));
+        serde_json::from_slice(&req.body).unwrap()
+    }
+
+    #[test]
+    fn boolean_membership_sets_and_clears_the_cohorts_attribute() {
+        let t = track("");
+        assert_eq!(
+            body(&t, &["a", "b\"q"], Op::Add),
+            serde_json::json!({"attributes": [
+                {"external_id": "a", "cohort_vip\"s": true, "_update_existing_only": true},
+                {"external_id": "b\"q", "cohort_vip\"s": true, "_update_existing_only": true},
+            ]})
+        );
+        assert_eq!(
+            body(&t, &["a"], Op::Remove)["attributes"][0]["cohort_vip\"s"],
+            false
+        );
+        assert_eq!(
+            t.headers()[AUTHORIZATION].to_str().unwrap(),
+            "Bearer rest-key"
+        );
+        assert!(t.headers()[AUTHORIZATION].is_sensitive());
+    }
+
+    #[test]
+    fn array_membership_adds_and_removes_the_cohort_id() {
+        let t =
+            track("membership = \"array\"\nattribute = \"segments\"\nupdate_existing_only = false");
+        let v = body(&t, &["a"], Op::Add);
+        assert_eq!(
+            v,
+            serde_json::json!({"attributes": [{"external_id": "a", "segments": {"add": ["vip\"s"]}}]})
+        );
+        let v = body(&t, &["a"], Op::Remove);
+        assert_eq!(
+            v["attributes"][0]["segments"],
+            serde_json::json!({"remove": ["vip\"s"]})
+        );
+    }
+
+    fn ack(t: &UsersTrack, status: u16, body: &str) -> Verdict {
+        t.acknowledge(&Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: &HeaderMap::new(),
+            body: body.as_bytes(),
+        })
+    }
+
+    #[test]
+    fn item_level_errors_are_refusals_and_unreadable_ones_acknowledge_nothing() {
+        let t = track("");
+        assert_eq!(
+            ack(&t, 201, r#"{"message":"success","attributes_processed":2}"#),
+            Verdict::Success
+        );
+        assert_eq!(
+            ack(
+                &t,
+                201,
+                r#"{"message":"success","errors":[{"type":"unknown external_id","input_array":"attributes","index":3},{"type":"x","input_array":"events","index":0},{"type":"dup","index":1}]}"#
+            ),
+            Verdict::Partial(vec![
+                Refused {
+                    index: 1,
+                    reason: "dup".into()
+                },
+                Refused {
+                    index: 3,
+                    reason: "unknown external_id".into()
+                },
+            ])
+        );
+        for bad in [
+            r#"{"message":"success","errors":{"type":"x"}}"#,
+            r#"{"message":"success","errors":[{"type":"x"}]}"#,
+            r#"{"message":"success","errors":[{"type":"x","index":75}]}"#,
+            r#"{"message":"success","errors":[{"type":"x","index":-1}]}"#,
+        ] {
+            assert!(matches!(ack(&t, 201, bad), Verdict::Retry { .. }), "{bad}");
+        }
+        // Not the documented success: as for every destination.
+        assert!(matches!(ack(&t, 200, "<html>"), Verdict::Retry { .. }));
+        assert!(matches!(
+            ack(&t, 403, r#"{"message":"no users.track"}"#),
+            Verdict::Reject { status: 403, .. }
+        ));
+    }
+}
