@@ -163,6 +163,7 @@ client_secret_env = "CS"
     let encode = || {
         let mut rx = encode_in_background(
             braze.clone(),
+            "bench".into(),
             ids.clone(),
             batches(ids.len(), 1000),
             Op::Add,

@@ -352,7 +352,7 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
     let setup = braze.setup(Utc::now());
     let requests: Vec<_> = batches(members.len(), dest.batch_size)
         .into_iter()
-        .map(|(n, range)| braze.batch(n, &members, range, Op::Add))
+        .map(|(n, range)| braze.batch("http-floor", n, &members, range, Op::Add))
         .collect();
     let count = requests.len() + usize::from(setup.is_some());
     let (tx, rx) = tokio::sync::mpsc::channel(count);

@@ -264,6 +264,8 @@ pub enum DestinationKind {
     /// Braze's REST `/users/track`: membership as a custom attribute, with a workspace REST
     /// API key (any Braze customer).
     BrazeUsersTrack,
+    /// JSON batches POSTed to any URL, HMAC-signed.
+    Webhook,
 }
 
 impl DestinationKind {
@@ -274,6 +276,7 @@ impl DestinationKind {
             DestinationKind::BrazeUsersTrack => {
                 crate::deliver::destination::users_track::MAX_OBJECTS
             }
+            DestinationKind::Webhook => crate::deliver::destination::webhook::MAX_BATCH,
         }
     }
 
@@ -283,6 +286,8 @@ impl DestinationKind {
             DestinationKind::Braze => DEFAULT_REQUESTS_PER_SECOND,
             // 3,000 requests per 3 seconds.
             DestinationKind::BrazeUsersTrack => 1000.0,
+            // A receiver of ours, not a partner's quota: `max_in_flight` bounds it.
+            DestinationKind::Webhook => *RATE_RANGE.end(),
         }
     }
 }
@@ -330,6 +335,16 @@ pub struct DestinationConfig {
     /// item-level errors become dead letters). Default true.
     #[serde(default = "default_true")]
     pub update_existing_only: bool,
+    /// `webhook`: environment variable holding the HMAC-SHA256 signing secret.
+    #[serde(default)]
+    pub secret_env: String,
+    /// `webhook`: headers sent with every request (not secrets: they are in this file).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `webhook`: headers whose values are read from these environment variables (secrets,
+    /// e.g. `Authorization`).
+    #[serde(default)]
+    pub header_env: BTreeMap<String, String>,
     /// Ids per request: 1..=1000 for `braze` (default 1000), 1..=75 for `braze_users_track`
     /// (default 75): the partner's limits.
     #[serde(default)]
@@ -472,6 +487,11 @@ pub enum Credentials {
     },
     /// A workspace REST API key, sent as `Authorization: Bearer`.
     RestKey { api_key: Secret },
+    /// A webhook's signing secret and its secret headers (name, value).
+    Webhook {
+        secret: Secret,
+        headers: Vec<(String, Secret)>,
+    },
 }
 
 impl Credentials {
@@ -480,6 +500,7 @@ impl Credentials {
         match self {
             Credentials::CohortImport { client_secret, .. } => client_secret,
             Credentials::RestKey { api_key } => api_key,
+            Credentials::Webhook { secret, .. } => secret,
         }
     }
 }
@@ -489,6 +510,7 @@ pub fn kind_name(kind: DestinationKind) -> &'static str {
     match kind {
         DestinationKind::Braze => "braze",
         DestinationKind::BrazeUsersTrack => "braze_users_track",
+        DestinationKind::Webhook => "webhook",
     }
 }
 
@@ -624,6 +646,7 @@ impl Config {
                     &[
                         ("api_key_env", !d.api_key_env.is_empty()),
                         ("attribute", d.attribute.is_some()),
+                        ("secret_env", !d.secret_env.is_empty()),
                     ],
                 ),
                 DestinationKind::BrazeUsersTrack => (
@@ -632,9 +655,34 @@ impl Config {
                         ("partner", !d.partner.is_empty()),
                         ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
                         ("client_secret_env", !d.client_secret_env.is_empty()),
+                        ("secret_env", !d.secret_env.is_empty()),
+                    ],
+                ),
+                DestinationKind::Webhook => (
+                    &[("secret_env", &d.secret_env)],
+                    &[
+                        ("partner", !d.partner.is_empty()),
+                        ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
+                        ("client_secret_env", !d.client_secret_env.is_empty()),
+                        ("api_key_env", !d.api_key_env.is_empty()),
+                        ("attribute", d.attribute.is_some()),
                     ],
                 ),
             };
+            if d.kind != DestinationKind::Webhook
+                && !(d.headers.is_empty() && d.header_env.is_empty())
+            {
+                out.push(format!(
+                    "{key}: `headers` and `header_env` are keys of `webhook` destinations only"
+                ));
+            }
+            for (name, var) in &d.header_env {
+                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    out.push(format!(
+                        "{key}.header_env.{name}: must name an environment variable (letters, digits, _), got `{var}`"
+                    ));
+                }
+            }
             if d.kind == DestinationKind::Braze && (d.partner.is_empty() || d.partner.contains('/'))
             {
                 out.push(format!("{key}.partner: must be a non-empty path segment"));
@@ -840,6 +888,16 @@ impl Config {
             },
             DestinationKind::BrazeUsersTrack => Credentials::RestKey {
                 api_key: read("api_key_env", &d.api_key_env)?,
+            },
+            DestinationKind::Webhook => Credentials::Webhook {
+                secret: read("secret_env", &d.secret_env)?,
+                headers: d
+                    .header_env
+                    .iter()
+                    .map(|(name, var)| {
+                        Ok((name.clone(), read(&format!("header_env.{name}"), var)?))
+                    })
+                    .collect::<Result<_>>()?,
             },
         })
     }

@@ -587,6 +587,7 @@ impl Run<'_> {
             // After a signal no new request is pulled; those in flight finish and are journaled.
             let requests = crate::signals::until_signalled(encode_in_background(
                 braze.clone(),
+                plan.run_id.as_str().into(),
                 ids.clone(),
                 batches,
                 op,
@@ -609,7 +610,7 @@ impl Run<'_> {
                                 dead_letters(&ids, &range, &refused, request.batch, op)
                             }
                             Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
-                                isolate(sender, braze.as_ref(), breaker, &ids, request.batch, range, op, message).await?
+                                isolate(sender, braze.as_ref(), breaker, &plan.run_id, &ids, request.batch, range, op, message).await?
                             }
                             Err(e) => return Err(e),
                         };
@@ -1322,6 +1323,7 @@ async fn isolate(
     sender: &Sender,
     destination: &dyn Destination,
     breaker: &Breaker,
+    run_id: &str,
     ids: &StringArray,
     batch: u64,
     range: std::ops::Range<usize>,
@@ -1345,7 +1347,7 @@ async fn isolate(
         for half in [range.start..mid, mid..range.end] {
             breaker.spend(&message)?;
             match sender
-                .send(&destination.batch(batch, ids, half.clone(), op))
+                .send(&destination.batch(run_id, batch, ids, half.clone(), op))
                 .await
             {
                 Ok(items) => {

@@ -23,4 +23,6 @@ pub struct Request {
     pub batch: u64,
     /// How many ids the body carries.
     pub ids: usize,
+    /// Headers of this request alone (a signature of its body), besides the destination's.
+    pub headers: reqwest::header::HeaderMap,
 }

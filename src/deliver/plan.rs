@@ -26,6 +26,7 @@ pub fn batches(len: usize, size: usize) -> Vec<(u64, Range<usize>)> {
 /// holding at most `window` requests. Stops early when the receiver is dropped.
 pub fn encode_in_background(
     destination: Arc<dyn Destination>,
+    run_id: Arc<str>,
     ids: Arc<StringArray>,
     batches: Vec<(u64, Range<usize>)>,
     op: Op,
@@ -39,7 +40,7 @@ pub fn encode_in_background(
             for chunk in batches.chunks(window) {
                 let encoded: Vec<Request> = chunk
                     .par_iter()
-                    .map(|(n, range)| destination.batch(*n, &ids, range.clone(), op))
+                    .map(|(n, range)| destination.batch(&run_id, *n, &ids, range.clone(), op))
                     .collect();
                 for request in encoded {
                     if tx.blocking_send(request).is_err() {

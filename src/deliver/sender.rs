@@ -282,6 +282,7 @@ impl Sender {
             .post(&*request.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .headers(self.destination.headers().clone())
+            .headers(request.headers.clone())
             .body(request.body.clone())
             .send()
             .await;

@@ -33,3 +33,4 @@ mod state;
 mod storage;
 mod sync;
 mod users_track;
+mod webhook;

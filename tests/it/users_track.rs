@@ -216,10 +216,23 @@ fn a_refused_key_names_its_environment_variable_and_nothing_is_committed() {
     );
     assert!(partner.handle.attribute_true("cohort_active").is_empty());
 
-    // The right key: the same plan is delivered whole.
+    // The key names the workspace: a corrected key is a change of workspace until the user
+    // says it is the same one; then the same plan is delivered whole.
+    let refused = project.run(&["sync", "active", "--at", AT, "--no-progress"]);
+    assert_eq!(refused.code(), 2, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("--rebind"),
+        "{}",
+        refused.stderr()
+    );
     let ok = project
-        .run(&["sync", "active", "--at", AT, "--no-progress"])
+        .run(&["sync", "active", "--at", AT, "--no-progress", "--rebind"])
         .summary();
-    assert_eq!(ok["adds"], active_at(at()).len() as u64);
+    // The interrupted plan is finished (its batches count as resumed), nothing more to send.
+    assert_eq!(
+        ok["resumed_batches"],
+        active_at(at()).len().div_ceil(75) as u64,
+        "{ok}"
+    );
     assert!(set(partner.handle.attribute_true("cohort_active")) == active_at(at()));
 }

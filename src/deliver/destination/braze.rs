@@ -79,6 +79,7 @@ impl Braze {
             body: Bytes::from(body),
             batch: 0,
             ids: 0,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -123,6 +124,7 @@ impl Braze {
             body: Bytes::from(body),
             batch,
             ids: count,
+            headers: HeaderMap::new(),
         }
     }
 }
@@ -132,7 +134,14 @@ impl Destination for Braze {
         Some(self.create_cohort(at))
     }
 
-    fn batch(&self, batch: u64, ids: &StringArray, range: Range<usize>, op: Op) -> Request {
+    fn batch(
+        &self,
+        _run_id: &str,
+        batch: u64,
+        ids: &StringArray,
+        range: Range<usize>,
+        op: Op,
+    ) -> Request {
         self.change_members(batch, ids, range, op == Op::Remove)
     }
 

@@ -9,6 +9,7 @@
 
 pub mod braze;
 pub mod users_track;
+pub mod webhook;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -53,8 +54,16 @@ pub trait Destination: Send + Sync {
     /// Sent once per run before any batch (Cohort Import creates or renames the cohort).
     fn setup(&self, at: DateTime<Utc>) -> Option<Request>;
 
-    /// The request applying `op` to `ids[range]`, numbered `batch`.
-    fn batch(&self, batch: u64, ids: &StringArray, range: Range<usize>, op: Op) -> Request;
+    /// The request applying `op` to `ids[range]`, numbered `batch` in the plan of `run_id` (the
+    /// same on every retry and after a resume).
+    fn batch(
+        &self,
+        run_id: &str,
+        batch: u64,
+        ids: &StringArray,
+        range: Range<usize>,
+        op: Op,
+    ) -> Request;
 
     /// Headers every request carries besides `Content-Type: application/json`.
     fn headers(&self) -> &HeaderMap;
@@ -81,6 +90,7 @@ pub fn open(
         DestinationKind::BrazeUsersTrack => {
             Arc::new(users_track::UsersTrack::new(dest, credentials, cohort)?)
         }
+        DestinationKind::Webhook => Arc::new(webhook::Webhook::new(dest, credentials, cohort)?),
     })
 }
 
@@ -95,6 +105,9 @@ pub fn identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
         // not a change of workspace.
         DestinationKind::Braze => format!("{base}/partners/{}#workspace-{key}", dest.partner),
         DestinationKind::BrazeUsersTrack => format!("{base}/users/track#workspace-{key}"),
+        // A receiver is its URL (its query included: it may select a tenant); the signing
+        // secret can rotate without making it another destination.
+        DestinationKind::Webhook => format!("webhook:{base}"),
     }
 }
 

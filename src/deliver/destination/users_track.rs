@@ -103,7 +103,14 @@ impl Destination for UsersTrack {
         None
     }
 
-    fn batch(&self, batch: u64, ids: &StringArray, range: Range<usize>, op: Op) -> Request {
+    fn batch(
+        &self,
+        _run_id: &str,
+        batch: u64,
+        ids: &StringArray,
+        range: Range<usize>,
+        op: Op,
+    ) -> Request {
         let count = range.len();
         let tail = match op {
             Op::Add => &self.tail_add,
@@ -135,6 +142,7 @@ impl Destination for UsersTrack {
             body: Bytes::from(body),
             batch,
             ids: count,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -252,7 +260,7 @@ mod tests {
 
     fn body(t: &UsersTrack, ids: &[&str], op: Op) -> serde_json::Value {
         let array = StringArray::from(ids.to_vec());
-        let req = t.batch(2, &array, 0..ids.len(), op);
+        let req = t.batch("run", 2, &array, 0..ids.len(), op);
         assert_eq!(&*req.url, "http://h:1/users/track");
         assert_eq!((req.batch, req.ids), (2, ids.len()));
         serde_json::from_slice(&req.body).unwrap()

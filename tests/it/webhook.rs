@@ -1,0 +1,276 @@
+//! The `webhook` destination against a receiver written here from the README's contract: it
+//! checks every body's HMAC-SHA256 signature and the secret header, applies each idempotency
+//! key once, and fails some requests before or after applying them. Full and incremental syncs
+//! leave it holding exactly the cohort.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use hmac::{KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use crate::support::*;
+
+const SECRET_VAR_HOOK: &str = "IT_HOOK_SECRET";
+const HOOK_SECRET: &str = "hs-93b1-never-log-me";
+const AUTH_VAR: &str = "IT_HOOK_AUTH";
+const AUTH: &str = "Bearer hook-token-never-log-me";
+
+#[derive(Default)]
+struct Received {
+    members: BTreeSet<String>,
+    /// Body of each idempotency key applied.
+    applied: HashMap<String, Bytes>,
+    requests: u64,
+    /// Requests whose key was already applied (retries of an answer that was lost).
+    repeats: u64,
+    /// A repeat whose body differed from the first (must never happen).
+    changed_bodies: u64,
+    bad_signatures: u64,
+    bad_auth: u64,
+    largest_batch: usize,
+}
+
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Received>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    /// Every `fail_every`-th request fails: odd ones before applying (503), even ones after
+    /// (500), so the sender retries both kinds.
+    fn start(fail_every: u64) -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Received::default()));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!(
+            "http://{}/hooks/cohorts?tenant=it",
+            listener.local_addr().unwrap()
+        );
+        let state = seen.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(answer(req, &state, fail_every).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url,
+            seen,
+            _runtime: runtime,
+        }
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    state: &Mutex<Received>,
+    fail_every: u64,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode| {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"")));
+        *r.status_mut() = status;
+        r
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (signature, key, auth) = (
+        header("x-cohort-bridge-signature"),
+        header("idempotency-key"),
+        header("authorization"),
+    );
+    let query_ok = req.uri().query() == Some("tenant=it");
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut s = state.lock().unwrap();
+    s.requests += 1;
+    let n = s.requests;
+    if signature.as_deref() != Some(&format!("sha256={expected}")) {
+        s.bad_signatures += 1;
+        return reply(StatusCode::UNAUTHORIZED);
+    }
+    if auth.as_deref() != Some(AUTH) || !query_ok {
+        s.bad_auth += 1;
+        return reply(StatusCode::UNAUTHORIZED);
+    }
+    let Some(key) = key else {
+        return reply(StatusCode::BAD_REQUEST);
+    };
+    if n % fail_every == 1 {
+        return reply(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if let Some(first) = s.applied.get(&key) {
+        let changed = *first != body;
+        s.repeats += 1;
+        s.changed_bodies += u64::from(changed);
+        return reply(StatusCode::OK);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["cohort_id"], "active");
+    assert_eq!(
+        key,
+        format!(
+            "{}-{}",
+            v["run_id"].as_str().unwrap(),
+            v["batch"].as_u64().unwrap()
+        )
+    );
+    let ids: Vec<String> = v["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    s.largest_batch = s.largest_batch.max(ids.len());
+    match v["op"].as_str() {
+        Some("add") => s.members.extend(ids),
+        Some("remove") => {
+            for id in &ids {
+                s.members.remove(id);
+            }
+        }
+        other => panic!("op {other:?}"),
+    }
+    s.applied.insert(key, body);
+    if n.is_multiple_of(fail_every) {
+        // Applied, but the answer says otherwise: the sender retries with the same key.
+        return reply(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    reply(StatusCode::NO_CONTENT)
+}
+
+const ACTIVE_30D: &str = "SELECT user_id FROM users \
+    WHERE last_seen_at >= $run_ts - INTERVAL '30 days' AND last_seen_at < $run_ts";
+
+fn active_at(at: DateTime<Utc>) -> BTreeSet<String> {
+    let to = at.timestamp_micros();
+    let from = (at - chrono::Duration::days(30)).timestamp_micros();
+    users()
+        .into_iter()
+        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
+        .map(|u| u.user_id)
+        .collect()
+}
+
+fn hook_project(url: &str) -> Project {
+    let destination = format!(
+        r#"kind = "webhook"
+base_url = "{url}"
+secret_env = "{SECRET_VAR_HOOK}"
+header_env = {{ "Authorization" = "{AUTH_VAR}" }}
+headers = {{ "X-Team" = "growth" }}
+batch_size = 500
+max_in_flight = 4
+[destinations.braze.retry]
+max_attempts = 20
+initial_backoff = "5ms"
+max_backoff = "50ms"
+"#
+    );
+    Project::with_destination(lake(), &destination, &[("active", ACTIVE_30D)])
+}
+
+fn run(project: &Project, at: &str) -> Run {
+    project.run_with(
+        &["sync", "active", "--at", at, "--no-progress"],
+        &[(SECRET_VAR_HOOK, Some(HOOK_SECRET)), (AUTH_VAR, Some(AUTH))],
+    )
+}
+
+#[test]
+fn signed_idempotent_batches_leave_the_receiver_holding_exactly_the_cohort() {
+    let receiver = Receiver::start(7);
+    let project = hook_project(&receiver.url);
+    let first = run(&project, AT);
+    let first_summary = first.summary();
+    let expected = active_at(at());
+    assert_eq!(first_summary["adds"], expected.len() as u64);
+    {
+        let s = receiver.seen.lock().unwrap();
+        assert!(
+            s.members == expected,
+            "receiver {} vs cohort {}",
+            s.members.len(),
+            expected.len()
+        );
+        assert_eq!((s.bad_signatures, s.bad_auth, s.changed_bodies), (0, 0, 0));
+        assert!(
+            s.repeats > 0,
+            "answers lost after applying were retried with their key"
+        );
+        assert_eq!(s.largest_batch, 500);
+    }
+    let log = first.stderr();
+    for secret in [HOOK_SECRET, "hook-token-never-log-me"] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+    }
+
+    let later = (at() + chrono::Duration::days(7)).to_rfc3339();
+    let second = run(&project, &later).summary();
+    let now = active_at(at() + chrono::Duration::days(7));
+    assert!(second["adds"].as_u64().unwrap() > 0 && second["removes"].as_u64().unwrap() > 0);
+    let s = receiver.seen.lock().unwrap();
+    assert!(
+        s.members == now,
+        "after the incremental sync: {} vs {}",
+        s.members.len(),
+        now.len()
+    );
+    assert_eq!((s.bad_signatures, s.changed_bodies), (0, 0));
+}
+
+#[test]
+fn a_wrong_secret_is_refused_by_the_receiver_and_nothing_is_committed() {
+    let receiver = Receiver::start(1_000_000);
+    let project = hook_project(&receiver.url);
+    let bad = project.run_with(
+        &["sync", "active", "--at", AT, "--no-progress"],
+        &[
+            (SECRET_VAR_HOOK, Some("not-the-secret")),
+            (AUTH_VAR, Some(AUTH)),
+        ],
+    );
+    assert_eq!(bad.code(), 4, "{}", bad.stderr());
+    assert!(bad.stderr().contains(SECRET_VAR_HOOK), "{}", bad.stderr());
+    assert!(receiver.seen.lock().unwrap().members.is_empty());
+    assert!(receiver.seen.lock().unwrap().bad_signatures > 0);
+    // The right secret: the same receiver (its URL is its identity), the same plan, delivered
+    // whole.
+    run(&project, AT).summary();
+    assert!(receiver.seen.lock().unwrap().members == active_at(at()));
+}
