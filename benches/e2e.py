@@ -18,6 +18,9 @@ alike. Cases:
   s  the best case, labelled: full sync of ~10M of 20M users whose ids are sorted
   x  the scale row: full sync of the ~50M cohort of 100M users (`bench-lake-100m-uuid`,
      ~3.6 GB, generated on first use; not in the default set — run it with --runs 1)
+  t  full sync of (a)'s cohort through `/users/track` (kind braze_users_track, 75 users per
+     request) at its default 1,000 requests/s against the emulator limiting to 3,000 per 3 s
+     (~134 s; ours only; not in the default set)
   c  ingest of the ~10.5M Currents records into a fresh lake (ours only)
   d  floors on the UUID lake: the cohort query + diff alone (`sync --dry-run`, no network,
      nothing written), and the HTTP floor (the hidden `cohort-bridge http-floor`: the same
@@ -87,7 +90,8 @@ LAKES = {
     "sorted": LakeSpec(f"bench-lake-{size(USERS)}", USERS, "sorted", "half_sorted.sql"),
     "scale": LakeSpec(f"bench-lake-{size(SCALE_USERS)}-uuid", SCALE_USERS, "uuid", "half.sql"),
 }
-CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale"}
+CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale",
+              "t": "uuid"}
 
 # Targets of issue 14 on this machine class (2 cores, 24 GiB): the peer's wall ÷ ours, our CPU
 # against the peer's, our peak RSS.
@@ -139,11 +143,13 @@ def ensure_inputs(cases):
 class Emulator:
     """`cohort-bridge emulator` in its own process, started fresh (empty) each time."""
 
-    def __init__(self):
+    def __init__(self, limit=("1000000000", "1h")):
         self.proc = subprocess.Popen(
             [str(BIN), "emulator", "--port", str(PORT),
              "--partner-api-key-env", "BENCH_PARTNER_API_KEY",
-             "--client-secret-env", "BENCH_CLIENT_SECRET", "--rate-limit", "1000000000"],
+             "--client-secret-env", "BENCH_CLIENT_SECRET",
+             "--rest-api-key-env", "BENCH_REST_API_KEY",
+             "--rate-limit", limit[0], "--rate-window", limit[1]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
             try:
@@ -341,6 +347,42 @@ def case_incremental(work, lake, n_runs, peer):
                      f"({lake.label()})", ours, t["adds"] + t["removes"], t["requests"], theirs)]
 
 
+def case_t(work, lake, n_runs):
+    """A full sync of (a)'s cohort through `/users/track` (75 users per request) at its
+    default rate, 1,000 requests/s, against the emulator limiting to 3,000 per 3 s."""
+    project = Project(Path(work) / "ours-t", lake)
+    text = project.config.read_text()
+    start = text.index("[destinations.emulator]")
+    end = text.index("[cohorts.half]")
+    project.config.write_text(text[:start] + f"""[destinations.emulator]
+kind = "braze_users_track"
+base_url = "http://127.0.0.1:{PORT}"
+api_key_env = "BENCH_REST_API_KEY"
+max_in_flight = 16
+
+""" + text[end:])
+    runs = []
+    for i in range(n_runs):
+        project.reset_state()
+        emu = Emulator(limit=("3000", "3s"))
+        try:
+            wall, cpu, rss, s = project.sync(FULL_DAY)
+            stats = emu.get("/_emulator/stats")
+        finally:
+            emu.stop()
+        assert stats["track_objects_applied"] == s["members"], stats
+        sending = s["seconds"] - s["query_seconds"]
+        rate = s["requests"] / sending
+        limited = stats["by_status"].get("429", 0)
+        log(f"t run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
+            f"{s['members']:,} members, {s['requests']:,} requests in {sending:.1f} s after the "
+            f"query ({rate:.0f}/s, {rate / 10:.1f}% of 1,000/s), {limited} answered 429")
+        runs.append((wall, cpu, rss, s))
+    s = runs[-1][3]
+    return [row("t", f"full sync through /users/track, {s['members']:,} members of "
+                f"{lake.label()}, 1,000 requests/s", runs, s["members"], s["requests"], None)]
+
+
 def case_c(n_runs):
     runs = []
     for i in range(n_runs):
@@ -443,6 +485,7 @@ def main():
                  "(or set PEER_PYTHON, or --no-peer)")
     os.environ.setdefault("BENCH_PARTNER_API_KEY", f"bench-key-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_CLIENT_SECRET", f"bench-secret-{os.getpid()}-{time.time_ns()}")
+    os.environ.setdefault("BENCH_REST_API_KEY", f"bench-rest-{os.getpid()}-{time.time_ns()}")
     if not args.no_build:
         build()
     ensure_inputs(cases)
@@ -469,6 +512,8 @@ def main():
                     rows += case_c(args.runs)
                 elif case == "d":
                     rows += case_d(work, LAKES["uuid"], args.runs)
+                elif case == "t":
+                    rows += case_t(work, LAKES["uuid"], args.runs)
                 else:
                     sys.exit(f"unknown case {case}")
             except (RuntimeError, AssertionError, OSError) as e:

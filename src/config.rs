@@ -280,6 +280,15 @@ impl DestinationKind {
         }
     }
 
+    /// Ids per request when the config does not say.
+    fn default_batch(self) -> usize {
+        match self {
+            // Receivers' body limits vary; 1,000 UUIDs are ~50 KB.
+            DestinationKind::Webhook => 1000,
+            other => other.max_batch(),
+        }
+    }
+
     /// Requests per second when the config does not say: the partner's default limit.
     fn default_rps(self) -> f64 {
         match self {
@@ -542,7 +551,7 @@ impl Config {
         // Defaults that depend on the destination's kind.
         for d in config.destinations.values_mut() {
             if d.batch_size == 0 {
-                d.batch_size = d.kind.max_batch();
+                d.batch_size = d.kind.default_batch();
             }
             if d.requests_per_second == 0.0 {
                 d.requests_per_second = d.kind.default_rps();
@@ -1117,6 +1126,77 @@ name = "Paid users"
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("project/cohort-bridge.toml"))
+    }
+
+    /// `GOOD` with its destination replaced by `dest`.
+    fn with_destination(dest: &str) -> String {
+        let start = GOOD.find("[destinations.braze]").unwrap();
+        let end = GOOD.find("[cohorts.paid]").unwrap();
+        format!(
+            "{}[destinations.braze]\n{dest}\n\n{}",
+            &GOOD[..start],
+            &GOOD[end..]
+        )
+    }
+
+    #[test]
+    fn each_kind_requires_its_keys_refuses_the_others_and_has_its_defaults() {
+        let track = parse(&with_destination(
+            "kind = \"braze_users_track\"\nbase_url = \"http://h:1\"\napi_key_env = \"RK\"",
+        ))
+        .unwrap();
+        let d = &track.destinations["braze"];
+        assert_eq!((d.batch_size, d.requests_per_second), (75, 1000.0));
+        assert_eq!(d.membership, Membership::Boolean);
+        assert!(d.update_existing_only);
+        let creds = track
+            .credentials("braze", &|v| Some(format!("value-of-{v}")))
+            .unwrap();
+        assert_eq!(creds.workspace_key().expose(), "value-of-RK");
+
+        let hook = parse(&with_destination(
+            "kind = \"webhook\"\nbase_url = \"http://h:1/x\"\nsecret_env = \"HS\"\nheader_env = { Authorization = \"TOK\" }",
+        ))
+        .unwrap();
+        assert_eq!(hook.destinations["braze"].batch_size, 1000);
+        let err = hook
+            .credentials("braze", &|v| (v == "HS").then(|| "s".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("header_env.Authorization") && err.contains("TOK"),
+            "{err}"
+        );
+
+        for (dest, expect) in [
+            (
+                "kind = \"braze_users_track\"\nbase_url = \"http://h:1\"",
+                "api_key_env: must name an environment variable",
+            ),
+            (
+                "kind = \"braze_users_track\"\nbase_url = \"http://h:1\"\napi_key_env = \"RK\"\npartner = \"p\"",
+                "partner: not a key of kind `braze_users_track`",
+            ),
+            (
+                "kind = \"braze_users_track\"\nbase_url = \"http://h:1\"\napi_key_env = \"RK\"\nbatch_size = 76",
+                "batch_size: must be between 1 and 75",
+            ),
+            (
+                "kind = \"braze\"\nbase_url = \"http://h:1\"\npartner = \"p\"\npartner_api_key_env = \"A\"\nclient_secret_env = \"B\"\nattribute = \"x\"",
+                "attribute: not a key of kind `braze`",
+            ),
+            (
+                "kind = \"braze\"\nbase_url = \"http://h:1\"\npartner = \"p\"\npartner_api_key_env = \"A\"\nclient_secret_env = \"B\"\nheaders = { X = \"y\" }",
+                "`headers` and `header_env` are keys of `webhook` destinations only",
+            ),
+            (
+                "kind = \"webhook\"\nbase_url = \"http://h:1\"",
+                "secret_env: must name an environment variable",
+            ),
+        ] {
+            let err = parse(&with_destination(dest)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{dest}\n→ {err}");
+        }
     }
 
     #[test]

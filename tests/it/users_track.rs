@@ -236,3 +236,50 @@ fn a_refused_key_names_its_environment_variable_and_nothing_is_committed() {
     );
     assert!(set(partner.handle.attribute_true("cohort_active")) == active_at(at()));
 }
+
+#[test]
+fn a_run_killed_mid_delivery_resumes_without_resending_acknowledged_batches() {
+    use crate::incremental::{expire_locks, wait_until};
+    // The client's own pacing makes the run last a few seconds.
+    let partner = Partner::plain();
+    let project = Project::users_track(
+        &partner.handle.base_url(),
+        "requests_per_second = 40\nmax_in_flight = 4",
+        &[("active", ACTIVE_30D)],
+    );
+    let expected = active_at(at());
+    let batches = expected.len().div_ceil(75) as u64;
+    for threshold in [15, 50] {
+        let mut child = project
+            .command(&["sync", "active", "--at", AT, "--no-progress"])
+            .spawn()
+            .unwrap();
+        wait_until("more batches applied", || {
+            partner.handle.stats().track_requests_applied >= threshold
+        });
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        expire_locks(&project.cohort_state("active"));
+    }
+    let applied = partner.handle.stats().track_requests_applied;
+    assert!(applied < batches, "the runs were interrupted");
+    let resumed = project
+        .run(&["sync", "active", "--at", AT, "--no-progress"])
+        .summary();
+    let (sent, skipped) = (
+        resumed["resumed_batches"].as_u64().unwrap(),
+        resumed["skipped_batches"].as_u64().unwrap(),
+    );
+    assert_eq!(sent + skipped, batches);
+    assert!(
+        skipped > 0 && skipped <= applied,
+        "{skipped} skipped of {applied} applied"
+    );
+    assert!(set(partner.handle.attribute_true("cohort_active")) == expected);
+    // Only batches answered in the instant before a kill can go twice: max_in_flight per kill.
+    let objects = partner.handle.stats().track_objects_applied;
+    assert!(
+        objects <= expected.len() as u64 + 2 * 4 * 75,
+        "{objects} objects written"
+    );
+}
