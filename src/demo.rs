@@ -1,8 +1,9 @@
 //! `demo`: the whole outbound loop on one laptop with no setup. Generates a small deterministic
 //! lake under the project's lake path (reused when present), starts the partner emulator
 //! in-process, syncs every configured cohort to it twice (a full sync, then an incremental one a
-//! day later), and after each run compares what the partner holds with what the cohort query
-//! returns. Exit 0 only if every cohort matches exactly every time.
+//! day later) through Cohort Import and through `/users/track`, and after each run compares
+//! what the partner holds (cohort members; profiles with the attribute) with what the cohort
+//! query returns. Exit 0 only if every cohort matches exactly every time.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::cohort;
 use crate::config::SourceConfig;
-use crate::config::{Config, Credentials, Secret};
+use crate::config::{Config, Credentials, DestinationConfig, Secret};
 use crate::emulator::currents::{EngagementSpec, Lift, PushCampaign, write_engagement};
 use crate::emulator::{self, EmulatorConfig};
 use crate::error::{Error, Result, exit};
@@ -20,6 +21,9 @@ use crate::lake::{Lake, Location};
 use crate::state::runs::RunRecord;
 use crate::sync::{SyncOptions, sync_cohort};
 use crate::synth::{self, SynthSpec};
+
+/// The demo's `/users/track` destination.
+const TRACK: &str = "braze_users_track";
 
 /// The demo lake: small enough to generate in seconds, big enough to be interesting.
 pub const DEMO_USERS: u64 = 50_000;
@@ -50,9 +54,10 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
 
     // The partner: an emulator on a free loopback port, with throwaway keys.
     let nonce = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    let (partner_api_key, client_secret) = (
+    let (partner_api_key, client_secret, rest_key) = (
         Secret::new(format!("demo-partner-key-{nonce:x}")),
         Secret::new(format!("demo-client-secret-{nonce:x}")),
+        Secret::new(format!("demo-rest-api-key-{nonce:x}")),
     );
     let partner = config
         .destinations
@@ -71,6 +76,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
             partner: partner.clone(),
             partner_api_key: partner_api_key.expose().to_string(),
             client_secret: client_secret.expose().to_string(),
+            rest_api_key: rest_key.expose().to_string(),
             ..EmulatorConfig::default()
         },
     )
@@ -92,7 +98,26 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let state_dir = std::env::temp_dir().join(format!("cohort-bridge-demo-{nonce:x}"));
     config.state.url = Some(state_dir.display().to_string());
 
+    // The same cohorts through `/users/track`, as a Braze customer with only a workspace REST
+    // API key syncs them: membership as the custom attribute `cohort_<cohort_id>`, its own
+    // destination and state area (its history does not mix with the Cohort Import runs').
+    let mut track_config = config.clone();
+    let mut track: DestinationConfig = toml::from_str(&format!(
+        "kind = \"braze_users_track\"\nbase_url = \"{}\"\napi_key_env = \"DEMO_REST_API_KEY\"\n\
+         requests_per_second = 5000\nmax_in_flight = 16",
+        partner_emulator.base_url()
+    ))
+    .map_err(|e| Error::Internal(format!("the demo's /users/track destination: {e}")))?;
+    track.batch_size = track.kind.max_batch();
+    track_config.destinations = [(TRACK.to_string(), track)].into_iter().collect();
+    for c in track_config.cohorts.values_mut() {
+        c.destination = Some(TRACK.to_string());
+    }
+    track_config.state.url = Some(state_dir.join("users-track").display().to_string());
+    let track_creds = Credentials::RestKey { api_key: rest_key };
+
     let mut lake = Lake::open(&config).await?;
+    let mut track_lake = Lake::open(&track_config).await?;
     let names: Vec<String> = config.cohorts.keys().cloned().collect();
     let mut rows = Vec::new();
     // Two hourly-style runs a day apart: a first full sync, then an incremental one that sends
@@ -118,6 +143,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                 // the feature uses the pushes caused (each command of a real schedule is a
                 // process of its own, and opens the lake as it is then).
                 lake = Lake::open(&config).await?;
+                track_lake = Lake::open(&track_config).await?;
             }
             for name in &names {
                 let started_at = Utc::now();
@@ -184,6 +210,36 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     held: held.len() as u64,
                     requests: summary.requests,
                     matches,
+                });
+
+                // The same cohort through /users/track: the attribute is true for exactly
+                // the same members.
+                let t = sync_cohort(
+                    &track_config,
+                    &track_lake,
+                    name,
+                    &track_creds,
+                    SyncOptions {
+                        progress: false,
+                        ..SyncOptions::at(at)
+                    },
+                )
+                .await?;
+                let attributed: BTreeSet<String> = partner_emulator
+                    .attribute_true(&format!("cohort_{}", c.cohort_id))
+                    .into_iter()
+                    .collect();
+                rows.push(Row {
+                    at: at.format("%Y-%m-%d %H:%M").to_string(),
+                    name: format!("{name} [users/track]"),
+                    members: expected.len() as u64,
+                    held_out: t.held_out,
+                    adds: t.adds,
+                    removes: t.removes,
+                    held: attributed.len() as u64,
+                    requests: t.requests,
+                    matches: attributed.len() == expected.len()
+                        && attributed.iter().all(|h| expected.contains(h.as_str())),
                 });
             }
         }

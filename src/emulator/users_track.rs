@@ -23,13 +23,31 @@ use super::{
 /// Attribute objects per request.
 pub const MAX_OBJECTS: usize = 75;
 
+/// Shards of the profile map: a request locks one shard per object, and a shard growing (a
+/// rehash of its part of 10M profiles) stalls only the requests that touch it (one map of 10M
+/// stalled every request for the whole rehash, several times per 10M-member sync).
+const SHARDS: usize = 64;
+
+type Shard = HashMap<String, Map<String, Value>>;
+
 /// Profiles by user key (`external_id`, `alias:NAME:LABEL` or `braze:ID`): their attributes.
-#[derive(Default)]
 pub(crate) struct Profiles {
-    inner: Mutex<HashMap<String, Map<String, Value>>>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for Profiles {
+    fn default() -> Self {
+        Profiles {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 impl Profiles {
+    fn shard(&self, user: &str) -> &Mutex<Shard> {
+        &self.shards[(crate::hash::fnv1a64(user.as_bytes()) % SHARDS as u64) as usize]
+    }
+
     /// Users whose boolean `attribute` is true, sorted.
     pub(crate) fn with_true(&self, attribute: &str) -> Vec<String> {
         self.select(|attrs| attrs.get(attribute) == Some(&Value::Bool(true)))
@@ -47,17 +65,28 @@ impl Profiles {
 
     /// Every profile's attributes.
     pub(crate) fn all(&self) -> BTreeMap<String, Map<String, Value>> {
-        lock(&self.inner)
+        self.shards
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .flat_map(|s| {
+                lock(s)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     fn select(&self, keep: impl Fn(&Map<String, Value>) -> bool) -> Vec<String> {
-        let mut users: Vec<String> = lock(&self.inner)
+        let mut users: Vec<String> = self
+            .shards
             .iter()
-            .filter(|(_, attrs)| keep(attrs))
-            .map(|(user, _)| user.clone())
+            .flat_map(|s| {
+                lock(s)
+                    .iter()
+                    .filter(|(_, attrs)| keep(attrs))
+                    .map(|(user, _)| user.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         users.sort_unstable();
         users
@@ -228,7 +257,6 @@ fn apply(
     objects: Vec<Result<Object, String>>,
     unknown_marker: Option<&str>,
 ) -> (usize, Vec<Value>) {
-    let mut profiles = lock(&shared.profiles.inner);
     let mut errors = Vec::new();
     let mut processed = 0;
     for (index, object) in objects.into_iter().enumerate() {
@@ -239,6 +267,7 @@ fn apply(
                 continue;
             }
         };
+        let mut profiles = lock(shared.profiles.shard(&object.user));
         // A profile exists if it was written before, or (with no marker) always: a marker
         // names ids this workspace has never seen.
         let unknown = !profiles.contains_key(&object.user)

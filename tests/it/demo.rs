@@ -82,6 +82,16 @@ fn demo_on_the_committed_project_matches_every_cohort() {
         assert!(line.ends_with(": recovered"), "{line}");
     }
     assert_eq!(delivered.len(), 2 * cohorts);
+    // The same cohorts through /users/track: the attribute on exactly the same members.
+    let tracked: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("[users/track]"))
+        .collect();
+    assert_eq!(tracked.len(), 2 * cohorts, "{stdout}");
+    assert!(
+        tracked.iter().all(|l| l.trim_end().ends_with("yes")),
+        "{stdout}"
+    );
     let (full, incremental) = delivered.split_at(cohorts);
     for s in full {
         assert_eq!(s["outcome"], "delivered", "{s}");
