@@ -10,6 +10,7 @@ mod check;
 mod cli;
 mod deltas;
 mod demo;
+mod destinations;
 mod engine;
 mod errors;
 mod fault_schedules;

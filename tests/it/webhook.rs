@@ -15,14 +15,14 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::support::*;
 
-const SECRET_VAR_HOOK: &str = "IT_HOOK_SECRET";
-const HOOK_SECRET: &str = "hs-93b1-never-log-me";
-const AUTH_VAR: &str = "IT_HOOK_AUTH";
-const AUTH: &str = "Bearer hook-token-never-log-me";
+pub const SECRET_VAR_HOOK: &str = "IT_HOOK_SECRET";
+pub const HOOK_SECRET: &str = "hs-93b1-never-log-me";
+pub const AUTH_VAR: &str = "IT_HOOK_AUTH";
+pub const AUTH: &str = "Bearer hook-token-never-log-me";
 
 #[derive(Default)]
-struct Received {
-    members: BTreeSet<String>,
+pub struct Received {
+    pub members: BTreeSet<String>,
     /// Body of each idempotency key applied.
     applied: HashMap<String, Bytes>,
     requests: u64,
@@ -35,16 +35,16 @@ struct Received {
     largest_batch: usize,
 }
 
-struct Receiver {
-    url: String,
-    seen: Arc<Mutex<Received>>,
+pub struct Receiver {
+    pub url: String,
+    pub seen: Arc<Mutex<Received>>,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Receiver {
     /// Every `fail_every`-th request fails: odd ones before applying (503), even ones after
     /// (500), so the sender retries both kinds.
-    fn start(fail_every: u64) -> Receiver {
+    pub fn start(fail_every: u64) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -187,7 +187,12 @@ fn active_at(at: DateTime<Utc>) -> BTreeSet<String> {
         .collect()
 }
 
-fn hook_project(url: &str) -> Project {
+pub fn hook_project(url: &str) -> Project {
+    hook_project_with(url, &[("active", ACTIVE_30D)])
+}
+
+/// A webhook project with these cohorts (the receiver checks `cohort_id` is `active`).
+pub fn hook_project_with(url: &str, cohorts: &[(&str, &str)]) -> Project {
     let destination = format!(
         r#"kind = "webhook"
 base_url = "{url}"
@@ -202,10 +207,10 @@ initial_backoff = "5ms"
 max_backoff = "50ms"
 "#
     );
-    Project::with_destination(lake(), &destination, &[("active", ACTIVE_30D)])
+    Project::with_destination(lake(), &destination, cohorts)
 }
 
-fn run(project: &Project, at: &str) -> Run {
+pub fn run(project: &Project, at: &str) -> Run {
     project.run_with(
         &["sync", "active", "--at", at, "--no-progress"],
         &[(SECRET_VAR_HOOK, Some(HOOK_SECRET)), (AUTH_VAR, Some(AUTH))],
