@@ -346,7 +346,17 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
         .map_err(|e| Error::config(config.file.clone(), e))?;
     let dest = config.destination(&cohort.destination)?;
     let creds = config.credentials(&cohort.destination, &env_lookup)?;
-    let braze = destination::open(dest, &creds, &cohort)?;
+    let destination::Delivery::Requests(braze) =
+        destination::open(dest, &creds, &cohort, &config.base_dir())?
+    else {
+        return Err(Error::config(
+            config.file.clone(),
+            format!(
+                "http-floor: destination `{}` sends no requests",
+                cohort.destination
+            ),
+        ));
+    };
     // UUID ids, as the realistic lake's (benches/e2e.py): the bodies are as long as a sync's.
     let members = StringArray::from_iter_values((0..ids as u64).map(|i| user_id(IdShape::Uuid, i)));
     let setup = braze.setup(Utc::now());

@@ -266,6 +266,17 @@ pub enum DestinationKind {
     BrazeUsersTrack,
     /// JSON batches POSTed to any URL, HMAC-signed.
     Webhook,
+    /// Each run's adds and removes as Parquet or CSV files under an object-store prefix.
+    Files,
+}
+
+/// The `files` destination's format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    #[default]
+    Parquet,
+    Csv,
 }
 
 impl DestinationKind {
@@ -277,6 +288,8 @@ impl DestinationKind {
                 crate::deliver::destination::users_track::MAX_OBJECTS
             }
             DestinationKind::Webhook => crate::deliver::destination::webhook::MAX_BATCH,
+            // One file per list: a plan's batch is the whole list (Arrow's limit bounds it).
+            DestinationKind::Files => i32::MAX as usize,
         }
     }
 
@@ -296,7 +309,7 @@ impl DestinationKind {
             // 3,000 requests per 3 seconds.
             DestinationKind::BrazeUsersTrack => 1000.0,
             // A receiver of ours, not a partner's quota: `max_in_flight` bounds it.
-            DestinationKind::Webhook => *RATE_RANGE.end(),
+            DestinationKind::Webhook | DestinationKind::Files => *RATE_RANGE.end(),
         }
     }
 }
@@ -318,8 +331,21 @@ pub enum Membership {
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub kind: DestinationKind,
-    /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com`.
+    /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com` (HTTP kinds).
+    #[serde(default)]
     pub base_url: String,
+    /// `files`: where each run's folder is written (a local path or an object-store URL).
+    #[serde(default)]
+    pub url: String,
+    /// `files`: `parquet` (default) or `csv`.
+    #[serde(default)]
+    pub format: FileFormat,
+    /// `files`: the ids' column name. Default `external_id`.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// `files`: object-store options (as `lake.options`; keys come from the environment).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     /// `braze`: the `{partner}` segment of `/partners/{partner}/cohorts`.
     #[serde(default)]
     pub partner: String,
@@ -501,15 +527,18 @@ pub enum Credentials {
         secret: Secret,
         headers: Vec<(String, Secret)>,
     },
+    /// None of its own: the object store reads its keys from the environment (`files`).
+    Store,
 }
 
 impl Credentials {
-    /// The key that names the workspace (its fingerprint tells workspaces apart).
-    pub fn workspace_key(&self) -> &Secret {
+    /// The key that names the workspace (its fingerprint tells workspaces apart), if any.
+    pub fn workspace_key(&self) -> Option<&Secret> {
         match self {
-            Credentials::CohortImport { client_secret, .. } => client_secret,
-            Credentials::RestKey { api_key } => api_key,
-            Credentials::Webhook { secret, .. } => secret,
+            Credentials::CohortImport { client_secret, .. } => Some(client_secret),
+            Credentials::RestKey { api_key } => Some(api_key),
+            Credentials::Webhook { secret, .. } => Some(secret),
+            Credentials::Store => None,
         }
     }
 }
@@ -520,6 +549,7 @@ pub fn kind_name(kind: DestinationKind) -> &'static str {
         DestinationKind::Braze => "braze",
         DestinationKind::BrazeUsersTrack => "braze_users_track",
         DestinationKind::Webhook => "webhook",
+        DestinationKind::Files => "files",
     }
 }
 
@@ -637,12 +667,38 @@ impl Config {
         }
         for (name, d) in &self.destinations {
             let key = format!("destinations.{name}");
-            match url::Url::parse(&d.base_url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                _ => out.push(format!(
-                    "{key}.base_url: `{}` is not an http(s) URL",
-                    d.base_url
-                )),
+            if d.kind == DestinationKind::Files {
+                if d.url.trim().is_empty() {
+                    out.push(format!(
+                        "{key}.url: required for `files` (a folder or s3://, gs://, az:// URL)"
+                    ));
+                }
+                if !d.base_url.is_empty() {
+                    out.push(format!(
+                        "{key}.base_url: not a key of kind `files` (use `url`)"
+                    ));
+                }
+            } else {
+                match url::Url::parse(&d.base_url) {
+                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    _ => out.push(format!(
+                        "{key}.base_url: `{}` is not an http(s) URL",
+                        d.base_url
+                    )),
+                }
+                for (field, set) in [
+                    ("url", !d.url.is_empty()),
+                    ("column", d.column.is_some()),
+                    ("options", !d.options.is_empty()),
+                    ("format", d.format != FileFormat::Parquet),
+                ] {
+                    if set {
+                        out.push(format!(
+                            "{key}.{field}: not a key of kind `{}` destinations",
+                            kind_name(d.kind)
+                        ));
+                    }
+                }
             }
             // The environment variables a kind needs, and the keys it does not take.
             type Needed<'a> = &'a [(&'a str, &'a String)];
@@ -664,6 +720,17 @@ impl Config {
                         ("partner", !d.partner.is_empty()),
                         ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
                         ("client_secret_env", !d.client_secret_env.is_empty()),
+                        ("secret_env", !d.secret_env.is_empty()),
+                    ],
+                ),
+                DestinationKind::Files => (
+                    &[],
+                    &[
+                        ("partner", !d.partner.is_empty()),
+                        ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
+                        ("client_secret_env", !d.client_secret_env.is_empty()),
+                        ("api_key_env", !d.api_key_env.is_empty()),
+                        ("attribute", d.attribute.is_some()),
                         ("secret_env", !d.secret_env.is_empty()),
                     ],
                 ),
@@ -710,6 +777,13 @@ impl Config {
                         kind_name(d.kind)
                     ));
                 }
+            }
+            if let Some(c) = &d.column
+                && (c.is_empty() || c.contains(['\n', '\r', '"', ',']))
+            {
+                out.push(format!(
+                    "{key}.column: must be a plain name (no quotes, commas or line breaks), got `{c}`"
+                ));
             }
             if let Some(a) = &d.attribute
                 && (a.is_empty() || a.len() > 255 || a.starts_with('$'))
@@ -908,6 +982,7 @@ impl Config {
                     })
                     .collect::<Result<_>>()?,
             },
+            DestinationKind::Files => Credentials::Store,
         })
     }
 }
@@ -1152,7 +1227,7 @@ name = "Paid users"
         let creds = track
             .credentials("braze", &|v| Some(format!("value-of-{v}")))
             .unwrap();
-        assert_eq!(creds.workspace_key().expose(), "value-of-RK");
+        assert_eq!(creds.workspace_key().unwrap().expose(), "value-of-RK");
 
         let hook = parse(&with_destination(
             "kind = \"webhook\"\nbase_url = \"http://h:1/x\"\nsecret_env = \"HS\"\nheader_env = { Authorization = \"TOK\" }",
@@ -1160,7 +1235,9 @@ name = "Paid users"
         .unwrap();
         assert_eq!(hook.destinations["braze"].batch_size, 1000);
         let err = hook
-            .credentials("braze", &|v| (v == "HS").then(|| "s".to_string()))
+            .credentials("braze", &|v| {
+                (v == "HS").then(|| "hook-signing-secret-value".to_string())
+            })
             .unwrap_err()
             .to_string();
         assert!(
@@ -1257,7 +1334,7 @@ name = "Paid users"
         let ok = c
             .credentials("braze", &|v| Some(format!("value-of-{v}")))
             .unwrap();
-        assert_eq!(ok.workspace_key().expose(), "value-of-CS");
+        assert_eq!(ok.workspace_key().unwrap().expose(), "value-of-CS");
         assert!(!format!("{ok:?}").contains("value-of"));
     }
 

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::cohort::shard::Shard;
 use crate::cohort::{self, diff};
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
-use crate::deliver::destination::{self, Destination, Op, Refused};
+use crate::deliver::destination::{self, Delivery, Destination, Lists, Op, Refused};
 use crate::deliver::plan::{batches, encode_in_background};
 use crate::deliver::sender::Sender;
 use crate::error::{Error, Result};
@@ -250,8 +250,17 @@ impl Run<'_> {
         lock: &lock::KeptLock,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::from_std(*started) + self.dest.deadline;
-        let braze = destination::open(self.dest, self.credentials, self.cohort)?;
-        let sender = Sender::new(self.dest, braze.clone(), deadline)?;
+        let delivery = destination::open(
+            self.dest,
+            self.credentials,
+            self.cohort,
+            &self.config.base_dir(),
+        )?;
+        let sender = match &delivery {
+            Delivery::Requests(d) => Some(Sender::new(self.dest, d.clone(), deadline)?),
+            Delivery::Lists(_) => None,
+        };
+        let (braze, sender) = (&delivery, sender.as_ref());
 
         // 1. An interrupted run first: finish exactly its plan.
         let mut resumed = false;
@@ -296,7 +305,7 @@ impl Run<'_> {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
                 // Everything the commit will need must be readable before anything is sent.
                 dead::pending(self.state).await?;
-                let (sent, skipped) = self.deliver(&plan, &braze, &sender, None).await?;
+                let (sent, skipped) = self.deliver(&plan, braze, sender, None).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
                 summary.batches += sent;
@@ -334,7 +343,7 @@ impl Run<'_> {
             };
             let lists = Some([change.adds.clone(), change.removes.clone()]);
             let (delivered, written) =
-                tokio::join!(self.deliver(&plan, &braze, &sender, lists), write);
+                tokio::join!(self.deliver(&plan, braze, sender, lists), write);
             let (sent, _) = delivered?;
             written?;
             summary.batches += sent;
@@ -343,7 +352,7 @@ impl Run<'_> {
             summary.outcome = "delivered";
         }
         self.record_holdout(change.held).await?;
-        let stats = sender.stats();
+        let stats = sender.map(Sender::stats).unwrap_or_default();
         summary.requests = stats.requests;
         summary.retries = stats.retries;
         Ok(())
@@ -545,11 +554,22 @@ impl Run<'_> {
     async fn deliver(
         &self,
         plan: &PlanMeta,
-        braze: &Arc<dyn Destination>,
-        sender: &Sender,
+        delivery: &Delivery,
+        sender: Option<&Sender>,
         // The plan's adds and removes when this process made it (else read from the plan).
         in_memory: Option<[Arc<StringArray>; 2]>,
     ) -> Result<(u64, u64)> {
+        let (braze, sender) = match (delivery, sender) {
+            (Delivery::Lists(lists), _) => {
+                return self.deliver_lists(plan, lists.as_ref(), in_memory).await;
+            }
+            (Delivery::Requests(d), Some(sender)) => (d, sender),
+            (Delivery::Requests(_), None) => {
+                return Err(Error::Internal(
+                    "a request destination without a sender".into(),
+                ));
+            }
+        };
         let acked = journal::read(self.state, plan.format).await?;
         // Everything the plan needs is read before anything is sent.
         let lists = match in_memory {
@@ -638,6 +658,27 @@ impl Run<'_> {
         journaled?;
         crate::signals::check()?;
         Ok((todo, total - todo))
+    }
+
+    /// Hands a plan's lists whole to a destination that takes them so (files); again when the
+    /// plan is resumed (the destination writes the same run's objects again).
+    async fn deliver_lists(
+        &self,
+        plan: &PlanMeta,
+        lists: &dyn Lists,
+        in_memory: Option<[Arc<StringArray>; 2]>,
+    ) -> Result<(u64, u64)> {
+        let [adds, removes] = match in_memory {
+            Some(lists) => lists,
+            None => [
+                self.state.ids(&plan.adds_file).await?,
+                self.state.ids(&plan.removes_file).await?,
+            ],
+        };
+        crate::signals::check()?;
+        lists.write(&plan.run_id, plan.at, adds, removes).await?;
+        info!(cohort = %self.cohort.name, run = %plan.run_id, "lists written");
+        Ok((plan.add_batches + plan.remove_batches, 0))
     }
 
     /// Every batch of `plan` is acknowledged or dead-lettered: leave the refused ids out of

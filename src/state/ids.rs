@@ -42,13 +42,51 @@ pub async fn write_to(
     paths: &[Path],
     ids: Arc<StringArray>,
 ) -> Result<()> {
-    write_sized(store, paths, ids, ROW_GROUP, PART).await
+    write_sized(
+        store,
+        paths,
+        ids,
+        Layout::Parquet("user_id".into()),
+        ROW_GROUP,
+        PART,
+    )
+    .await
+}
+
+/// How [`write_as`] lays out a list of ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Parquet with one `Utf8` column of this name.
+    Parquet(String),
+    /// CSV (RFC 4180): a header line with this name, then one id per line, quoted when it
+    /// holds a comma, a quote or a line break.
+    Csv(String),
+}
+
+/// Writes `ids` to `path` in `layout`, streamed as [`write_to`] does (for the `files`
+/// destination).
+pub async fn write_as(
+    store: &dyn ObjectStore,
+    path: &Path,
+    ids: Arc<StringArray>,
+    layout: Layout,
+) -> Result<()> {
+    write_sized(
+        store,
+        std::slice::from_ref(path),
+        ids,
+        layout,
+        ROW_GROUP,
+        PART,
+    )
+    .await
 }
 
 async fn write_sized(
     store: &dyn ObjectStore,
     paths: &[Path],
     ids: Arc<StringArray>,
+    layout: Layout,
     row_group: usize,
     part: usize,
 ) -> Result<()> {
@@ -57,9 +95,12 @@ async fn write_sized(
         .name("ids-encode".into())
         .spawn(move || {
             // A closed channel means the writer gave up (its error is reported there).
-            if let Err(e) = encode(&ids, row_group, &mut |chunk| {
-                tx.blocking_send(Ok(chunk)).is_ok()
-            }) {
+            let mut emit = |chunk| tx.blocking_send(Ok(chunk)).is_ok();
+            let encoded = match &layout {
+                Layout::Parquet(column) => encode(&ids, column, row_group, &mut emit),
+                Layout::Csv(column) => encode_csv(&ids, column, row_group, &mut emit),
+            };
+            if let Err(e) = encoded {
                 let _ = tx.blocking_send(Err(e));
             }
         })
@@ -166,12 +207,13 @@ pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()>
 
 /// Encodes `ids` as Parquet, handing each row group's bytes (then the footer's) to `emit` as
 /// soon as they are complete; stops early when `emit` returns false.
-fn encode(ids: &StringArray, row_group: usize, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "user_id",
-        DataType::Utf8,
-        false,
-    )]));
+fn encode(
+    ids: &StringArray,
+    column: &str,
+    row_group: usize,
+    emit: &mut dyn FnMut(Bytes) -> bool,
+) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
     let props = WriterProperties::builder()
         .set_compression(compression_for(ids))
         // Ids are distinct: a dictionary only costs time before it falls back.
@@ -204,6 +246,43 @@ fn encode(ids: &StringArray, row_group: usize, emit: &mut dyn FnMut(Bytes) -> bo
     writer.finish()?;
     take(&mut writer)?;
     Ok(())
+}
+
+/// Encodes `ids` as CSV, `rows` ids per chunk handed to `emit`; stops early when `emit` returns
+/// false.
+fn encode_csv(
+    ids: &StringArray,
+    column: &str,
+    rows: usize,
+    emit: &mut dyn FnMut(Bytes) -> bool,
+) -> Result<()> {
+    let mut chunk = Vec::new();
+    push_csv(&mut chunk, column);
+    for (i, id) in ids.iter().enumerate() {
+        push_csv(&mut chunk, id.unwrap_or_default());
+        if (i + 1) % rows.max(1) == 0 && !emit(Bytes::from(std::mem::take(&mut chunk))) {
+            return Err(Error::Internal("id list writer gone".into()));
+        }
+    }
+    if !chunk.is_empty() && !emit(Bytes::from(chunk)) {
+        return Err(Error::Internal("id list writer gone".into()));
+    }
+    Ok(())
+}
+
+/// One CSV line holding `field`, quoted (quotes doubled) when it needs to be.
+fn push_csv(out: &mut Vec<u8>, field: &str) {
+    if field
+        .bytes()
+        .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+    {
+        out.push(b'"');
+        out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(field.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Snappy when it pays on a sample of the ids (sequential ids like `u000000123` shrink several
@@ -356,6 +435,49 @@ mod tests {
         assert_eq!(read(&store, &path).await.unwrap().len(), 0);
     }
 
+    #[tokio::test]
+    async fn csv_quotes_what_needs_it_and_parquet_names_its_column() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let ids = Arc::new(StringArray::from(vec![
+            "a",
+            "b,c",
+            "q\"x",
+            "line\nbreak",
+            "é",
+        ]));
+        let csv = Path::from("f/adds.csv");
+        write_as(
+            store.as_ref(),
+            &csv,
+            ids.clone(),
+            Layout::Csv("external_id".into()),
+        )
+        .await
+        .unwrap();
+        let bytes = store.get(&csv).await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            "external_id\r\na\r\n\"b,c\"\r\n\"q\"\"x\"\r\n\"line\nbreak\"\r\né\r\n"
+        );
+        let parquet = Path::from("f/adds.parquet");
+        write_as(
+            store.as_ref(),
+            &parquet,
+            ids.clone(),
+            Layout::Parquet("ext".into()),
+        )
+        .await
+        .unwrap();
+        let bytes = store.get(&parquet).await.unwrap().bytes().await.unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+        assert_eq!(batches[0].schema().field(0).name(), "ext");
+        assert_eq!(batches[0].column(0).as_string::<i32>(), ids.as_ref());
+    }
+
     /// Row group by row group, through multipart uploads, to a snapshot and its replica on a
     /// real filesystem: both read back whole, and no staging file is left.
     #[tokio::test]
@@ -368,9 +490,16 @@ mod tests {
         ));
         let paths = [Path::from("s/a.parquet"), Path::from("s/a.replica.parquet")];
         // 1,000 rows a row group, parts of 64 KiB: ~50 row groups over ~10 parts.
-        write_sized(store.as_ref(), &paths, ids.clone(), 1000, 64 << 10)
-            .await
-            .unwrap();
+        write_sized(
+            store.as_ref(),
+            &paths,
+            ids.clone(),
+            Layout::Parquet("user_id".into()),
+            1000,
+            64 << 10,
+        )
+        .await
+        .unwrap();
         for path in &paths {
             assert_eq!(read(&store, path).await.unwrap().as_ref(), ids.as_ref());
         }

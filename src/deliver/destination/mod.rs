@@ -8,6 +8,7 @@
 //! [`open`] and one in `config::DestinationKind`.
 
 pub mod braze;
+pub mod files;
 pub mod users_track;
 pub mod webhook;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::StringArray;
+use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 
 use crate::config::{Cohort, Credentials, DestinationConfig, DestinationKind};
@@ -79,18 +81,45 @@ pub trait Destination: Send + Sync {
     }
 }
 
-/// The destination a cohort is delivered to, with its keys.
+/// A destination that takes each plan's lists whole rather than as requests (files). The sync
+/// core hands it the plan's adds and removes once, and again when it resumes the plan: `write`
+/// must be idempotent for a run id.
+pub trait Lists: Send + Sync {
+    fn write<'a>(
+        &'a self,
+        run_id: &'a str,
+        at: DateTime<Utc>,
+        adds: Arc<StringArray>,
+        removes: Arc<StringArray>,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+/// How a destination takes a plan.
+pub enum Delivery {
+    /// A request per batch, through the sender (its pacing, retries and journal).
+    Requests(Arc<dyn Destination>),
+    /// The plan's lists, whole.
+    Lists(Arc<dyn Lists>),
+}
+
+/// The destination a cohort is delivered to, with its keys (`base` anchors relative paths).
 pub fn open(
     dest: &DestinationConfig,
     credentials: &Credentials,
     cohort: &Cohort,
-) -> Result<Arc<dyn Destination>> {
+    base: &std::path::Path,
+) -> Result<Delivery> {
     Ok(match dest.kind {
-        DestinationKind::Braze => Arc::new(braze::Braze::new(dest, credentials, cohort)?),
-        DestinationKind::BrazeUsersTrack => {
-            Arc::new(users_track::UsersTrack::new(dest, credentials, cohort)?)
+        DestinationKind::Braze => {
+            Delivery::Requests(Arc::new(braze::Braze::new(dest, credentials, cohort)?))
         }
-        DestinationKind::Webhook => Arc::new(webhook::Webhook::new(dest, credentials, cohort)?),
+        DestinationKind::BrazeUsersTrack => Delivery::Requests(Arc::new(
+            users_track::UsersTrack::new(dest, credentials, cohort)?,
+        )),
+        DestinationKind::Webhook => {
+            Delivery::Requests(Arc::new(webhook::Webhook::new(dest, credentials, cohort)?))
+        }
+        DestinationKind::Files => Delivery::Lists(Arc::new(files::Files::new(dest, cohort, base)?)),
     })
 }
 
@@ -99,7 +128,10 @@ pub fn open(
 /// (`--new-workspace`). The endpoint and a short fingerprint of the workspace's key.
 pub fn identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
     let base = dest.base_url.trim_end_matches('/');
-    let key = fingerprint(credentials.workspace_key().expose());
+    let key = credentials
+        .workspace_key()
+        .map(|k| fingerprint(k.expose()))
+        .unwrap_or_default();
     match dest.kind {
         // The format earlier releases recorded in every snapshot: unchanged, so upgrading is
         // not a change of workspace.
@@ -108,6 +140,8 @@ pub fn identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
         // A receiver is its URL (its query included: it may select a tenant); the signing
         // secret can rotate without making it another destination.
         DestinationKind::Webhook => format!("webhook:{base}"),
+        // Files are where they are written.
+        DestinationKind::Files => format!("files:{}", dest.url.trim_end_matches('/')),
     }
 }
 
