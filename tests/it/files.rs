@@ -5,22 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
-
 use crate::support::*;
-
-const ACTIVE_30D: &str = "SELECT user_id FROM users \
-    WHERE last_seen_at >= $run_ts - INTERVAL '30 days' AND last_seen_at < $run_ts";
-
-fn active_at(at: DateTime<Utc>) -> BTreeSet<String> {
-    let to = at.timestamp_micros();
-    let from = (at - chrono::Duration::days(30)).timestamp_micros();
-    users()
-        .into_iter()
-        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
-        .map(|u| u.user_id)
-        .collect()
-}
 
 fn files_project(out: &Path, extra: &str) -> Project {
     Project::with_destination(

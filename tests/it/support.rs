@@ -408,6 +408,21 @@ pub fn string_at(batch: &RecordBatch, column: &str, row: usize) -> Option<String
 }
 
 /// A row of the users table, as the tests need it.
+/// Everyone seen in the 30 days before the run.
+pub const ACTIVE_30D: &str = "SELECT user_id FROM users \
+    WHERE last_seen_at >= $run_ts - INTERVAL '30 days' AND last_seen_at < $run_ts";
+
+/// The `ACTIVE_30D` cohort at `at`, computed from the Parquet files without DataFusion.
+pub fn active_at(at: DateTime<Utc>) -> BTreeSet<String> {
+    let to = at.timestamp_micros();
+    let from = (at - chrono::Duration::days(30)).timestamp_micros();
+    users()
+        .into_iter()
+        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
+        .map(|u| u.user_id)
+        .collect()
+}
+
 pub struct User {
     pub user_id: String,
     pub plan: Option<String>,

@@ -5,24 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
 use cohort_bridge::emulator::{EmulatorConfig, FaultConfig};
 
 use crate::support::*;
-
-const ACTIVE_30D: &str = "SELECT user_id FROM users \
-    WHERE last_seen_at >= $run_ts - INTERVAL '30 days' AND last_seen_at < $run_ts";
-
-/// The cohort at `at`, computed from the Parquet files without DataFusion.
-fn active_at(at: DateTime<Utc>) -> BTreeSet<String> {
-    let to = at.timestamp_micros();
-    let from = (at - chrono::Duration::days(30)).timestamp_micros();
-    users()
-        .into_iter()
-        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
-        .map(|u| u.user_id)
-        .collect()
-}
 
 fn set(v: Vec<String>) -> BTreeSet<String> {
     v.into_iter().collect()

@@ -7,7 +7,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -172,19 +171,6 @@ async fn answer(
         return reply(StatusCode::INTERNAL_SERVER_ERROR);
     }
     reply(StatusCode::NO_CONTENT)
-}
-
-const ACTIVE_30D: &str = "SELECT user_id FROM users \
-    WHERE last_seen_at >= $run_ts - INTERVAL '30 days' AND last_seen_at < $run_ts";
-
-fn active_at(at: DateTime<Utc>) -> BTreeSet<String> {
-    let to = at.timestamp_micros();
-    let from = (at - chrono::Duration::days(30)).timestamp_micros();
-    users()
-        .into_iter()
-        .filter(|u| u.last_seen_us.is_some_and(|t| t >= from && t < to))
-        .map(|u| u.user_id)
-        .collect()
 }
 
 pub fn hook_project(url: &str) -> Project {

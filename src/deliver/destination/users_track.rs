@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::StringArray;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
-use super::{Destination, Op, Refused, plain_json, push_json_str};
+use super::{Destination, Op, Refused, body_for, push_ids, push_json_str};
 use crate::config::{Cohort, Credentials, DestinationConfig, Membership};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
@@ -116,26 +116,9 @@ impl Destination for UsersTrack {
             Op::Add => &self.tail_add,
             Op::Remove => &self.tail_remove,
         };
-        let plain = plain_json(ids, &range);
-        let offsets = ids.value_offsets();
-        let bytes = (offsets[range.end] - offsets[range.start]) as usize;
-        let mut body = Vec::with_capacity(bytes + count * (tail.len() + 20) + 32);
+        let mut body = body_for(ids, &range, 32, tail.len() + 16);
         body.extend_from_slice(b"{\"attributes\":[");
-        for (n, i) in range.enumerate() {
-            if n > 0 {
-                body.push(b',');
-            }
-            debug_assert!(!ids.is_null(i));
-            body.extend_from_slice(b"{\"external_id\":");
-            if plain {
-                body.push(b'"');
-                body.extend_from_slice(ids.value(i).as_bytes());
-                body.push(b'"');
-            } else {
-                push_json_str(&mut body, ids.value(i));
-            }
-            body.extend_from_slice(tail);
-        }
+        push_ids(&mut body, ids, range, b"{\"external_id\":", tail);
         body.extend_from_slice(b"]}");
         Request {
             url: self.url.clone(),

@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::StringArray;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use super::{Destination, Op, plain_json, push_json_str};
+use super::{Destination, Op, body_for, push_ids, push_json_str};
 use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
@@ -112,31 +112,14 @@ impl Destination for Webhook {
         op: Op,
     ) -> Request {
         let count = range.len();
-        let plain = plain_json(ids, &range);
-        let offsets = ids.value_offsets();
-        let bytes = (offsets[range.end] - offsets[range.start]) as usize;
-        let mut body = Vec::with_capacity(self.head.len() + bytes + 16 * count + 128);
+        let mut body = body_for(ids, &range, self.head.len() + 128, 13);
         body.extend_from_slice(&self.head);
         body.extend_from_slice(b"\"op\":");
         push_json_str(&mut body, op.name());
         body.extend_from_slice(b",\"run_id\":");
         push_json_str(&mut body, run_id);
         body.extend_from_slice(format!(",\"batch\":{batch},\"identities\":[").as_bytes());
-        for (n, i) in range.enumerate() {
-            if n > 0 {
-                body.push(b',');
-            }
-            debug_assert!(!ids.is_null(i));
-            body.extend_from_slice(b"{\"user_id\":");
-            if plain {
-                body.push(b'"');
-                body.extend_from_slice(ids.value(i).as_bytes());
-                body.push(b'"');
-            } else {
-                push_json_str(&mut body, ids.value(i));
-            }
-            body.push(b'}');
-        }
+        push_ids(&mut body, ids, range, b"{\"user_id\":", b"}");
         body.extend_from_slice(b"]}");
         let mut headers = HeaderMap::new();
         let mut sig = HeaderValue::from_str(&signature(self.secret.expose().as_bytes(), &body))
