@@ -21,6 +21,9 @@ alike. Cases:
   t  full sync of (a)'s cohort through `/users/track` (kind braze_users_track, 75 users per
      request) at its default 1,000 requests/s against the emulator limiting to 3,000 per 3 s
      (~134 s; ours only; not in the default set)
+  f  full sync of (a)'s cohort to the `files` destination (Parquet, a fresh folder; ours only)
+  w  full sync of (a)'s cohort to the `webhook` destination: the emulator's signed-webhook
+     receiver (`POST /_webhook`), 1,000 ids a batch (ours only)
   c  ingest of the ~10.5M Currents records into a fresh lake (ours only)
   d  floors on the UUID lake: the cohort query + diff alone (`sync --dry-run`, no network,
      nothing written), and the HTTP floor (the hidden `cohort-bridge http-floor`: the same
@@ -91,7 +94,7 @@ LAKES = {
     "scale": LakeSpec(f"bench-lake-{size(SCALE_USERS)}-uuid", SCALE_USERS, "uuid", "half.sql"),
 }
 CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale",
-              "t": "uuid"}
+              "t": "uuid", "f": "uuid", "w": "uuid"}
 
 # Targets of issue 14 on this machine class (2 cores, 24 GiB): the peer's wall ÷ ours, our CPU
 # against the peer's, our peak RSS.
@@ -149,6 +152,7 @@ class Emulator:
              "--partner-api-key-env", "BENCH_PARTNER_API_KEY",
              "--client-secret-env", "BENCH_CLIENT_SECRET",
              "--rest-api-key-env", "BENCH_REST_API_KEY",
+             "--webhook-secret-env", "BENCH_WEBHOOK_SECRET",
              "--rate-limit", limit[0], "--rate-window", limit[1]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
@@ -347,6 +351,54 @@ def case_incremental(work, lake, n_runs, peer):
                      f"({lake.label()})", ours, t["adds"] + t["removes"], t["requests"], theirs)]
 
 
+def with_destination(project, body):
+    """Replaces the project's destination section with `body`."""
+    text = project.config.read_text()
+    start = text.index("[destinations.emulator]")
+    end = text.index("[cohorts.half]")
+    project.config.write_text(text[:start] + "[destinations.emulator]\n" + body + "\n" + text[end:])
+
+
+def case_files_or_webhook(case, work, lake, n_runs):
+    """A full sync of (a)'s cohort to the `files` destination (Parquet in a fresh folder, no
+    network), or to the `webhook` destination (the emulator's signed-webhook receiver,
+    1,000 ids a batch, 16 in flight): what issue 15 compares with Cohort Import's (a)."""
+    project = Project(Path(work) / f"ours-{case}", lake)
+    out = Path(work) / f"files-{case}"
+    if case == "f":
+        with_destination(project, f'kind = "files"\nurl = "{out}"\n')
+    else:
+        with_destination(project, f'kind = "webhook"\nbase_url = "http://127.0.0.1:{PORT}/_webhook"\n'
+                                  'secret_env = "BENCH_WEBHOOK_SECRET"\nbatch_size = 1000\n'
+                                  'max_in_flight = 16\n')
+    runs = []
+    for i in range(n_runs):
+        project.reset_state()
+        shutil.rmtree(out, ignore_errors=True)
+        emu = Emulator() if case == "w" else None
+        try:
+            wall, cpu, rss, s = project.sync(FULL_DAY)
+            held = emu.get("/_emulator/webhook") if emu else None
+        finally:
+            if emu:
+                emu.stop()
+        if held is not None:
+            assert held["members"].get("half") == s["members"] and held["repeats"] == 0, held
+            assert held["bad_signatures"] == 0, held
+        else:
+            manifests = list(out.glob("half/*/_manifest.json"))
+            assert len(manifests) == 1, manifests
+            rows = json.loads(manifests[0].read_text())["files"][0]["rows"]
+            assert rows == s["members"], (rows, s["members"])
+        log(f"{case} run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
+            f"{s['members']:,} members, {s['requests']:,} requests")
+        runs.append((wall, cpu, rss, s))
+    s = runs[-1][3]
+    what = "files (Parquet)" if case == "f" else "webhook (signed, 1,000 ids a batch)"
+    return [row(case, f"full sync to {what}, {s['members']:,} members of {lake.label()}", runs,
+                s["members"], s["requests"], None)]
+
+
 def case_t(work, lake, n_runs):
     """A full sync of (a)'s cohort through `/users/track` (75 users per request) at its
     default rate, 1,000 requests/s, against the emulator limiting to 3,000 per 3 s."""
@@ -486,6 +538,7 @@ def main():
     os.environ.setdefault("BENCH_PARTNER_API_KEY", f"bench-key-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_CLIENT_SECRET", f"bench-secret-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_REST_API_KEY", f"bench-rest-{os.getpid()}-{time.time_ns()}")
+    os.environ.setdefault("BENCH_WEBHOOK_SECRET", f"bench-hook-{os.getpid()}-{time.time_ns()}")
     if not args.no_build:
         build()
     ensure_inputs(cases)
@@ -514,6 +567,8 @@ def main():
                     rows += case_d(work, LAKES["uuid"], args.runs)
                 elif case == "t":
                     rows += case_t(work, LAKES["uuid"], args.runs)
+                elif case in ("f", "w"):
+                    rows += case_files_or_webhook(case, work, LAKES["uuid"], args.runs)
                 else:
                     sys.exit(f"unknown case {case}")
             except (RuntimeError, AssertionError, OSError) as e:

@@ -386,6 +386,10 @@ pub struct EmulatorArgs {
     /// them are item-level errors.
     #[arg(long)]
     unknown_id_marker: Option<String>,
+    /// Environment variable holding the secret `POST /_webhook` verifies signatures with
+    /// (unset: the endpoint answers 404).
+    #[arg(long, default_value = "COHORT_BRIDGE_WEBHOOK_SECRET")]
+    webhook_secret_env: String,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -612,6 +616,7 @@ async fn run(cli: Cli) -> i32 {
                         rest_api_key: std::env::var(&a.rest_api_key_env)
                             .unwrap_or_else(|_| "\0unset".into()),
                         unknown_id_marker: a.unknown_id_marker,
+                        webhook_secret: std::env::var(&a.webhook_secret_env).ok(),
                     };
                     cohort_bridge::emulator::serve_forever((a.host, a.port).into(), config)
                         .await

@@ -10,6 +10,7 @@ pub mod currents;
 mod faults;
 mod state;
 mod users_track;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +57,8 @@ pub struct EmulatorConfig {
     /// `/users/track`: ids containing this text have no profile until one is created, so an
     /// update-only object naming one is an item-level error. `None`: every id has a profile.
     pub unknown_id_marker: Option<String>,
+    /// `POST /_webhook` verifies signatures with this secret; `None`: the endpoint is off.
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -69,6 +72,7 @@ impl Default for EmulatorConfig {
             invalid_id_marker: None,
             rest_api_key: "emulator-rest-api-key".to_owned(),
             unknown_id_marker: None,
+            webhook_secret: None,
         }
     }
 }
@@ -173,6 +177,7 @@ struct Shared {
     config: EmulatorConfig,
     state: State,
     profiles: users_track::Profiles,
+    webhook: webhook::Receiver,
     limiter: RateLimiter,
     faults: FaultInjector,
     shutdown: watch::Sender<bool>,
@@ -254,6 +259,7 @@ pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<
     let shared = Arc::new(Shared {
         state: State::default(),
         profiles: users_track::Profiles::default(),
+        webhook: webhook::Receiver::default(),
         limiter: RateLimiter::new(&config.rate_limit),
         faults: FaultInjector::new(config.faults.clone()),
         config,
@@ -385,6 +391,8 @@ enum Route {
     CohortUsers { partner: String },
     UsersTrack,
     Profiles,
+    Webhook,
+    WebhookReport,
     Stats,
     ListCohorts,
     Members { cohort_id: String },
@@ -403,6 +411,8 @@ impl Route {
             },
             ["users", "track"] => Route::UsersTrack,
             ["_emulator", "profiles"] => Route::Profiles,
+            ["_webhook"] => Route::Webhook,
+            ["_emulator", "webhook"] => Route::WebhookReport,
             ["_emulator", "stats"] => Route::Stats,
             ["_emulator", "cohorts"] => Route::ListCohorts,
             ["_emulator", "cohorts", id, "members"] => Route::Members {
@@ -415,12 +425,15 @@ impl Route {
     /// The one method the route accepts.
     fn method(&self) -> Option<Method> {
         match self {
-            Route::Cohorts { .. } | Route::CohortUsers { .. } | Route::UsersTrack => {
-                Some(Method::POST)
-            }
-            Route::Stats | Route::ListCohorts | Route::Members { .. } | Route::Profiles => {
-                Some(Method::GET)
-            }
+            Route::Cohorts { .. }
+            | Route::CohortUsers { .. }
+            | Route::UsersTrack
+            | Route::Webhook => Some(Method::POST),
+            Route::Stats
+            | Route::ListCohorts
+            | Route::Members { .. }
+            | Route::Profiles
+            | Route::WebhookReport => Some(Method::GET),
             Route::NotFound => None,
         }
     }
@@ -451,6 +464,8 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
         }
         Route::UsersTrack => users_track::handle(shared, req).await,
         Route::Profiles => Ok(users_track::list(shared)),
+        Route::Webhook => webhook::handle(shared, req).await,
+        Route::WebhookReport => Ok(webhook::report(shared)),
         Route::Stats => Ok(json_response(StatusCode::OK, &shared.state.stats())),
         Route::ListCohorts => Ok(list_cohorts(&shared.state)),
         Route::Members { cohort_id } => Ok(cohort_members(&shared.state, &cohort_id)),

@@ -310,3 +310,49 @@ fn a_run_killed_mid_delivery_resumes_with_the_same_keys() {
     assert_eq!(s.applied.len(), expected.len().div_ceil(100));
     assert_eq!((s.bad_signatures, s.changed_bodies), (0, 0));
 }
+
+#[test]
+fn the_emulators_receiver_checks_signatures_and_applies_each_key_once() {
+    use cohort_bridge::emulator::EmulatorConfig;
+    let partner = Partner::start(EmulatorConfig {
+        webhook_secret: Some(HOOK_SECRET.into()),
+        ..EmulatorConfig::default()
+    });
+    let url = format!("{}/_webhook", partner.handle.base_url());
+    let destination = format!(
+        "kind = \"webhook\"\nbase_url = \"{url}\"\nsecret_env = \"{SECRET_VAR_HOOK}\"\nbatch_size = 700"
+    );
+    let project = Project::with_destination(lake(), &destination, &[("active", ACTIVE_30D)]);
+    let s = run(&project, AT).summary();
+    let report_url = format!("{}/_emulator/webhook", partner.handle.base_url());
+    let report: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::get(report_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        report["members"]["active"],
+        active_at(at()).len() as u64,
+        "{report}"
+    );
+    assert_eq!(report["batches"], s["batches"], "{report}");
+    assert_eq!(
+        (
+            report["repeats"].as_u64(),
+            report["bad_signatures"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    // A wrong secret is refused by the receiver.
+    let bad = project.run_with(
+        &["sync", "active", "--at", "2026-12-20T00:00:00Z"],
+        &[
+            (SECRET_VAR_HOOK, Some("wrong-secret-value")),
+            (AUTH_VAR, Some(AUTH)),
+        ],
+    );
+    assert_eq!(bad.code(), 4, "{}", bad.stderr());
+}
