@@ -214,6 +214,7 @@ fn item_errors(body: &[u8]) -> std::result::Result<Vec<Refused>, String> {
 mod tests {
     use super::*;
     use crate::config::Secret;
+    use proptest::strategy::Strategy;
     use reqwest::StatusCode;
 
     fn dest(extra: &str) -> DestinationConfig {
@@ -332,5 +333,39 @@ mod tests {
             ack(&t, 403, r#"{"message":"no users.track"}"#),
             Verdict::Reject { status: 403, .. }
         ));
+    }
+
+    proptest::proptest! {
+        /// Whatever a success body holds, reading it never panics, and every refusal it yields
+        /// names an object a request can carry, once.
+        #[test]
+        fn any_success_body_is_read_without_panic(
+            body in proptest::prop_oneof![
+                proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+                (proptest::collection::vec((0i64..200, "[a-z ]{0,12}", proptest::bool::ANY), 0..20))
+                    .prop_map(|errors| {
+                        let errors: Vec<_> = errors
+                            .into_iter()
+                            .map(|(i, t, attr)| serde_json::json!({
+                                "type": t, "index": i - 20,
+                                "input_array": if attr { "attributes" } else { "events" },
+                            }))
+                            .collect();
+                        serde_json::to_vec(&serde_json::json!({"message": "success", "errors": errors})).unwrap()
+                    }),
+            ],
+        ) {
+            let t = track("");
+            let verdict = t.acknowledge(&Answer {
+                status: StatusCode::CREATED,
+                headers: &HeaderMap::new(),
+                body: &body,
+            });
+            if let Verdict::Partial(refused) = verdict {
+                proptest::prop_assert!(!refused.is_empty());
+                proptest::prop_assert!(refused.windows(2).all(|w| w[0].index < w[1].index));
+                proptest::prop_assert!(refused.iter().all(|r| r.index < MAX_OBJECTS));
+            }
+        }
     }
 }
