@@ -317,6 +317,11 @@ impl Run<'_> {
 
         // 2. This run's change (a signal during the query stops here: nothing was planned).
         let change = crate::signals::interruptible(self.change(lake, summary, started)).await?;
+        // Members the destination cannot identify are refused before anything is planned.
+        match braze {
+            Delivery::Requests(d) => d.accepts(&change.adds)?,
+            Delivery::Lists(l) => l.accepts(&change.adds)?,
+        }
         let nothing_to_send = change.adds.is_empty() && change.removes.is_empty();
         if nothing_to_send && change.base.is_some() && summary.removes_held_back == 0 {
             // A run that finished an interrupted one delivered that (its batches are counted).

@@ -3,6 +3,7 @@
 
 pub mod diff;
 pub mod holdout;
+pub mod identity;
 pub mod shard;
 pub mod sort;
 
@@ -59,36 +60,13 @@ pub async fn plan(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<DataF
     Ok(df)
 }
 
-/// A cohort result needs a string `user_id` column; other columns are allowed (and ignored).
+/// A cohort result needs an identifier column (`user_id`, or an alias, or a device id; see
+/// [`identity`]) of a string type; other columns are allowed (and ignored).
 pub fn check_result_schema(origin: &str, schema: &Schema) -> Result<()> {
-    let problem = match schema.field_with_name(USER_ID) {
-        Err(_) => format!(
-            "the result has no `{USER_ID}` column (it has: {}); select the member id AS {USER_ID}",
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Ok(f) if is_string(f.data_type()) => return Ok(()),
-        Ok(f) => format!(
-            "`{USER_ID}` is {} but must be a string; use CAST({USER_ID} AS VARCHAR)",
-            f.data_type()
-        ),
-    };
-    Err(Error::Sql {
+    identity::check(schema).map_err(|problem| Error::Sql {
         location: origin.to_string(),
         message: problem,
     })
-}
-
-fn is_string(t: &DataType) -> bool {
-    match t {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(_, v) => is_string(v),
-        _ => false,
-    }
 }
 
 /// Runs the cohort query and returns its members.
@@ -100,9 +78,15 @@ pub async fn members(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<Me
 /// Executes a planned cohort query on the query runtime and collects its distinct ids.
 pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Members> {
     let origin = origin.to_string();
-    let df = df
-        .select_columns(&[USER_ID])
+    // The member of each row: `user_id` itself, or the first identifier present (aliases,
+    // device ids) as one tagged string.
+    let key = identity::key_expr(df.schema().as_arrow())
         .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    let df = match key {
+        None => df.select_columns(&[USER_ID]),
+        Some(key) => df.select(vec![key.alias(USER_ID)]),
+    }
+    .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
     // One collector per partition copies its ids out of each batch as it arrives (the batch is
     // freed at once); a lake sorted by user_id read by one partition arrives sorted, and the
     // sort then only checks it.

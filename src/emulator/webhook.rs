@@ -84,7 +84,13 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
     #[derive(serde::Deserialize)]
     struct Identity<'a> {
         #[serde(borrow)]
-        user_id: std::borrow::Cow<'a, str>,
+        user_id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        alias_name: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        alias_label: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        device_id: Option<std::borrow::Cow<'a, str>>,
     }
     let parsed: Body = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -96,11 +102,25 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
         }
     };
     let (cohort, op) = (parsed.cohort_id.as_ref(), parsed.op.as_ref());
-    let ids: Vec<&str> = parsed
+    // Members as the Cohort Import endpoints key them: `ID`, `alias:NAME:LABEL`, `device:ID`.
+    let ids: Option<Vec<String>> = parsed
         .identities
         .iter()
-        .map(|i| i.user_id.as_ref())
+        .map(
+            |i| match (&i.user_id, &i.alias_name, &i.alias_label, &i.device_id) {
+                (Some(u), None, None, None) => Some(u.to_string()),
+                (None, Some(n), Some(l), None) => Some(format!("alias:{n}:{l}")),
+                (None, None, None, Some(d)) => Some(format!("device:{d}")),
+                _ => None,
+            },
+        )
         .collect();
+    let Some(ids) = ids else {
+        return Ok(message(
+            StatusCode::BAD_REQUEST,
+            "each identity is one of {user_id}, {alias_name, alias_label}, {device_id}",
+        ));
+    };
     let mut inner = lock(&receiver.inner);
     if !inner.keys.insert(key) {
         inner.repeats += 1;
@@ -113,7 +133,6 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
     };
     inner.batches += 1;
     inner.ids += ids.len() as u64;
-    let ids = ids.into_iter().map(str::to_owned).collect();
     inner.log.push((cohort.to_owned(), remove, ids));
     Ok(message(StatusCode::OK, "applied"))
 }

@@ -19,6 +19,7 @@ mod files;
 mod history;
 mod holdout;
 mod hostile;
+mod identifiers;
 mod incremental;
 mod ingest;
 mod ingest_hostile;

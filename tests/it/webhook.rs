@@ -140,7 +140,10 @@ async fn answer(
         return reply(StatusCode::OK);
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["cohort_id"], "active");
+    assert!(
+        v["cohort_id"] == "active" || v["cohort_id"] == "mixed",
+        "{v}"
+    );
     assert_eq!(
         key,
         format!(
@@ -153,7 +156,20 @@ async fn answer(
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["user_id"].as_str().unwrap().to_owned())
+        .map(|i| {
+            match (
+                i["user_id"].as_str(),
+                i["alias_name"].as_str(),
+                i["device_id"].as_str(),
+            ) {
+                (Some(u), None, None) => u.to_owned(),
+                (None, Some(n), None) => {
+                    format!("alias:{n}:{}", i["alias_label"].as_str().unwrap())
+                }
+                (None, None, Some(d)) => format!("device:{d}"),
+                other => panic!("an identity of one kind: {other:?} in {i}"),
+            }
+        })
         .collect();
     s.largest_batch = s.largest_batch.max(ids.len());
     match v["op"].as_str() {

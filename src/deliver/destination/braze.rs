@@ -94,9 +94,13 @@ impl Braze {
         let count = range.len();
         let mut body = body_for(ids, &range, self.head.len() + 64, 0);
         body.extend_from_slice(&self.head);
-        body.extend_from_slice(b"\"cohort_changes\":[{\"user_ids\":[");
-        push_ids(&mut body, ids, range, b"", b"");
-        body.extend_from_slice(b"]");
+        if crate::cohort::identity::any_tagged(ids, range.clone()) {
+            push_mixed(&mut body, ids, range);
+        } else {
+            body.extend_from_slice(b"\"cohort_changes\":[{\"user_ids\":[");
+            push_ids(&mut body, ids, range, b"", b"");
+            body.extend_from_slice(b"]");
+        }
         if remove {
             body.extend_from_slice(b",\"should_remove\":true");
         }
@@ -108,6 +112,58 @@ impl Braze {
             ids: count,
             headers: HeaderMap::new(),
         }
+    }
+}
+
+/// `"cohort_changes":[{"user_ids":[…],"device_ids":[…],"aliases":[{…}]` (the object left open
+/// for `should_remove`): the kinds of one batch, within its 1,000 ids in all.
+fn push_mixed(body: &mut Vec<u8>, ids: &StringArray, range: Range<usize>) {
+    use crate::cohort::identity::{Id, parse};
+    let (mut users, mut devices, mut aliases) = (Vec::new(), Vec::new(), Vec::new());
+    for i in range {
+        match parse(ids.value(i)) {
+            Id::External(id) => users.push(id),
+            Id::Device(id) => devices.push(id),
+            Id::Alias { name, label } => aliases.push((name, label)),
+        }
+    }
+    body.extend_from_slice(b"\"cohort_changes\":[{");
+    let mut first = true;
+    let mut field = |body: &mut Vec<u8>, name: &[u8]| {
+        if !std::mem::take(&mut first) {
+            body.push(b',');
+        }
+        body.extend_from_slice(name);
+    };
+    for (name, list) in [
+        (&b"\"user_ids\":["[..], &users),
+        (b"\"device_ids\":[", &devices),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        field(body, name);
+        for (n, id) in list.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            push_json_str(body, id);
+        }
+        body.push(b']');
+    }
+    if !aliases.is_empty() {
+        field(body, b"\"aliases\":[");
+        for (n, (name, label)) in aliases.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"alias_name\":");
+            push_json_str(body, name);
+            body.extend_from_slice(b",\"alias_label\":");
+            push_json_str(body, label);
+            body.push(b'}');
+        }
+        body.push(b']');
     }
 }
 

@@ -54,6 +54,19 @@ impl Files {
 }
 
 impl Lists for Files {
+    /// One column of external ids: other identifiers are not written to files yet.
+    fn accepts(&self, ids: &StringArray) -> Result<()> {
+        if crate::cohort::identity::any_tagged(ids, 0..ids.len().min(1)) {
+            return Err(Error::config(
+                None,
+                "the files destination writes external ids only, and the cohort has members \
+                 known by an alias or a device id: select their user_id, or use Cohort Import \
+                 or a webhook",
+            ));
+        }
+        Ok(())
+    }
+
     fn write<'a>(
         &'a self,
         run_id: &'a str,

@@ -79,6 +79,12 @@ pub trait Destination: Send + Sync {
     fn explain(&self, e: Error) -> Error {
         e
     }
+
+    /// Refuses, before anything is planned, members this destination cannot identify (sorted
+    /// ids: see `cohort::identity`). The default accepts every kind.
+    fn accepts(&self, _ids: &StringArray) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A destination that takes each plan's lists whole rather than as requests (files). The sync
@@ -92,6 +98,11 @@ pub trait Lists: Send + Sync {
         adds: Arc<StringArray>,
         removes: Arc<StringArray>,
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// As [`Destination::accepts`].
+    fn accepts(&self, _ids: &StringArray) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How a destination takes a plan.
@@ -168,6 +179,37 @@ pub fn body_for(ids: &StringArray, range: &Range<usize>, fixed: usize, per_id: u
     let offsets = ids.value_offsets();
     let bytes = (offsets[range.end] - offsets[range.start]) as usize;
     Vec::with_capacity(fixed + bytes + range.len() * (per_id + 3))
+}
+
+/// Appends one member as the JSON fields that identify it: `"<external>":"…"`,
+/// `"alias_name":"…","alias_label":"…"` (or `"<alias_key>":{"alias_name":…}` when `alias_key` is
+/// set) or `"device_id":"…"`.
+pub fn push_identity(out: &mut Vec<u8>, key: &str, external: &str, alias_key: Option<&str>) {
+    use crate::cohort::identity::{Id, parse};
+    match parse(key) {
+        Id::External(id) => {
+            push_json_str(out, external);
+            out.push(b':');
+            push_json_str(out, id);
+        }
+        Id::Alias { name, label } => {
+            if let Some(k) = alias_key {
+                push_json_str(out, k);
+                out.extend_from_slice(b":{");
+            }
+            out.extend_from_slice(b"\"alias_name\":");
+            push_json_str(out, name);
+            out.extend_from_slice(b",\"alias_label\":");
+            push_json_str(out, label);
+            if alias_key.is_some() {
+                out.push(b'}');
+            }
+        }
+        Id::Device(id) => {
+            out.extend_from_slice(b"\"device_id\":");
+            push_json_str(out, id);
+        }
+    }
 }
 
 /// Appends `ids[range]` as JSON strings, comma-separated, each between `before` and `after`.

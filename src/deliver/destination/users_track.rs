@@ -118,7 +118,18 @@ impl Destination for UsersTrack {
         };
         let mut body = body_for(ids, &range, 32, tail.len() + 16);
         body.extend_from_slice(b"{\"attributes\":[");
-        push_ids(&mut body, ids, range, b"{\"external_id\":", tail);
+        if crate::cohort::identity::any_tagged(ids, range.clone()) {
+            for (n, i) in range.enumerate() {
+                if n > 0 {
+                    body.push(b',');
+                }
+                body.push(b'{');
+                super::push_identity(&mut body, ids.value(i), "external_id", Some("user_alias"));
+                body.extend_from_slice(tail);
+            }
+        } else {
+            push_ids(&mut body, ids, range, b"{\"external_id\":", tail);
+        }
         body.extend_from_slice(b"]}");
         Request {
             url: self.url.clone(),
@@ -152,6 +163,23 @@ impl Destination for UsersTrack {
                 ),
                 asked: None,
             },
+        }
+    }
+
+    /// `/users/track` identifies a user by external id, alias or Braze id, never by device id.
+    fn accepts(&self, ids: &StringArray) -> Result<()> {
+        match crate::cohort::identity::first_device(ids) {
+            None => Ok(()),
+            Some(device) => Err(Error::config(
+                None,
+                format!(
+                    "destination `{}` (braze_users_track) cannot identify users by device id, and \
+                     the cohort has members known only by one (e.g. device `{device}`): select \
+                     their user_id or alias, or send the cohort through Cohort Import (kind \
+                     `braze`)",
+                    self.destination
+                ),
+            )),
         }
     }
 

@@ -119,7 +119,18 @@ impl Destination for Webhook {
         body.extend_from_slice(b",\"run_id\":");
         push_json_str(&mut body, run_id);
         body.extend_from_slice(format!(",\"batch\":{batch},\"identities\":[").as_bytes());
-        push_ids(&mut body, ids, range, b"{\"user_id\":", b"}");
+        if crate::cohort::identity::any_tagged(ids, range.clone()) {
+            for (n, i) in range.enumerate() {
+                if n > 0 {
+                    body.push(b',');
+                }
+                body.push(b'{');
+                super::push_identity(&mut body, ids.value(i), "user_id", None);
+                body.push(b'}');
+            }
+        } else {
+            push_ids(&mut body, ids, range, b"{\"user_id\":", b"}");
+        }
         body.extend_from_slice(b"]}");
         let mut headers = HeaderMap::new();
         let mut sig = HeaderValue::from_str(&signature(self.secret.expose().as_bytes(), &body))

@@ -1,0 +1,157 @@
+//! Members known by an alias or a device id, mixed with external ids: the first identifier a
+//! row has (user_id, then alias, then device_id) is the member; Cohort Import and webhooks
+//! deliver each kind as its contract names it, `/users/track` takes aliases and refuses device
+//! ids by name, and the change is computed per (kind, value).
+
+use std::collections::BTreeSet;
+
+use crate::support::*;
+use crate::webhook::{HOOK_SECRET, Receiver, SECRET_VAR_HOOK, hook_project_with};
+
+/// Pro users: those whose id starts with `0` by an alias (their device id is ignored: the
+/// alias comes first), those starting with `1` by a device id, the rest by user_id; before
+/// `$run_ts` reaches December, users starting with `2` are not in it.
+const MIXED: &str = "SELECT \
+    CASE WHEN substr(user_id, 1, 1) IN ('0', '1') THEN NULL ELSE user_id END AS user_id, \
+    CASE WHEN substr(user_id, 1, 1) = '0' THEN concat('crm-', user_id) END AS alias_name, \
+    'crm' AS alias_label, \
+    CASE WHEN substr(user_id, 1, 1) IN ('0', '1') THEN concat('dev-', user_id) END AS device_id \
+    FROM users WHERE plan = 'pro' \
+    AND (substr(user_id, 1, 1) <> '2' OR $run_ts >= TIMESTAMP '2026-12-01T00:00:00Z')";
+
+/// The members as the emulator keys them (`alias:NAME:LABEL`, `device:ID`).
+fn expected(december: bool) -> BTreeSet<String> {
+    users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .filter(|id| december || !id.starts_with('2'))
+        .map(|id| match id.chars().next() {
+            Some('0') => format!("alias:crm-{id}:crm"),
+            Some('1') => format!("device:dev-{id}"),
+            _ => id,
+        })
+        .collect()
+}
+
+const NOV: &str = "2026-11-27T12:00:00Z";
+const DEC: &str = "2026-12-02T00:00:00Z";
+
+#[test]
+fn cohort_import_receives_aliases_and_device_ids_beside_external_ids() {
+    let partner = Partner::plain();
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000\nbatch_size = 300",
+        &[("mixed", MIXED)],
+    );
+    let first = project.run(&["sync", "mixed", "--at", NOV]).summary();
+    let want = expected(false);
+    assert!(
+        want.iter().any(|m| m.starts_with("alias:"))
+            && want.iter().any(|m| m.starts_with("device:"))
+    );
+    assert_eq!(first["adds"], want.len() as u64);
+    assert!(
+        partner.members("mixed") == want,
+        "the partner holds a different set"
+    );
+    assert!(partner.handle.stats().max_ids_per_request <= 300);
+
+    // A month later some users join: only they are sent, whatever their kind.
+    let second = project.run(&["sync", "mixed", "--at", DEC]).summary();
+    let now = expected(true);
+    assert_eq!(second["adds"], (now.len() - want.len()) as u64);
+    assert_eq!(second["removes"], 0);
+    assert!(partner.members("mixed") == now);
+    assert_eq!(
+        partner.handle.stats().redundant_adds,
+        0,
+        "nothing was sent twice"
+    );
+}
+
+#[test]
+fn webhooks_carry_each_identity_as_its_kind() {
+    let receiver = Receiver::start(1_000_000);
+    let project = hook_project_with(&receiver.url, &[("mixed", MIXED)]);
+    project
+        .run_with(
+            &["sync", "mixed", "--at", NOV],
+            &[
+                (SECRET_VAR_HOOK, Some(HOOK_SECRET)),
+                (crate::webhook::AUTH_VAR, Some(crate::webhook::AUTH)),
+            ],
+        )
+        .summary();
+    assert!(receiver.seen.lock().unwrap().members == expected(false));
+}
+
+#[test]
+fn users_track_takes_aliases_and_refuses_device_ids_by_name() {
+    let partner = Partner::plain();
+    let project = Project::users_track(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", MIXED)],
+    );
+    let run = project.run(&["sync", "mixed", "--at", NOV]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("cannot identify users by device id"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        partner.handle.attribute_true("cohort_mixed").is_empty(),
+        "nothing was sent"
+    );
+
+    // Without device ids: aliases become `user_alias` objects.
+    let no_devices = MIXED.replace(
+        "CASE WHEN substr(user_id, 1, 1) IN ('0', '1') THEN concat('dev-', user_id) END AS device_id",
+        "CAST(NULL AS VARCHAR) AS device_id",
+    ).replace("IN ('0', '1') THEN NULL", "= '0' THEN NULL");
+    let project = Project::users_track(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", &no_devices)],
+    );
+    project.run(&["sync", "mixed", "--at", NOV]).summary();
+    let want: BTreeSet<String> = expected(false)
+        .into_iter()
+        .map(|m| {
+            m.strip_prefix("device:dev-")
+                .map(str::to_owned)
+                .unwrap_or(m)
+        })
+        .collect();
+    let held: BTreeSet<String> = partner
+        .handle
+        .attribute_true("cohort_mixed")
+        .into_iter()
+        .collect();
+    assert!(
+        held == want,
+        "{} held vs {} expected",
+        held.len(),
+        want.len()
+    );
+}
+
+#[test]
+fn files_refuse_identifiers_they_cannot_write_yet() {
+    let out = tempfile::tempdir().unwrap();
+    let project = Project::with_destination(
+        lake(),
+        &format!("kind = \"files\"\nurl = \"{}\"", out.path().display()),
+        &[("mixed", MIXED)],
+    );
+    let run = project.run(&["sync", "mixed", "--at", NOV]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("external ids only"),
+        "{}",
+        run.stderr()
+    );
+}
