@@ -475,6 +475,9 @@ pub struct CohortConfig {
     pub holdout: f64,
     /// Salt of the holdout split. Default: the cohort's `cohort_id`.
     pub holdout_salt: Option<String>,
+    /// Which identifier columns make the member, first present first. Default `["user_id",
+    /// "alias", "device_id", "braze_id"]`.
+    pub identifiers: Option<Vec<crate::cohort::identity::Kind>>,
 }
 
 /// A cohort with every default applied.
@@ -487,6 +490,8 @@ pub struct Cohort {
     pub display_name: String,
     /// Members held out of delivery (a control group); `share == 0` holds out nobody.
     pub holdout: crate::cohort::holdout::Holdout,
+    /// The identifier kinds that make a member, in priority order.
+    pub identifiers: Vec<crate::cohort::identity::Kind>,
 }
 
 /// A secret value: never printed by `Debug` or `Display`.
@@ -909,6 +914,18 @@ impl Config {
             .sql
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("queries/cohorts/{name}.sql")));
+        let identifiers = c
+            .identifiers
+            .clone()
+            .unwrap_or_else(|| crate::cohort::identity::DEFAULT_PRIORITY.to_vec());
+        if identifiers.is_empty() {
+            return Err(format!(
+                "cohorts.{name}.identifiers: must name at least one kind"
+            ));
+        }
+        if (1..identifiers.len()).any(|i| identifiers[..i].contains(&identifiers[i])) {
+            return Err(format!("cohorts.{name}.identifiers: names a kind twice"));
+        }
         if !(0.0..=crate::cohort::holdout::MAX_SHARE).contains(&c.holdout) {
             return Err(format!(
                 "cohorts.{name}.holdout: must be between 0 and {} (a share of the members), got {}",
@@ -927,6 +944,7 @@ impl Config {
             cohort_id,
             display_name,
             holdout: crate::cohort::holdout::Holdout::new(c.holdout, salt),
+            identifiers,
         })
     }
 

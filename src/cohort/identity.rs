@@ -1,13 +1,15 @@
-//! Who a member is: an external id (`user_id`), a user alias (`alias_name` + `alias_label`) or a
-//! device id (`device_id`). A cohort's SQL may return any of these columns; per row the first
-//! present one, in the order `user_id`, alias, `device_id`, is the member.
+//! Who a member is: an external id (`user_id`), a user alias (`alias_name` + `alias_label`), a
+//! device id (`device_id`) or a Braze id (`braze_id`). A cohort's SQL may return any of these
+//! columns; per row the first present one, in the cohort's priority (`cohorts.<name>.identifiers`,
+//! default `user_id`, alias, `device_id`, `braze_id`), is the member.
 //!
 //! A member is one string, so snapshots, diffs and plans stay lists of sorted strings keyed by
 //! (kind, value): an external id is itself — snapshots written before identifiers existed are
 //! read as they are, and nothing is re-sent after upgrading — and the other kinds carry a tag
 //! that starts with the byte 0x01, which no external id in practice begins with (one that does
 //! and is not a well-formed tag stays an external id): `\x01a\x01NAME\x01LABEL` for an alias,
-//! `\x01d\x01ID` for a device. Tagged members sort before every external id.
+//! `\x01d\x01ID` for a device, `\x01b\x01ID` for a Braze id. Tagged members sort before every
+//! external id.
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::logical_expr::{Expr, cast, ident, lit, when};
@@ -18,6 +20,20 @@ pub const USER_ID: &str = "user_id";
 pub const ALIAS_NAME: &str = "alias_name";
 pub const ALIAS_LABEL: &str = "alias_label";
 pub const DEVICE_ID: &str = "device_id";
+pub const BRAZE_ID: &str = "braze_id";
+
+/// A kind of identifier, as `cohorts.<name>.identifiers` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    UserId,
+    Alias,
+    DeviceId,
+    BrazeId,
+}
+
+/// The default priority.
+pub const DEFAULT_PRIORITY: [Kind; 4] = [Kind::UserId, Kind::Alias, Kind::DeviceId, Kind::BrazeId];
 
 const TAG: char = '\u{1}';
 
@@ -27,6 +43,7 @@ pub enum Id<'a> {
     External(&'a str),
     Alias { name: &'a str, label: &'a str },
     Device(&'a str),
+    Braze(&'a str),
 }
 
 /// The member a key names.
@@ -40,6 +57,7 @@ pub fn parse(key: &str) -> Id<'_> {
             Id::Alias { name, label }
         }
         (Some("d"), Some(id), None) if !id.is_empty() => Id::Device(id),
+        (Some("b"), Some(id), None) if !id.is_empty() => Id::Braze(id),
         _ => Id::External(key),
     }
 }
@@ -52,6 +70,11 @@ pub fn alias(name: &str, label: &str) -> String {
 /// The key of a device id.
 pub fn device(id: &str) -> String {
     format!("{TAG}d{TAG}{id}")
+}
+
+/// The key of a Braze id.
+pub fn braze(id: &str) -> String {
+    format!("{TAG}b{TAG}{id}")
 }
 
 /// Whether any of `ids[range]` is not an external id (one byte compared per id).
@@ -68,17 +91,17 @@ fn tagged(key: &str) -> bool {
     !matches!(parse(key), Id::External(_))
 }
 
-/// The first device id among `ids` (sorted: tagged keys sort first), for destinations that
-/// cannot identify a user by one.
-pub fn first_device(ids: &datafusion::arrow::array::StringArray) -> Option<&str> {
+/// The first member among `ids` (sorted: tagged keys sort first) that `unfit` picks, for
+/// destinations that cannot identify a user by some kinds.
+pub fn first_tagged(
+    ids: &datafusion::arrow::array::StringArray,
+    unfit: impl Fn(Id<'_>) -> bool,
+) -> Option<&str> {
     use datafusion::arrow::array::Array;
     (0..ids.len())
         .map(|i| ids.value(i))
         .take_while(|k| k.as_bytes().first() == Some(&(TAG as u8)))
-        .find_map(|k| match parse(k) {
-            Id::Device(d) => Some(d),
-            _ => None,
-        })
+        .find(|k| unfit(parse(k)))
 }
 
 fn is_string(t: &DataType) -> bool {
@@ -92,7 +115,7 @@ fn is_string(t: &DataType) -> bool {
 /// The identifier columns of `schema`: a problem when there is none, or one is not a string.
 pub fn check(schema: &Schema) -> Result<(), String> {
     let has = |c: &str| schema.field_with_name(c).ok();
-    for c in [USER_ID, ALIAS_NAME, ALIAS_LABEL, DEVICE_ID] {
+    for c in [USER_ID, ALIAS_NAME, ALIAS_LABEL, DEVICE_ID, BRAZE_ID] {
         if let Some(f) = has(c)
             && !is_string(f.data_type())
         {
@@ -107,10 +130,15 @@ pub fn check(schema: &Schema) -> Result<(), String> {
             "an alias needs both `{ALIAS_NAME}` and `{ALIAS_LABEL}`"
         ));
     }
-    if has(USER_ID).is_none() && has(ALIAS_NAME).is_none() && has(DEVICE_ID).is_none() {
+    if has(USER_ID).is_none()
+        && has(ALIAS_NAME).is_none()
+        && has(DEVICE_ID).is_none()
+        && has(BRAZE_ID).is_none()
+    {
         return Err(format!(
             "the result has no `{USER_ID}` column (it has: {}); select the member id AS {USER_ID} \
-             (or an alias as {ALIAS_NAME} and {ALIAS_LABEL}, or a device id as {DEVICE_ID})",
+             (or an alias as {ALIAS_NAME} and {ALIAS_LABEL}, a device id as {DEVICE_ID}, a Braze \
+             id as {BRAZE_ID})",
             schema
                 .fields()
                 .iter()
@@ -122,11 +150,27 @@ pub fn check(schema: &Schema) -> Result<(), String> {
     Ok(())
 }
 
-/// The member of each row as one expression, or `None` when the result has `user_id` alone
+/// The member of each row as one expression, the kinds tried in `priority` order (kinds the
+/// result has no column for are skipped), or `None` when `user_id` is the only identifier used
 /// (then the column itself is the member: no expression, no copy).
-pub fn key_expr(schema: &Schema) -> datafusion::error::Result<Option<Expr>> {
+pub fn key_expr(schema: &Schema, priority: &[Kind]) -> datafusion::error::Result<Option<Expr>> {
     let has = |c: &str| schema.field_with_name(c).is_ok();
-    if !has(ALIAS_NAME) && !has(DEVICE_ID) {
+    let used: Vec<Kind> = priority
+        .iter()
+        .copied()
+        .filter(|k| match k {
+            Kind::UserId => has(USER_ID),
+            Kind::Alias => has(ALIAS_NAME),
+            Kind::DeviceId => has(DEVICE_ID),
+            Kind::BrazeId => has(BRAZE_ID),
+        })
+        .collect();
+    if used.is_empty() {
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "the result has none of the identifiers the cohort uses ({priority:?})"
+        )));
+    }
+    if used == [Kind::UserId] {
         return Ok(None);
     }
     let text = |c: &str| cast(ident(c), DataType::Utf8);
@@ -141,19 +185,18 @@ pub fn key_expr(schema: &Schema) -> datafusion::error::Result<Option<Expr>> {
         }
         datafusion::functions::string::expr_fn::concat(args)
     };
-    let mut arms: Vec<(Expr, Expr)> = Vec::new();
-    if has(USER_ID) {
-        arms.push((present(USER_ID), text(USER_ID)));
-    }
-    if has(ALIAS_NAME) {
-        arms.push((
-            present(ALIAS_NAME).and(present(ALIAS_LABEL)),
-            tagged("a", vec![text(ALIAS_NAME), text(ALIAS_LABEL)]),
-        ));
-    }
-    if has(DEVICE_ID) {
-        arms.push((present(DEVICE_ID), tagged("d", vec![text(DEVICE_ID)])));
-    }
+    let arms: Vec<(Expr, Expr)> = used
+        .into_iter()
+        .map(|k| match k {
+            Kind::UserId => (present(USER_ID), text(USER_ID)),
+            Kind::Alias => (
+                present(ALIAS_NAME).and(present(ALIAS_LABEL)),
+                tagged("a", vec![text(ALIAS_NAME), text(ALIAS_LABEL)]),
+            ),
+            Kind::DeviceId => (present(DEVICE_ID), tagged("d", vec![text(DEVICE_ID)])),
+            Kind::BrazeId => (present(BRAZE_ID), tagged("b", vec![text(BRAZE_ID)])),
+        })
+        .collect();
     let mut arms = arms.into_iter();
     let (cond, value) = arms.next().expect("at least one identifier");
     let mut case = when(cond, value);
@@ -178,6 +221,7 @@ mod tests {
             }
         );
         assert_eq!(parse(&device("d-1")), Id::Device("d-1"));
+        assert_eq!(parse(&braze("b-1")), Id::Braze("b-1"));
         // A malformed tag is an external id, not a guess.
         for odd in [
             "\u{1}",

@@ -72,15 +72,26 @@ pub fn check_result_schema(origin: &str, schema: &Schema) -> Result<()> {
 /// Runs the cohort query and returns its members.
 pub async fn members(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<Members> {
     let df = plan(lake, cohort, params).await?;
-    members_of(lake, df, &cohort.sql_file.display().to_string()).await
+    members_of(
+        lake,
+        df,
+        &cohort.sql_file.display().to_string(),
+        &cohort.identifiers,
+    )
+    .await
 }
 
 /// Executes a planned cohort query on the query runtime and collects its distinct ids.
-pub async fn members_of(lake: &Lake, df: DataFrame, origin: &str) -> Result<Members> {
+pub async fn members_of(
+    lake: &Lake,
+    df: DataFrame,
+    origin: &str,
+    identifiers: &[identity::Kind],
+) -> Result<Members> {
     let origin = origin.to_string();
     // The member of each row: `user_id` itself, or the first identifier present (aliases,
     // device ids) as one tagged string.
-    let key = identity::key_expr(df.schema().as_arrow())
+    let key = identity::key_expr(df.schema().as_arrow(), identifiers)
         .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
     let df = match key {
         None => df.select_columns(&[USER_ID]),

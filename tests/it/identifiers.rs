@@ -155,3 +155,107 @@ fn files_refuse_identifiers_they_cannot_write_yet() {
         run.stderr()
     );
 }
+
+/// Pro users, those whose id starts with `3` known only by a Braze id.
+const WITH_BRAZE_IDS: &str = "SELECT \
+    CASE WHEN substr(user_id, 1, 1) = '3' THEN NULL ELSE user_id END AS user_id, \
+    CASE WHEN substr(user_id, 1, 1) = '3' THEN concat('bz-', user_id) END AS braze_id \
+    FROM users WHERE plan = 'pro'";
+
+fn pro_with_braze_ids() -> BTreeSet<String> {
+    users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .map(|id| {
+            if id.starts_with('3') {
+                format!("braze:bz-{id}")
+            } else {
+                id
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn braze_ids_go_to_users_track_and_cohort_import_refuses_them_by_name() {
+    let partner = Partner::plain();
+    let track = Project::users_track(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", WITH_BRAZE_IDS)],
+    );
+    track.run(&["sync", "mixed", "--at", NOV]).summary();
+    let held: BTreeSet<String> = partner
+        .handle
+        .attribute_true("cohort_mixed")
+        .into_iter()
+        .collect();
+    let want = pro_with_braze_ids();
+    assert!(want.iter().any(|m| m.starts_with("braze:")));
+    assert!(
+        held == want,
+        "{} held vs {} expected",
+        held.len(),
+        want.len()
+    );
+
+    let import = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", WITH_BRAZE_IDS)],
+    );
+    let run = import.run(&["sync", "mixed", "--at", NOV]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("cannot identify users by Braze id"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        partner.handle.members("mixed").is_none(),
+        "nothing was sent to Cohort Import"
+    );
+}
+
+#[test]
+fn the_identifier_priority_is_the_cohorts_to_choose() {
+    let partner = Partner::plain();
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", MIXED)],
+    );
+    // Device ids before aliases, and no external ids at all.
+    let config = project.dir.path().join("cohort-bridge.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[cohorts.mixed]\n",
+        "[cohorts.mixed]\nidentifiers = [\"device_id\", \"alias\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    project.run(&["sync", "mixed", "--at", NOV]).summary();
+    // Rows starting with 0 or 1 have a device id (it wins over the alias); the rest have neither.
+    let want: BTreeSet<String> = users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| u.user_id)
+        .filter(|id| id.starts_with('0') || id.starts_with('1'))
+        .map(|id| format!("device:dev-{id}"))
+        .collect();
+    assert!(!want.is_empty());
+    assert!(partner.members("mixed") == want);
+
+    let bad = std::fs::read_to_string(&config).unwrap().replace(
+        "identifiers = [\"device_id\", \"alias\"]",
+        "identifiers = [\"alias\", \"alias\"]",
+    );
+    std::fs::write(&config, bad).unwrap();
+    let run = project.run(&["sync", "mixed", "--at", NOV]);
+    assert_eq!(run.code(), 2);
+    assert!(
+        run.stderr()
+            .contains("cohorts.mixed.identifiers: names a kind twice"),
+        "{}",
+        run.stderr()
+    );
+}

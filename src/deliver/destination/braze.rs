@@ -125,6 +125,9 @@ fn push_mixed(body: &mut Vec<u8>, ids: &StringArray, range: Range<usize>) {
             Id::External(id) => users.push(id),
             Id::Device(id) => devices.push(id),
             Id::Alias { name, label } => aliases.push((name, label)),
+            // Refused before planning (`accepts`); a plan edited to hold one sends its raw
+            // key, which names no user (Cohort Import ignores unknown ids).
+            Id::Braze(_) => users.push(ids.value(i)),
         }
     }
     body.extend_from_slice(b"\"cohort_changes\":[{");
@@ -187,6 +190,25 @@ impl Destination for Braze {
         &self.headers
     }
 
+    /// Cohort Import takes external ids, aliases and device ids, not Braze ids.
+    fn accepts(&self, ids: &StringArray) -> Result<()> {
+        use crate::cohort::identity::{Id, first_tagged};
+        match first_tagged(ids, |id| matches!(id, Id::Braze(_))) {
+            None => Ok(()),
+            Some(key) => Err(Error::config(
+                None,
+                format!(
+                    "destination `{}` (Cohort Import) cannot identify users by Braze id, and the \
+                     cohort has members known only by one (`{}`): select their user_id, alias or \
+                     device id, or send the cohort through /users/track (kind \
+                     `braze_users_track`)",
+                    self.destination,
+                    key.trim_start_matches('\u{1}').replace('\u{1}', ":")
+                ),
+            )),
+        }
+    }
+
     /// A 401 names the environment variables that hold the keys, so the fix is obvious.
     fn explain(&self, e: Error) -> Error {
         match e {
@@ -232,6 +254,7 @@ client_secret_env = "B""#,
             cohort_id: "cid".into(),
             display_name: "Nice \"name\"".into(),
             holdout: crate::cohort::holdout::Holdout::new(0.0, "cid".into()),
+            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         };
         Braze::new(&dest, &creds, &cohort).unwrap()
     }

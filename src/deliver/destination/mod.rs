@@ -209,6 +209,10 @@ pub fn push_identity(out: &mut Vec<u8>, key: &str, external: &str, alias_key: Op
             out.extend_from_slice(b"\"device_id\":");
             push_json_str(out, id);
         }
+        Id::Braze(id) => {
+            out.extend_from_slice(b"\"braze_id\":");
+            push_json_str(out, id);
+        }
     }
 }
 

@@ -168,7 +168,12 @@ impl Destination for UsersTrack {
 
     /// `/users/track` identifies a user by external id, alias or Braze id, never by device id.
     fn accepts(&self, ids: &StringArray) -> Result<()> {
-        match crate::cohort::identity::first_device(ids) {
+        use crate::cohort::identity::{Id, first_tagged, parse};
+        let device = first_tagged(ids, |id| matches!(id, Id::Device(_))).map(|k| match parse(k) {
+            Id::Device(d) => d,
+            _ => k,
+        });
+        match device {
             None => Ok(()),
             Some(device) => Err(Error::config(
                 None,
@@ -260,6 +265,7 @@ mod tests {
             cohort_id: "vip\"s".into(),
             display_name: "VIPs".into(),
             holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
+            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         }
     }
 

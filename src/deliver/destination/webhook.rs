@@ -210,6 +210,7 @@ header_env = { "Authorization" = "A" }"#,
             cohort_id: "vip".into(),
             display_name: "V\"IPs".into(),
             holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
+            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         };
         Webhook::new(&dest, &creds, &cohort).unwrap()
     }
