@@ -19,7 +19,7 @@ use crate::error::{Error, Result, exit};
 use crate::lake::sql::{Params, SqlSource};
 use crate::lake::{Lake, Location};
 use crate::state::runs::RunRecord;
-use crate::sync::{SyncOptions, sync_cohort};
+use crate::sync::{SyncOptions, SyncSummary, sync_cohort};
 use crate::synth::{self, SynthSpec};
 
 /// The demo's `/users/track` destination.
@@ -198,19 +198,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     .unwrap_or_default()
                     .into_iter()
                     .collect();
-                let matches = held.len() == expected.len()
-                    && held.iter().all(|h| expected.contains(h.as_str()));
-                rows.push(Row {
-                    at: at.format("%Y-%m-%d %H:%M").to_string(),
-                    name: name.clone(),
-                    members: expected.len() as u64,
-                    held_out: summary.held_out,
-                    adds: summary.adds,
-                    removes: summary.removes,
-                    held: held.len() as u64,
-                    requests: summary.requests,
-                    matches,
-                });
+                rows.push(Row::new(at, name.clone(), &expected, &summary, &held));
 
                 // The same cohort through /users/track: the attribute is true for exactly
                 // the same members.
@@ -229,18 +217,13 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     .attribute_true(&format!("cohort_{}", c.cohort_id))
                     .into_iter()
                     .collect();
-                rows.push(Row {
-                    at: at.format("%Y-%m-%d %H:%M").to_string(),
-                    name: format!("{name} [users/track]"),
-                    members: expected.len() as u64,
-                    held_out: t.held_out,
-                    adds: t.adds,
-                    removes: t.removes,
-                    held: attributed.len() as u64,
-                    requests: t.requests,
-                    matches: attributed.len() == expected.len()
-                        && attributed.iter().all(|h| expected.contains(h.as_str())),
-                });
+                rows.push(Row::new(
+                    at,
+                    format!("{name} [users/track]"),
+                    &expected,
+                    &t,
+                    &attributed,
+                ));
             }
         }
         Ok::<(), Error>(())
@@ -550,6 +533,30 @@ struct Row {
     held: u64,
     requests: u64,
     matches: bool,
+}
+
+impl Row {
+    /// A sync's row: what it did, and whether the partner holds exactly `expected`.
+    fn new(
+        at: DateTime<Utc>,
+        name: String,
+        expected: &BTreeSet<&str>,
+        summary: &SyncSummary,
+        held: &BTreeSet<String>,
+    ) -> Row {
+        Row {
+            at: at.format("%Y-%m-%d %H:%M").to_string(),
+            name,
+            members: expected.len() as u64,
+            held_out: summary.held_out,
+            adds: summary.adds,
+            removes: summary.removes,
+            held: held.len() as u64,
+            requests: summary.requests,
+            matches: held.len() == expected.len()
+                && held.iter().all(|h| expected.contains(h.as_str())),
+        }
+    }
 }
 
 /// Generates the demo lake unless a finished one (with its marker) is already there.

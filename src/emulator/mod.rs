@@ -502,32 +502,56 @@ async fn partner_request(
     if let Err(reject) = authenticate(&shared.config, partner, &obj) {
         return Ok(reject.into_response());
     }
+    let (fault, rate) = match admit(shared).await? {
+        Admitted::Answered(resp) => return Ok(resp),
+        Admitted::Apply { fault, rate } => (fault, rate),
+    };
+    let applied = apply(
+        &shared.state,
+        endpoint,
+        &mut obj,
+        shared.config.invalid_id_marker.as_deref(),
+    );
+    Ok(with_rate_headers(answer(applied, fault), &rate))
+}
+
+/// What the rate limit and the seeded faults leave of an authenticated request.
+enum Admitted {
+    /// Answered without applying: 429, 423, or a 500 before the change is applied.
+    Answered(Resp),
+    /// Apply it; `fault` is `None` or `ErrorAfterApply` (answer 500 once applied).
+    Apply {
+        fault: FaultKind,
+        rate: RateDecision,
+    },
+}
+
+/// The window and the seeded faults, the same for every partner endpoint. `Err` drops the
+/// connection (a seeded `Drop`).
+async fn admit(shared: &Shared) -> Result<Admitted, Abort> {
     let rate = shared.limiter.check();
     if !rate.allowed {
         shared.state.record_rate_limited();
-        return Ok(rate_limited(&rate));
+        return Ok(Admitted::Answered(rate_limited(&rate)));
     }
     let fault = shared.faults.decide();
     if fault.slow {
         tokio::time::sleep(shared.faults.slow_delay()).await;
     }
-    let resp = match fault.kind {
+    let refused = match fault.kind {
         FaultKind::Drop => return Err(Abort { fault: true }),
         FaultKind::Locked => message(StatusCode::LOCKED, "Resource locked"),
         FaultKind::ErrorBeforeApply => {
             message(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         }
         FaultKind::ErrorAfterApply | FaultKind::None => {
-            let applied = apply(
-                &shared.state,
-                endpoint,
-                &mut obj,
-                shared.config.invalid_id_marker.as_deref(),
-            );
-            answer(applied, fault.kind)
+            return Ok(Admitted::Apply {
+                fault: fault.kind,
+                rate,
+            });
         }
     };
-    Ok(with_rate_headers(resp, &rate))
+    Ok(Admitted::Answered(with_rate_headers(refused, &rate)))
 }
 
 /// A refusal before validation: status and message.

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::faults::{FaultKind, lock};
 use super::{
-    Abort, Resp, Shared, json_response, message, rate_limited, read_body, with_rate_headers,
+    Abort, Admitted, Resp, Shared, admit, json_response, message, read_body, with_rate_headers,
 };
 
 /// Attribute objects per request.
@@ -118,38 +118,26 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
         }
         Some(_) => {}
     }
-    let rate = shared.limiter.check();
-    if !rate.allowed {
-        shared.state.record_rate_limited();
-        return Ok(rate_limited(&rate));
-    }
-    let fault = shared.faults.decide();
-    if fault.slow {
-        tokio::time::sleep(shared.faults.slow_delay()).await;
-    }
-    let resp = match fault.kind {
-        FaultKind::Drop => return Err(Abort { fault: true }),
-        FaultKind::Locked => message(StatusCode::LOCKED, "Resource locked"),
-        FaultKind::ErrorBeforeApply => {
-            message(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
-        }
-        FaultKind::ErrorAfterApply | FaultKind::None => match parse(&body) {
-            Err(why) => message(StatusCode::BAD_REQUEST, &why),
-            Ok(objects) => {
-                let (processed, errors) =
-                    apply(shared, objects, shared.config.unknown_id_marker.as_deref());
-                shared.state.record_track(processed as u64);
-                if fault.kind == FaultKind::ErrorAfterApply {
-                    message(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
-                } else {
-                    let mut body = json!({"message": "success", "attributes_processed": processed});
-                    if !errors.is_empty() {
-                        body["errors"] = Value::Array(errors);
-                    }
-                    json_response(StatusCode::CREATED, &body)
+    let (fault, rate) = match admit(shared).await? {
+        Admitted::Answered(resp) => return Ok(resp),
+        Admitted::Apply { fault, rate } => (fault, rate),
+    };
+    let resp = match parse(&body) {
+        Err(why) => message(StatusCode::BAD_REQUEST, &why),
+        Ok(objects) => {
+            let (processed, errors) =
+                apply(shared, objects, shared.config.unknown_id_marker.as_deref());
+            shared.state.record_track(processed as u64);
+            if fault == FaultKind::ErrorAfterApply {
+                message(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+            } else {
+                let mut body = json!({"message": "success", "attributes_processed": processed});
+                if !errors.is_empty() {
+                    body["errors"] = Value::Array(errors);
                 }
+                json_response(StatusCode::CREATED, &body)
             }
-        },
+        }
     };
     Ok(with_rate_headers(resp, &rate))
 }

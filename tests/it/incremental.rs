@@ -244,6 +244,24 @@ pub fn expire_locks(state: &std::path::Path) -> usize {
     n
 }
 
+/// Starts `command` once per threshold and kills it (SIGKILL) as soon as `applied()` reaches the
+/// threshold, then expires the killed run's lock in `state` as the scheduler's timeout would
+/// (it would block the next run for 10 minutes).
+pub fn kill_at(
+    thresholds: &[u64],
+    state: &std::path::Path,
+    mut command: impl FnMut() -> std::process::Command,
+    applied: impl Fn() -> u64,
+) {
+    for &threshold in thresholds {
+        let mut child = command().spawn().unwrap();
+        wait_until("more batches applied", || applied() >= threshold);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        expire_locks(state);
+    }
+}
+
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !f() {
@@ -314,20 +332,12 @@ fn runs_killed_mid_delivery_resume_without_resending_acknowledged_batches() {
 
     // Killed three times at different points of the delivery, each time resumed by the next
     // run, which is killed in turn.
-    for threshold in [15, 40, 65] {
-        let mut child = project
-            .command(&["sync", "active", "--at", T1])
-            .spawn()
-            .unwrap();
-        wait_until("more batches applied", || {
-            partner.handle.stats().user_requests_applied >= threshold
-        });
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        // The killed run's lock would block for 10 minutes: expire it, as the scheduler's
-        // timeout would have.
-        expire_locks(&project.cohort_state("active"));
-    }
+    kill_at(
+        &[15, 40, 65],
+        &project.cohort_state("active"),
+        || project.command(&["sync", "active", "--at", T1]),
+        || partner.handle.stats().user_requests_applied,
+    );
     let applied = partner.handle.stats().user_requests_applied;
     assert!(applied < batches, "the runs were interrupted");
 

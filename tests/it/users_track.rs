@@ -224,7 +224,7 @@ fn a_refused_key_names_its_environment_variable_and_nothing_is_committed() {
 
 #[test]
 fn a_run_killed_mid_delivery_resumes_without_resending_acknowledged_batches() {
-    use crate::incremental::{expire_locks, wait_until};
+    use crate::incremental::kill_at;
     // The client's own pacing makes the run last a few seconds.
     let partner = Partner::plain();
     let project = Project::users_track(
@@ -234,18 +234,12 @@ fn a_run_killed_mid_delivery_resumes_without_resending_acknowledged_batches() {
     );
     let expected = active_at(at());
     let batches = expected.len().div_ceil(75) as u64;
-    for threshold in [15, 50] {
-        let mut child = project
-            .command(&["sync", "active", "--at", AT, "--no-progress"])
-            .spawn()
-            .unwrap();
-        wait_until("more batches applied", || {
-            partner.handle.stats().track_requests_applied >= threshold
-        });
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        expire_locks(&project.cohort_state("active"));
-    }
+    kill_at(
+        &[15, 50],
+        &project.cohort_state("active"),
+        || project.command(&["sync", "active", "--at", AT, "--no-progress"]),
+        || partner.handle.stats().track_requests_applied,
+    );
     let applied = partner.handle.stats().track_requests_applied;
     assert!(applied < batches, "the runs were interrupted");
     let resumed = project

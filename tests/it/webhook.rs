@@ -284,7 +284,7 @@ fn a_wrong_secret_is_refused_by_the_receiver_and_nothing_is_committed() {
 
 #[test]
 fn a_run_killed_mid_delivery_resumes_with_the_same_keys() {
-    use crate::incremental::{expire_locks, wait_until};
+    use crate::incremental::kill_at;
     let receiver = Receiver::start(1_000_000);
     let project = hook_project(&receiver.url);
     // Slow enough to be killed mid-delivery: 100-id batches at 40 per second.
@@ -295,20 +295,18 @@ fn a_run_killed_mid_delivery_resumes_with_the_same_keys() {
     );
     std::fs::write(&config, text).unwrap();
     let expected = active_at(at());
-    for threshold in [10, 40] {
-        let mut child = project
-            .command(&["sync", "active", "--at", AT, "--no-progress"])
-            .env(SECRET_VAR_HOOK, HOOK_SECRET)
-            .env(AUTH_VAR, AUTH)
-            .spawn()
-            .unwrap();
-        wait_until("more batches applied", || {
-            receiver.seen.lock().unwrap().applied.len() >= threshold
-        });
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        expire_locks(&project.cohort_state("active"));
-    }
+    kill_at(
+        &[10, 40],
+        &project.cohort_state("active"),
+        || {
+            let mut command = project.command(&["sync", "active", "--at", AT, "--no-progress"]);
+            command
+                .env(SECRET_VAR_HOOK, HOOK_SECRET)
+                .env(AUTH_VAR, AUTH);
+            command
+        },
+        || receiver.seen.lock().unwrap().applied.len() as u64,
+    );
     let resumed = run(&project, AT).summary();
     assert!(
         resumed["skipped_batches"].as_u64().unwrap() > 0,

@@ -216,6 +216,32 @@ pub fn push_identity(out: &mut Vec<u8>, key: &str, external: &str, alias_key: Op
     }
 }
 
+/// Appends the members of `ids[range]` as JSON objects, comma-separated: `{`, the fields that
+/// identify the member (see [`push_identity`]), then `after` (which closes the object). A batch
+/// of external ids only takes [`push_ids`]' fast path.
+pub fn push_identities(
+    out: &mut Vec<u8>,
+    ids: &StringArray,
+    range: Range<usize>,
+    external: &str,
+    alias_key: Option<&str>,
+    after: &[u8],
+) {
+    if !crate::cohort::identity::any_tagged(ids, range.clone()) {
+        let before = format!("{{\"{external}\":");
+        push_ids(out, ids, range, before.as_bytes(), after);
+        return;
+    }
+    for (n, i) in range.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        push_identity(out, ids.value(i), external, alias_key);
+        out.extend_from_slice(after);
+    }
+}
+
 /// Appends `ids[range]` as JSON strings, comma-separated, each between `before` and `after`.
 ///
 /// The batch's ids are one contiguous run of the array's bytes: they are checked for

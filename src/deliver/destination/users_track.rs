@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::StringArray;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
-use super::{Destination, Op, Refused, body_for, push_ids, push_json_str};
+use super::{Destination, Op, Refused, body_for, push_identities, push_json_str};
 use crate::config::{Cohort, Credentials, DestinationConfig, Membership};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
@@ -118,18 +118,14 @@ impl Destination for UsersTrack {
         };
         let mut body = body_for(ids, &range, 32, tail.len() + 16);
         body.extend_from_slice(b"{\"attributes\":[");
-        if crate::cohort::identity::any_tagged(ids, range.clone()) {
-            for (n, i) in range.enumerate() {
-                if n > 0 {
-                    body.push(b',');
-                }
-                body.push(b'{');
-                super::push_identity(&mut body, ids.value(i), "external_id", Some("user_alias"));
-                body.extend_from_slice(tail);
-            }
-        } else {
-            push_ids(&mut body, ids, range, b"{\"external_id\":", tail);
-        }
+        push_identities(
+            &mut body,
+            ids,
+            range,
+            "external_id",
+            Some("user_alias"),
+            tail,
+        );
         body.extend_from_slice(b"]}");
         Request {
             url: self.url.clone(),

@@ -20,7 +20,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use super::{Destination, Op, body_for, push_ids, push_json_str};
+use super::{Destination, Op, body_for, push_identities, push_json_str};
 use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
@@ -119,18 +119,7 @@ impl Destination for Webhook {
         body.extend_from_slice(b",\"run_id\":");
         push_json_str(&mut body, run_id);
         body.extend_from_slice(format!(",\"batch\":{batch},\"identities\":[").as_bytes());
-        if crate::cohort::identity::any_tagged(ids, range.clone()) {
-            for (n, i) in range.enumerate() {
-                if n > 0 {
-                    body.push(b',');
-                }
-                body.push(b'{');
-                super::push_identity(&mut body, ids.value(i), "user_id", None);
-                body.push(b'}');
-            }
-        } else {
-            push_ids(&mut body, ids, range, b"{\"user_id\":", b"}");
-        }
+        push_identities(&mut body, ids, range, "user_id", None, b"}");
         body.extend_from_slice(b"]}");
         let mut headers = HeaderMap::new();
         let mut sig = HeaderValue::from_str(&signature(self.secret.expose().as_bytes(), &body))
