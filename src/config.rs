@@ -343,6 +343,14 @@ pub struct DestinationConfig {
     /// `files`: the ids' column name. Default `external_id`.
     #[serde(default)]
     pub column: Option<String>,
+    /// `files`: the column of each identifier kind in runs with members other than external
+    /// ids, keyed `user_id`, `alias_name`, `alias_label`, `device_id`, `braze_id`. Default: the
+    /// kind's name (`column` for `user_id`).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// `files`: also write `members.<ext>`, the whole membership once the run is delivered.
+    #[serde(default)]
+    pub include_members: bool,
     /// `files`: object-store options (as `lake.options`; keys come from the environment).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -401,6 +409,27 @@ pub struct DestinationConfig {
     /// resumes the plan (exit 1). Default `6h`.
     #[serde(default = "default_deadline", deserialize_with = "de_duration")]
     pub deadline: Duration,
+}
+
+/// The identifier kinds a `files` destination writes a column for, in the files' order.
+pub const FILE_COLUMN_KINDS: [&str; 5] = [
+    "user_id",
+    "alias_name",
+    "alias_label",
+    "device_id",
+    "braze_id",
+];
+
+impl DestinationConfig {
+    /// `files`: the column names of external ids, alias names, alias labels, device ids and
+    /// Braze ids.
+    pub fn file_columns(&self) -> [String; 5] {
+        FILE_COLUMN_KINDS.map(|kind| match (kind, self.columns.get(kind)) {
+            (_, Some(name)) => name.clone(),
+            ("user_id", None) => self.column.clone().unwrap_or_else(|| "external_id".into()),
+            (kind, None) => kind.to_string(),
+        })
+    }
 }
 
 fn default_deadline() -> Duration {
@@ -694,6 +723,8 @@ impl Config {
                 for (field, set) in [
                     ("url", !d.url.is_empty()),
                     ("column", d.column.is_some()),
+                    ("columns", !d.columns.is_empty()),
+                    ("include_members", d.include_members),
                     ("options", !d.options.is_empty()),
                     ("format", d.format != FileFormat::Parquet),
                 ] {
@@ -783,12 +814,41 @@ impl Config {
                     ));
                 }
             }
+            let plain = |c: &str| !(c.is_empty() || c.contains(['\n', '\r', '"', ',']));
             if let Some(c) = &d.column
-                && (c.is_empty() || c.contains(['\n', '\r', '"', ',']))
+                && !plain(c)
             {
                 out.push(format!(
                     "{key}.column: must be a plain name (no quotes, commas or line breaks), got `{c}`"
                 ));
+            }
+            for (kind, c) in &d.columns {
+                if !FILE_COLUMN_KINDS.contains(&kind.as_str()) {
+                    out.push(format!(
+                        "{key}.columns.{kind}: not an identifier kind (one of {})",
+                        FILE_COLUMN_KINDS.join(", ")
+                    ));
+                } else if !plain(c) {
+                    out.push(format!(
+                        "{key}.columns.{kind}: must be a plain name (no quotes, commas or line breaks), got `{c}`"
+                    ));
+                }
+            }
+            if d.column.is_some() && d.columns.contains_key("user_id") {
+                out.push(format!(
+                    "{key}: `column` and `columns.user_id` name the same column: keep one"
+                ));
+            }
+            if d.kind == DestinationKind::Files {
+                let names = d.file_columns();
+                if let Some(twice) = names
+                    .iter()
+                    .find(|n| names.iter().filter(|m| m == n).count() > 1)
+                {
+                    out.push(format!(
+                        "{key}.columns: `{twice}` names two identifier kinds' columns"
+                    ));
+                }
             }
             if let Some(a) = &d.attribute
                 && (a.is_empty() || a.len() > 255 || a.starts_with('$'))

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::cohort::shard::Shard;
 use crate::cohort::{self, diff};
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
-use crate::deliver::destination::{self, Delivery, Destination, Lists, Op, Refused};
+use crate::deliver::destination::{self, Delivery, Destination, Lists, ListsOf, Op, Refused};
 use crate::deliver::plan::{batches, encode_in_background};
 use crate::deliver::sender::Sender;
 use crate::error::{Error, Result};
@@ -346,7 +346,11 @@ impl Run<'_> {
                 }
                 ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await
             };
-            let lists = Some([change.adds.clone(), change.removes.clone()]);
+            let lists = Some([
+                change.adds.clone(),
+                change.removes.clone(),
+                change.target.clone(),
+            ]);
             let (delivered, written) =
                 tokio::join!(self.deliver(&plan, braze, sender, lists), write);
             let (sent, _) = delivered?;
@@ -561,8 +565,9 @@ impl Run<'_> {
         plan: &PlanMeta,
         delivery: &Delivery,
         sender: Option<&Sender>,
-        // The plan's adds and removes when this process made it (else read from the plan).
-        in_memory: Option<[Arc<StringArray>; 2]>,
+        // The plan's adds, removes and target when this process made it (else read from the
+        // plan).
+        in_memory: Option<[Arc<StringArray>; 3]>,
     ) -> Result<(u64, u64)> {
         let (braze, sender) = match (delivery, sender) {
             (Delivery::Lists(lists), _) => {
@@ -578,7 +583,7 @@ impl Run<'_> {
         let acked = journal::read(self.state, plan.format).await?;
         // Everything the plan needs is read before anything is sent.
         let lists = match in_memory {
-            Some(lists) => lists,
+            Some([adds, removes, _]) => [adds, removes],
             None => [
                 self.state.ids(&plan.adds_file).await?,
                 self.state.ids(&plan.removes_file).await?,
@@ -671,17 +676,28 @@ impl Run<'_> {
         &self,
         plan: &PlanMeta,
         lists: &dyn Lists,
-        in_memory: Option<[Arc<StringArray>; 2]>,
+        in_memory: Option<[Arc<StringArray>; 3]>,
     ) -> Result<(u64, u64)> {
-        let [adds, removes] = match in_memory {
-            Some(lists) => lists,
-            None => [
+        let (adds, removes, target) = match in_memory {
+            Some([adds, removes, target]) => (adds, removes, Some(target)),
+            None => (
                 self.state.ids(&plan.adds_file).await?,
                 self.state.ids(&plan.removes_file).await?,
-            ],
+                None,
+            ),
+        };
+        let members = match (lists.wants_members(), target) {
+            (false, _) => None,
+            (true, Some(target)) => Some(target),
+            (true, None) => Some(self.target_of(plan).await?),
         };
         crate::signals::check()?;
-        lists.write(&plan.run_id, plan.at, adds, removes).await?;
+        let of = ListsOf {
+            adds,
+            removes,
+            members,
+        };
+        lists.write(&plan.run_id, plan.at, of).await?;
         info!(cohort = %self.cohort.name, run = %plan.run_id, "lists written");
         Ok((plan.add_batches + plan.remove_batches, 0))
     }
@@ -1121,7 +1137,13 @@ impl Run<'_> {
     /// A crash came before the target snapshot was written: it is `(base − removes) ∪ adds`,
     /// and the base is still there (it is only deleted after the pointer moves past it).
     async fn rebuild_target(&self, plan: &PlanMeta) -> Result<()> {
+        let target = self.target_of(plan).await?;
         let store = self.state.store.as_ref();
+        ids::write(store, &self.state.path(&plan.target_snapshot), target).await
+    }
+
+    /// The membership once `plan` is delivered, rebuilt from its base and its lists.
+    async fn target_of(&self, plan: &PlanMeta) -> Result<Arc<StringArray>> {
         let base = match &plan.base_run_id {
             None => Arc::new(StringArray::from(Vec::<&str>::new())),
             Some(run) => {
@@ -1146,12 +1168,11 @@ impl Run<'_> {
         };
         let adds = self.state.ids(&plan.adds_file).await?;
         let removes = self.state.ids(&plan.removes_file).await?;
-        let target = on_rayon(move || {
+        Ok(on_rayon(move || {
             let kept = diff::diff(&removes, &base).adds;
             Arc::new(diff::union(&kept, &adds))
         })
-        .await;
-        ids::write(store, &self.state.path(&plan.target_snapshot), target).await
+        .await)
     }
 }
 

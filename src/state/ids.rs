@@ -61,6 +61,24 @@ pub enum Layout {
     /// CSV (RFC 4180): a header line with this name, then one id per line, quoted when it
     /// holds a comma, a quote or a line break.
     Csv(String),
+    /// Parquet with a nullable `Utf8` column per identifier kind, named as given (external id,
+    /// alias name, alias label, device id, Braze id): each member fills its kind's columns,
+    /// the others are null.
+    ParquetIdentities(Box<[String; 5]>),
+    /// CSV with a column per identifier kind, as [`Layout::ParquetIdentities`]; null is empty.
+    CsvIdentities(Box<[String; 5]>),
+}
+
+/// A member's fields in the identity layouts: external id, alias name, alias label, device
+/// id, Braze id.
+fn identity_fields(key: &str) -> [Option<&str>; 5] {
+    use crate::cohort::identity::{Id, parse};
+    match parse(key) {
+        Id::External(id) => [Some(id), None, None, None, None],
+        Id::Alias { name, label } => [None, Some(name), Some(label), None, None],
+        Id::Device(id) => [None, None, None, Some(id), None],
+        Id::Braze(id) => [None, None, None, None, Some(id)],
+    }
 }
 
 /// Writes `ids` to `path` in `layout`, streamed as [`write_to`] does (for the `files`
@@ -97,8 +115,25 @@ async fn write_sized(
             // A closed channel means the writer gave up (its error is reported there).
             let mut emit = |chunk| tx.blocking_send(Ok(chunk)).is_ok();
             let encoded = match &layout {
-                Layout::Parquet(column) => encode(&ids, column, row_group, &mut emit),
-                Layout::Csv(column) => encode_csv(&ids, column, row_group, &mut emit),
+                Layout::Parquet(column) => {
+                    let fields = vec![Field::new(column, DataType::Utf8, false)];
+                    let columns = |slice: StringArray| vec![Arc::new(slice) as ArrayRef];
+                    encode(&ids, fields, columns, row_group, &mut emit)
+                }
+                Layout::ParquetIdentities(names) => {
+                    let fields = names
+                        .iter()
+                        .map(|n| Field::new(n, DataType::Utf8, true))
+                        .collect();
+                    encode(&ids, fields, split_identities, row_group, &mut emit)
+                }
+                Layout::Csv(column) => {
+                    encode_csv(&ids, [column], |id| [Some(id)], row_group, &mut emit)
+                }
+                Layout::CsvIdentities(names) => {
+                    let header = names.each_ref().map(String::as_str);
+                    encode_csv(&ids, header, identity_fields, row_group, &mut emit)
+                }
             };
             if let Err(e) = encoded {
                 let _ = tx.blocking_send(Err(e));
@@ -205,15 +240,34 @@ pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()>
     Ok(())
 }
 
-/// Encodes `ids` as Parquet, handing each row group's bytes (then the footer's) to `emit` as
-/// soon as they are complete; stops early when `emit` returns false.
+/// The identity layouts' columns for a slice of members.
+fn split_identities(slice: StringArray) -> Vec<ArrayRef> {
+    let mut builders: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
+    for key in slice.iter() {
+        for (b, f) in builders
+            .iter_mut()
+            .zip(identity_fields(key.unwrap_or_default()))
+        {
+            b.append_option(f);
+        }
+    }
+    builders
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+        .collect()
+}
+
+/// Encodes `ids` as Parquet with `fields` (the columns `columns` makes of each slice of ids),
+/// handing each row group's bytes (then the footer's) to `emit` as soon as they are complete;
+/// stops early when `emit` returns false.
 fn encode(
     ids: &StringArray,
-    column: &str,
+    fields: Vec<Field>,
+    columns: impl Fn(StringArray) -> Vec<ArrayRef>,
     row_group: usize,
     emit: &mut dyn FnMut(Bytes) -> bool,
 ) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    let schema = Arc::new(Schema::new(fields));
     let props = WriterProperties::builder()
         .set_compression(compression_for(ids))
         // Ids are distinct: a dictionary only costs time before it falls back.
@@ -233,8 +287,7 @@ fn encode(
     let mut start = 0;
     while start < ids.len() {
         let len = row_group.min(ids.len() - start);
-        let column: ArrayRef = Arc::new(ids.slice(start, len));
-        let batch = RecordBatch::try_new(schema.clone(), vec![column])
+        let batch = RecordBatch::try_new(schema.clone(), columns(ids.slice(start, len)))
             .map_err(|e| Error::Internal(format!("id batch: {e}")))?;
         writer.write(&batch)?;
         writer.flush()?;
@@ -248,18 +301,19 @@ fn encode(
     Ok(())
 }
 
-/// Encodes `ids` as CSV, `rows` ids per chunk handed to `emit`; stops early when `emit` returns
-/// false.
-fn encode_csv(
-    ids: &StringArray,
-    column: &str,
+/// Encodes `ids` as CSV under `header`, each id's line the `fields` it makes (none is empty),
+/// `rows` ids per chunk handed to `emit`; stops early when `emit` returns false.
+fn encode_csv<'a, const N: usize>(
+    ids: &'a StringArray,
+    header: [&str; N],
+    fields: impl Fn(&'a str) -> [Option<&'a str>; N],
     rows: usize,
     emit: &mut dyn FnMut(Bytes) -> bool,
 ) -> Result<()> {
     let mut chunk = Vec::new();
-    push_csv(&mut chunk, column);
+    push_csv(&mut chunk, header.iter().map(|h| Some(*h)));
     for (i, id) in ids.iter().enumerate() {
-        push_csv(&mut chunk, id.unwrap_or_default());
+        push_csv(&mut chunk, fields(id.unwrap_or_default()));
         if (i + 1) % rows.max(1) == 0 && !emit(Bytes::from(std::mem::take(&mut chunk))) {
             return Err(Error::Internal("id list writer gone".into()));
         }
@@ -270,17 +324,23 @@ fn encode_csv(
     Ok(())
 }
 
-/// One CSV line holding `field`, quoted (quotes doubled) when it needs to be.
-fn push_csv(out: &mut Vec<u8>, field: &str) {
-    if field
-        .bytes()
-        .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
-    {
-        out.push(b'"');
-        out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(field.as_bytes());
+/// One CSV line of `fields` (none is empty), each quoted (quotes doubled) when it needs to be.
+fn push_csv<'a>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = Option<&'a str>>) {
+    for (n, field) in fields.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let field = field.unwrap_or_default();
+        if field
+            .bytes()
+            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+        {
+            out.push(b'"');
+            out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(field.as_bytes());
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -476,6 +536,58 @@ mod tests {
         let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
         assert_eq!(batches[0].schema().field(0).name(), "ext");
         assert_eq!(batches[0].column(0).as_string::<i32>(), ids.as_ref());
+    }
+
+    #[tokio::test]
+    async fn identity_layouts_fill_each_members_kind_and_leave_the_rest_null() {
+        use crate::cohort::identity::{alias, braze, device};
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let keys = [alias("n,1", "crm"), device("d1"), braze("b1"), "u1".into()];
+        let ids = Arc::new(StringArray::from_iter_values(keys.iter()));
+        let names = Box::new(["ext", "an", "al", "dev", "bz"].map(String::from));
+        let csv = Path::from("f/adds.csv");
+        write_as(
+            store.as_ref(),
+            &csv,
+            ids.clone(),
+            Layout::CsvIdentities(names.clone()),
+        )
+        .await
+        .unwrap();
+        let bytes = store.get(&csv).await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            "ext,an,al,dev,bz\r\n,\"n,1\",crm,,\r\n,,,d1,\r\n,,,,b1\r\nu1,,,,\r\n"
+        );
+        let parquet = Path::from("f/adds.parquet");
+        write_as(
+            store.as_ref(),
+            &parquet,
+            ids,
+            Layout::ParquetIdentities(names),
+        )
+        .await
+        .unwrap();
+        let bytes = store.get(&parquet).await.unwrap().bytes().await.unwrap();
+        let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let col = |name: &str| {
+            let c = batch.column_by_name(name).unwrap().as_string::<i32>();
+            (0..c.len())
+                .map(|i| c.is_valid(i).then(|| c.value(i).to_string()))
+                .collect::<Vec<_>>()
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(col("ext"), [None, None, None, s("u1")]);
+        assert_eq!(col("an"), [s("n,1"), None, None, None]);
+        assert_eq!(col("al"), [s("crm"), None, None, None]);
+        assert_eq!(col("dev"), [None, s("d1"), None, None]);
+        assert_eq!(col("bz"), [None, None, s("b1"), None]);
     }
 
     /// Row group by row group, through multipart uploads, to a snapshot and its replica on a

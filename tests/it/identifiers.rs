@@ -1,7 +1,7 @@
 //! Members known by an alias or a device id, mixed with external ids: the first identifier a
 //! row has (user_id, then alias, then device_id) is the member; Cohort Import and webhooks
 //! deliver each kind as its contract names it, `/users/track` takes aliases and refuses device
-//! ids by name, and the change is computed per (kind, value).
+//! ids by name, files write a column per kind, and the change is computed per (kind, value).
 
 use std::collections::BTreeSet;
 
@@ -139,18 +139,134 @@ fn users_track_takes_aliases_and_refuses_device_ids_by_name() {
     );
 }
 
+/// A member of a files row, keyed as the emulator keys them: (external, alias name, alias label,
+/// device id); exactly one kind is filled.
+fn file_member(f: [Option<String>; 4]) -> String {
+    match f {
+        [Some(id), None, None, None] => id,
+        [None, Some(name), Some(label), None] => format!("alias:{name}:{label}"),
+        [None, None, None, Some(device)] => format!("device:{device}"),
+        other => panic!("a row must fill exactly one identifier kind: {other:?}"),
+    }
+}
+
+/// The run folders under `out/mixed`, oldest first, with their manifests.
+fn file_runs(out: &std::path::Path) -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let mut runs: Vec<_> = std::fs::read_dir(out.join("mixed"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .map(|dir| {
+            let text = std::fs::read_to_string(dir.join("_manifest.json")).unwrap();
+            (
+                dir,
+                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            )
+        })
+        .collect();
+    runs.sort_by_key(|(_, m)| m["run_at"].as_str().unwrap().to_string());
+    runs
+}
+
+fn parquet_members(path: &std::path::Path, columns: [&str; 4]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for b in read_all(path) {
+        assert!(
+            b.column_by_name("braze_id").is_some(),
+            "every kind has its column"
+        );
+        for row in 0..b.num_rows() {
+            out.insert(file_member(columns.map(|c| string_at(&b, c, row))));
+        }
+    }
+    out
+}
+
+/// RFC 4180 with no quoted fields (the ids here need none): the header, then the rows.
+fn csv_members(path: &std::path::Path, columns: [&str; 4]) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = columns.map(|c| header.iter().position(|h| *h == c).unwrap());
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), header.len(), "{line}");
+            file_member(at.map(|i| Some(fields[i].to_string()).filter(|f| !f.is_empty())))
+        })
+        .collect()
+}
+
 #[test]
-fn files_refuse_identifiers_they_cannot_write_yet() {
+fn files_write_a_column_per_identifier_kind_and_the_whole_membership() {
     let out = tempfile::tempdir().unwrap();
     let project = Project::with_destination(
         lake(),
-        &format!("kind = \"files\"\nurl = \"{}\"", out.path().display()),
+        &format!(
+            "kind = \"files\"\nurl = \"{}\"\ninclude_members = true",
+            out.path().display()
+        ),
+        &[("mixed", MIXED)],
+    );
+    project.run(&["sync", "mixed", "--at", NOV]).summary();
+    project.run(&["sync", "mixed", "--at", DEC]).summary();
+    let runs = file_runs(out.path());
+    assert_eq!(runs.len(), 2);
+    let columns = ["external_id", "alias_name", "alias_label", "device_id"];
+    let (nov, dec) = (expected(false), expected(true));
+    let (dir, manifest) = &runs[0];
+    assert_eq!(
+        manifest["columns"],
+        serde_json::json!([
+            "external_id",
+            "alias_name",
+            "alias_label",
+            "device_id",
+            "braze_id"
+        ])
+    );
+    assert!(parquet_members(&dir.join("adds.parquet"), columns) == nov);
+    assert!(parquet_members(&dir.join("members.parquet"), columns) == nov);
+    let (dir, manifest) = &runs[1];
+    assert_eq!(manifest["files"][2]["op"], "member");
+    let joined: BTreeSet<String> = dec.difference(&nov).cloned().collect();
+    assert!(!joined.is_empty());
+    assert!(parquet_members(&dir.join("adds.parquet"), columns) == joined);
+    assert!(parquet_members(&dir.join("removes.parquet"), columns).is_empty());
+    assert!(parquet_members(&dir.join("members.parquet"), columns) == dec);
+
+    // CSV, with the kinds' columns renamed.
+    let out = tempfile::tempdir().unwrap();
+    let project = Project::with_destination(
+        lake(),
+        &format!(
+            "kind = \"files\"\nurl = \"{}\"\nformat = \"csv\"\n\
+             columns = {{ user_id = \"EXTERNAL_ID\", alias_name = \"ALIAS_NAME\", \
+             alias_label = \"ALIAS_LABEL\" }}",
+            out.path().display()
+        ),
+        &[("mixed", MIXED)],
+    );
+    project.run(&["sync", "mixed", "--at", NOV]).summary();
+    let runs = file_runs(out.path());
+    let columns = ["EXTERNAL_ID", "ALIAS_NAME", "ALIAS_LABEL", "device_id"];
+    assert!(csv_members(&runs[0].0.join("adds.csv"), columns) == nov);
+    assert!(!runs[0].0.join("members.csv").exists(), "only when asked");
+
+    // Two kinds in one column are refused by name.
+    let project = Project::with_destination(
+        lake(),
+        &format!(
+            "kind = \"files\"\nurl = \"{}\"\ncolumns = {{ device_id = \"alias_name\" }}",
+            out.path().display()
+        ),
         &[("mixed", MIXED)],
     );
     let run = project.run(&["sync", "mixed", "--at", NOV]);
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(
-        run.stderr().contains("external ids only"),
+        run.stderr()
+            .contains("`alias_name` names two identifier kinds' columns"),
         "{}",
         run.stderr()
     );

@@ -2,11 +2,16 @@
 //! folder, `s3://`, `gs://`, `az://`), for Braze Cloud Data Ingestion file sources or any tool
 //! that reads files.
 //!
-//! One folder per run: `<url>/<cohort_id>/<run_id>/adds.<ext>`, `removes.<ext>`, then
+//! One folder per run: `<url>/<cohort_id>/<run_id>/adds.<ext>`, `removes.<ext>` (and
+//! `members.<ext>`, the whole membership after the run, with `include_members = true`), then
 //! `_manifest.json`, written last: a folder without a manifest is incomplete (a run that died
 //! while writing it) and readers skip it. A resumed run writes the same folder again (the run
 //! id is the plan's), object by object, whole or not at all. Object-store keys come from the
 //! environment, as the lake's do.
+//!
+//! A run whose members are all external ids writes one column (`column`, default
+//! `external_id`); one with aliases, device ids or Braze ids writes a column per kind
+//! (`columns.<kind>`, default the kind's name in cohort SQL), each row filling its kind's.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use datafusion::arrow::array::{Array, StringArray};
 use futures::future::BoxFuture;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::Lists;
+use super::{Lists, ListsOf};
 use crate::config::{Cohort, DestinationConfig, FileFormat};
 use crate::error::{Error, Result};
 use crate::lake::Location;
@@ -27,9 +32,12 @@ pub const MANIFEST: &str = "_manifest.json";
 
 pub struct Files {
     location: Location,
-    layout: Layout,
+    csv: bool,
     ext: &'static str,
-    format: &'static str,
+    /// The columns of each identifier kind: external id, alias name, alias label, device id,
+    /// Braze id.
+    names: [String; 5],
+    members: bool,
     cohort_id: String,
     cohort: String,
 }
@@ -37,42 +45,46 @@ pub struct Files {
 impl Files {
     pub fn new(dest: &DestinationConfig, cohort: &Cohort, base: &FsPath) -> Result<Self> {
         let location = Location::parse(&dest.url, base, &dest.options)?;
-        let column = dest.column.clone().unwrap_or_else(|| "external_id".into());
-        let (layout, ext, format) = match dest.format {
-            FileFormat::Parquet => (Layout::Parquet(column), "parquet", "parquet"),
-            FileFormat::Csv => (Layout::Csv(column), "csv", "csv"),
+        let (csv, ext) = match dest.format {
+            FileFormat::Parquet => (false, "parquet"),
+            FileFormat::Csv => (true, "csv"),
         };
         Ok(Files {
             location,
-            layout,
+            csv,
             ext,
-            format,
+            names: dest.file_columns(),
+            members: dest.include_members,
             cohort_id: cohort.cohort_id.clone(),
             cohort: cohort.display_name.clone(),
         })
     }
+
+    /// One column of external ids when every list holds only those (tagged keys sort first,
+    /// so the first id tells); else a column per identifier kind.
+    fn layout(&self, lists: &[&Arc<StringArray>]) -> Layout {
+        let tagged = lists
+            .iter()
+            .any(|l| crate::cohort::identity::any_tagged(l, 0..l.len().min(1)));
+        match (tagged, self.csv) {
+            (false, false) => Layout::Parquet(self.names[0].clone()),
+            (false, true) => Layout::Csv(self.names[0].clone()),
+            (true, false) => Layout::ParquetIdentities(Box::new(self.names.clone())),
+            (true, true) => Layout::CsvIdentities(Box::new(self.names.clone())),
+        }
+    }
 }
 
 impl Lists for Files {
-    /// One column of external ids: other identifiers are not written to files yet.
-    fn accepts(&self, ids: &StringArray) -> Result<()> {
-        if crate::cohort::identity::any_tagged(ids, 0..ids.len().min(1)) {
-            return Err(Error::config(
-                None,
-                "the files destination writes external ids only, and the cohort has members \
-                 known by an alias or a device id: select their user_id, or use Cohort Import \
-                 or a webhook",
-            ));
-        }
-        Ok(())
+    fn wants_members(&self) -> bool {
+        self.members
     }
 
     fn write<'a>(
         &'a self,
         run_id: &'a str,
         at: DateTime<Utc>,
-        adds: Arc<StringArray>,
-        removes: Arc<StringArray>,
+        lists: ListsOf,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let store = self.location.store.as_ref();
@@ -82,22 +94,30 @@ impl Lists for Files {
                 .clone()
                 .join(self.cohort_id.as_str())
                 .join(run_id);
+            let mut named = vec![("add", lists.adds), ("remove", lists.removes)];
+            if let Some(members) = lists.members {
+                named.push(("member", members));
+            }
+            let layout = self.layout(&named.iter().map(|(_, l)| l).collect::<Vec<_>>());
+            let columns: Vec<&str> = match &layout {
+                Layout::Parquet(c) | Layout::Csv(c) => vec![c.as_str()],
+                Layout::ParquetIdentities(n) | Layout::CsvIdentities(n) => {
+                    n.iter().map(String::as_str).collect()
+                }
+            };
             let mut files = Vec::new();
-            for (op, list) in [("add", adds), ("remove", removes)] {
+            for (op, list) in named {
                 let name = format!("{op}s.{}", self.ext);
                 let rows = list.len();
                 ids::write_as(
                     store,
                     &dir.clone().join(name.as_str()),
                     list,
-                    self.layout.clone(),
+                    layout.clone(),
                 )
                 .await?;
                 files.push(serde_json::json!({"path": name, "op": op, "rows": rows}));
             }
-            let column = match &self.layout {
-                Layout::Parquet(c) | Layout::Csv(c) => c.clone(),
-            };
             let manifest = serde_json::json!({
                 "manifest_version": 1,
                 "cohort_id": self.cohort_id,
@@ -105,8 +125,9 @@ impl Lists for Files {
                 "run_id": run_id,
                 "run_at": at.to_rfc3339_opts(SecondsFormat::Millis, true),
                 "written_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-                "format": self.format,
-                "column": column,
+                "format": self.ext,
+                "column": self.names[0],
+                "columns": columns,
                 "files": files,
             });
             let path = dir.join(MANIFEST);

@@ -87,6 +87,14 @@ pub trait Destination: Send + Sync {
     }
 }
 
+/// A plan's lists for a [`Lists`] destination.
+pub struct ListsOf {
+    pub adds: Arc<StringArray>,
+    pub removes: Arc<StringArray>,
+    /// The whole membership once the plan is delivered, when [`Lists::wants_members`].
+    pub members: Option<Arc<StringArray>>,
+}
+
 /// A destination that takes each plan's lists whole rather than as requests (files). The sync
 /// core hands it the plan's adds and removes once, and again when it resumes the plan: `write`
 /// must be idempotent for a run id.
@@ -95,9 +103,13 @@ pub trait Lists: Send + Sync {
         &'a self,
         run_id: &'a str,
         at: DateTime<Utc>,
-        adds: Arc<StringArray>,
-        removes: Arc<StringArray>,
+        lists: ListsOf,
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Whether `write` takes the whole membership too.
+    fn wants_members(&self) -> bool {
+        false
+    }
 
     /// As [`Destination::accepts`].
     fn accepts(&self, _ids: &StringArray) -> Result<()> {
