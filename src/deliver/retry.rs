@@ -94,7 +94,7 @@ pub fn documented_success(body: &[u8]) -> bool {
         .is_some_and(|m| m == "success" || m == "queued")
 }
 
-fn content_type(headers: &HeaderMap) -> String {
+pub fn content_type(headers: &HeaderMap) -> String {
     match headers::header_str(headers, "content-type") {
         Some(t) => format!("content type `{}`", redact::scrub(&printable(t, 80))),
         None => "no content type".to_string(),

@@ -234,6 +234,11 @@ impl EmulatorHandle {
         self.shared.profiles.with_true(attribute)
     }
 
+    /// `POST /_webhook`: the members the signed batches left in `cohort_id`, sorted.
+    pub fn webhook_members(&self, cohort_id: &str) -> Vec<String> {
+        self.shared.webhook.members(cohort_id)
+    }
+
     /// `/users/track`: the users whose array `attribute` holds `value`, sorted.
     pub fn attribute_holds(&self, attribute: &str, value: &str) -> Vec<String> {
         self.shared.profiles.with_element(attribute, value)

@@ -82,6 +82,8 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
         alias_label: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow)]
         device_id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        braze_id: Option<std::borrow::Cow<'a, str>>,
     }
     let parsed: Body = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -97,19 +99,26 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
     let ids: Option<Vec<String>> = parsed
         .identities
         .iter()
-        .map(
-            |i| match (&i.user_id, &i.alias_name, &i.alias_label, &i.device_id) {
-                (Some(u), None, None, None) => Some(u.to_string()),
-                (None, Some(n), Some(l), None) => Some(format!("alias:{n}:{l}")),
-                (None, None, None, Some(d)) => Some(format!("device:{d}")),
+        .map(|i| {
+            match (
+                &i.user_id,
+                &i.alias_name,
+                &i.alias_label,
+                &i.device_id,
+                &i.braze_id,
+            ) {
+                (Some(u), None, None, None, None) => Some(u.to_string()),
+                (None, Some(n), Some(l), None, None) => Some(format!("alias:{n}:{l}")),
+                (None, None, None, Some(d), None) => Some(format!("device:{d}")),
+                (None, None, None, None, Some(b)) => Some(format!("braze:{b}")),
                 _ => None,
-            },
-        )
+            }
+        })
         .collect();
     let Some(ids) = ids else {
         return Ok(message(
             StatusCode::BAD_REQUEST,
-            "each identity is one of {user_id}, {alias_name, alias_label}, {device_id}",
+            "each identity is one of {user_id}, {alias_name, alias_label}, {device_id}, {braze_id}",
         ));
     };
     let mut inner = lock(&receiver.inner);
@@ -128,19 +137,42 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
     Ok(message(StatusCode::OK, "applied"))
 }
 
+impl Inner {
+    /// Folds the batches applied since the last fold into the members.
+    fn fold(&mut self) {
+        for (cohort, remove, ids) in std::mem::take(&mut self.log) {
+            let members = self.members.entry(cohort).or_default();
+            if remove {
+                for id in &ids {
+                    members.remove(id);
+                }
+            } else {
+                members.extend(ids);
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// The members of `cohort`, sorted (keyed as [`super::EmulatorHandle::members`] keys them,
+    /// Braze ids `braze:ID`).
+    pub(crate) fn members(&self, cohort: &str) -> Vec<String> {
+        let mut inner = lock(&self.inner);
+        inner.fold();
+        let mut out: Vec<String> = inner
+            .members
+            .get(cohort)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        out.sort_unstable();
+        out
+    }
+}
+
 /// `GET /_emulator/webhook`: batches applied, ids, repeats, bad signatures, members per cohort.
 pub(super) fn report(shared: &Shared) -> Resp {
     let mut inner = lock(&shared.webhook.inner);
-    for (cohort, remove, ids) in std::mem::take(&mut inner.log) {
-        let members = inner.members.entry(cohort).or_default();
-        if remove {
-            for id in &ids {
-                members.remove(id);
-            }
-        } else {
-            members.extend(ids);
-        }
-    }
+    inner.fold();
     let members: BTreeMap<&str, usize> = inner
         .members
         .iter()

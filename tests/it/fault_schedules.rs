@@ -6,6 +6,9 @@
 //! the partner did not apply; the next clean run converges exactly; a redirect target never
 //! receives a byte.
 //!
+//! The same schedules run over Cohort Import (500 by default), `/users/track` and a webhook (the
+//! emulator's signed receiver; 150 each).
+//!
 //! The runs call the library's `sync_cohort` in process (the real core, real HTTP over
 //! loopback), so 500 schedules take a minute rather than ten. `PROPTEST_CASES=N` changes the
 //! count.
@@ -173,9 +176,81 @@ fn has_deltas(state: &Path) -> bool {
         .is_some_and(|p| p["deltas"].as_array().is_some_and(|d| !d.is_empty()))
 }
 
+/// The destinations the schedules run over, each observed through the emulator's own view.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    CohortImport,
+    UsersTrack,
+    Webhook,
+}
+
+impl Kind {
+    fn project(self, proxy: &str) -> Project {
+        let cohorts = [("c", sql(0))];
+        let cohorts: Vec<(&str, &str)> = cohorts.iter().map(|(n, q)| (*n, q.as_str())).collect();
+        match self {
+            Kind::CohortImport => Project::new(proxy, DEST, &cohorts),
+            Kind::UsersTrack => Project::users_track(proxy, DEST, &cohorts),
+            Kind::Webhook => Project::with_destination(
+                lake(),
+                &format!(
+                    "kind = \"webhook\"\nbase_url = \"{proxy}/_webhook\"\nsecret_env = \"{}\"\n{DEST}",
+                    crate::webhook::SECRET_VAR_HOOK
+                ),
+                &cohorts,
+            ),
+        }
+    }
+
+    fn credentials(self) -> Credentials {
+        match self {
+            Kind::CohortImport => Credentials::CohortImport {
+                partner_api_key: Secret::new(KEY),
+                client_secret: Secret::new(SECRET),
+            },
+            Kind::UsersTrack => Credentials::RestKey {
+                api_key: Secret::new(REST_KEY),
+            },
+            Kind::Webhook => Credentials::Webhook {
+                secret: Secret::new(crate::webhook::HOOK_SECRET),
+                headers: Vec::new(),
+            },
+        }
+    }
+
+    /// What the partner holds for cohort `c`.
+    fn held(self, partner: &Partner) -> BTreeSet<String> {
+        let held = match self {
+            Kind::CohortImport => return partner.members("c"),
+            Kind::UsersTrack => partner.handle.attribute_true("cohort_c"),
+            Kind::Webhook => partner.handle.webhook_members("c"),
+        };
+        held.into_iter().collect()
+    }
+}
+
+/// Cohort Import runs the most schedules (the other kinds share its core and sender, and
+/// differ in their requests and their acknowledgement rules).
 #[test]
 fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
-    let partner = Partner::plain();
+    schedules(Kind::CohortImport, 500);
+}
+
+#[test]
+fn random_fault_schedules_on_users_track() {
+    schedules(Kind::UsersTrack, 150);
+}
+
+#[test]
+fn random_fault_schedules_on_a_webhook() {
+    schedules(Kind::Webhook, 150);
+}
+
+fn schedules(kind: Kind, default_cases: u32) {
+    let partner = Partner::start(cohort_bridge::emulator::EmulatorConfig {
+        webhook_secret: Some(crate::webhook::HOOK_SECRET.into()),
+        ..Default::default()
+    });
     let sink = Sink::start();
     let schedule: Arc<Mutex<VecDeque<Action>>> = Arc::default();
     let s = schedule.clone();
@@ -183,15 +258,12 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
         &partner.handle.base_url(),
         Arc::new(move |_, _, _| s.lock().unwrap().pop_front().unwrap_or(Action::Forward)),
     );
-    let project = Project::new(&proxy.base_url(), DEST, &[("c", &sql(0))]);
+    let project = kind.project(&proxy.base_url());
     let sql_file = project.dir.path().join("queries/cohorts/c.sql");
     let config = Config::load(&project.dir.path().join("cohort-bridge.toml")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lake = runtime.block_on(Lake::open(&config)).unwrap();
-    let creds = Credentials::CohortImport {
-        partner_api_key: Secret::new(KEY),
-        client_secret: Secret::new(SECRET),
-    };
+    let creds = kind.credentials();
     let options = SyncOptions {
         allow_mass_removal: true,
         ..SyncOptions::at(at())
@@ -204,7 +276,7 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(default_cases);
     let mut runner = TestRunner::new(Cases {
         cases,
         // State carries over from case to case, so a shrunk rerun would not start where the
@@ -227,7 +299,7 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
         let run = sync();
         schedule.lock().unwrap().clear();
         proxy.wait_idle();
-        let holds = partner.members("c");
+        let holds = kind.held(&partner);
         match &run {
             Ok(_) => {
                 ok.set(ok.get() + 1);
@@ -270,7 +342,7 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
             clean.err(),
             run.err()
         );
-        if let Some(d) = differ(&partner.members("c"), &expected[v]) {
+        if let Some(d) = differ(&kind.held(&partner), &expected[v]) {
             prop_assert!(
                 false,
                 "the clean run did not converge: {} (the faulty run: {:?}, then {:?})",
@@ -286,7 +358,7 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
         Ok(())
     });
     if let Err(e) = result {
-        panic!("{e}\nthe schedule: {}", last.borrow());
+        panic!("{kind:?}: {e}\nthe schedule: {}", last.borrow());
     }
     assert_eq!(
         sink.received(),

@@ -130,6 +130,9 @@ struct Shared {
 /// One parsed request.
 struct Req {
     path: String,
+    /// The request's headers but those of the hop (host, length, connection): auth,
+    /// signatures and idempotency keys travel on.
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
@@ -155,9 +158,25 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> 
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "host" | "content-length" | "connection" | "transfer-encoding"
+                    )
+                })
+                .collect();
             let body = buf[end + 4..end + 4 + len].to_vec();
             buf.drain(..end + 4 + len);
-            return Some(Req { path, body });
+            return Some(Req {
+                path,
+                headers,
+                body,
+            });
         }
         let mut chunk = [0u8; 65536];
         let n = stream.read(&mut chunk).await.ok()?;
@@ -181,13 +200,11 @@ fn response_bytes(c: &Canned) -> Vec<u8> {
 
 async fn forward(shared: &Shared, req: &Req) -> Canned {
     let url = format!("{}{}", shared.upstream, req.path);
-    match shared
-        .client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(req.body.clone())
-        .send()
-        .await
+    let mut request = shared.client.post(&url).body(req.body.clone());
+    for (k, v) in &req.headers {
+        request = request.header(k, v);
+    }
+    match request.send().await
     {
         Ok(r) => {
             let status = r.status().as_u16();

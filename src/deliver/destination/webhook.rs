@@ -98,6 +98,13 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
+/// An HTML content type, or a body that opens with a tag.
+fn looks_like_html(answer: &Answer<'_>) -> bool {
+    let typed = crate::deliver::headers::header_str(answer.headers, "content-type")
+        .is_some_and(|t| t.to_ascii_lowercase().contains("html"));
+    typed || answer.body.trim_ascii_start().first() == Some(&b'<')
+}
+
 impl Destination for Webhook {
     fn setup(&self, _at: DateTime<Utc>) -> Option<Request> {
         None
@@ -144,14 +151,26 @@ impl Destination for Webhook {
         &self.headers
     }
 
-    /// Any 2xx acknowledges (a receiver documents no body); everything else as for every
-    /// destination.
+    /// A 2xx acknowledges (a receiver documents no body), unless its body is HTML: a login
+    /// page, a captive portal or a proxy's error page answers so, never a receiver that
+    /// applied the batch, and taking it for delivery would commit what nobody holds. It is
+    /// retried, then fails the run. Everything else as for every destination.
     fn acknowledge(&self, answer: &Answer<'_>) -> Verdict {
-        if answer.status.is_success() {
-            Verdict::Success
-        } else {
-            retry::classify(answer)
+        if !answer.status.is_success() {
+            return retry::classify(answer);
         }
+        if looks_like_html(answer) {
+            return Verdict::Retry {
+                reason: format!(
+                    "HTTP {} with an HTML body ({}), not a receiver's acknowledgement: {}",
+                    answer.status.as_u16(),
+                    retry::content_type(answer.headers),
+                    retry::first_bytes(answer.body)
+                ),
+                asked: None,
+            };
+        }
+        Verdict::Success
     }
 
     fn explain(&self, e: Error) -> Error {
@@ -240,5 +259,46 @@ header_env = { "Authorization" = "A" }"#,
             signature(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_2xx_acknowledges_unless_it_is_html() {
+        let h = hook();
+        let verdict = |status: u16, content_type: Option<&str>, body: &str| {
+            let mut headers = HeaderMap::new();
+            if let Some(t) = content_type {
+                headers.insert("content-type", HeaderValue::from_str(t).unwrap());
+            }
+            h.acknowledge(&Answer {
+                status: reqwest::StatusCode::from_u16(status).unwrap(),
+                headers: &headers,
+                body: body.as_bytes(),
+            })
+        };
+        assert_eq!(verdict(200, None, ""), Verdict::Success);
+        assert_eq!(verdict(204, None, ""), Verdict::Success);
+        assert_eq!(
+            verdict(202, Some("application/json"), "{\"ok\":true}"),
+            Verdict::Success
+        );
+        assert_eq!(
+            verdict(200, Some("text/plain"), "applied"),
+            Verdict::Success
+        );
+        for (t, body) in [
+            (Some("text/html; charset=utf-8"), "<html>sign in</html>"),
+            (Some("TEXT/HTML"), ""),
+            (None, "  <!doctype html><p>portal"),
+        ] {
+            assert!(
+                matches!(verdict(200, t, body), Verdict::Retry { .. }),
+                "{t:?} {body}"
+            );
+        }
+        assert!(matches!(verdict(503, None, ""), Verdict::Retry { .. }));
+        assert!(matches!(
+            verdict(401, None, ""),
+            Verdict::Reject { status: 401, .. }
+        ));
     }
 }
