@@ -1,8 +1,10 @@
-//! The sync core's guarantees, run the same way over every HTTP destination kind — Cohort
-//! Import, `/users/track`, webhook: `--dry-run` sends and writes nothing, a query that suddenly
-//! returns nobody holds back its removals until allowed, and shards together deliver exactly
-//! what one run does. Each kind is observed through its own partner: the emulator's cohort, the
-//! emulator's profiles, the test receiver.
+//! The sync core's guarantees, run the same way over every destination kind — Cohort Import,
+//! `/users/track`, webhook, files: `--dry-run` sends and writes nothing, a query that suddenly
+//! returns nobody holds back its removals until allowed, shards together deliver exactly what
+//! one run does, a damaged snapshot is refused by name and repaired, and (for the kinds that
+//! deliver paced requests) a second run is refused while one delivers, and a stale lock is
+//! taken over. Each kind is observed through its own partner: the emulator's cohort, the
+//! emulator's profiles, the test receiver, the files read back with the Parquet reader.
 
 use std::collections::BTreeSet;
 
@@ -19,10 +21,19 @@ enum Kind {
     CohortImport(Partner),
     UsersTrack(Partner),
     Webhook(Receiver),
+    /// Files in this folder.
+    Files(tempfile::TempDir),
 }
 
 impl Kind {
     fn all() -> Vec<Kind> {
+        let mut all = Kind::http();
+        all.push(Kind::Files(tempfile::tempdir().unwrap()));
+        all
+    }
+
+    /// The kinds that deliver requests (paced, so a run can be caught mid-delivery).
+    fn http() -> Vec<Kind> {
         vec![
             Kind::CohortImport(Partner::plain()),
             Kind::UsersTrack(Partner::plain()),
@@ -35,22 +46,40 @@ impl Kind {
             Kind::CohortImport(_) => "braze",
             Kind::UsersTrack(_) => "braze_users_track",
             Kind::Webhook(_) => "webhook",
+            Kind::Files(_) => "files",
         }
     }
 
     /// A project whose one cohort is `active` (the receiver's cohort id) with this SQL.
     fn project(&self, sql: &str) -> Project {
-        let fast = "requests_per_second = 5000";
+        self.project_with(sql, "requests_per_second = 5000")
+    }
+
+    /// As [`Kind::project`], with these delivery keys (HTTP kinds).
+    fn project_with(&self, sql: &str, delivery: &str) -> Project {
+        let cohorts = [("active", sql)];
         match self {
-            Kind::CohortImport(p) => Project::new(&p.handle.base_url(), fast, &[("active", sql)]),
-            Kind::UsersTrack(p) => {
-                Project::users_track(&p.handle.base_url(), fast, &[("active", sql)])
-            }
-            Kind::Webhook(r) => hook_project_with(&r.url, &[("active", sql)]),
+            Kind::CohortImport(p) => Project::new(&p.handle.base_url(), delivery, &cohorts),
+            Kind::UsersTrack(p) => Project::users_track(&p.handle.base_url(), delivery, &cohorts),
+            Kind::Webhook(r) => Project::with_destination(
+                lake(),
+                &format!(
+                    "kind = \"webhook\"\nbase_url = \"{}\"\nsecret_env = \"{SECRET_VAR_HOOK}\"\n\
+                     header_env = {{ \"Authorization\" = \"{AUTH_VAR}\" }}\n{delivery}",
+                    r.url
+                ),
+                &cohorts,
+            ),
+            Kind::Files(dir) => Project::with_destination(
+                lake(),
+                &format!("kind = \"files\"\nurl = \"{}\"", dir.path().display()),
+                &cohorts,
+            ),
         }
     }
 
-    /// What the partner holds for cohort `active`.
+    /// What the partner holds for cohort `active`: for files, every complete run folder's
+    /// removes then adds, applied in run order.
     fn held(&self) -> BTreeSet<String> {
         match self {
             Kind::CohortImport(p) => p.members("active"),
@@ -60,6 +89,47 @@ impl Kind {
                 .into_iter()
                 .collect(),
             Kind::Webhook(r) => r.seen.lock().unwrap().members.clone(),
+            Kind::Files(dir) => {
+                let mut runs: Vec<(String, std::path::PathBuf)> =
+                    std::fs::read_dir(dir.path().join("active"))
+                        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|run| {
+                            let text = std::fs::read_to_string(run.join("_manifest.json")).ok()?;
+                            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+                            Some((m["run_at"].as_str().unwrap().to_string(), run))
+                        })
+                        .collect();
+                runs.sort();
+                let ids = |path: std::path::PathBuf| {
+                    read_all(&path)
+                        .iter()
+                        .flat_map(|b| {
+                            (0..b.num_rows()).map(|r| string_at(b, "external_id", r).unwrap())
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let mut held = BTreeSet::new();
+                for (_, run) in runs {
+                    for id in ids(run.join("removes.parquet")) {
+                        held.remove(&id);
+                    }
+                    held.extend(ids(run.join("adds.parquet")));
+                }
+                held
+            }
+        }
+    }
+
+    /// Requests (or file runs) the partner has seen.
+    fn seen(&self) -> u64 {
+        match self {
+            Kind::CohortImport(p) | Kind::UsersTrack(p) => p.handle.stats().requests,
+            Kind::Webhook(r) => r.seen.lock().unwrap().requests,
+            Kind::Files(dir) => std::fs::read_dir(dir.path().join("active"))
+                .map(|d| d.count() as u64)
+                .unwrap_or(0),
         }
     }
 
@@ -74,6 +144,17 @@ impl Kind {
                 (AUTH_VAR, Some(AUTH)),
             ],
         )
+    }
+
+    fn spawn(&self, project: &Project, args: &[&str]) -> std::process::Child {
+        project
+            .command(args)
+            .env(SECRET_VAR_HOOK, HOOK_SECRET)
+            .env(AUTH_VAR, AUTH)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -166,5 +247,112 @@ fn shards_together_deliver_exactly_the_cohort_on_every_destination() {
             kind.name()
         );
         assert!(kind.held() == pro(), "{}", kind.name());
+    }
+}
+
+#[test]
+fn a_second_run_is_refused_while_one_delivers_on_every_destination() {
+    use crate::incremental::{expire_locks, wait_until};
+    for kind in Kind::http() {
+        // Slow enough to be caught mid-delivery: 10-id batches at 10 a second (seconds).
+        let slow = "batch_size = 10\nrequests_per_second = 10\nmax_in_flight = 2";
+        let project = kind.project_with(PRO_UNTIL_DEC, slow);
+        let mut first = kind.spawn(&project, &["sync", "active", "--at", T1]);
+        let state = project.cohort_state("active");
+        wait_until("the first run's lock and first batches", || {
+            kind.seen() > 2
+                && std::fs::read_dir(&state).is_ok_and(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("lock-"))
+                })
+        });
+        let second = kind.run(&project, &["sync", "active", "--at", T1]);
+        assert_eq!(second.code(), 5, "{}: {}", kind.name(), second.stderr());
+        assert!(
+            second.stderr().contains("is being synced by"),
+            "{}: {}",
+            kind.name(),
+            second.stderr()
+        );
+        first.kill().unwrap(); // SIGKILL
+        first.wait().unwrap();
+        assert!(kind.held() != pro(), "{}: killed mid-delivery", kind.name());
+        assert!(
+            expire_locks(&state) > 0,
+            "{}: the killed run's lock",
+            kind.name()
+        );
+        let toml = project.dir.path().join("cohort-bridge.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(
+            &toml,
+            text.replace("requests_per_second = 10", "requests_per_second = 5000"),
+        )
+        .unwrap();
+        let run = kind.run(&project, &["sync", "active", "--at", T1]);
+        let s = run.summary();
+        assert!(
+            run.stderr().contains("taking over an expired lock"),
+            "{}: {}",
+            kind.name(),
+            run.stderr()
+        );
+        assert!(
+            s["skipped_batches"].as_u64().unwrap() > 0,
+            "{}: {s}",
+            kind.name()
+        );
+        assert!(kind.held() == pro(), "{}: resumed exactly", kind.name());
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_by_name_and_repaired_on_every_destination() {
+    for kind in Kind::all() {
+        let project = kind.project(PRO_UNTIL_DEC);
+        kind.run(&project, &["sync", "active", "--at", T1])
+            .summary();
+        let state = project.cohort_state("active");
+        let pointer: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("current.json")).unwrap()).unwrap();
+        let snapshot = state.join(pointer["snapshot"].as_str().unwrap());
+        let mut bytes = std::fs::read(&snapshot).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[n / 4..n * 3 / 4] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&snapshot, bytes).unwrap();
+
+        let seen = kind.seen();
+        let refused = kind.run(&project, &["sync", "active", "--at", T2]);
+        assert_eq!(refused.code(), 2, "{}: {}", kind.name(), refused.stderr());
+        for name in [
+            snapshot.file_name().unwrap().to_str().unwrap(),
+            "cohort-bridge state repair active",
+        ] {
+            assert!(
+                refused.stderr().contains(name),
+                "{}: `{name}` not in {}",
+                kind.name(),
+                refused.stderr()
+            );
+        }
+        assert_eq!(kind.seen(), seen, "{}: nothing was sent", kind.name());
+        let repair = kind.run(&project, &["state", "repair", "active"]);
+        assert_eq!(repair.code(), 0, "{}: {}", kind.name(), repair.stderr());
+        // Restored from its replica: the next run sends only the change (everyone leaves).
+        let s = kind
+            .run(
+                &project,
+                &["sync", "active", "--at", T2, "--allow-mass-removal"],
+            )
+            .summary();
+        assert_eq!(
+            (s["adds"].as_u64(), s["removes"].as_u64()),
+            (Some(0), Some(pro().len() as u64)),
+            "{}",
+            kind.name()
+        );
+        assert!(kind.held().is_empty(), "{}", kind.name());
     }
 }

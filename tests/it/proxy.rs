@@ -204,8 +204,7 @@ async fn forward(shared: &Shared, req: &Req) -> Canned {
     for (k, v) in &req.headers {
         request = request.header(k, v);
     }
-    match request.send().await
-    {
+    match request.send().await {
         Ok(r) => {
             let status = r.status().as_u16();
             let headers = r

@@ -2,7 +2,8 @@
 //! against the same lake in a real S3-protocol server (in process, `s3.rs`), through the real
 //! binary. On S3 the lake, the state area (snapshots, plans, journals, locks, run history) and
 //! the ingest source are all objects; the assertions read the objects back from the server's
-//! backing folder with the independent Parquet reader.
+//! backing folder with the independent Parquet reader. Besides Cohort Import, `/users/track`
+//! keeps its state on S3, and `files` writes its run folders to the same bucket.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,6 +31,23 @@ struct Lakehouse {
 
 impl Lakehouse {
     fn new(backend: Backend, partner_url: &str, destination_extra: &str) -> Lakehouse {
+        Lakehouse::with_destination(backend, |_| {
+            format!(
+                r#"kind = "braze"
+base_url = "{partner_url}"
+partner = "cohort-bridge"
+partner_api_key_env = "{KEY_VAR}"
+client_secret_env = "{SECRET_VAR}"
+{destination_extra}"#
+            )
+        })
+    }
+
+    /// `destination` writes the body of `[destinations.braze]`, given the S3 server if any.
+    fn with_destination(
+        backend: Backend,
+        destination: impl FnOnce(Option<&S3Server>) -> String,
+    ) -> Lakehouse {
         let dir = tempfile::tempdir().unwrap();
         let s3 = (backend == Backend::S3).then(|| S3Server::start(&dir.path().join("s3")));
         let (lake_dir, lake_url, source_url, options) = match &s3 {
@@ -47,6 +65,7 @@ impl Lakehouse {
             ),
         };
         copy_dir(lake(), &lake_dir);
+        let destination = destination(s3.as_ref());
         std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
         std::fs::write(dir.path().join("queries/cohorts/active.sql"), ACTIVE_7D).unwrap();
         std::fs::write(
@@ -63,12 +82,7 @@ path = "events"
 partitions = [{{ name = "event_date", type = "date" }}]
 
 [destinations.braze]
-kind = "braze"
-base_url = "{partner_url}"
-partner = "cohort-bridge"
-partner_api_key_env = "{KEY_VAR}"
-client_secret_env = "{SECRET_VAR}"
-{destination_extra}
+{destination}
 
 [cohorts.active]
 cohort_id = "active"
@@ -107,7 +121,8 @@ url = "{source_url}"
             .env_remove("COHORT_BRIDGE_CONFIG")
             .env("RUST_LOG", "debug")
             .env(KEY_VAR, KEY)
-            .env(SECRET_VAR, SECRET);
+            .env(SECRET_VAR, SECRET)
+            .env(REST_VAR, REST_KEY);
         if let Some(s3) = &self.s3 {
             cmd.envs(s3.env());
         }
@@ -116,7 +131,7 @@ url = "{source_url}"
 
     fn run(&self, args: &[&str]) -> Run {
         let run = Run(self.command(args).output().expect("run cohort-bridge"));
-        for secret in [KEY, SECRET, crate::s3::SECRET_KEY] {
+        for secret in [KEY, SECRET, REST_KEY, crate::s3::SECRET_KEY] {
             assert!(
                 !run.stderr().contains(secret) && !run.stdout().contains(secret),
                 "a secret reached the output of {args:?}"
@@ -377,4 +392,104 @@ fn ingest_on_local_files() {
 #[test]
 fn ingest_on_s3() {
     ingest_scenario(Backend::S3);
+}
+
+/// `/users/track` with the lake and the state area on the backend: full, incremental, then
+/// nothing to send.
+fn users_track_scenario(backend: Backend) {
+    let partner = Partner::plain();
+    let url = partner.handle.base_url();
+    let house = Lakehouse::with_destination(backend, |_| {
+        format!(
+            "kind = \"braze_users_track\"\nbase_url = \"{url}\"\napi_key_env = \"{REST_VAR}\"\n\
+             requests_per_second = 5000"
+        )
+    });
+    let held = || -> std::collections::BTreeSet<String> {
+        partner
+            .handle
+            .attribute_true("cohort_active")
+            .into_iter()
+            .collect()
+    };
+    house.run(&["sync", "active", "--at", T1]).summary();
+    assert!(held() == active_7d(T1), "{backend:?}: full sync");
+    let second = house.run(&["sync", "active", "--at", T2]).summary();
+    assert!(second["removes"].as_u64().unwrap() > 0, "{second}");
+    assert!(held() == active_7d(T2), "{backend:?}: incremental");
+    assert_eq!(
+        house.run(&["sync", "active", "--at", T2]).summary()["outcome"],
+        "unchanged"
+    );
+    assert!(
+        house.cohort_state().join("current.json").exists(),
+        "{backend:?}: the state is on the backend"
+    );
+}
+
+/// `files` with every run's folder on the backend (the same S3 bucket as the lake): each run
+/// folder read back from the server's objects holds exactly the change.
+fn files_scenario(backend: Backend) {
+    let house = Lakehouse::with_destination(backend, |s3| match s3 {
+        None => "kind = \"files\"\nurl = \"drop\"\ninclude_members = true".to_string(),
+        Some(s3) => format!(
+            "kind = \"files\"\nurl = \"s3://{}/drop\"\noptions = {}\ninclude_members = true",
+            crate::s3::BUCKET,
+            s3.lake_options()
+        ),
+    });
+    let drop = match &house.s3 {
+        None => house.dir.path().join("drop/active"),
+        Some(s3) => s3.bucket_dir().join("drop/active"),
+    };
+    let ids = |path: PathBuf| -> std::collections::BTreeSet<String> {
+        read_all(&path)
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(|r| string_at(b, "external_id", r).unwrap()))
+            .collect()
+    };
+    let runs = || -> Vec<(String, PathBuf)> {
+        let mut runs: Vec<(String, PathBuf)> = std::fs::read_dir(&drop)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter_map(|run| {
+                let text = std::fs::read_to_string(run.join("_manifest.json")).ok()?;
+                let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+                Some((m["run_at"].as_str().unwrap().to_string(), run))
+            })
+            .collect();
+        runs.sort();
+        runs
+    };
+    let (e1, e2) = (active_7d(T1), active_7d(T2));
+    house.run(&["sync", "active", "--at", T1]).summary();
+    house.run(&["sync", "active", "--at", T2]).summary();
+    let runs = runs();
+    assert_eq!(runs.len(), 2, "{backend:?}: one folder per run");
+    assert!(ids(runs[0].1.join("adds.parquet")) == e1, "{backend:?}");
+    assert!(
+        ids(runs[1].1.join("adds.parquet")) == e2.difference(&e1).cloned().collect(),
+        "{backend:?}"
+    );
+    assert!(
+        ids(runs[1].1.join("removes.parquet")) == e1.difference(&e2).cloned().collect(),
+        "{backend:?}"
+    );
+    assert!(ids(runs[1].1.join("members.parquet")) == e2, "{backend:?}");
+}
+
+#[test]
+fn users_track_on_s3() {
+    users_track_scenario(Backend::S3);
+}
+
+#[test]
+fn files_on_local_files() {
+    files_scenario(Backend::Local);
+}
+
+#[test]
+fn files_on_s3() {
+    files_scenario(Backend::S3);
 }

@@ -24,7 +24,7 @@ pub struct Received {
     pub members: BTreeSet<String>,
     /// Body of each idempotency key applied.
     applied: HashMap<String, Bytes>,
-    requests: u64,
+    pub requests: u64,
     /// Requests whose key was already applied (retries of an answer that was lost).
     repeats: u64,
     /// A repeat whose body differed from the first (must never happen).
