@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cohort_bridge::cohort::diff::diff;
 use cohort_bridge::cohort::distinct_sorted;
-use cohort_bridge::config::Config;
+use cohort_bridge::config::{Config, DestinationKind};
 use cohort_bridge::deliver::destination::braze::Braze;
 use cohort_bridge::deliver::destination::{Destination, Op};
 use cohort_bridge::deliver::plan::{batches, encode_in_background};
@@ -151,14 +151,12 @@ client_secret_env = "CS"
     let creds = config
         .credentials("partner", &|v| Some(format!("{v}-secret-value")))
         .expect("credentials");
-    let braze: Arc<dyn Destination> = Arc::new(
-        Braze::new(
-            config.destination("partner").expect("destination"),
-            &creds,
-            &cohort,
-        )
-        .expect("a Cohort Import destination"),
-    );
+    let DestinationKind::Braze(kind) = &config.destination("partner").expect("destination").kind
+    else {
+        panic!("the bench destination is a Cohort Import one");
+    };
+    let braze: Arc<dyn Destination> =
+        Arc::new(Braze::new(kind, &creds, &cohort).expect("a Cohort Import destination"));
     let ids = Arc::new(sorted_ids(0..IDS as u64, |_| true));
     let encode = || {
         let mut rx = encode_in_background(

@@ -50,7 +50,7 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>, only: &[String]) 
         }
     }
     for (name, d) in &config.destinations {
-        if let Some(host) = plain_http_host(&d.base_url) {
+        if let Some(host) = d.kind.base_url().and_then(plain_http_host) {
             report.warnings.push(format!(
                 "{file}: destinations.{name}.base_url: `http://` to {host}, which is not this \
                  machine: the keys would cross the network unencrypted, and a partner that \

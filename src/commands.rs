@@ -360,7 +360,7 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
     // UUID ids, as the realistic lake's (benches/e2e.py): the bodies are as long as a sync's.
     let members = StringArray::from_iter_values((0..ids as u64).map(|i| user_id(IdShape::Uuid, i)));
     let setup = braze.setup(Utc::now());
-    let requests: Vec<_> = batches(members.len(), dest.batch_size)
+    let requests: Vec<_> = batches(members.len(), dest.delivery.batch_size)
         .into_iter()
         .map(|(n, range)| braze.batch("http-floor", n, &members, range, Op::Add))
         .collect();
@@ -373,9 +373,9 @@ pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<
     }
     drop(tx);
     let sender = Sender::new(
-        dest,
+        &dest.delivery,
         braze.clone(),
-        tokio::time::Instant::now() + dest.deadline,
+        tokio::time::Instant::now() + dest.delivery.deadline,
     )?;
     // As a sync does: the cohort exists before its members are sent.
     let started = std::time::Instant::now();

@@ -25,7 +25,7 @@ pub struct Config {
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
     /// Where cohorts are delivered, by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_destinations")]
     pub destinations: BTreeMap<String, DestinationConfig>,
     /// Cohorts, by name.
     #[serde(default)]
@@ -256,140 +256,118 @@ pub enum PartitionType {
     Int,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A destination: its kind with that kind's own keys (each kind's config type lives beside its
+/// code in `deliver::destination`), and the delivery settings every kind shares. Secrets are
+/// named by environment variable, never written here.
+///
+/// Parsed from the `[destinations.<name>]` table: `kind` picks the type, the shared keys go to
+/// [`DeliverySettings`], and every other key must be one of the kind's (a key of another kind
+/// is refused by name, with the kind's keys listed).
+#[derive(Debug, Clone)]
+pub struct DestinationConfig {
+    pub kind: DestinationKind,
+    pub delivery: DeliverySettings,
+}
+
+/// A destination's kind, with its own keys.
+#[derive(Debug, Clone)]
 pub enum DestinationKind {
     /// Braze's Partner Cohort Import API (a `partner_api_key` Braze issues to partners).
-    Braze,
+    Braze(braze::Config),
     /// Braze's REST `/users/track`: membership as a custom attribute, with a workspace REST
     /// API key (any Braze customer).
-    BrazeUsersTrack,
+    BrazeUsersTrack(users_track::Config),
     /// JSON batches POSTed to any URL, HMAC-signed.
-    Webhook,
+    Webhook(webhook::Config),
     /// Each run's adds and removes as Parquet or CSV files under an object-store prefix.
-    Files,
+    Files(files::Config),
 }
 
-/// The `files` destination's format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    #[default]
-    Parquet,
-    Csv,
-}
+use crate::deliver::destination::{braze, files, users_track, webhook};
+
+/// The kinds, as `kind` names them.
+pub const KINDS: [&str; 4] = ["braze", "braze_users_track", "webhook", "files"];
 
 impl DestinationKind {
-    /// The most ids one request may carry.
-    pub fn max_batch(self) -> usize {
+    /// As `kind` names it.
+    pub fn name(&self) -> &'static str {
         match self {
-            DestinationKind::Braze => MAX_BATCH_SIZE,
-            DestinationKind::BrazeUsersTrack => {
-                crate::deliver::destination::users_track::MAX_OBJECTS
-            }
-            DestinationKind::Webhook => crate::deliver::destination::webhook::MAX_BATCH,
+            DestinationKind::Braze(_) => KINDS[0],
+            DestinationKind::BrazeUsersTrack(_) => KINDS[1],
+            DestinationKind::Webhook(_) => KINDS[2],
+            DestinationKind::Files(_) => KINDS[3],
+        }
+    }
+
+    /// The kind's own keys.
+    fn keys(kind: &str) -> Option<&'static [&'static str]> {
+        Some(match kind {
+            "braze" => braze::Config::KEYS,
+            "braze_users_track" => users_track::Config::KEYS,
+            "webhook" => webhook::Config::KEYS,
+            "files" => files::Config::KEYS,
+            _ => return None,
+        })
+    }
+
+    /// The endpoint of an HTTP kind.
+    pub fn base_url(&self) -> Option<&str> {
+        match self {
+            DestinationKind::Braze(c) => Some(&c.base_url),
+            DestinationKind::BrazeUsersTrack(c) => Some(&c.base_url),
+            DestinationKind::Webhook(c) => Some(&c.base_url),
+            DestinationKind::Files(_) => None,
+        }
+    }
+
+    /// The most ids one request may carry.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            DestinationKind::Braze(_) => MAX_BATCH_SIZE,
+            DestinationKind::BrazeUsersTrack(_) => users_track::MAX_OBJECTS,
+            DestinationKind::Webhook(_) => webhook::MAX_BATCH,
             // One file per list: a plan's batch is the whole list (Arrow's limit bounds it).
-            DestinationKind::Files => i32::MAX as usize,
+            DestinationKind::Files(_) => i32::MAX as usize,
         }
     }
 
     /// Ids per request when the config does not say.
-    fn default_batch(self) -> usize {
+    fn default_batch(&self) -> usize {
         match self {
             // Receivers' body limits vary; 1,000 UUIDs are ~50 KB.
-            DestinationKind::Webhook => 1000,
+            DestinationKind::Webhook(_) => 1000,
             other => other.max_batch(),
         }
     }
 
     /// Requests per second when the config does not say: the partner's default limit.
-    fn default_rps(self) -> f64 {
+    fn default_rps(&self) -> f64 {
         match self {
-            DestinationKind::Braze => DEFAULT_REQUESTS_PER_SECOND,
+            DestinationKind::Braze(_) => DEFAULT_REQUESTS_PER_SECOND,
             // 3,000 requests per 3 seconds.
-            DestinationKind::BrazeUsersTrack => 1000.0,
+            DestinationKind::BrazeUsersTrack(_) => 1000.0,
             // A receiver of ours, not a partner's quota: `max_in_flight` bounds it.
-            DestinationKind::Webhook | DestinationKind::Files => *RATE_RANGE.end(),
+            DestinationKind::Webhook(_) | DestinationKind::Files(_) => *RATE_RANGE.end(),
+        }
+    }
+
+    /// The kind's own semantic problems, each naming its key under `key`.
+    fn problems(&self, key: &str, out: &mut Vec<String>) {
+        match self {
+            DestinationKind::Braze(c) => c.problems(key, out),
+            DestinationKind::BrazeUsersTrack(c) => c.problems(key, out),
+            DestinationKind::Webhook(c) => c.problems(key, out),
+            DestinationKind::Files(c) => c.problems(key, out),
         }
     }
 }
 
-/// How `/users/track` records membership.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Membership {
-    /// A boolean attribute per cohort, `true` for members, `false` once they leave.
-    #[default]
-    Boolean,
-    /// One array attribute shared by the cohorts, changed with `add` / `remove`.
-    Array,
-}
-
-/// A partner destination. Secrets are named by environment variable, never written here.
-/// Which keys apply depends on `kind` (`problems` names the ones that do not).
+/// How every kind delivers a plan: batch bounds, rate, in-flight, timeout, retry, deadline.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    pub kind: DestinationKind,
-    /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com` (HTTP kinds).
-    #[serde(default)]
-    pub base_url: String,
-    /// `files`: where each run's folder is written (a local path or an object-store URL).
-    #[serde(default)]
-    pub url: String,
-    /// `files`: `parquet` (default) or `csv`.
-    #[serde(default)]
-    pub format: FileFormat,
-    /// `files`: the ids' column name. Default `external_id`.
-    #[serde(default)]
-    pub column: Option<String>,
-    /// `files`: the column of each identifier kind in runs with members other than external
-    /// ids, keyed `user_id`, `alias_name`, `alias_label`, `device_id`, `braze_id`. Default: the
-    /// kind's name (`column` for `user_id`).
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    /// `files`: also write `members.<ext>`, the whole membership once the run is delivered.
-    #[serde(default)]
-    pub include_members: bool,
-    /// `files`: object-store options (as `lake.options`; keys come from the environment).
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-    /// `braze`: the `{partner}` segment of `/partners/{partner}/cohorts`.
-    #[serde(default)]
-    pub partner: String,
-    /// `braze`: environment variable holding the `partner_api_key`.
-    #[serde(default)]
-    pub partner_api_key_env: String,
-    /// `braze`: environment variable holding the workspace's `client_secret` (data import key).
-    #[serde(default)]
-    pub client_secret_env: String,
-    /// `braze_users_track`: environment variable holding the workspace REST API key (sent as
-    /// `Authorization: Bearer`).
-    #[serde(default)]
-    pub api_key_env: String,
-    /// `braze_users_track`: a boolean attribute per cohort, or one array attribute.
-    #[serde(default)]
-    pub membership: Membership,
-    /// `braze_users_track`: the attribute's name. Default `cohort_<cohort_id>` for a boolean,
-    /// `cohorts` for an array.
-    #[serde(default)]
-    pub attribute: Option<String>,
-    /// `braze_users_track`: send `_update_existing_only` so unknown ids create no profile (their
-    /// item-level errors become dead letters). Default true.
-    #[serde(default = "default_true")]
-    pub update_existing_only: bool,
-    /// `webhook`: environment variable holding the HMAC-SHA256 signing secret.
-    #[serde(default)]
-    pub secret_env: String,
-    /// `webhook`: headers sent with every request (not secrets: they are in this file).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// `webhook`: headers whose values are read from these environment variables (secrets,
-    /// e.g. `Authorization`).
-    #[serde(default)]
-    pub header_env: BTreeMap<String, String>,
+pub struct DeliverySettings {
     /// Ids per request: 1..=1000 for `braze` (default 1000), 1..=75 for `braze_users_track`
-    /// (default 75): the partner's limits.
+    /// (default 75), 1..=10,000 for `webhook` (default 1000): the partner's limits.
     #[serde(default)]
     pub batch_size: usize,
     /// Requests per second across the whole run. Default: the partner's limit (69.44 for
@@ -411,34 +389,141 @@ pub struct DestinationConfig {
     pub deadline: Duration,
 }
 
-/// The identifier kinds a `files` destination writes a column for, in the files' order.
-pub const FILE_COLUMN_KINDS: [&str; 5] = [
-    "user_id",
-    "alias_name",
-    "alias_label",
-    "device_id",
-    "braze_id",
-];
+impl DeliverySettings {
+    /// The keys every kind takes.
+    pub const KEYS: &'static [&'static str] = &[
+        "batch_size",
+        "requests_per_second",
+        "max_in_flight",
+        "request_timeout",
+        "retry",
+        "deadline",
+    ];
+}
 
 impl DestinationConfig {
-    /// `files`: the column names of external ids, alias names, alias labels, device ids and
-    /// Braze ids.
-    pub fn file_columns(&self) -> [String; 5] {
-        FILE_COLUMN_KINDS.map(|kind| match (kind, self.columns.get(kind)) {
-            (_, Some(name)) => name.clone(),
-            ("user_id", None) => self.column.clone().unwrap_or_else(|| "external_id".into()),
-            (kind, None) => kind.to_string(),
-        })
+    /// From a `[destinations.<name>]` table; `name` (when known) prefixes every message.
+    pub fn from_table(
+        name: Option<&str>,
+        mut table: toml::Table,
+    ) -> std::result::Result<Self, String> {
+        let key = |k: &str| match name {
+            Some(n) => format!("destinations.{n}.{k}"),
+            None => k.to_string(),
+        };
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(kind)) => kind,
+            other => {
+                return Err(format!(
+                    "{}: {} (one of {})",
+                    key("kind"),
+                    match other {
+                        None => "required".to_string(),
+                        Some(v) => format!("must be a string, got `{v}`"),
+                    },
+                    KINDS.join(", ")
+                ));
+            }
+        };
+        let Some(own) = DestinationKind::keys(&kind) else {
+            return Err(format!(
+                "{}: unknown kind `{kind}` (one of {})",
+                key("kind"),
+                KINDS.join(", ")
+            ));
+        };
+        let mut shared = toml::Table::new();
+        for k in DeliverySettings::KEYS {
+            if let Some(v) = table.remove(*k) {
+                shared.insert((*k).to_string(), v);
+            }
+        }
+        let foreign: Vec<String> = table
+            .keys()
+            .filter(|k| !own.contains(&k.as_str()))
+            .map(|k| {
+                let hint = match (kind.as_str(), k.as_str()) {
+                    ("files", "base_url") => " (use `url`)",
+                    (_, "headers" | "header_env") => " (a key of `webhook` destinations)",
+                    _ => "",
+                };
+                format!(
+                    "{}: not a key of kind `{kind}` destinations{hint}; its keys are {}, and the \
+                     delivery keys {}",
+                    key(k),
+                    own.join(", "),
+                    DeliverySettings::KEYS.join(", ")
+                )
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Err(foreign.join("\n  "));
+        }
+        let at = |e: toml::de::Error| {
+            let e = e.to_string();
+            format!(
+                "{} (kind `{kind}`): {}",
+                name.map(|n| format!("destinations.{n}"))
+                    .unwrap_or_default(),
+                e.trim_end()
+            )
+        };
+        let delivery: DeliverySettings = toml::Value::Table(shared).try_into().map_err(at)?;
+        let value = toml::Value::Table(table);
+        let kind = match kind.as_str() {
+            "braze" => DestinationKind::Braze(value.try_into().map_err(at)?),
+            "braze_users_track" => DestinationKind::BrazeUsersTrack(value.try_into().map_err(at)?),
+            "webhook" => DestinationKind::Webhook(value.try_into().map_err(at)?),
+            _ => DestinationKind::Files(value.try_into().map_err(at)?),
+        };
+        Ok(DestinationConfig { kind, delivery })
     }
 }
+
+impl<'de> Deserialize<'de> for DestinationConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        DestinationConfig::from_table(None, table).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[destinations.*]`, each table parsed knowing its name (so messages name the key at fault).
+fn de_destinations<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, DestinationConfig>, D::Error> {
+    let tables = BTreeMap::<String, toml::Table>::deserialize(d)?;
+    tables
+        .into_iter()
+        .map(|(name, table)| {
+            let dest = DestinationConfig::from_table(Some(&name), table)
+                .map_err(serde::de::Error::custom)?;
+            Ok((name, dest))
+        })
+        .collect()
+}
+
+/// A problem with `var` as the name of an environment variable (for the kinds' `*_env` keys).
+pub fn env_var_problem(key: &str, var: &str) -> Option<String> {
+    (var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| {
+        format!("{key}: must name an environment variable (letters, digits, _), got `{var}`")
+    })
+}
+
+/// A problem with `url` as an HTTP kind's `base_url`.
+pub fn http_url_problem(key: &str, url: &str) -> Option<String> {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => None,
+        _ => Some(format!("{key}: `{url}` is not an http(s) URL")),
+    }
+}
+
+/// Reads the secret in environment variable `var` (named by key `field`) through a lookup.
+pub type ReadSecret<'a> = dyn Fn(&str, &str) -> Result<Secret> + 'a;
 
 fn default_deadline() -> Duration {
     Duration::from_secs(6 * 3600)
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_max_in_flight() -> usize {
     8
 }
@@ -577,16 +662,6 @@ impl Credentials {
     }
 }
 
-/// The name of a kind as written in the config.
-pub fn kind_name(kind: DestinationKind) -> &'static str {
-    match kind {
-        DestinationKind::Braze => "braze",
-        DestinationKind::BrazeUsersTrack => "braze_users_track",
-        DestinationKind::Webhook => "webhook",
-        DestinationKind::Files => "files",
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a project file; lists every problem found.
     pub fn load(file: &Path) -> Result<Config> {
@@ -614,11 +689,11 @@ impl Config {
         config.file = file.to_path_buf();
         // Defaults that depend on the destination's kind.
         for d in config.destinations.values_mut() {
-            if d.batch_size == 0 {
-                d.batch_size = d.kind.default_batch();
+            if d.delivery.batch_size == 0 {
+                d.delivery.batch_size = d.kind.default_batch();
             }
-            if d.requests_per_second == 0.0 {
-                d.requests_per_second = d.kind.default_rps();
+            if d.delivery.requests_per_second == 0.0 {
+                d.delivery.requests_per_second = d.kind.default_rps();
             }
         }
         if let Some(url) = ENGINE_OVERRIDE.get() {
@@ -701,163 +776,10 @@ impl Config {
         }
         for (name, d) in &self.destinations {
             let key = format!("destinations.{name}");
-            if d.kind == DestinationKind::Files {
-                if d.url.trim().is_empty() {
-                    out.push(format!(
-                        "{key}.url: required for `files` (a folder or s3://, gs://, az:// URL)"
-                    ));
-                }
-                if !d.base_url.is_empty() {
-                    out.push(format!(
-                        "{key}.base_url: not a key of kind `files` (use `url`)"
-                    ));
-                }
-            } else {
-                match url::Url::parse(&d.base_url) {
-                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    _ => out.push(format!(
-                        "{key}.base_url: `{}` is not an http(s) URL",
-                        d.base_url
-                    )),
-                }
-                for (field, set) in [
-                    ("url", !d.url.is_empty()),
-                    ("column", d.column.is_some()),
-                    ("columns", !d.columns.is_empty()),
-                    ("include_members", d.include_members),
-                    ("options", !d.options.is_empty()),
-                    ("format", d.format != FileFormat::Parquet),
-                ] {
-                    if set {
-                        out.push(format!(
-                            "{key}.{field}: not a key of kind `{}` destinations",
-                            kind_name(d.kind)
-                        ));
-                    }
-                }
-            }
-            // The environment variables a kind needs, and the keys it does not take.
-            type Needed<'a> = &'a [(&'a str, &'a String)];
-            let (needed, foreign): (Needed, &[(&str, bool)]) = match d.kind {
-                DestinationKind::Braze => (
-                    &[
-                        ("partner_api_key_env", &d.partner_api_key_env),
-                        ("client_secret_env", &d.client_secret_env),
-                    ],
-                    &[
-                        ("api_key_env", !d.api_key_env.is_empty()),
-                        ("attribute", d.attribute.is_some()),
-                        ("secret_env", !d.secret_env.is_empty()),
-                    ],
-                ),
-                DestinationKind::BrazeUsersTrack => (
-                    &[("api_key_env", &d.api_key_env)],
-                    &[
-                        ("partner", !d.partner.is_empty()),
-                        ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
-                        ("client_secret_env", !d.client_secret_env.is_empty()),
-                        ("secret_env", !d.secret_env.is_empty()),
-                    ],
-                ),
-                DestinationKind::Files => (
-                    &[],
-                    &[
-                        ("partner", !d.partner.is_empty()),
-                        ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
-                        ("client_secret_env", !d.client_secret_env.is_empty()),
-                        ("api_key_env", !d.api_key_env.is_empty()),
-                        ("attribute", d.attribute.is_some()),
-                        ("secret_env", !d.secret_env.is_empty()),
-                    ],
-                ),
-                DestinationKind::Webhook => (
-                    &[("secret_env", &d.secret_env)],
-                    &[
-                        ("partner", !d.partner.is_empty()),
-                        ("partner_api_key_env", !d.partner_api_key_env.is_empty()),
-                        ("client_secret_env", !d.client_secret_env.is_empty()),
-                        ("api_key_env", !d.api_key_env.is_empty()),
-                        ("attribute", d.attribute.is_some()),
-                    ],
-                ),
-            };
-            if d.kind != DestinationKind::Webhook
-                && !(d.headers.is_empty() && d.header_env.is_empty())
-            {
-                out.push(format!(
-                    "{key}: `headers` and `header_env` are keys of `webhook` destinations only"
-                ));
-            }
-            for (name, var) in &d.header_env {
-                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    out.push(format!(
-                        "{key}.header_env.{name}: must name an environment variable (letters, digits, _), got `{var}`"
-                    ));
-                }
-            }
-            if d.kind == DestinationKind::Braze && (d.partner.is_empty() || d.partner.contains('/'))
-            {
-                out.push(format!("{key}.partner: must be a non-empty path segment"));
-            }
-            for (field, var) in needed {
-                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    out.push(format!(
-                        "{key}.{field}: must name an environment variable (letters, digits, _), got `{var}`"
-                    ));
-                }
-            }
-            for (field, set) in foreign {
-                if *set {
-                    out.push(format!(
-                        "{key}.{field}: not a key of kind `{}` destinations",
-                        kind_name(d.kind)
-                    ));
-                }
-            }
-            let plain = |c: &str| !(c.is_empty() || c.contains(['\n', '\r', '"', ',']));
-            if let Some(c) = &d.column
-                && !plain(c)
-            {
-                out.push(format!(
-                    "{key}.column: must be a plain name (no quotes, commas or line breaks), got `{c}`"
-                ));
-            }
-            for (kind, c) in &d.columns {
-                if !FILE_COLUMN_KINDS.contains(&kind.as_str()) {
-                    out.push(format!(
-                        "{key}.columns.{kind}: not an identifier kind (one of {})",
-                        FILE_COLUMN_KINDS.join(", ")
-                    ));
-                } else if !plain(c) {
-                    out.push(format!(
-                        "{key}.columns.{kind}: must be a plain name (no quotes, commas or line breaks), got `{c}`"
-                    ));
-                }
-            }
-            if d.column.is_some() && d.columns.contains_key("user_id") {
-                out.push(format!(
-                    "{key}: `column` and `columns.user_id` name the same column: keep one"
-                ));
-            }
-            if d.kind == DestinationKind::Files {
-                let names = d.file_columns();
-                if let Some(twice) = names
-                    .iter()
-                    .find(|n| names.iter().filter(|m| m == n).count() > 1)
-                {
-                    out.push(format!(
-                        "{key}.columns: `{twice}` names two identifier kinds' columns"
-                    ));
-                }
-            }
-            if let Some(a) = &d.attribute
-                && (a.is_empty() || a.len() > 255 || a.starts_with('$'))
-            {
-                out.push(format!(
-                    "{key}.attribute: must be 1 to 255 characters, not starting with `$`, got `{a}`"
-                ));
-            }
-            let max = d.kind.max_batch();
+            d.kind.problems(&key, &mut out);
+            let d_kind = &d.kind;
+            let d = &d.delivery;
+            let max = d_kind.max_batch();
             if d.batch_size == 0 || d.batch_size > max {
                 out.push(format!(
                     "{key}.batch_size: must be between 1 and {max} (the partner's limit), got {}",
@@ -1042,26 +964,12 @@ impl Config {
                 )),
             }
         };
-        Ok(match d.kind {
-            DestinationKind::Braze => Credentials::CohortImport {
-                partner_api_key: read("partner_api_key_env", &d.partner_api_key_env)?,
-                client_secret: read("client_secret_env", &d.client_secret_env)?,
-            },
-            DestinationKind::BrazeUsersTrack => Credentials::RestKey {
-                api_key: read("api_key_env", &d.api_key_env)?,
-            },
-            DestinationKind::Webhook => Credentials::Webhook {
-                secret: read("secret_env", &d.secret_env)?,
-                headers: d
-                    .header_env
-                    .iter()
-                    .map(|(name, var)| {
-                        Ok((name.clone(), read(&format!("header_env.{name}"), var)?))
-                    })
-                    .collect::<Result<_>>()?,
-            },
-            DestinationKind::Files => Credentials::Store,
-        })
+        match &d.kind {
+            DestinationKind::Braze(c) => c.credentials(&read),
+            DestinationKind::BrazeUsersTrack(c) => c.credentials(&read),
+            DestinationKind::Webhook(c) => c.credentials(&read),
+            DestinationKind::Files(_) => Ok(Credentials::Store),
+        }
     }
 }
 
@@ -1299,9 +1207,15 @@ name = "Paid users"
         ))
         .unwrap();
         let d = &track.destinations["braze"];
-        assert_eq!((d.batch_size, d.requests_per_second), (75, 1000.0));
-        assert_eq!(d.membership, Membership::Boolean);
-        assert!(d.update_existing_only);
+        assert_eq!(
+            (d.delivery.batch_size, d.delivery.requests_per_second),
+            (75, 1000.0)
+        );
+        let DestinationKind::BrazeUsersTrack(c) = &d.kind else {
+            panic!("{d:?}")
+        };
+        assert_eq!(c.membership, users_track::Membership::Boolean);
+        assert!(c.update_existing_only);
         let creds = track
             .credentials("braze", &|v| Some(format!("value-of-{v}")))
             .unwrap();
@@ -1311,7 +1225,7 @@ name = "Paid users"
             "kind = \"webhook\"\nbase_url = \"http://h:1/x\"\nsecret_env = \"HS\"\nheader_env = { Authorization = \"TOK\" }",
         ))
         .unwrap();
-        assert_eq!(hook.destinations["braze"].batch_size, 1000);
+        assert_eq!(hook.destinations["braze"].delivery.batch_size, 1000);
         let err = hook
             .credentials("braze", &|v| {
                 (v == "HS").then(|| "hook-signing-secret-value".to_string())
@@ -1326,7 +1240,7 @@ name = "Paid users"
         for (dest, expect) in [
             (
                 "kind = \"braze_users_track\"\nbase_url = \"http://h:1\"",
-                "api_key_env: must name an environment variable",
+                "destinations.braze (kind `braze_users_track`): missing field `api_key_env`",
             ),
             (
                 "kind = \"braze_users_track\"\nbase_url = \"http://h:1\"\napi_key_env = \"RK\"\npartner = \"p\"",
@@ -1342,11 +1256,11 @@ name = "Paid users"
             ),
             (
                 "kind = \"braze\"\nbase_url = \"http://h:1\"\npartner = \"p\"\npartner_api_key_env = \"A\"\nclient_secret_env = \"B\"\nheaders = { X = \"y\" }",
-                "`headers` and `header_env` are keys of `webhook` destinations only",
+                "headers: not a key of kind `braze` destinations (a key of `webhook` destinations)",
             ),
             (
                 "kind = \"webhook\"\nbase_url = \"http://h:1\"",
-                "secret_env: must name an environment variable",
+                "destinations.braze (kind `webhook`): missing field `secret_env`",
             ),
         ] {
             let err = parse(&with_destination(dest)).unwrap_err().to_string();
@@ -1358,10 +1272,10 @@ name = "Paid users"
     fn defaults_are_applied() {
         let c = parse(GOOD).unwrap();
         let d = &c.destinations["braze"];
-        assert_eq!(d.batch_size, 1000);
-        assert_eq!(d.max_in_flight, 8);
-        assert_eq!(d.request_timeout, Duration::from_millis(250));
-        assert_eq!(d.retry.max_attempts, 10);
+        assert_eq!(d.delivery.batch_size, 1000);
+        assert_eq!(d.delivery.max_in_flight, 8);
+        assert_eq!(d.delivery.request_timeout, Duration::from_millis(250));
+        assert_eq!(d.delivery.retry.max_attempts, 10);
         let cohort = c.cohort("paid").unwrap();
         assert_eq!(cohort.destination, "braze");
         assert_eq!(cohort.cohort_id, "paid");

@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::cohort;
 use crate::config::SourceConfig;
-use crate::config::{Config, Credentials, DestinationConfig, Secret};
+use crate::config::{Config, Credentials, DestinationConfig, DestinationKind, Secret};
 use crate::emulator::currents::{EngagementSpec, Lift, PushCampaign, write_engagement};
 use crate::emulator::{self, EmulatorConfig};
 use crate::error::{Error, Result, exit};
@@ -62,12 +62,14 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let partner = config
         .destinations
         .values()
-        .next()
-        .map(|d| d.partner.clone())
+        .find_map(|d| match &d.kind {
+            DestinationKind::Braze(c) => Some(c.partner.clone()),
+            _ => None,
+        })
         .ok_or_else(|| {
             Error::config(
                 config.file.clone(),
-                "the demo needs at least one destination",
+                "the demo needs at least one Cohort Import (`kind = \"braze\"`) destination",
             )
         })?;
     let partner_emulator = emulator::start(
@@ -87,10 +89,12 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         partner_emulator.base_url()
     );
     for d in config.destinations.values_mut() {
-        d.base_url = partner_emulator.base_url();
-        d.partner = partner.clone();
+        if let DestinationKind::Braze(c) = &mut d.kind {
+            c.base_url = partner_emulator.base_url();
+            c.partner = partner.clone();
+        }
         // The emulator answers fast; don't wait for the real partner's hourly budget.
-        d.requests_per_second = d.requests_per_second.max(1000.0);
+        d.delivery.requests_per_second = d.delivery.requests_per_second.max(1000.0);
     }
 
     // The emulator forgets everything when the demo ends, so the demo's state (snapshots,
@@ -108,7 +112,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         partner_emulator.base_url()
     ))
     .map_err(|e| Error::Internal(format!("the demo's /users/track destination: {e}")))?;
-    track.batch_size = track.kind.max_batch();
+    track.delivery.batch_size = track.kind.max_batch();
     track_config.destinations = [(TRACK.to_string(), track)].into_iter().collect();
     for c in track_config.cohorts.values_mut() {
         c.destination = Some(TRACK.to_string());

@@ -140,8 +140,8 @@ pub async fn sync_cohort(
     let mut dest = config.destination(&cohort.destination)?.clone();
     // Shards share the partner's one rate limit.
     match (options.requests_per_second, options.shard) {
-        (Some(rate), _) => dest.requests_per_second = rate,
-        (None, Some(shard)) => dest.requests_per_second /= f64::from(shard.count),
+        (Some(rate), _) => dest.delivery.requests_per_second = rate,
+        (None, Some(shard)) => dest.delivery.requests_per_second /= f64::from(shard.count),
         (None, None) => {}
     }
     let root = CohortState::new(
@@ -180,8 +180,9 @@ pub async fn sync_cohort(
     if options.dry_run {
         let change = run.change(lake, &mut summary, &started).await?;
         summary.outcome = "dry_run";
-        summary.batches = (change.adds.len().div_ceil(dest.batch_size)
-            + change.removes.len().div_ceil(dest.batch_size)) as u64;
+        summary.batches = (change.adds.len().div_ceil(dest.delivery.batch_size)
+            + change.removes.len().div_ceil(dest.delivery.batch_size))
+            as u64;
         summary.requests = summary.batches + 1;
         summary.sample_adds = Some(sample(&change.adds));
         summary.sample_removes = Some(sample(&change.removes));
@@ -249,7 +250,7 @@ impl Run<'_> {
         started: &Instant,
         lock: &lock::KeptLock,
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::from_std(*started) + self.dest.deadline;
+        let deadline = tokio::time::Instant::from_std(*started) + self.dest.delivery.deadline;
         let delivery = destination::open(
             self.dest,
             self.credentials,
@@ -257,7 +258,7 @@ impl Run<'_> {
             &self.config.base_dir(),
         )?;
         let sender = match &delivery {
-            Delivery::Requests(d) => Some(Sender::new(self.dest, d.clone(), deadline)?),
+            Delivery::Requests(d) => Some(Sender::new(&self.dest.delivery, d.clone(), deadline)?),
             Delivery::Lists(_) => None,
         };
         let (braze, sender) = (&delivery, sender.as_ref());
@@ -477,7 +478,7 @@ impl Run<'_> {
         } else {
             "pending/adds.parquet".to_string()
         };
-        let size = self.dest.batch_size;
+        let size = self.dest.delivery.batch_size;
         // An incremental change commits as a delta while the chain stays short and small
         // (see `state`); else the run writes a full snapshot (compaction).
         let chain = change.base.as_ref().and_then(|base| {
@@ -597,7 +598,7 @@ impl Run<'_> {
         let total = plan.add_batches + plan.remove_batches;
         let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
-        let window = (self.dest.max_in_flight * 2).max(16);
+        let window = (self.dest.delivery.max_in_flight * 2).max(16);
         let breaker = Breaker::new(total);
         let breaker = &breaker;
         let mut result = Ok(());

@@ -25,7 +25,7 @@ use super::Request;
 use super::destination::{Destination, Refused};
 use super::ratelimit::{LOGGED_WAIT, Pacer, Ticket};
 use super::retry::{Answer, Backoff, Verdict};
-use crate::config::{DestinationConfig, human_duration};
+use crate::config::{DeliverySettings, human_duration};
 use crate::error::{Error, Result};
 use crate::redact;
 
@@ -63,9 +63,9 @@ pub struct SendStats {
 }
 
 impl Sender {
-    /// A sender for `dest`, whose run must end by `deadline`.
+    /// A sender delivering with `dest`'s settings, whose run must end by `deadline`.
     pub fn new(
-        dest: &DestinationConfig,
+        dest: &DeliverySettings,
         destination: Arc<dyn Destination>,
         deadline: Instant,
     ) -> Result<Self> {

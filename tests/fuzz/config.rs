@@ -63,12 +63,18 @@ fn check(text: &str) {
     match parsed {
         Ok(c) => {
             if let Some(d) = c.destinations.get("b") {
-                assert!(RATE_RANGE.contains(&d.requests_per_second), "{text}");
                 assert!(
-                    d.retry.max_backoff <= Duration::from_secs(24 * 3600),
+                    RATE_RANGE.contains(&d.delivery.requests_per_second),
                     "{text}"
                 );
-                assert!(d.deadline <= Duration::from_secs(7 * 24 * 3600), "{text}");
+                assert!(
+                    d.delivery.retry.max_backoff <= Duration::from_secs(24 * 3600),
+                    "{text}"
+                );
+                assert!(
+                    d.delivery.deadline <= Duration::from_secs(7 * 24 * 3600),
+                    "{text}"
+                );
             }
             assert!(c.state.lock_ttl <= Duration::from_secs(24 * 3600), "{text}");
         }

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use crate::support::*;
-use crate::webhook::{AUTH, AUTH_VAR, HOOK_SECRET, Receiver, SECRET_VAR_HOOK, hook_project_with};
+use crate::webhook::{AUTH, AUTH_VAR, HOOK_SECRET, Receiver, SECRET_VAR_HOOK};
 
 /// Everyone on plan `pro` until December, nobody after.
 const PRO_UNTIL_DEC: &str = "SELECT user_id FROM users WHERE plan = 'pro' \

@@ -11,7 +11,7 @@ use datafusion::arrow::array::StringArray;
 use reqwest::header::HeaderMap;
 
 use super::{Destination, Op, body_for, push_ids, push_json_str};
-use crate::config::{Cohort, Credentials, DestinationConfig};
+use crate::config::{self, Cohort, Credentials};
 use crate::deliver::Request;
 use crate::error::{Error, Result};
 
@@ -28,8 +28,54 @@ pub struct Braze {
     headers: HeaderMap,
 }
 
+/// `kind = "braze"`: its keys (besides the delivery settings).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com`.
+    pub base_url: String,
+    /// The `{partner}` segment of `/partners/{partner}/cohorts`.
+    pub partner: String,
+    /// Environment variable holding the `partner_api_key`.
+    pub partner_api_key_env: String,
+    /// Environment variable holding the workspace's `client_secret` (data import key).
+    pub client_secret_env: String,
+}
+
+impl Config {
+    pub const KEYS: &'static [&'static str] = &[
+        "base_url",
+        "partner",
+        "partner_api_key_env",
+        "client_secret_env",
+    ];
+
+    pub(crate) fn problems(&self, key: &str, out: &mut Vec<String>) {
+        out.extend(config::http_url_problem(
+            &format!("{key}.base_url"),
+            &self.base_url,
+        ));
+        if self.partner.is_empty() || self.partner.contains('/') {
+            out.push(format!("{key}.partner: must be a non-empty path segment"));
+        }
+        for (field, var) in [
+            ("partner_api_key_env", &self.partner_api_key_env),
+            ("client_secret_env", &self.client_secret_env),
+        ] {
+            out.extend(config::env_var_problem(&format!("{key}.{field}"), var));
+        }
+    }
+
+    pub(crate) fn credentials(&self, read: &config::ReadSecret<'_>) -> Result<Credentials> {
+        Ok(Credentials::CohortImport {
+            partner_api_key: read("partner_api_key_env", &self.partner_api_key_env)?,
+            client_secret: read("client_secret_env", &self.client_secret_env)?,
+        })
+    }
+}
+
 impl Braze {
-    pub fn new(dest: &DestinationConfig, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+    pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
         let Credentials::CohortImport {
             partner_api_key,
             client_secret,
@@ -235,9 +281,8 @@ mod tests {
     use crate::config::Secret;
 
     fn braze() -> Braze {
-        let dest: DestinationConfig = toml::from_str(
-            r#"kind = "braze"
-base_url = "http://h:1/"
+        let dest: Config = toml::from_str(
+            r#"base_url = "http://h:1/"
 partner = "p"
 partner_api_key_env = "A"
 client_secret_env = "B""#,

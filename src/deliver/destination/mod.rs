@@ -4,8 +4,9 @@
 //! A destination turns a batch of ids (`Op::Add` / `Op::Remove`) into a request, says which
 //! headers every request carries, what an answer means (documented success, transient,
 //! permanent, or success with some items refused), which workspace it talks to, and how to
-//! explain a refusal of its keys. One file per destination; adding one is a new file, an arm in
-//! [`open`] and one in `config::DestinationKind`.
+//! explain a refusal of its keys. One file per destination, holding its config type (its keys,
+//! their checks, its credentials from the environment) beside its code; adding one is a new
+//! file, an arm in [`open`] and [`identity`], and one in `config::DestinationKind`.
 
 pub mod braze;
 pub mod files;
@@ -132,17 +133,17 @@ pub fn open(
     cohort: &Cohort,
     base: &std::path::Path,
 ) -> Result<Delivery> {
-    Ok(match dest.kind {
-        DestinationKind::Braze => {
-            Delivery::Requests(Arc::new(braze::Braze::new(dest, credentials, cohort)?))
+    Ok(match &dest.kind {
+        DestinationKind::Braze(c) => {
+            Delivery::Requests(Arc::new(braze::Braze::new(c, credentials, cohort)?))
         }
-        DestinationKind::BrazeUsersTrack => Delivery::Requests(Arc::new(
-            users_track::UsersTrack::new(dest, credentials, cohort)?,
+        DestinationKind::BrazeUsersTrack(c) => Delivery::Requests(Arc::new(
+            users_track::UsersTrack::new(c, credentials, cohort)?,
         )),
-        DestinationKind::Webhook => {
-            Delivery::Requests(Arc::new(webhook::Webhook::new(dest, credentials, cohort)?))
+        DestinationKind::Webhook(c) => {
+            Delivery::Requests(Arc::new(webhook::Webhook::new(c, credentials, cohort)?))
         }
-        DestinationKind::Files => Delivery::Lists(Arc::new(files::Files::new(dest, cohort, base)?)),
+        DestinationKind::Files(c) => Delivery::Lists(Arc::new(files::Files::new(c, cohort, base)?)),
     })
 }
 
@@ -150,21 +151,25 @@ pub fn open(
 /// refuses until told whether it is the same workspace (`--rebind`) or a new one
 /// (`--new-workspace`). The endpoint and a short fingerprint of the workspace's key.
 pub fn identity(dest: &DestinationConfig, credentials: &Credentials) -> String {
-    let base = dest.base_url.trim_end_matches('/');
+    let base = dest
+        .kind
+        .base_url()
+        .unwrap_or_default()
+        .trim_end_matches('/');
     let key = credentials
         .workspace_key()
         .map(|k| fingerprint(k.expose()))
         .unwrap_or_default();
-    match dest.kind {
+    match &dest.kind {
         // The format earlier releases recorded in every snapshot: unchanged, so upgrading is
         // not a change of workspace.
-        DestinationKind::Braze => format!("{base}/partners/{}#workspace-{key}", dest.partner),
-        DestinationKind::BrazeUsersTrack => format!("{base}/users/track#workspace-{key}"),
+        DestinationKind::Braze(c) => format!("{base}/partners/{}#workspace-{key}", c.partner),
+        DestinationKind::BrazeUsersTrack(_) => format!("{base}/users/track#workspace-{key}"),
         // A receiver is its URL (its query included: it may select a tenant); the signing
         // secret can rotate without making it another destination.
-        DestinationKind::Webhook => format!("webhook:{base}"),
+        DestinationKind::Webhook(_) => format!("webhook:{base}"),
         // Files are where they are written.
-        DestinationKind::Files => format!("files:{}", dest.url.trim_end_matches('/')),
+        DestinationKind::Files(c) => format!("files:{}", c.url.trim_end_matches('/')),
     }
 }
 

@@ -21,7 +21,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
 use super::{Destination, Op, body_for, push_identities, push_json_str};
-use crate::config::{Cohort, Credentials, DestinationConfig};
+use std::collections::BTreeMap;
+
+use crate::config::{self, Cohort, Credentials};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
 use crate::error::{Error, Result};
@@ -43,8 +45,57 @@ pub struct Webhook {
     destination: String,
 }
 
+/// `kind = "webhook"`: its keys (besides the delivery settings).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The receiver's URL (its query kept).
+    pub base_url: String,
+    /// Environment variable holding the HMAC-SHA256 signing secret.
+    pub secret_env: String,
+    /// Headers sent with every request (not secrets: they are in this file).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from these environment variables (secrets, e.g.
+    /// `Authorization`).
+    #[serde(default)]
+    pub header_env: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub const KEYS: &'static [&'static str] = &["base_url", "secret_env", "headers", "header_env"];
+
+    pub(crate) fn problems(&self, key: &str, out: &mut Vec<String>) {
+        out.extend(config::http_url_problem(
+            &format!("{key}.base_url"),
+            &self.base_url,
+        ));
+        out.extend(config::env_var_problem(
+            &format!("{key}.secret_env"),
+            &self.secret_env,
+        ));
+        for (name, var) in &self.header_env {
+            out.extend(config::env_var_problem(
+                &format!("{key}.header_env.{name}"),
+                var,
+            ));
+        }
+    }
+
+    pub(crate) fn credentials(&self, read: &config::ReadSecret<'_>) -> Result<Credentials> {
+        Ok(Credentials::Webhook {
+            secret: read("secret_env", &self.secret_env)?,
+            headers: self
+                .header_env
+                .iter()
+                .map(|(name, var)| Ok((name.clone(), read(&format!("header_env.{name}"), var)?)))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
 impl Webhook {
-    pub fn new(dest: &DestinationConfig, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+    pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
         let Credentials::Webhook { secret, headers } = creds else {
             return Err(Error::Internal("a webhook needs its signing secret".into()));
         };
@@ -199,9 +250,8 @@ mod tests {
     use crate::config::Secret;
 
     fn hook() -> Webhook {
-        let dest: DestinationConfig = toml::from_str(
-            r#"kind = "webhook"
-base_url = "http://h:1/hook?x=1"
+        let dest: Config = toml::from_str(
+            r#"base_url = "http://h:1/hook?x=1"
 secret_env = "S"
 headers = { "X-Team" = "growth" }
 header_env = { "Authorization" = "A" }"#,
