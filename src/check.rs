@@ -91,7 +91,7 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>, only: &[String]) 
             report.problems.push(e.to_string());
         }
     }
-    if let Err(e) = lake.register_runs(config) {
+    if let Err(e) = crate::state::register_tables(&lake, config) {
         report.problems.push(e.to_string());
     }
     let params = Params { run_ts: at };

@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::config::{Config, env_lookup};
 use crate::error::{Error, Result, exit};
-use crate::lake::{Lake, Location};
+use crate::lake::Location;
 use crate::metrics::{Metrics, MetricsOut};
 use crate::state::new_run_id;
 use crate::state::runs::{self, RunRecord};
@@ -47,7 +47,7 @@ pub async fn sync(
     }
     // SIGTERM/SIGINT stop a sync cleanly (see `signals`).
     crate::signals::install();
-    let lake = Lake::open(&config).await?;
+    let lake = crate::project::open_lake(&config).await?;
     let mut code = exit::OK;
     for (name, creds) in cohorts.iter().zip(&credentials) {
         if let Some(signal) = crate::signals::received() {
@@ -185,7 +185,7 @@ pub async fn ingest(
         }
         None => config.sources.keys().cloned().collect(),
     };
-    let lake = Lake::open(&config).await?;
+    let lake = crate::project::open_lake(&config).await?;
     let mut code = exit::OK;
     for name in &names {
         let started_at = Utc::now();
@@ -405,7 +405,7 @@ pub async fn runs(
 ) -> Result<i32> {
     use datafusion::prelude::{col, lit};
     let config = Config::load(config_file)?;
-    let lake = Lake::open(&config).await?;
+    let lake = crate::project::open_lake(&config).await?;
     let mut df = lake
         .context()
         .table("runs")

@@ -120,8 +120,8 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     track_config.state.url = Some(state_dir.join("users-track").display().to_string());
     let track_creds = Credentials::RestKey { api_key: rest_key };
 
-    let mut lake = Lake::open(&config).await?;
-    let mut track_lake = Lake::open(&track_config).await?;
+    let mut lake = crate::project::open_lake(&config).await?;
+    let mut track_lake = crate::project::open_lake(&track_config).await?;
     let names: Vec<String> = config.cohorts.keys().cloned().collect();
     let mut rows = Vec::new();
     // Two hourly-style runs a day apart: a first full sync, then an incremental one that sends
@@ -146,8 +146,8 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                 // Tables list their files when they are opened: open the lake again to see
                 // the feature uses the pushes caused (each command of a real schedule is a
                 // process of its own, and opens the lake as it is then).
-                lake = Lake::open(&config).await?;
-                track_lake = Lake::open(&track_config).await?;
+                lake = crate::project::open_lake(&config).await?;
+                track_lake = crate::project::open_lake(&track_config).await?;
             }
             for name in &names {
                 let started_at = Utc::now();
@@ -243,7 +243,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let report = match &analyses {
         Ok(_) => {
             // A lake opened now sees the last runs.
-            match Lake::open(&config).await {
+            match crate::project::open_lake(&config).await {
                 Ok(lake) => {
                     crate::report::write(&config, &lake, &report_file, Some(demo_at())).await
                 }

@@ -22,6 +22,7 @@ pub mod lake;
 pub mod metrics;
 pub mod parallel;
 pub mod progress;
+pub mod project;
 pub mod query;
 pub mod redact;
 pub mod report;

@@ -11,7 +11,6 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::config::Config;
 use crate::error::{Error, Result, exit};
-use crate::lake::Lake;
 use crate::lake::sql::{Params, SqlSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +42,7 @@ pub async fn query(
         return Err(Error::config(None, "--format parquet needs --out FILE"));
     }
     let config = Config::load(config_file)?;
-    let lake = Lake::open(&config).await?;
+    let lake = crate::project::open_lake(&config).await?;
     let params = Params {
         run_ts: at.unwrap_or_else(Utc::now),
     };

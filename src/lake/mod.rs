@@ -71,9 +71,8 @@ fn runtime_env(config: &Config) -> Result<Arc<RuntimeEnv>> {
 }
 
 impl Lake {
-    /// Opens the lake of a project and registers every table. A table whose files cannot be
-    /// listed or read is an error naming the table and its URL.
-    pub async fn open(config: &Config) -> Result<Lake> {
+    /// Where a project's lake is, checked: a local lake must be an existing folder.
+    pub fn locate(config: &Config) -> Result<Location> {
         let location = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
             .map_err(|e| match e {
                 Error::Config { message, .. } => Error::config(config.file.clone(), message),
@@ -94,7 +93,14 @@ impl Lake {
                 ),
             ));
         }
-        let state = crate::state::area(config, &location)?;
+        Ok(location)
+    }
+
+    /// Opens the lake at `location` and registers every table the project declares. A table
+    /// whose files cannot be listed or read is recorded with why: only the queries that read
+    /// it fail. Tables owned by other layers (run history, ingested events) are registered by
+    /// `crate::project::open_lake`, which composes them.
+    pub async fn open(config: &Config, location: Location, state: Location) -> Result<Lake> {
         let mut lake = Lake::new(location, state, config)?;
         for (name, table) in &config.tables {
             if let Err(e) = lake.register(name, table).await {
@@ -106,8 +112,6 @@ impl Lake {
                 lake.unreadable.insert(name.clone(), why);
             }
         }
-        lake.register_runs(config)?;
-        crate::ingest::register_tables(&lake, config)?;
         Ok(lake)
     }
 
@@ -286,29 +290,6 @@ impl Lake {
         } else {
             Error::Query(format!("{origin}: {e}"))
         }
-    }
-
-    /// The run history as the `runs` table, unless the project defines a table of that name.
-    pub fn register_runs(&self, config: &Config) -> Result<()> {
-        if config.tables.contains_key("runs") {
-            return Ok(());
-        }
-        self.register_fixed(
-            "runs",
-            &self.state.child_url("runs"),
-            crate::state::runs::schema(),
-            vec![("run_date".to_string(), DataType::Date32)],
-        )?;
-        // What every committed sync changed at the partner (`state::history`).
-        if config.tables.contains_key("cohort_changes") {
-            return Ok(());
-        }
-        self.register_fixed(
-            "cohort_changes",
-            &self.state.child_url(crate::state::history::DIR),
-            crate::state::history::schema(),
-            crate::state::history::partitions(),
-        )
     }
 
     /// Parquet as this session reads it: plain `Utf8` strings, not views (the format's own

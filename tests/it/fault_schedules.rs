@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohort_bridge::config::{Config, Credentials, Secret};
-use cohort_bridge::lake::Lake;
 use cohort_bridge::sync::{SyncOptions, sync_cohort};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as Cases, TestRunner};
@@ -262,7 +261,9 @@ fn schedules(kind: Kind, default_cases: u32) {
     let sql_file = project.dir.path().join("queries/cohorts/c.sql");
     let config = Config::load(&project.dir.path().join("cohort-bridge.toml")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let lake = runtime.block_on(Lake::open(&config)).unwrap();
+    let lake = runtime
+        .block_on(cohort_bridge::project::open_lake(&config))
+        .unwrap();
     let creds = kind.credentials();
     let options = SyncOptions {
         allow_mass_removal: true,
