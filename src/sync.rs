@@ -129,6 +129,19 @@ pub async fn sync_cohort(
     credentials: &Credentials,
     options: SyncOptions,
 ) -> Result<SyncSummary> {
+    sync_cohort_via(config, lake, name, credentials, options, None).await
+}
+
+/// `sync_cohort` delivering through `given` instead of the destination its config opens (the
+/// core's unit tests pass a fake one).
+async fn sync_cohort_via(
+    config: &Config,
+    lake: &Lake,
+    name: &str,
+    credentials: &Credentials,
+    options: SyncOptions,
+    given: Option<Delivery>,
+) -> Result<SyncSummary> {
     let started = Instant::now();
     let cohort = config
         .cohort(name)
@@ -175,6 +188,7 @@ pub async fn sync_cohort(
         state: &state,
         options,
         history: lake.state.root.clone().join(state::history::DIR),
+        given,
     };
 
     if options.dry_run {
@@ -240,6 +254,8 @@ struct Run<'a> {
     options: SyncOptions,
     /// `<state>/history`: committed changes, the `cohort_changes` table.
     history: Path,
+    /// The delivery to use instead of opening the configured destination.
+    given: Option<Delivery>,
 }
 
 impl Run<'_> {
@@ -251,17 +267,24 @@ impl Run<'_> {
         lock: &lock::KeptLock,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::from_std(*started) + self.dest.delivery.deadline;
-        let delivery = destination::open(
-            self.dest,
-            self.credentials,
-            self.cohort,
-            &self.config.base_dir(),
-        )?;
-        let sender = match &delivery {
+        let opened;
+        let delivery = match &self.given {
+            Some(given) => given,
+            None => {
+                opened = destination::open(
+                    self.dest,
+                    self.credentials,
+                    self.cohort,
+                    &self.config.base_dir(),
+                )?;
+                &opened
+            }
+        };
+        let sender = match delivery {
             Delivery::Requests(d) => Some(Sender::new(&self.dest.delivery, d.clone(), deadline)?),
             Delivery::Lists(_) => None,
         };
-        let (braze, sender) = (&delivery, sender.as_ref());
+        let sender = sender.as_ref();
 
         // 1. An interrupted run first: finish exactly its plan.
         let mut resumed = false;
@@ -306,7 +329,7 @@ impl Run<'_> {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
                 // Everything the commit will need must be readable before anything is sent.
                 dead::pending(self.state).await?;
-                let (sent, skipped) = self.deliver(&plan, braze, sender, None).await?;
+                let (sent, skipped) = self.deliver(&plan, delivery, sender, None).await?;
                 summary.resumed_batches = sent;
                 summary.skipped_batches = skipped;
                 summary.batches += sent;
@@ -319,7 +342,7 @@ impl Run<'_> {
         // 2. This run's change (a signal during the query stops here: nothing was planned).
         let change = crate::signals::interruptible(self.change(lake, summary, started)).await?;
         // Members the destination cannot identify are refused before anything is planned.
-        match braze {
+        match delivery {
             Delivery::Requests(d) => d.accepts(&change.adds)?,
             Delivery::Lists(l) => l.accepts(&change.adds)?,
         }
@@ -353,7 +376,7 @@ impl Run<'_> {
                 change.target.clone(),
             ]);
             let (delivered, written) =
-                tokio::join!(self.deliver(&plan, braze, sender, lists), write);
+                tokio::join!(self.deliver(&plan, delivery, sender, lists), write);
             let (sent, _) = delivered?;
             written?;
             summary.batches += sent;
@@ -570,7 +593,7 @@ impl Run<'_> {
         // plan).
         in_memory: Option<[Arc<StringArray>; 3]>,
     ) -> Result<(u64, u64)> {
-        let (braze, sender) = match (delivery, sender) {
+        let (to, sender) = match (delivery, sender) {
             (Delivery::Lists(lists), _) => {
                 return self.deliver_lists(plan, lists.as_ref(), in_memory).await;
             }
@@ -590,8 +613,8 @@ impl Run<'_> {
                 self.state.ids(&plan.removes_file).await?,
             ],
         };
-        if let Some(setup) = braze.setup(plan.at) {
-            sender.send(&setup).await.map_err(|e| braze.explain(e))?;
+        if let Some(setup) = to.setup(plan.at) {
+            sender.send(&setup).await.map_err(|e| to.explain(e))?;
         }
 
         let journal = Journal::start(self.state.clone(), new_run_id(), None);
@@ -617,7 +640,7 @@ impl Run<'_> {
             }
             // After a signal no new request is pulled; those in flight finish and are journaled.
             let requests = crate::signals::until_signalled(encode_in_background(
-                braze.clone(),
+                to.clone(),
                 plan.run_id.as_str().into(),
                 ids.clone(),
                 batches,
@@ -641,7 +664,7 @@ impl Run<'_> {
                                 dead_letters(&ids, &range, &refused, request.batch, op)
                             }
                             Err(Error::PartnerRejected { status: 400, message, .. }) if request.ids > 0 => {
-                                isolate(sender, braze.as_ref(), breaker, &plan.run_id, &ids, request.batch, range, op, message).await?
+                                isolate(sender, to.as_ref(), breaker, &plan.run_id, &ids, request.batch, range, op, message).await?
                             }
                             Err(e) => return Err(e),
                         };
@@ -657,7 +680,7 @@ impl Run<'_> {
                     }
                 })
                 .await
-                .map_err(|e| braze.explain(e));
+                .map_err(|e| to.explain(e));
             if result.is_err() {
                 break;
             }
@@ -1435,4 +1458,154 @@ async fn isolate(
         }
     }
     Ok(dead)
+}
+
+/// The core (members → diff → plan → deliver → commit, and resume) against a fake destination
+/// that takes lists and records them: no HTTP, no partner code.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use futures::future::BoxFuture;
+
+    use super::*;
+
+    /// What the fake destination was given: (run id, adds, removes) per write.
+    type Writes = Vec<(String, Vec<String>, Vec<String>)>;
+
+    #[derive(Default)]
+    struct Recorder {
+        writes: Mutex<Writes>,
+        down: AtomicBool,
+    }
+
+    fn strings(ids: &StringArray) -> Vec<String> {
+        ids.iter().flatten().map(str::to_string).collect()
+    }
+
+    impl Lists for Recorder {
+        fn write<'a>(
+            &'a self,
+            run_id: &'a str,
+            _at: DateTime<Utc>,
+            lists: ListsOf,
+        ) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(Error::Delivery("the fake destination is down".into()));
+                }
+                let entry = (
+                    run_id.to_string(),
+                    strings(&lists.adds),
+                    strings(&lists.removes),
+                );
+                self.writes.lock().unwrap().push(entry);
+                Ok(())
+            })
+        }
+    }
+
+    /// A project whose `users` table holds `ids`, the cohort `c` selecting them all.
+    struct Project {
+        dir: tempfile::TempDir,
+        config: Config,
+    }
+
+    impl Project {
+        fn new() -> Project {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("lake/users")).unwrap();
+            std::fs::create_dir_all(dir.path().join("queries/cohorts")).unwrap();
+            std::fs::write(
+                dir.path().join("queries/cohorts/c.sql"),
+                "SELECT user_id FROM users",
+            )
+            .unwrap();
+            let config = Config::parse(
+                "[lake]\nurl = \"lake\"\n\n[tables.users]\npath = \"users\"\n\n\
+                 [destinations.out]\nkind = \"files\"\nurl = \"out\"\n\n[cohorts.c]\n",
+                &dir.path().join("cohort-bridge.toml"),
+            )
+            .unwrap();
+            Project { dir, config }
+        }
+
+        fn users(&self, ids: &[&str]) {
+            let folder = self.dir.path().join("lake/users");
+            for old in std::fs::read_dir(&folder).unwrap() {
+                std::fs::remove_file(old.unwrap().path()).unwrap();
+            }
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "user_id",
+                DataType::Utf8,
+                false,
+            )]));
+            let column = Arc::new(StringArray::from(ids.to_vec()));
+            let batch = RecordBatch::try_new(schema.clone(), vec![column]).unwrap();
+            let file = std::fs::File::create(folder.join(format!("{}.parquet", new_run_id())));
+            let mut w = ArrowWriter::try_new(file.unwrap(), schema, None).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+
+        async fn sync(&self, to: &Arc<Recorder>) -> Result<SyncSummary> {
+            let lake = crate::project::open_lake(&self.config).await?;
+            let credentials = self.config.credentials("out", &|_| None)?;
+            let given = Delivery::Lists(to.clone());
+            let options = SyncOptions::at(Utc::now());
+            sync_cohort_via(&self.config, &lake, "c", &credentials, options, Some(given)).await
+        }
+    }
+
+    fn write(adds: &[&str], removes: &[&str]) -> (Vec<String>, Vec<String>) {
+        let owned = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
+        (owned(adds), owned(removes))
+    }
+
+    #[tokio::test]
+    async fn sends_changes_only_and_finishes_an_interrupted_plan_exactly() {
+        let project = Project::new();
+        let to = Arc::new(Recorder::default());
+        let sent = |from: usize| -> Vec<(Vec<String>, Vec<String>)> {
+            let writes = to.writes.lock().unwrap();
+            writes[from..]
+                .iter()
+                .map(|(_, a, r)| (a.clone(), r.clone()))
+                .collect()
+        };
+
+        project.users(&["c", "a", "b"]);
+        let first = project.sync(&to).await.unwrap();
+        assert_eq!((first.adds, first.removes), (3, 0));
+        assert_eq!(sent(0), [write(&["a", "b", "c"], &[])]);
+
+        project.users(&["d", "b", "c"]);
+        let second = project.sync(&to).await.unwrap();
+        assert_eq!((second.adds, second.removes), (1, 1));
+        assert_eq!(sent(1), [write(&["d"], &["a"])]);
+        assert_ne!(to.writes.lock().unwrap()[1].0, first.run_id);
+
+        // The destination fails: the run errs, nothing is committed.
+        project.users(&["c", "d", "e"]);
+        to.down.store(true, Ordering::SeqCst);
+        let err = project.sync(&to).await.unwrap_err().to_string();
+        assert!(err.contains("the fake destination is down"), "{err}");
+        assert_eq!(sent(2), []);
+
+        // The next run finishes that plan exactly (its change, not a recomputed one), then
+        // sends what changed since.
+        project.users(&["d", "e"]);
+        to.down.store(false, Ordering::SeqCst);
+        project.sync(&to).await.unwrap();
+        assert_eq!(sent(2), [write(&["e"], &["b"]), write(&[], &["c"])]);
+
+        // Nothing changed: nothing is sent.
+        let idle = project.sync(&to).await.unwrap();
+        assert_eq!((idle.adds, idle.removes), (0, 0));
+        assert_eq!(sent(4), []);
+    }
 }
