@@ -226,6 +226,34 @@ pub fn partner_identity(dest: &DestinationConfig, credentials: &Credentials) -> 
     destination::identity(dest, credentials)
 }
 
+/// Why a change's removals look more like a bug (an empty partition, a broken filter) than a
+/// real exodus: the query returned nobody, or more than `max_share` of the snapshot would
+/// leave. `None` when they look real.
+fn suspicious_removals(
+    removes: usize,
+    query_members: usize,
+    snapshot_members: u64,
+    max_share: f64,
+) -> Option<String> {
+    if removes == 0 {
+        return None;
+    }
+    if query_members == 0 {
+        return Some("the query returned no members".to_string());
+    }
+    let share = if snapshot_members == 0 {
+        0.0
+    } else {
+        removes as f64 / snapshot_members as f64
+    };
+    (share > max_share).then(|| {
+        format!(
+            "{:.0}% of the cohort would leave (state.max_removal_share = {max_share})",
+            share * 100.0
+        )
+    })
+}
+
 fn sample(ids: &StringArray) -> Vec<String> {
     ids.iter().flatten().take(5).map(str::to_string).collect()
 }
@@ -452,33 +480,25 @@ impl Run<'_> {
             .await
         };
 
-        // Safe removals: a query that returns nothing, or drops a large share of the cohort,
-        // is more often a bug (an empty partition, a broken filter) than a real exodus.
-        let share = if summary.snapshot_members == 0 {
-            0.0
-        } else {
-            removes.len() as f64 / summary.snapshot_members as f64
-        };
-        let suspicious = !removes.is_empty()
-            && (query_members == 0 || share > self.config.state.max_removal_share);
-        let (removes, target) = if suspicious && !self.options.allow_mass_removal {
-            warn!(
-                cohort = %self.cohort.name, removes = removes.len(), members = members.ids.len(),
-                snapshot = summary.snapshot_members,
-                "holding back removals: {}; pass --allow-mass-removal if this is intended",
-                if query_members == 0 {
-                    "the query returned no members".to_string()
-                } else {
-                    format!("{:.0}% of the cohort would leave (state.max_removal_share = {})",
-                        share * 100.0, self.config.state.max_removal_share)
-                }
-            );
-            summary.removes_held_back = removes.len() as u64;
-            let (ids, held) = (members.ids.clone(), removes.clone());
-            let target = on_rayon(move || Arc::new(diff::union(&ids, &held))).await;
-            (Arc::new(StringArray::from(Vec::<&str>::new())), target)
-        } else {
-            (removes, members.ids.clone())
+        let suspicious = suspicious_removals(
+            removes.len(),
+            query_members,
+            summary.snapshot_members,
+            self.config.state.max_removal_share,
+        );
+        let (removes, target) = match suspicious.filter(|_| !self.options.allow_mass_removal) {
+            Some(why) => {
+                warn!(
+                    cohort = %self.cohort.name, removes = removes.len(), members = members.ids.len(),
+                    snapshot = summary.snapshot_members,
+                    "holding back removals: {why}; pass --allow-mass-removal if this is intended"
+                );
+                summary.removes_held_back = removes.len() as u64;
+                let (ids, held) = (members.ids.clone(), removes.clone());
+                let target = on_rayon(move || Arc::new(diff::union(&ids, &held))).await;
+                (Arc::new(StringArray::from(Vec::<&str>::new())), target)
+            }
+            None => (removes, members.ids.clone()),
         };
         summary.adds = adds.len() as u64;
         summary.removes = removes.len() as u64;
@@ -1564,6 +1584,28 @@ mod tests {
     fn write(adds: &[&str], removes: &[&str]) -> (Vec<String>, Vec<String>) {
         let owned = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
         (owned(adds), owned(removes))
+    }
+
+    #[test]
+    fn removals_are_suspicious_when_the_query_is_empty_or_too_many_leave() {
+        assert_eq!(suspicious_removals(0, 0, 10, 0.5), None);
+        let empty = suspicious_removals(3, 0, 3, 0.5).unwrap();
+        assert!(empty.contains("no members"), "{empty}");
+        assert_eq!(
+            suspicious_removals(5, 5, 10, 0.5),
+            None,
+            "exactly the share is allowed"
+        );
+        let many = suspicious_removals(6, 4, 10, 0.5).unwrap();
+        assert!(
+            many.contains("60% of the cohort") && many.contains("= 0.5"),
+            "{many}"
+        );
+        assert_eq!(
+            suspicious_removals(1, 9, 0, 0.0),
+            None,
+            "no snapshot, no share"
+        );
     }
 
     #[tokio::test]
