@@ -90,18 +90,7 @@ impl Kind {
                 .collect(),
             Kind::Webhook(r) => r.seen.lock().unwrap().members.clone(),
             Kind::Files(dir) => {
-                let mut runs: Vec<(String, std::path::PathBuf)> =
-                    std::fs::read_dir(dir.path().join("active"))
-                        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|run| {
-                            let text = std::fs::read_to_string(run.join("_manifest.json")).ok()?;
-                            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
-                            Some((m["run_at"].as_str().unwrap().to_string(), run))
-                        })
-                        .collect();
-                runs.sort();
+                let runs = super::files::run_folders(&dir.path().join("active"));
                 let ids = |path: std::path::PathBuf| {
                     read_all(&path)
                         .iter()
@@ -111,7 +100,7 @@ impl Kind {
                         .collect::<Vec<_>>()
                 };
                 let mut held = BTreeSet::new();
-                for (_, run) in runs {
+                for (run, _) in runs {
                     for id in ids(run.join("removes.parquet")) {
                         held.remove(&id);
                     }

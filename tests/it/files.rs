@@ -15,11 +15,13 @@ fn files_project(out: &Path, extra: &str) -> Project {
     )
 }
 
-/// The run folders of cohort `active` that have a manifest, oldest first, with the manifest.
-fn runs(out: &Path) -> Vec<(PathBuf, serde_json::Value)> {
-    let mut runs: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(out.join("active"))
-        .unwrap()
-        .flatten()
+/// The visible runs (folders with a manifest) in a cohort's folder of a `files` destination,
+/// oldest first, with their manifests; none when the folder does not exist yet.
+pub fn run_folders(cohort: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut runs: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(cohort)
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
         .map(|e| e.path())
         .filter_map(|dir| {
             let text = std::fs::read_to_string(dir.join("_manifest.json")).ok()?;
@@ -63,7 +65,7 @@ fn each_run_writes_its_change_as_parquet_with_the_manifest_last() {
         .summary();
     let now = active_at(later);
 
-    let runs = runs(out.path());
+    let runs = run_folders(&out.path().join("active"));
     assert_eq!(runs.len(), 2, "one folder per run");
     let (dir, manifest) = &runs[0];
     assert_eq!(manifest["cohort_id"], "active");
@@ -102,7 +104,7 @@ fn csv_files_name_their_column() {
         "format = \"csv\"\ncolumn = \"braze_external_id\"",
     );
     project.run(&["sync", "active", "--at", AT]).summary();
-    let runs = runs(out.path());
+    let runs = run_folders(&out.path().join("active"));
     let (dir, manifest) = &runs[0];
     assert_eq!(manifest["format"], "csv");
     let text = std::fs::read_to_string(dir.join("adds.csv")).unwrap();

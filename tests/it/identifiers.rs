@@ -150,24 +150,6 @@ fn file_member(f: [Option<String>; 4]) -> String {
     }
 }
 
-/// The run folders under `out/mixed`, oldest first, with their manifests.
-fn file_runs(out: &std::path::Path) -> Vec<(std::path::PathBuf, serde_json::Value)> {
-    let mut runs: Vec<_> = std::fs::read_dir(out.join("mixed"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .map(|dir| {
-            let text = std::fs::read_to_string(dir.join("_manifest.json")).unwrap();
-            (
-                dir,
-                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
-            )
-        })
-        .collect();
-    runs.sort_by_key(|(_, m)| m["run_at"].as_str().unwrap().to_string());
-    runs
-}
-
 fn parquet_members(path: &std::path::Path, columns: [&str; 4]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for b in read_all(path) {
@@ -210,7 +192,7 @@ fn files_write_a_column_per_identifier_kind_and_the_whole_membership() {
     );
     project.run(&["sync", "mixed", "--at", NOV]).summary();
     project.run(&["sync", "mixed", "--at", DEC]).summary();
-    let runs = file_runs(out.path());
+    let runs = super::files::run_folders(&out.path().join("mixed"));
     assert_eq!(runs.len(), 2);
     let columns = ["external_id", "alias_name", "alias_label", "device_id"];
     let (nov, dec) = (expected(false), expected(true));
@@ -248,7 +230,7 @@ fn files_write_a_column_per_identifier_kind_and_the_whole_membership() {
         &[("mixed", MIXED)],
     );
     project.run(&["sync", "mixed", "--at", NOV]).summary();
-    let runs = file_runs(out.path());
+    let runs = super::files::run_folders(&out.path().join("mixed"));
     let columns = ["EXTERNAL_ID", "ALIAS_NAME", "ALIAS_LABEL", "device_id"];
     assert!(csv_members(&runs[0].0.join("adds.csv"), columns) == nov);
     assert!(!runs[0].0.join("members.csv").exists(), "only when asked");

@@ -448,35 +448,21 @@ fn files_scenario(backend: Backend) {
             .flat_map(|b| (0..b.num_rows()).map(|r| string_at(b, "external_id", r).unwrap()))
             .collect()
     };
-    let runs = || -> Vec<(String, PathBuf)> {
-        let mut runs: Vec<(String, PathBuf)> = std::fs::read_dir(&drop)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter_map(|run| {
-                let text = std::fs::read_to_string(run.join("_manifest.json")).ok()?;
-                let m: serde_json::Value = serde_json::from_str(&text).unwrap();
-                Some((m["run_at"].as_str().unwrap().to_string(), run))
-            })
-            .collect();
-        runs.sort();
-        runs
-    };
     let (e1, e2) = (active_7d(T1), active_7d(T2));
     house.run(&["sync", "active", "--at", T1]).summary();
     house.run(&["sync", "active", "--at", T2]).summary();
-    let runs = runs();
+    let runs = super::files::run_folders(&drop);
     assert_eq!(runs.len(), 2, "{backend:?}: one folder per run");
-    assert!(ids(runs[0].1.join("adds.parquet")) == e1, "{backend:?}");
+    assert!(ids(runs[0].0.join("adds.parquet")) == e1, "{backend:?}");
     assert!(
-        ids(runs[1].1.join("adds.parquet")) == e2.difference(&e1).cloned().collect(),
+        ids(runs[1].0.join("adds.parquet")) == e2.difference(&e1).cloned().collect(),
         "{backend:?}"
     );
     assert!(
-        ids(runs[1].1.join("removes.parquet")) == e1.difference(&e2).cloned().collect(),
+        ids(runs[1].0.join("removes.parquet")) == e1.difference(&e2).cloned().collect(),
         "{backend:?}"
     );
-    assert!(ids(runs[1].1.join("members.parquet")) == e2, "{backend:?}");
+    assert!(ids(runs[1].0.join("members.parquet")) == e2, "{backend:?}");
 }
 
 #[test]
