@@ -297,7 +297,7 @@ def full_syncs(tool, n_runs, label, check_ours):
         assert held == s["members"], f"{label}: emulator holds {held}, cohort has {s['members']}"
         assert stats["redundant_adds"] == 0 and stats["ids_added"] == s["members"], stats
         log(f"{label} run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
-            f"{s['members']:,} members, {s['requests']:,} requests")
+            f"{s['members']:,} members, {s['requests']:,} requests, query {s['query_seconds']:.2f} s")
         out.append((wall, cpu, rss, s))
     return out
 
@@ -391,7 +391,7 @@ def case_files_or_webhook(case, work, lake, n_runs):
             rows = json.loads(manifests[0].read_text())["files"][0]["rows"]
             assert rows == s["members"], (rows, s["members"])
         log(f"{case} run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
-            f"{s['members']:,} members, {s['requests']:,} requests")
+            f"{s['members']:,} members, {s['requests']:,} requests, query {s['query_seconds']:.2f} s")
         runs.append((wall, cpu, rss, s))
     s = runs[-1][3]
     what = "files (Parquet)" if case == "f" else "webhook (signed, 1,000 ids a batch)"
