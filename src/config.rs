@@ -285,8 +285,33 @@ pub enum DestinationKind {
 
 use crate::deliver::destination::{braze, files, users_track, webhook};
 
+/// Parses a kind's own keys (the shared ones already taken out).
+type ParseKind = fn(toml::Value) -> std::result::Result<DestinationKind, toml::de::Error>;
+
+/// Every kind: its `kind` name, its own keys and its parser — the one place a new kind is
+/// named.
+const KIND_TABLE: [(&str, &[&str], ParseKind); 4] = [
+    ("braze", braze::Config::KEYS, |v| {
+        v.try_into().map(DestinationKind::Braze)
+    }),
+    ("braze_users_track", users_track::Config::KEYS, |v| {
+        v.try_into().map(DestinationKind::BrazeUsersTrack)
+    }),
+    ("webhook", webhook::Config::KEYS, |v| {
+        v.try_into().map(DestinationKind::Webhook)
+    }),
+    ("files", files::Config::KEYS, |v| {
+        v.try_into().map(DestinationKind::Files)
+    }),
+];
+
 /// The kinds, as `kind` names them.
-pub const KINDS: [&str; 4] = ["braze", "braze_users_track", "webhook", "files"];
+pub const KINDS: [&str; 4] = [
+    KIND_TABLE[0].0,
+    KIND_TABLE[1].0,
+    KIND_TABLE[2].0,
+    KIND_TABLE[3].0,
+];
 
 impl DestinationKind {
     /// As `kind` names it.
@@ -297,17 +322,6 @@ impl DestinationKind {
             DestinationKind::Webhook(_) => KINDS[2],
             DestinationKind::Files(_) => KINDS[3],
         }
-    }
-
-    /// The kind's own keys.
-    fn keys(kind: &str) -> Option<&'static [&'static str]> {
-        Some(match kind {
-            "braze" => braze::Config::KEYS,
-            "braze_users_track" => users_track::Config::KEYS,
-            "webhook" => webhook::Config::KEYS,
-            "files" => files::Config::KEYS,
-            _ => return None,
-        })
     }
 
     /// The endpoint of an HTTP kind.
@@ -425,7 +439,7 @@ impl DestinationConfig {
                 ));
             }
         };
-        let Some(own) = DestinationKind::keys(&kind) else {
+        let Some(&(_, own, parse)) = KIND_TABLE.iter().find(|(name, ..)| *name == kind) else {
             return Err(format!(
                 "{}: unknown kind `{kind}` (one of {})",
                 key("kind"),
@@ -469,13 +483,7 @@ impl DestinationConfig {
             )
         };
         let delivery: DeliverySettings = toml::Value::Table(shared).try_into().map_err(at)?;
-        let value = toml::Value::Table(table);
-        let kind = match kind.as_str() {
-            "braze" => DestinationKind::Braze(value.try_into().map_err(at)?),
-            "braze_users_track" => DestinationKind::BrazeUsersTrack(value.try_into().map_err(at)?),
-            "webhook" => DestinationKind::Webhook(value.try_into().map_err(at)?),
-            _ => DestinationKind::Files(value.try_into().map_err(at)?),
-        };
+        let kind = parse(toml::Value::Table(table)).map_err(at)?;
         Ok(DestinationConfig { kind, delivery })
     }
 }
