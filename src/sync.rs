@@ -18,7 +18,7 @@ use crate::cohort::{self, diff};
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
 use crate::deliver::destination::{self, Delivery, Destination, Lists, ListsOf, Op, Refused};
 use crate::deliver::plan::{batches, encode_in_background};
-use crate::deliver::sender::Sender;
+use crate::deliver::sender::{SendStats, Sender};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::Params;
@@ -169,7 +169,7 @@ async fn sync_cohort_via(
         None => root.clone(),
     };
     let run_id = new_run_id();
-    let mut summary = SyncSummary {
+    let head = SyncSummary {
         cohort: cohort.name.clone(),
         cohort_id: cohort.cohort_id.clone(),
         destination: cohort.destination.clone(),
@@ -192,26 +192,31 @@ async fn sync_cohort_via(
     };
 
     if options.dry_run {
-        let change = run.change(lake, &mut summary, &started).await?;
-        summary.outcome = "dry_run";
-        summary.batches = (change.adds.len().div_ceil(dest.delivery.batch_size)
-            + change.removes.len().div_ceil(dest.delivery.batch_size))
-            as u64;
-        summary.requests = summary.batches + 1;
-        summary.sample_adds = Some(sample(&change.adds));
-        summary.sample_removes = Some(sample(&change.removes));
-        summary.seconds = started.elapsed().as_secs_f64();
-        return Ok(summary);
+        let change = run.change(lake, &started).await?;
+        let batches = (change.adds.len().div_ceil(dest.delivery.batch_size)
+            + change.removes.len().div_ceil(dest.delivery.batch_size)) as u64;
+        return Ok(SyncSummary {
+            outcome: "dry_run",
+            batches,
+            requests: batches + 1,
+            sample_adds: Some(sample(&change.adds)),
+            sample_removes: Some(sample(&change.removes)),
+            seconds: started.elapsed().as_secs_f64(),
+            ..head.counted(&change.counts)
+        });
     }
 
     crate::signals::check()?;
     let lock = Lock::acquire(&state, &run_id, config.state.lock_ttl).await?;
     let kept = lock::keep_alive(lock);
-    let result = run.sync(lake, &mut summary, &started, &kept).await;
+    let result = run.sync(lake, &run_id, &started, &kept).await;
     let released = kept.release().await;
-    result?;
+    let done = result?;
     released?;
-    summary.seconds = started.elapsed().as_secs_f64();
+    let summary = SyncSummary {
+        seconds: started.elapsed().as_secs_f64(),
+        ..head.done(done)
+    };
     info!(cohort = %summary.cohort, adds = summary.adds, removes = summary.removes,
         batches = summary.batches, requests = summary.requests, retries = summary.retries,
         seconds = summary.seconds, "cohort synced");
@@ -266,6 +271,84 @@ struct Change {
     target: Arc<StringArray>,
     /// The members held out (empty when the cohort holds out nobody).
     held: Arc<StringArray>,
+    counts: Counts,
+}
+
+/// What the query and the diff found (`Run::change`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    members: u64,
+    rows: u64,
+    nulls_skipped: u64,
+    empty_skipped: u64,
+    duplicates_removed: u64,
+    snapshot_members: u64,
+    adds: u64,
+    removes: u64,
+    removes_held_back: u64,
+    held_out: u64,
+    query_seconds: f64,
+}
+
+/// What one plan's delivery did (`Run::deliver`, then `Run::finish` for its dead letters).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Sent {
+    batches: u64,
+    /// Batches the journal showed acknowledged by an earlier process.
+    skipped: u64,
+    dead_letters: u64,
+}
+
+/// What a sync run did, stage by stage (`Run::sync`).
+#[derive(Debug, Default)]
+struct Done {
+    /// The interrupted run this one finished first.
+    resumed: Option<Sent>,
+    counts: Counts,
+    /// This run's own change; `None` when there was nothing to send.
+    delivered: Option<Sent>,
+    stats: SendStats,
+}
+
+impl SyncSummary {
+    fn counted(self, c: &Counts) -> SyncSummary {
+        SyncSummary {
+            members: c.members,
+            rows: c.rows,
+            nulls_skipped: c.nulls_skipped,
+            empty_skipped: c.empty_skipped,
+            duplicates_removed: c.duplicates_removed,
+            snapshot_members: c.snapshot_members,
+            adds: c.adds,
+            removes: c.removes,
+            removes_held_back: c.removes_held_back,
+            held_out: c.held_out,
+            query_seconds: c.query_seconds,
+            ..self
+        }
+    }
+
+    fn done(self, done: Done) -> SyncSummary {
+        let (resumed, delivered) = (
+            done.resumed.unwrap_or_default(),
+            done.delivered.unwrap_or_default(),
+        );
+        let outcome = if done.resumed.is_some() || done.delivered.is_some() {
+            "delivered"
+        } else {
+            "unchanged"
+        };
+        SyncSummary {
+            outcome,
+            resumed_batches: resumed.batches,
+            skipped_batches: resumed.skipped,
+            batches: resumed.batches + delivered.batches,
+            dead_letters: resumed.dead_letters + delivered.dead_letters,
+            requests: done.stats.requests,
+            retries: done.stats.retries,
+            ..self.counted(&done.counts)
+        }
+    }
 }
 
 struct Run<'a> {
@@ -290,10 +373,10 @@ impl Run<'_> {
     async fn sync(
         &self,
         lake: &Lake,
-        summary: &mut SyncSummary,
+        run_id: &str,
         started: &Instant,
         lock: &lock::KeptLock,
-    ) -> Result<()> {
+    ) -> Result<Done> {
         let deadline = tokio::time::Instant::from_std(*started) + self.dest.delivery.deadline;
         let opened;
         let delivery = match &self.given {
@@ -315,7 +398,7 @@ impl Run<'_> {
         let sender = sender.as_ref();
 
         // 1. An interrupted run first: finish exactly its plan.
-        let mut resumed = false;
+        let mut resumed = None;
         let plan = self.state.plan().await?;
         if plan.is_none() {
             self.refuse_lost_plan().await?;
@@ -357,75 +440,75 @@ impl Run<'_> {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
                 // Everything the commit will need must be readable before anything is sent.
                 dead::pending(self.state).await?;
-                let (sent, skipped) = self.deliver(&plan, delivery, sender, None).await?;
-                summary.resumed_batches = sent;
-                summary.skipped_batches = skipped;
-                summary.batches += sent;
+                let sent = self.deliver(&plan, delivery, sender, None).await?;
                 lock.check()?;
-                self.finish(&plan, summary).await?;
-                resumed = true;
+                let dead_letters = self.finish(&plan).await?;
+                resumed = Some(Sent {
+                    dead_letters,
+                    ..sent
+                });
             }
         }
 
         // 2. This run's change (a signal during the query stops here: nothing was planned).
-        let change = crate::signals::interruptible(self.change(lake, summary, started)).await?;
+        let change = crate::signals::interruptible(self.change(lake, started)).await?;
         // Members the destination cannot identify are refused before anything is planned.
         match delivery {
             Delivery::Requests(d) => d.accepts(&change.adds)?,
             Delivery::Lists(l) => l.accepts(&change.adds)?,
         }
         let nothing_to_send = change.adds.is_empty() && change.removes.is_empty();
-        if nothing_to_send && change.base.is_some() && summary.removes_held_back == 0 {
-            // A run that finished an interrupted one delivered that (its batches are counted).
-            summary.outcome = if resumed { "delivered" } else { "unchanged" };
-        } else {
-            // Nothing is sent before the plan is durable: a run that dies before that has sent
-            // nothing, so starting over is exact (ids sent from a plan that no file records could
-            // be stranded at the partner if they left the cohort before the next run). The
-            // target snapshot of an incremental plan is written while its batches go out (a
-            // crash before it is written is repaired by `rebuild_target`).
-            let plan = self.plan_meta(&change, &summary.run_id);
-            self.write_plan(&change, &plan).await?;
-            // The target snapshot (a first sync wrote it as its plan) and its replica; a delta
-            // commit needs neither (its plan files are the delta).
-            let write = async {
-                if plan.chain.is_some() {
-                    return Ok(());
-                }
-                let mut paths = vec![self.state.path(&state::replica(&plan.target_snapshot))];
-                if plan.adds_file != plan.target_snapshot {
-                    paths.push(self.state.path(&plan.target_snapshot));
-                }
-                ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await
+        let delivered =
+            if nothing_to_send && change.base.is_some() && change.counts.removes_held_back == 0 {
+                None
+            } else {
+                // Nothing is sent before the plan is durable: a run that dies before that has sent
+                // nothing, so starting over is exact (ids sent from a plan that no file records could
+                // be stranded at the partner if they left the cohort before the next run). The
+                // target snapshot of an incremental plan is written while its batches go out (a
+                // crash before it is written is repaired by `rebuild_target`).
+                let plan = self.plan_meta(&change, run_id);
+                self.write_plan(&change, &plan).await?;
+                // The target snapshot (a first sync wrote it as its plan) and its replica; a delta
+                // commit needs neither (its plan files are the delta).
+                let write = async {
+                    if plan.chain.is_some() {
+                        return Ok(());
+                    }
+                    let mut paths = vec![self.state.path(&state::replica(&plan.target_snapshot))];
+                    if plan.adds_file != plan.target_snapshot {
+                        paths.push(self.state.path(&plan.target_snapshot));
+                    }
+                    ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await
+                };
+                let lists = Some([
+                    change.adds.clone(),
+                    change.removes.clone(),
+                    change.target.clone(),
+                ]);
+                let (delivered, written) =
+                    tokio::join!(self.deliver(&plan, delivery, sender, lists), write);
+                let sent = delivered?;
+                written?;
+                lock.check()?;
+                let dead_letters = self.finish(&plan).await?;
+                Some(Sent {
+                    dead_letters,
+                    skipped: 0,
+                    ..sent
+                })
             };
-            let lists = Some([
-                change.adds.clone(),
-                change.removes.clone(),
-                change.target.clone(),
-            ]);
-            let (delivered, written) =
-                tokio::join!(self.deliver(&plan, delivery, sender, lists), write);
-            let (sent, _) = delivered?;
-            written?;
-            summary.batches += sent;
-            lock.check()?;
-            self.finish(&plan, summary).await?;
-            summary.outcome = "delivered";
-        }
         self.record_holdout(change.held).await?;
-        let stats = sender.map(Sender::stats).unwrap_or_default();
-        summary.requests = stats.requests;
-        summary.retries = stats.retries;
-        Ok(())
+        Ok(Done {
+            resumed,
+            counts: change.counts,
+            delivered,
+            stats: sender.map(Sender::stats).unwrap_or_default(),
+        })
     }
 
     /// Runs the query and diffs it against the committed snapshot.
-    async fn change(
-        &self,
-        lake: &Lake,
-        summary: &mut SyncSummary,
-        started: &Instant,
-    ) -> Result<Change> {
+    async fn change(&self, lake: &Lake, started: &Instant) -> Result<Change> {
         // The query and the snapshot read overlap: one is CPU on the query runtime, the other
         // mostly I/O and decoding on rayon.
         let params = Params {
@@ -449,17 +532,20 @@ impl Run<'_> {
         } else {
             Arc::new(StringArray::from(Vec::<&str>::new()))
         };
-        summary.held_out = held.len() as u64;
-        summary.query_seconds = started.elapsed().as_secs_f64();
-        summary.members = members.ids.len() as u64;
-        summary.rows = members.rows;
-        summary.nulls_skipped = members.nulls_skipped;
-        summary.empty_skipped = members.empty_skipped;
-        summary.duplicates_removed = members.duplicates_removed;
+        let mut counts = Counts {
+            held_out: held.len() as u64,
+            query_seconds: started.elapsed().as_secs_f64(),
+            members: members.ids.len() as u64,
+            rows: members.rows,
+            nulls_skipped: members.nulls_skipped,
+            empty_skipped: members.empty_skipped,
+            duplicates_removed: members.duplicates_removed,
+            snapshot_members: snapshot.len() as u64,
+            ..Counts::default()
+        };
         info!(cohort = %self.cohort.name, members = members.ids.len(), nulls_skipped = members.nulls_skipped,
-            duplicates_removed = members.duplicates_removed, seconds = summary.query_seconds, "cohort computed");
+            duplicates_removed = members.duplicates_removed, seconds = counts.query_seconds, "cohort computed");
 
-        summary.snapshot_members = snapshot.len() as u64;
         let now = members.ids.clone();
         let repaired = base.as_ref().is_some_and(|p| p.resend_all);
         if repaired && !self.options.full {
@@ -483,31 +569,32 @@ impl Run<'_> {
         let suspicious = suspicious_removals(
             removes.len(),
             query_members,
-            summary.snapshot_members,
+            counts.snapshot_members,
             self.config.state.max_removal_share,
         );
         let (removes, target) = match suspicious.filter(|_| !self.options.allow_mass_removal) {
             Some(why) => {
                 warn!(
                     cohort = %self.cohort.name, removes = removes.len(), members = members.ids.len(),
-                    snapshot = summary.snapshot_members,
+                    snapshot = counts.snapshot_members,
                     "holding back removals: {why}; pass --allow-mass-removal if this is intended"
                 );
-                summary.removes_held_back = removes.len() as u64;
+                counts.removes_held_back = removes.len() as u64;
                 let (ids, held) = (members.ids.clone(), removes.clone());
                 let target = on_rayon(move || Arc::new(diff::union(&ids, &held))).await;
                 (Arc::new(StringArray::from(Vec::<&str>::new())), target)
             }
             None => (removes, members.ids.clone()),
         };
-        summary.adds = adds.len() as u64;
-        summary.removes = removes.len() as u64;
+        counts.adds = adds.len() as u64;
+        counts.removes = removes.len() as u64;
         Ok(Change {
             base,
             adds,
             removes,
             target,
             held,
+            counts,
         })
     }
 
@@ -601,7 +688,8 @@ impl Run<'_> {
         state::write_json(store, &self.state.path("pending/plan.json"), plan).await
     }
 
-    /// Sends every batch of `plan` its journal does not hold; returns (sent, skipped).
+    /// Sends every batch of `plan` its journal does not hold (`Sent` without dead letters:
+    /// `finish` counts those).
     /// A batch the partner refuses with 400 is split until the refused ids are isolated; they
     /// are recorded as dead letters and the rest of the batch is delivered.
     async fn deliver(
@@ -612,7 +700,7 @@ impl Run<'_> {
         // The plan's adds, removes and target when this process made it (else read from the
         // plan).
         in_memory: Option<[Arc<StringArray>; 3]>,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Sent> {
         let (to, sender) = match (delivery, sender) {
             (Delivery::Lists(lists), _) => {
                 return self.deliver_lists(plan, lists.as_ref(), in_memory).await;
@@ -711,7 +799,11 @@ impl Run<'_> {
         result?;
         journaled?;
         crate::signals::check()?;
-        Ok((todo, total - todo))
+        Ok(Sent {
+            batches: todo,
+            skipped: total - todo,
+            dead_letters: 0,
+        })
     }
 
     /// Hands a plan's lists whole to a destination that takes them so (files); again when the
@@ -721,7 +813,7 @@ impl Run<'_> {
         plan: &PlanMeta,
         lists: &dyn Lists,
         in_memory: Option<[Arc<StringArray>; 3]>,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Sent> {
         let (adds, removes, target) = match in_memory {
             Some([adds, removes, target]) => (adds, removes, Some(target)),
             None => (
@@ -743,13 +835,17 @@ impl Run<'_> {
         };
         lists.write(&plan.run_id, plan.at, of).await?;
         info!(cohort = %self.cohort.name, run = %plan.run_id, "lists written");
-        Ok((plan.add_batches + plan.remove_batches, 0))
+        Ok(Sent {
+            batches: plan.add_batches + plan.remove_batches,
+            ..Sent::default()
+        })
     }
 
     /// Every batch of `plan` is acknowledged or dead-lettered: leave the refused ids out of
     /// the snapshot (a refused add is not a member at the partner; a refused remove still is),
-    /// write the dead letters, then switch the pointer. Safe to repeat after a crash.
-    async fn finish(&self, plan: &PlanMeta, summary: &mut SyncSummary) -> Result<()> {
+    /// write the dead letters, then switch the pointer. Safe to repeat after a crash. Returns
+    /// how many ids were dead-lettered.
+    async fn finish(&self, plan: &PlanMeta) -> Result<u64> {
         let store = self.state.store.as_ref();
         let target_path = self.state.path(&plan.target_snapshot);
         let dead = dead::pending(self.state).await?;
@@ -763,7 +859,8 @@ impl Run<'_> {
                 .await?;
             self.record_history(plan, pointer.committed_at, &dead)
                 .await?;
-            return self.state.clean_up(&pointer.files()).await;
+            self.state.clean_up(&pointer.files()).await?;
+            return Ok(0);
         }
         if plan.chain.is_some()
             || matches!(
@@ -806,7 +903,6 @@ impl Run<'_> {
                 &dead,
             )
             .await?;
-            summary.dead_letters += dead.len() as u64;
         } else {
             let replica = self.state.path(&state::replica(&plan.target_snapshot));
             if let Err(object_store::Error::NotFound { .. }) = store.head(&replica).await {
@@ -818,7 +914,8 @@ impl Run<'_> {
             .await?;
         self.state
             .clean_up(std::slice::from_ref(&plan.target_snapshot))
-            .await
+            .await?;
+        Ok(dead.len() as u64)
     }
 
     /// Keeps what a committed run changed at the partner under `history/` (the
@@ -1642,12 +1739,73 @@ mod tests {
         // sends what changed since.
         project.users(&["d", "e"]);
         to.down.store(false, Ordering::SeqCst);
-        project.sync(&to).await.unwrap();
+        let resumed = project.sync(&to).await.unwrap();
         assert_eq!(sent(2), [write(&["e"], &["b"]), write(&[], &["c"])]);
+        assert_eq!(resumed.outcome, "delivered");
+        assert!(resumed.resumed_batches > 0, "{resumed:?}");
+        assert_eq!((resumed.adds, resumed.removes), (0, 1));
 
         // Nothing changed: nothing is sent.
         let idle = project.sync(&to).await.unwrap();
         assert_eq!((idle.adds, idle.removes), (0, 0));
+        assert_eq!((idle.outcome, idle.batches), ("unchanged", 0));
         assert_eq!(sent(4), []);
+    }
+
+    #[test]
+    fn the_summary_adds_up_what_each_stage_returned() {
+        let counts = Counts {
+            members: 7,
+            adds: 2,
+            removes: 1,
+            ..Counts::default()
+        };
+        let resumed = Sent {
+            batches: 3,
+            skipped: 4,
+            dead_letters: 1,
+        };
+        let delivered = Sent {
+            batches: 2,
+            skipped: 0,
+            dead_letters: 5,
+        };
+        let stats = SendStats {
+            requests: 9,
+            retries: 2,
+            ..SendStats::default()
+        };
+        let both = SyncSummary::default().done(Done {
+            resumed: Some(resumed),
+            counts,
+            delivered: Some(delivered),
+            stats,
+        });
+        assert_eq!(both.outcome, "delivered");
+        assert_eq!(
+            (both.batches, both.resumed_batches, both.skipped_batches),
+            (5, 3, 4)
+        );
+        assert_eq!((both.dead_letters, both.requests, both.retries), (6, 9, 2));
+        assert_eq!((both.members, both.adds, both.removes), (7, 2, 1));
+
+        let only_resumed = SyncSummary::default().done(Done {
+            resumed: Some(resumed),
+            counts,
+            ..Done::default()
+        });
+        assert_eq!(
+            (only_resumed.outcome, only_resumed.batches),
+            ("delivered", 3)
+        );
+
+        let idle = SyncSummary::default().done(Done {
+            counts,
+            ..Done::default()
+        });
+        assert_eq!(
+            (idle.outcome, idle.batches, idle.dead_letters),
+            ("unchanged", 0, 0)
+        );
     }
 }
