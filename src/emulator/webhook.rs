@@ -61,41 +61,63 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
     let Some(key) = key else {
         return Ok(message(StatusCode::BAD_REQUEST, "no Idempotency-Key"));
     };
-    // Typed and borrowed: a 10M-id sync is 10M identity objects (a `Value` tree of each body
-    // cost this shared machine more than the client's own work).
+    let (cohort, op, ids) = match parse_batch(&body) {
+        Ok(batch) => batch,
+        Err(why) => return Ok(message(StatusCode::BAD_REQUEST, &why)),
+    };
+    let mut inner = lock(&receiver.inner);
+    if !inner.keys.insert(key) {
+        inner.repeats += 1;
+        return Ok(message(StatusCode::OK, "already applied"));
+    }
+    let remove = match op.as_str() {
+        "add" => false,
+        "remove" => true,
+        _ => return Ok(message(StatusCode::BAD_REQUEST, "op must be add or remove")),
+    };
+    inner.batches += 1;
+    inner.ids += ids.len() as u64;
+    inner.log.push((cohort, remove, ids));
+    Ok(message(StatusCode::OK, "applied"))
+}
+
+/// A batch body's cohort, op and members (keyed as the Cohort Import endpoints key them:
+/// `ID`, `alias:NAME:LABEL`, `device:ID`, `braze:ID`); `Err` is the 400 message.
+fn parse_batch(body: &[u8]) -> Result<(String, String, Vec<String>), String> {
+    match scan(body) {
+        Some(batch) => Ok(batch),
+        None => parse(body),
+    }
+}
+
+/// Any body the contract allows, through a typed, borrowed parse.
+fn parse(body: &[u8]) -> Result<(String, String, Vec<String>), String> {
+    use std::borrow::Cow;
     #[derive(serde::Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
-        cohort_id: std::borrow::Cow<'a, str>,
+        cohort_id: Cow<'a, str>,
         #[serde(borrow)]
-        op: std::borrow::Cow<'a, str>,
+        op: Cow<'a, str>,
         #[serde(borrow)]
         identities: Vec<Identity<'a>>,
     }
     #[derive(serde::Deserialize)]
     struct Identity<'a> {
         #[serde(borrow)]
-        user_id: Option<std::borrow::Cow<'a, str>>,
+        user_id: Option<Cow<'a, str>>,
         #[serde(borrow)]
-        alias_name: Option<std::borrow::Cow<'a, str>>,
+        alias_name: Option<Cow<'a, str>>,
         #[serde(borrow)]
-        alias_label: Option<std::borrow::Cow<'a, str>>,
+        alias_label: Option<Cow<'a, str>>,
         #[serde(borrow)]
-        device_id: Option<std::borrow::Cow<'a, str>>,
+        device_id: Option<Cow<'a, str>>,
         #[serde(borrow)]
-        braze_id: Option<std::borrow::Cow<'a, str>>,
+        braze_id: Option<Cow<'a, str>>,
     }
-    let parsed: Body = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return Ok(message(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not a batch (cohort_id, op, identities[].user_id): {e}"),
-            ));
-        }
-    };
-    let (cohort, op) = (parsed.cohort_id.as_ref(), parsed.op.as_ref());
-    // Members as the Cohort Import endpoints key them: `ID`, `alias:NAME:LABEL`, `device:ID`.
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
+        format!("the body is not a batch (cohort_id, op, identities[].user_id): {e}")
+    })?;
     let ids: Option<Vec<String>> = parsed
         .identities
         .iter()
@@ -115,26 +137,60 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Re
             }
         })
         .collect();
-    let Some(ids) = ids else {
-        return Ok(message(
-            StatusCode::BAD_REQUEST,
-            "each identity is one of {user_id}, {alias_name, alias_label}, {device_id}, {braze_id}",
-        ));
-    };
-    let mut inner = lock(&receiver.inner);
-    if !inner.keys.insert(key) {
-        inner.repeats += 1;
-        return Ok(message(StatusCode::OK, "already applied"));
+    let ids = ids.ok_or(
+        "each identity is one of {user_id}, {alias_name, alias_label}, {device_id}, {braze_id}",
+    )?;
+    Ok((parsed.cohort_id.into_owned(), parsed.op.into_owned(), ids))
+}
+
+/// The common case without a JSON tree: a body whose `identities` come last and are all
+/// `{"user_id":"..."}` with no escapes, as this crate's client writes external ids. `None`
+/// for anything else, which `parse` then reads (a 10M-id sync is 10M identity objects, and a
+/// typed parse of each cost this shared two-core machine more than the client's own work).
+/// Whenever it answers, it answers as `parse` does (a property test holds it to that).
+fn scan(body: &[u8]) -> Option<(String, String, Vec<String>)> {
+    const KEY: &[u8] = b",\"identities\":[";
+    const OPEN: &[u8] = b"{\"user_id\":\"";
+    // Inside a JSON string a quote is escaped, so the first bare `,"identities":[` is the key.
+    let at = body.windows(KEY.len()).position(|w| w == KEY)?;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        cohort_id: String,
+        op: String,
+        // Present only if the head repeats the key (a duplicate `parse` refuses).
+        identities: Option<serde::de::IgnoredAny>,
     }
-    let remove = match op {
-        "add" => false,
-        "remove" => true,
-        _ => return Ok(message(StatusCode::BAD_REQUEST, "op must be add or remove")),
-    };
-    inner.batches += 1;
-    inner.ids += ids.len() as u64;
-    inner.log.push((cohort.to_owned(), remove, ids));
-    Ok(message(StatusCode::OK, "applied"))
+    let mut head = body[..at].to_vec();
+    head.push(b'}');
+    let head: Head = serde_json::from_slice(&head).ok()?;
+    if head.identities.is_some() {
+        return None;
+    }
+    let mut rest = &body[at + KEY.len()..];
+    let mut ids = Vec::new();
+    if let Some(after) = rest.strip_prefix(b"]") {
+        rest = after;
+    } else {
+        loop {
+            rest = rest.strip_prefix(OPEN)?;
+            let end = rest.iter().position(|&b| b == b'"')?;
+            let id = &rest[..end];
+            if id.iter().any(|&b| b == b'\\' || b < 0x20) {
+                return None;
+            }
+            ids.push(std::str::from_utf8(id).ok()?.to_owned());
+            rest = rest[end..].strip_prefix(b"\"}")?;
+            match rest.split_first()? {
+                (b',', after) => rest = after,
+                (b']', after) => {
+                    rest = after;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (rest.trim_ascii() == b"}").then_some((head.cohort_id, head.op, ids))
 }
 
 impl Inner {
@@ -208,8 +264,125 @@ fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::verify;
+    use proptest::prelude::*;
+
+    use super::{parse, parse_batch, scan, verify};
     use crate::deliver::destination::webhook::signature;
+
+    /// A JSON string literal for `s`, escaped the way a client other than ours might
+    /// (`\u` escapes for some plain characters too).
+    fn literal(s: &str, unicode: bool) -> String {
+        if !unicode {
+            return serde_json::to_string(s).unwrap();
+        }
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            out.push_str(&format!("\\u{:04x}", c as u32 & 0xffff));
+        }
+        out + "\""
+    }
+
+    fn identity() -> impl Strategy<Value = String> {
+        let text = "[a-z0-9\"\\\\é:_-]{0,6}";
+        prop_oneof![
+            6 => (text, any::<bool>()).prop_map(|(u, e)| format!("{{\"user_id\":{}}}", literal(&u, e))),
+            1 => (text, text).prop_map(|(n, l)| format!(
+                "{{\"alias_name\":{},\"alias_label\":{}}}", literal(&n, false), literal(&l, false))),
+            1 => text.prop_map(|d| format!("{{\"device_id\":{}}}", literal(&d, false))),
+            1 => text.prop_map(|u| format!("{{ \"user_id\" : {} }}", literal(&u, false))),
+            1 => Just("{\"user_id\":1}".to_string()),
+            1 => Just("{}".to_string()),
+        ]
+    }
+
+    /// Bodies around the contract's shape: fields in any order, repeated or nested keys,
+    /// odd spacing, escapes, and random bytes cut out or flipped.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop_oneof![
+            Just("\"cohort_id\":\"vip\"".to_string()),
+            Just("\"cohort_id\":\"v\\\"ip\"".to_string()),
+            Just("\"op\":\"add\"".to_string()),
+            Just("\"op\":\"remove\"".to_string()),
+            Just("\"run_id\":\"r-1\"".to_string()),
+            Just("\"batch\":7".to_string()),
+            Just("\"meta\":{\"identities\":[]}".to_string()),
+            Just("\"identit\\u0069es\":[]".to_string()),
+            Just("\"cohort\":\",\\\"identities\\\":[\"".to_string()),
+        ];
+        (
+            proptest::collection::vec(field, 0..7),
+            proptest::collection::vec(identity(), 0..5),
+            any::<bool>(),
+            proptest::option::of((any::<prop::sample::Index>(), any::<u8>(), any::<bool>())),
+        )
+            .prop_map(|(mut fields, ids, last, damage)| {
+                let identities = format!("\"identities\":[{}]", ids.join(","));
+                if last {
+                    fields.push(identities);
+                } else {
+                    fields.insert(0, identities);
+                }
+                let mut body = format!("{{{}}}", fields.join(",")).into_bytes();
+                if let Some((at, byte, cut)) = damage {
+                    let i = at.index(body.len());
+                    if cut {
+                        body.remove(i);
+                    } else {
+                        body[i] = byte;
+                    }
+                }
+                body
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// The fast path never answers differently from the full parse.
+        #[test]
+        fn the_scan_answers_only_as_the_full_parse_does(body in body()) {
+            if let Some(scanned) = scan(&body) {
+                prop_assert_eq!(Ok(scanned), parse(&body), "{}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
+    #[test]
+    fn the_clients_external_id_batches_take_the_fast_path() {
+        let dest: crate::deliver::destination::webhook::Config =
+            toml::from_str("base_url = \"http://h:1/x\"\nsecret_env = \"S\"").unwrap();
+        let creds = crate::config::Credentials::Webhook {
+            secret: crate::config::Secret::new("s3cret-s3cret"),
+            headers: vec![],
+        };
+        let cohort = crate::config::Cohort {
+            name: "c".into(),
+            sql_file: "c.sql".into(),
+            destination: "hook".into(),
+            cohort_id: "vip".into(),
+            display_name: "V\"IPs, \"identities\":[".into(),
+            holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
+            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
+        };
+        let hook =
+            crate::deliver::destination::webhook::Webhook::new(&dest, &creds, &cohort).unwrap();
+        let ids = datafusion::arrow::array::StringArray::from(vec!["a", "6f1c-9e", "é", "b\"q"]);
+        use crate::deliver::destination::{Destination, Op};
+        let plain = hook.batch("run-1", 3, &ids, 0..3, Op::Add);
+        let expected = (
+            "vip".to_string(),
+            "add".to_string(),
+            vec!["a".into(), "6f1c-9e".into(), "é".into()],
+        );
+        assert_eq!(scan(&plain.body), Some(expected.clone()));
+        assert_eq!(parse_batch(&plain.body), Ok(expected));
+        // An escaped id is not scanned; the full parse reads it.
+        let escaped = hook.batch("run-1", 4, &ids, 3..4, Op::Remove);
+        assert_eq!(scan(&escaped.body), None);
+        assert_eq!(
+            parse_batch(&escaped.body),
+            Ok(("vip".into(), "remove".into(), vec!["b\"q".into()]))
+        );
+    }
 
     #[test]
     fn verifies_the_client_signature_and_nothing_else() {
