@@ -322,7 +322,7 @@ pub async fn export_engagement(
             "planted-export",
         )
         .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
+        .map_err(Error::storage_of)?;
     }
     let mut line = serde_json::to_value(&report).expect("report is JSON");
     line["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
@@ -410,11 +410,11 @@ pub async fn runs(
         .context()
         .table("runs")
         .await
-        .map_err(|e| Error::Query(format!("runs: {e}")))?;
+        .map_err(|e| Error::query_at("runs", e))?;
     if let Some(c) = cohort {
         df = df
             .filter(col("cohort").eq(lit(c)))
-            .map_err(|e| Error::Query(e.to_string()))?;
+            .map_err(Error::query_of)?;
     }
     let df = df
         .sort(vec![col("started_at").sort(false, true)])
@@ -436,7 +436,7 @@ pub async fn runs(
                 "error",
             ])
         })
-        .map_err(|e| Error::Query(e.to_string()))?;
+        .map_err(Error::query_of)?;
     let batches = lake.collect(df, "runs").await?;
     if !json && batches.iter().all(|b| b.num_rows() == 0) {
         eprintln!("no runs recorded yet under {}", lake.state.url);
@@ -469,7 +469,7 @@ pub async fn generate(
     let started = std::time::Instant::now();
     let report = synth_generate(location.store.clone(), &location.root, &spec)
         .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
+        .map_err(Error::storage_of)?;
     let line = serde_json::json!({
         "lake": location.url.as_str(), "users": report.users, "events": report.events,
         "user_files": report.user_files, "event_files": report.event_files,

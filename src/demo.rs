@@ -50,7 +50,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     // every demo starts from the lake `generate` wrote.
     synth::remove_feature_uses(location.store.as_ref(), &location.root, PLANTED)
         .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
+        .map_err(Error::storage_of)?;
 
     // The partner: an emulator on a free loopback port, with throwaway keys.
     let nonce = Utc::now().timestamp_nanos_opt().unwrap_or_default();
@@ -501,7 +501,7 @@ async fn return_path(
         PLANTED,
     )
     .await
-    .map_err(|e| Error::Storage(e.to_string()))?;
+    .map_err(Error::storage_of)?;
     eprintln!(
         "the partner exported {} engagement events in {} Currents Avro files ({} duplicate deliveries, {} late); \
          the pushes caused {} feature uses",
@@ -567,7 +567,7 @@ impl Row {
 async fn ensure_lake(location: &Location) -> Result<()> {
     let existing = synth::read_marker(location.store.as_ref(), &location.root)
         .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
+        .map_err(Error::storage_of)?;
     if existing.is_some() {
         eprintln!("reusing the lake at {}", location.url);
         return Ok(());
@@ -580,6 +580,6 @@ async fn ensure_lake(location: &Location) -> Result<()> {
     let spec = SynthSpec::new(DEMO_USERS, DEMO_DAYS, DEMO_SEED, demo_end_date());
     synth::generate(location.store.clone(), &location.root, &spec)
         .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
+        .map_err(Error::storage_of)?;
     Ok(())
 }

@@ -1,6 +1,11 @@
 //! The public error type, grouped by what the caller can do about it, and the exit codes.
 
+use std::fmt::Display;
 use std::path::PathBuf;
+
+/// The error underneath an [`Error`] (an object store's, DataFusion's, Parquet's, the OS's),
+/// kept so a caller can match on it (`source()` and `downcast_ref`).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Process exit codes, documented in the README. `main` maps every `Error` to one of these.
 pub mod exit {
@@ -22,6 +27,11 @@ pub mod exit {
 }
 
 /// Everything that can stop a command.
+///
+/// `Display` is the whole story, one line: an error with a cause says it after its context
+/// (`snapshots/x.parquet: Object at location … not found`), so print the error, not its
+/// chain. The cause is also kept as `source()` for callers that act on its kind; its own text
+/// has not been scrubbed of secrets (only what reaches stdout, stderr and the lake is).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The project file or the command line is wrong. `file` is the project file when known.
@@ -36,13 +46,21 @@ pub enum Error {
     #[error("{location}: {message}")]
     Sql { location: String, message: String },
 
-    /// Reading or writing the lake failed.
-    #[error("storage: {0}")]
-    Storage(String),
+    /// Reading or writing the lake or the state failed.
+    #[error("storage: {message}")]
+    Storage {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// Running a query failed after it planned (corrupt Parquet, resources, ...).
-    #[error("query: {0}")]
-    Query(String),
+    #[error("query: {message}")]
+    Query {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// The partner refused a request permanently (HTTP 400 or 401).
     #[error("partner rejected {what} with HTTP {status}: {message}")]
@@ -52,7 +70,9 @@ pub enum Error {
         message: String,
     },
 
-    /// Delivery failed: retries exhausted, timeouts, connection errors.
+    /// Delivery failed: retries exhausted, timeouts, connection errors. Its causes are the
+    /// partner's answers over many attempts (status, headers, body), said in words; there is
+    /// no single error underneath to keep.
     #[error("delivery: {0}")]
     Delivery(String),
 
@@ -81,6 +101,78 @@ impl Error {
         }
     }
 
+    /// A storage failure we detected ourselves (no underlying error).
+    pub fn storage(message: impl Into<String>) -> Self {
+        Error::Storage {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A storage failure caused by `cause`, said as `context: cause`.
+    pub fn storage_at<E>(context: impl Display, cause: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Storage {
+            message: format!("{context}: {cause}"),
+            source: Some(Box::new(cause)),
+        }
+    }
+
+    /// A storage failure that is `cause` itself (its text is the message).
+    pub fn storage_of<E>(cause: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Storage {
+            message: cause.to_string(),
+            source: Some(Box::new(cause)),
+        }
+    }
+
+    /// A query failure we detected ourselves.
+    pub fn query(message: impl Into<String>) -> Self {
+        Error::Query {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A query failure caused by `cause`, said as `context: cause`.
+    pub fn query_at<E>(context: impl Display, cause: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Query {
+            message: format!("{context}: {cause}"),
+            source: Some(Box::new(cause)),
+        }
+    }
+
+    /// A query failure that is `cause` itself.
+    pub fn query_of<E>(cause: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Query {
+            message: cause.to_string(),
+            source: Some(Box::new(cause)),
+        }
+    }
+
+    /// The underlying error of kind `E`, if this error has one (anywhere in its chain).
+    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -88,23 +180,60 @@ impl Error {
             Error::PartnerRejected { .. } => exit::PARTNER_REJECTED,
             Error::Locked(_) => exit::LOCKED,
             Error::Interrupted { signal } => exit::SIGNALLED + signal,
-            Error::Storage(_) | Error::Query(_) | Error::Delivery(_) | Error::Internal(_) => {
-                exit::FAILURE
-            }
+            Error::Storage { .. }
+            | Error::Query { .. }
+            | Error::Delivery(_)
+            | Error::Internal(_) => exit::FAILURE,
         }
     }
 }
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
-        Error::Storage(crate::redact::scrubbed(e.to_string()))
+        Error::Storage {
+            message: crate::redact::scrubbed(e.to_string()),
+            source: Some(Box::new(e)),
+        }
     }
 }
 
 impl From<parquet::errors::ParquetError> for Error {
     fn from(e: parquet::errors::ParquetError) -> Self {
-        Error::Storage(e.to_string())
+        Error::storage_of(e)
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_said_once_and_kept_as_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = Error::storage_at("state/plan.json", io);
+        assert_eq!(e.to_string(), "storage: state/plan.json: denied");
+        let kept = e
+            .cause::<std::io::Error>()
+            .expect("the io error is the source");
+        assert_eq!(kept.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(std::error::Error::source(&e).is_some());
+
+        let store = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        };
+        let e = Error::from(store);
+        assert!(matches!(
+            e.cause::<object_store::Error>(),
+            Some(object_store::Error::NotFound { .. })
+        ));
+        assert_eq!(e.exit_code(), exit::FAILURE);
+
+        let ours = Error::query("the query returned no batches");
+        assert_eq!(ours.to_string(), "query: the query returned no batches");
+        assert!(std::error::Error::source(&ours).is_none());
+        assert!(ours.cause::<std::io::Error>().is_none());
+    }
+}

@@ -74,11 +74,9 @@ pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
     for (rel, text) in FILES {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::Storage(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| Error::storage_at(parent.display(), e))?;
         }
-        std::fs::write(&path, text)
-            .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, text).map_err(|e| Error::storage_at(path.display(), e))?;
     }
     if sample {
         let location = Location::parse(SAMPLE_LAKE, dir, &Default::default())?;
@@ -86,7 +84,7 @@ pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
         spec.ids = IdShape::Uuid;
         generate(location.store.clone(), &location.root, &spec)
             .await
-            .map_err(|e| Error::Storage(e.to_string()))?;
+            .map_err(Error::storage_of)?;
     }
     let shown = dir.display();
     let cd = if dir == Path::new(".") {

@@ -65,7 +65,7 @@ pub async fn query(
     let bytes = render(&batches, format)?;
     match out {
         Some(path) => std::fs::write(path, bytes)
-            .map_err(|e| Error::Storage(format!("cannot write {}: {e}", path.display())))?,
+            .map_err(|e| Error::storage_at(format!("cannot write {}", path.display()), e))?,
         None => std::io::stdout()
             .write_all(&bytes)
             .map_err(|e| Error::Internal(format!("stdout: {e}")))?,
@@ -102,8 +102,8 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<Vec<u8>> {
         Format::Csv => csv(batches),
         Format::Parquet => {
             let Some(first) = batches.first() else {
-                return Err(Error::Query(
-                    "the query returned no batches; nothing to write".into(),
+                return Err(Error::query(
+                    "the query returned no batches; nothing to write",
                 ));
             };
             let mut buf = Vec::new();

@@ -626,13 +626,12 @@ pub async fn write(
         esc(lake.location.url.as_str())
     );
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::storage_at(dir.display(), e))?;
     }
     let tmp = out.with_extension("html.tmp");
     std::fs::write(&tmp, html.as_bytes())
         .and_then(|()| std::fs::rename(&tmp, out))
-        .map_err(|e| Error::Storage(format!("{}: {e}", out.display())))?;
+        .map_err(|e| Error::storage_at(out.display(), e))?;
     Ok(serde_json::json!({
         "out": out.display().to_string(),
         "sections": count,

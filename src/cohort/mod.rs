@@ -92,12 +92,12 @@ pub async fn members_of(
     // The member of each row: `user_id` itself, or the first identifier present (aliases,
     // device ids) as one tagged string.
     let key = identity::key_expr(df.schema().as_arrow(), identifiers)
-        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+        .map_err(|e| Error::query_at(&origin, e))?;
     let df = match key {
         None => df.select_columns(&[USER_ID]),
         Some(key) => df.select(vec![key.alias(USER_ID)]),
     }
-    .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+    .map_err(|e| Error::query_at(&origin, e))?;
     // One collector per partition copies its ids out of each batch as it arrives (the batch is
     // freed at once); a lake sorted by user_id read by one partition arrives sorted, and the
     // sort then only checks it.
@@ -132,7 +132,7 @@ pub async fn members_of(
         .map_err(|e| lake.query_error(&origin, e))?;
     let sorted = on_rayon(move || sort::Collector::finish(parts))
         .await
-        .map_err(|e| Error::Query(format!("{origin}: {e}")))?;
+        .map_err(|e| Error::query(format!("{origin}: {e}")))?;
     Ok(from_sorted(sorted))
 }
 

@@ -256,7 +256,7 @@ async fn ingest_locked(
         backfill.as_ref().map(|b| b.from),
     )
     .await
-    .map_err(|e| Error::Storage(format!("sources.{name}: cannot list {}: {e}", src.url)))?;
+    .map_err(|e| Error::storage_at(format!("sources.{name}: cannot list {}", src.url), e))?;
     let manifest: Manifest = read_json(state_store.as_ref(), &manifest_path)
         .await?
         .unwrap_or_default();
@@ -312,10 +312,10 @@ async fn ingest_locked(
                 let bytes = store
                     .get(&meta.location)
                     .await
-                    .map_err(|e| Error::Storage(format!("{rel}: {e}")))?
+                    .map_err(|e| Error::storage_at(&rel, e))?
                     .bytes()
                     .await
-                    .map_err(|e| Error::Storage(format!("{rel}: {e}")))?;
+                    .map_err(|e| Error::storage_at(&rel, e))?;
                 Ok::<_, Error>(on_rayon(move || read_file(rel, meta, format, bytes, &limits)).await)
             }
         })
@@ -852,11 +852,11 @@ impl Days {
             let meta = match self.store.head(&path).await {
                 Ok(meta) => Some(meta),
                 Err(object_store::Error::NotFound { .. }) => None,
-                Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
+                Err(e) => return Err(Error::storage_at(&path, e)),
             };
             if let Some(meta) = meta {
                 let stored = |e: &dyn std::fmt::Display| {
-                    Error::Storage(format!("stored day {path} cannot be read back: {e}"))
+                    Error::storage(format!("stored day {path} cannot be read back: {e}"))
                 };
                 let reader = crate::lake::store::ObjectFile {
                     store: self.store.clone(),

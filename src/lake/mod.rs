@@ -106,7 +106,7 @@ impl Lake {
             if let Err(e) = lake.register(name, table).await {
                 tracing::warn!(table = %name, error = %e, "table cannot be opened; the queries that read it will fail");
                 let why = match e {
-                    Error::Storage(m) => m,
+                    Error::Storage { message, .. } => message,
                     other => other.to_string(),
                 };
                 lake.unreadable.insert(name.clone(), why);
@@ -256,7 +256,7 @@ impl Lake {
         partitions: Vec<(String, DataType)>,
     ) -> Result<()> {
         let fail =
-            |e: &dyn std::fmt::Display| Error::Storage(format!("table `{name}` at {url}: {e}"));
+            |e: &dyn std::fmt::Display| Error::storage(format!("table `{name}` at {url}: {e}"));
         let table_url = ListingTableUrl::parse(url).map_err(|e| fail(&e))?;
         let options = ListingOptions::new(Arc::new(self.parquet_format()))
             .with_file_extension(".parquet")
@@ -286,9 +286,9 @@ impl Lake {
     /// A query failure in words; running out of the memory pool names the setting to change.
     pub fn query_error(&self, origin: &str, e: DataFusionError) -> Error {
         if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
-            Error::Query(format!("{origin}: {}: {e}", self.memory_hint))
+            Error::query_at(format!("{origin}: {}", self.memory_hint), e)
         } else {
-            Error::Query(format!("{origin}: {e}"))
+            Error::query_at(origin, e)
         }
     }
 
@@ -311,7 +311,7 @@ impl Lake {
     pub async fn register(&self, name: &str, table: &TableConfig) -> Result<()> {
         let url = self.location.child_url(&table.path);
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::Storage(format!("table `{name}` at {url}: {what}: {e}"))
+            Error::storage(format!("table `{name}` at {url}: {what}: {e}"))
         };
         let table_url = ListingTableUrl::parse(&url).map_err(|e| fail("bad URL", &e))?;
         let partitions = table

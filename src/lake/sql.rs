@@ -59,7 +59,7 @@ impl Lake {
         let state = self.context().state();
         let plan = state.statement_to_plan(statement).await.map_err(|e| {
             match self.unreadable_in(&e.to_string()) {
-                Some((table, why)) => Error::Storage(format!(
+                Some((table, why)) => Error::storage(format!(
                     "{}: reads table `{table}`, which cannot be opened: {why}",
                     src.origin
                 )),

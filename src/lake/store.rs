@@ -32,7 +32,7 @@ impl Location {
         let url = to_url(text, base)?;
         let store = build_store(&url, options)?;
         let root = Path::from_url_path(url.path())
-            .map_err(|e| Error::Storage(format!("bad path in `{url}`: {e}")))?;
+            .map_err(|e| Error::storage_at(format!("bad path in `{url}`"), e))?;
         Ok(Location { url, store, root })
     }
 

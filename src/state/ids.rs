@@ -180,7 +180,7 @@ impl Sink {
                     let upload = store
                         .put_multipart(path)
                         .await
-                        .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                        .map_err(|e| Error::storage_at(&path, e))?;
                     let mut upload = WriteMultipart::new_with_chunk_size(upload, *part);
                     for c in chunks.drain(..) {
                         upload.put(c);
@@ -192,7 +192,7 @@ impl Sink {
                 upload
                     .wait_for_capacity(PARTS_IN_FLIGHT)
                     .await
-                    .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                    .map_err(|e| Error::storage_at(&path, e))?;
                 upload.put(chunk);
             }
             Sink::Done => return Err(Error::Internal("id list written after its end".into())),
@@ -206,12 +206,12 @@ impl Sink {
                 .put(&path, chunks.into_iter().collect::<PutPayload>())
                 .await
                 .map(|_| ())
-                .map_err(|e| Error::Storage(format!("{path}: {e}"))),
+                .map_err(|e| Error::storage_at(&path, e)),
             Sink::Upload(path, upload) => upload
                 .finish()
                 .await
                 .map(|_| ())
-                .map_err(|e| Error::Storage(format!("{path}: {e}"))),
+                .map_err(|e| Error::storage_at(&path, e)),
             Sink::Done => Ok(()),
         }
     }
@@ -229,14 +229,14 @@ pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()>
     let bytes = store
         .get(from)
         .await
-        .map_err(|e| Error::Storage(format!("{from}: {e}")))?
+        .map_err(|e| Error::storage_at(from, e))?
         .bytes()
         .await
-        .map_err(|e| Error::Storage(format!("{from}: {e}")))?;
+        .map_err(|e| Error::storage_at(from, e))?;
     store
         .put(to, bytes.into())
         .await
-        .map_err(|e| Error::Storage(format!("{to}: {e}")))?;
+        .map_err(|e| Error::storage_at(to, e))?;
     Ok(())
 }
 
@@ -369,7 +369,7 @@ fn compression_for(ids: &StringArray) -> Compression {
 pub async fn read(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Arc<StringArray>> {
     try_read(store, path)
         .await?
-        .map_err(|why| Error::Storage(format!("{path}: {why}")))
+        .map_err(|why| Error::storage(format!("{path}: {why}")))
 }
 
 /// Reads an id list: a store failure is an error; a missing object, or one that is not a sorted,
@@ -385,7 +385,7 @@ pub async fn try_read(
     let meta = match store.head(path).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Ok(Err("missing".into())),
-        Err(e) => return Err(Error::Storage(format!("{path}: {e}"))),
+        Err(e) => return Err(Error::storage_at(path, e)),
     };
     let reader = ObjectFile {
         store: store.clone(),
@@ -399,7 +399,7 @@ pub async fn try_read(
                 Ok(store_error)
                     if !matches!(*store_error, object_store::Error::NotFound { .. }) =>
                 {
-                    Err(Error::Storage(format!("{path}: {store_error}")))
+                    Err(Error::storage_at(path, store_error))
                 }
                 Ok(gone) => Ok(format!("missing ({gone})")),
                 Err(other) => Ok(format!("not a readable id list: {other}")),

@@ -102,7 +102,7 @@ pub async fn write_object(
         .store
         .put(&path, body.into_bytes().into())
         .await
-        .map_err(|e| Error::Storage(format!("{path}: journal write failed: {e}")))?;
+        .map_err(|e| Error::storage_at(format!("{path}: journal write failed"), e))?;
     Ok(path)
 }
 

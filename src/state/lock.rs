@@ -165,10 +165,10 @@ impl Lock {
                 // Someone else created that generation first: look again.
                 Err(object_store::Error::AlreadyExists { .. }) => continue,
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "{}: cannot take the lock: {e}",
-                        state.dir
-                    )));
+                    return Err(Error::storage_at(
+                        format!("{}: cannot take the lock", state.dir),
+                        e,
+                    ));
                 }
             }
         }

@@ -425,7 +425,7 @@ impl CohortState {
         self.store
             .put(&path, bytes::Bytes::new().into())
             .await
-            .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+            .map_err(|e| Error::storage_at(&path, e))?;
         Ok(())
     }
 
@@ -540,17 +540,14 @@ pub async fn try_read_json<T: DeserializeOwned>(
 ) -> Result<Read<T>> {
     match store.get(path).await {
         Ok(got) => {
-            let bytes = got
-                .bytes()
-                .await
-                .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+            let bytes = got.bytes().await.map_err(|e| Error::storage_at(path, e))?;
             Ok(match serde_json::from_slice(&bytes) {
                 Ok(v) => Read::Ok(v),
                 Err(e) => Read::Corrupt(format!("not valid JSON of its kind: {e}")),
             })
         }
         Err(object_store::Error::NotFound { .. }) => Ok(Read::Missing),
-        Err(e) => Err(Error::Storage(format!("{path}: {e}"))),
+        Err(e) => Err(Error::storage_at(path, e)),
     }
 }
 
@@ -561,7 +558,7 @@ pub async fn read_json<T: DeserializeOwned>(
     match try_read_json(store, path).await? {
         Read::Ok(v) => Ok(Some(v)),
         Read::Missing => Ok(None),
-        Read::Corrupt(why) => Err(Error::Storage(format!("{path}: corrupt state file: {why}"))),
+        Read::Corrupt(why) => Err(Error::storage(format!("{path}: corrupt state file: {why}"))),
     }
 }
 
@@ -574,14 +571,14 @@ pub async fn write_json<T: Serialize>(
     store
         .put(path, body.into())
         .await
-        .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+        .map_err(|e| Error::storage_at(path, e))?;
     Ok(())
 }
 
 pub async fn delete_if_exists(store: &dyn ObjectStore, path: &Path) -> Result<()> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(Error::Storage(format!("{path}: {e}"))),
+        Err(e) => Err(Error::storage_at(path, e)),
     }
 }
 

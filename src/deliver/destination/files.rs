@@ -243,7 +243,7 @@ impl Lists for Files {
                     PutPayload::from(serde_json::to_vec_pretty(&manifest).expect("JSON")),
                 )
                 .await
-                .map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                .map_err(|e| Error::storage_at(&path, e))?;
             Ok(())
         })
     }
