@@ -947,6 +947,145 @@ pub fn register_tables(lake: &Lake, config: &Config) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The events of `(id, unix seconds)` pairs as the decoder reads them from NDJSON, split
+    /// by day with their fingerprints (what `ingest_locked` hands to `Days`).
+    fn events(pairs: &[(&str, i64)]) -> Vec<(i32, RecordBatch, Vec<u128>)> {
+        let lines: String = pairs
+            .iter()
+            .map(|(id, t)| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"event_type": "users.messages.pushnotification.Open",
+                        "id": id, "user_id": "b-1", "external_user_id": "u1", "time": t})
+                )
+            })
+            .collect();
+        let decoded = decode_file(
+            "opens/f.ndjson",
+            decode::Format::NdJson,
+            lines.as_bytes(),
+            &Limits::default(),
+        );
+        assert!(decoded.quarantine.is_empty() && decoded.broken.is_none());
+        let fp = Fingerprints::new();
+        let fingerprints = event::ids(&decoded.batch)
+            .iter()
+            .map(|id| fp.of(id.unwrap_or_default()))
+            .collect();
+        split_by_day(&decoded.batch, fingerprints).unwrap()
+    }
+
+    /// The event ids stored for each day, sorted.
+    async fn stored(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let listed: Vec<_> = store.list(None).collect().await;
+        for meta in listed {
+            let meta = meta.unwrap();
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            let mut ids: Vec<String> = reader
+                .flat_map(|b| {
+                    let b = b.unwrap();
+                    event::ids(&b)
+                        .iter()
+                        .flatten()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            ids.sort();
+            out.insert(meta.location.to_string(), ids);
+        }
+        out
+    }
+
+    async fn write(days: &mut Days, pairs: &[(&str, i64)]) {
+        for (day, rows, fingerprints) in events(pairs) {
+            days.append(day, rows, &fingerprints).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn days_merge_with_what_they_hold_drop_repeated_ids_and_a_backfill_replaces_once() {
+        const DAY: i64 = 86_400;
+        let t = 1_764_547_200; // 2025-12-01T00:00:00Z
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let table = Path::from("partner_events");
+        let (first, second) = (
+            "partner_events/event_date=2025-12-01/part-0.parquet".to_string(),
+            "partner_events/event_date=2025-12-02/part-0.parquet".to_string(),
+        );
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        // A run: two days, an id repeated within the run (a duplicate delivery).
+        let mut days = Days::new(store.clone(), table.clone(), None);
+        write(
+            &mut days,
+            &[("a", t), ("b", t + 60), ("a", t + 120), ("c", t + DAY)],
+        )
+        .await;
+        // Nothing is visible before a day is closed: the switch is the close.
+        assert!(stored(&store).await.is_empty());
+        days.close_all().await.unwrap();
+        assert_eq!((days.added, days.duplicates), (3, 1));
+        assert_eq!(
+            stored(&store).await,
+            BTreeMap::from([
+                (first.clone(), strings(&["a", "b"])),
+                (second.clone(), strings(&["c"])),
+            ])
+        );
+
+        // The next run merges into the stored day and leaves out what it already holds.
+        let mut days = Days::new(store.clone(), table.clone(), None);
+        write(&mut days, &[("b", t + 60), ("d", t + 300)]).await;
+        days.close_all().await.unwrap();
+        assert_eq!((days.added, days.duplicates), (1, 1));
+        assert_eq!(stored(&store).await[&first], strings(&["a", "b", "d"]));
+
+        // A backfill replaces a day the first time it opens it, then merges into it (a day
+        // closed early to bound the open uploads is reopened, not replaced again).
+        let backfill = BackfillState::default();
+        let mut days = Days::new(store.clone(), table.clone(), Some(&backfill));
+        write(&mut days, &[("e", t + 10)]).await;
+        days.close_all().await.unwrap();
+        write(&mut days, &[("f", t + 20)]).await;
+        days.close_all().await.unwrap();
+        let after = stored(&store).await;
+        assert_eq!(after[&first], strings(&["e", "f"]));
+        assert_eq!(
+            after[&second],
+            strings(&["c"]),
+            "a day the backfill did not touch"
+        );
+        assert_eq!(
+            days.written,
+            BTreeSet::from([event::day_of_date(
+                chrono::NaiveDate::from_ymd_opt(2025, 12, 1).unwrap()
+            )])
+        );
+
+        // A day an interrupted backfill already replaced is merged into, not replaced again.
+        let resumed = BackfillState {
+            replaced: BTreeSet::from([chrono::NaiveDate::from_ymd_opt(2025, 12, 1).unwrap()]),
+            ..BackfillState::default()
+        };
+        let mut days = Days::new(store.clone(), table, Some(&resumed));
+        write(&mut days, &[("g", t + 30)]).await;
+        days.close_all().await.unwrap();
+        assert_eq!(stored(&store).await[&first], strings(&["e", "f", "g"]));
+    }
+
     #[test]
     fn a_file_of_bad_records_stops_at_the_file_limit() {
         let limits = Limits {
