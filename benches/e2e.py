@@ -23,7 +23,8 @@ alike. Cases:
      (~134 s; ours only; not in the default set)
   f  full sync of (a)'s cohort to the `files` destination (Parquet, a fresh folder; ours only)
   w  full sync of (a)'s cohort to the `webhook` destination: the emulator's signed-webhook
-     receiver (`POST /_webhook`), 1,000 ids a batch (ours only)
+     receiver (`POST /_webhook`), 1,000 ids a batch, the default (ours only)
+  W  the same at `batch_size = 5000` (~250 KB bodies, for receivers that accept them)
   c  ingest of the ~10.5M Currents records into a fresh lake (ours only)
   d  floors on the UUID lake: the cohort query + diff alone (`sync --dry-run`, no network,
      nothing written), and the HTTP floor (the hidden `cohort-bridge http-floor`: the same
@@ -94,7 +95,7 @@ LAKES = {
     "scale": LakeSpec(f"bench-lake-{size(SCALE_USERS)}-uuid", SCALE_USERS, "uuid", "half.sql"),
 }
 CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale",
-              "t": "uuid", "f": "uuid", "w": "uuid"}
+              "t": "uuid", "f": "uuid", "w": "uuid", "W": "uuid"}
 
 # Targets of issue 14 on this machine class (2 cores, 24 GiB): the peer's wall ÷ ours, our CPU
 # against the peer's, our peak RSS.
@@ -362,20 +363,22 @@ def with_destination(project, body):
 def case_files_or_webhook(case, work, lake, n_runs):
     """A full sync of (a)'s cohort to the `files` destination (Parquet in a fresh folder, no
     network), or to the `webhook` destination (the emulator's signed-webhook receiver,
-    1,000 ids a batch, 16 in flight): what issue 15 compares with Cohort Import's (a)."""
+    1,000 ids a batch for w, 5,000 for W, 16 in flight): what issue 15 compares with Cohort
+    Import's (a)."""
+    batch = 5000 if case == "W" else 1000
     project = Project(Path(work) / f"ours-{case}", lake)
     out = Path(work) / f"files-{case}"
     if case == "f":
         with_destination(project, f'kind = "files"\nurl = "{out}"\n')
     else:
         with_destination(project, f'kind = "webhook"\nbase_url = "http://127.0.0.1:{PORT}/_webhook"\n'
-                                  'secret_env = "BENCH_WEBHOOK_SECRET"\nbatch_size = 1000\n'
+                                  f'secret_env = "BENCH_WEBHOOK_SECRET"\nbatch_size = {batch}\n'
                                   'max_in_flight = 16\n')
     runs = []
     for i in range(n_runs):
         project.reset_state()
         shutil.rmtree(out, ignore_errors=True)
-        emu = Emulator() if case == "w" else None
+        emu = Emulator() if case != "f" else None
         try:
             wall, cpu, rss, s = project.sync(FULL_DAY)
             held = emu.get("/_emulator/webhook") if emu else None
@@ -394,7 +397,7 @@ def case_files_or_webhook(case, work, lake, n_runs):
             f"{s['members']:,} members, {s['requests']:,} requests, query {s['query_seconds']:.2f} s")
         runs.append((wall, cpu, rss, s))
     s = runs[-1][3]
-    what = "files (Parquet)" if case == "f" else "webhook (signed, 1,000 ids a batch)"
+    what = "files (Parquet)" if case == "f" else f"webhook (signed, {batch:,} ids a batch)"
     return [row(case, f"full sync to {what}, {s['members']:,} members of {lake.label()}", runs,
                 s["members"], s["requests"], None)]
 
@@ -567,7 +570,7 @@ def main():
                     rows += case_d(work, LAKES["uuid"], args.runs)
                 elif case == "t":
                     rows += case_t(work, LAKES["uuid"], args.runs)
-                elif case in ("f", "w"):
+                elif case in ("f", "w", "W"):
                     rows += case_files_or_webhook(case, work, LAKES["uuid"], args.runs)
                 else:
                     sys.exit(f"unknown case {case}")
