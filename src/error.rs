@@ -7,6 +7,19 @@ use std::path::PathBuf;
 /// kept so a caller can match on it (`source()` and `downcast_ref`).
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Any error that can become a [`Cause`].
+pub trait AnyError: std::error::Error + Send + Sync + 'static {}
+impl<E: std::error::Error + Send + Sync + 'static> AnyError for E {}
+
+/// The message of an error caused by `cause` (after `context`, if any) and the cause kept.
+fn said(context: Option<&dyn Display>, cause: impl AnyError) -> (String, Option<Cause>) {
+    let message = match context {
+        Some(context) => format!("{context}: {cause}"),
+        None => cause.to_string(),
+    };
+    (message, Some(Box::new(cause)))
+}
+
 /// Process exit codes, documented in the README. `main` maps every `Error` to one of these.
 pub mod exit {
     /// Everything was delivered.
@@ -110,25 +123,15 @@ impl Error {
     }
 
     /// A storage failure caused by `cause`, said as `context: cause`.
-    pub fn storage_at<E>(context: impl Display, cause: E) -> Self
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Error::Storage {
-            message: format!("{context}: {cause}"),
-            source: Some(Box::new(cause)),
-        }
+    pub fn storage_at(context: impl Display, cause: impl AnyError) -> Self {
+        let (message, source) = said(Some(&context), cause);
+        Error::Storage { message, source }
     }
 
     /// A storage failure that is `cause` itself (its text is the message).
-    pub fn storage_of<E>(cause: E) -> Self
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Error::Storage {
-            message: cause.to_string(),
-            source: Some(Box::new(cause)),
-        }
+    pub fn storage_of(cause: impl AnyError) -> Self {
+        let (message, source) = said(None, cause);
+        Error::Storage { message, source }
     }
 
     /// A query failure we detected ourselves.
@@ -140,25 +143,15 @@ impl Error {
     }
 
     /// A query failure caused by `cause`, said as `context: cause`.
-    pub fn query_at<E>(context: impl Display, cause: E) -> Self
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Error::Query {
-            message: format!("{context}: {cause}"),
-            source: Some(Box::new(cause)),
-        }
+    pub fn query_at(context: impl Display, cause: impl AnyError) -> Self {
+        let (message, source) = said(Some(&context), cause);
+        Error::Query { message, source }
     }
 
     /// A query failure that is `cause` itself.
-    pub fn query_of<E>(cause: E) -> Self
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Error::Query {
-            message: cause.to_string(),
-            source: Some(Box::new(cause)),
-        }
+    pub fn query_of(cause: impl AnyError) -> Self {
+        let (message, source) = said(None, cause);
+        Error::Query { message, source }
     }
 
     /// The underlying error of kind `E`, if this error has one (anywhere in its chain).
