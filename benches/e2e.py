@@ -2,6 +2,7 @@
 """End-to-end benchmark (issues 6 and 14): one command, ours and the peer side by side.
 
     python3 benches/e2e.py            # RUNS=3 of every case; --runs N, --cases a,b,e,s,c,d
+    python3 benches/e2e.py --cases a,w,W,f --no-peer --interleave   # cases in turn, per pass
 
 Generates once and caches under data/: a lake of 20M users with UUID ids in no order
 (`bench-lake-20m-uuid`, `generate --ids uuid`, the default shape; the cohort `benches/half.sql`
@@ -277,8 +278,25 @@ def row(case, what, runs, ids, requests, peer=None):
     r.update(case=case, what=what,
              ids_per_s=ids / r["wall"] if ids else None,
              requests_per_s=requests / r["wall"] if requests else None,
-             peer=summarize(peer) if peer else None)
+             peer=summarize(peer) if peer else None,
+             # The measurements themselves, for --interleave to pool passes (not written out).
+             raw=(runs, ids, requests, peer))
     return r
+
+
+def pooled(passes):
+    """--interleave: one row per case from the rows of every pass (the last pass's wording)."""
+    by, what = {}, {}
+    for rows in passes:
+        for r in rows:
+            by.setdefault(r["case"], []).append(r["raw"])
+            what[r["case"]] = r["what"]
+    out = []
+    for case, raws in by.items():
+        runs = [run for raw in raws for run in raw[0]]
+        peer = [run for raw in raws for run in (raw[3] or [])]
+        out.append(row(case, what[case], runs, raws[-1][1], raws[-1][2], peer or None))
+    return out
 
 
 def full_syncs(tool, n_runs, label, check_ours):
@@ -531,6 +549,9 @@ def main():
     p.add_argument("--cases", default="a,b,e,s,c,d")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-peer", action="store_true", help="run ours only")
+    p.add_argument("--interleave", action="store_true",
+                   help="run the cases in turn, one run of each per pass, --runs passes (on a machine "
+                        "whose page cache or neighbours drift, only rows measured in turn compare)")
     args = p.parse_args()
     cases = args.cases.split(",")
     peer = not args.no_peer
@@ -552,31 +573,41 @@ def main():
         verdicts(rows)
         print(f"cohort-bridge e2e benchmark, {os.cpu_count()} cores, median of {args.runs} runs")
         print(table(rows))
-        out.write_text(json.dumps(rows, indent=1, default=str))
+        out.write_text(json.dumps([{k: v for k, v in r.items() if k != "raw"} for r in rows],
+                                  indent=1, default=str))
         log(f"(written to {out})")
 
+    def run_case(case, work, n):
+        if case in ("a", "e", "s", "x"):
+            return case_full(case, work, LAKES[CASE_LAKES[case]], n, peer)
+        if case == "b":
+            return case_incremental(work, LAKES["uuid"], n, peer)
+        if case == "c":
+            return case_c(n)
+        if case == "d":
+            return case_d(work, LAKES["uuid"], n)
+        if case == "t":
+            return case_t(work, LAKES["uuid"], n)
+        if case in ("f", "w", "W"):
+            return case_files_or_webhook(case, work, LAKES["uuid"], n)
+        sys.exit(f"unknown case {case}")
+
     failed = []
+    passes = []
     with tempfile.TemporaryDirectory(prefix="cohort-bridge-bench-") as work:
-        for case in cases:
-            # A case that fails is named; the others' rows are still reported.
-            try:
-                if case in ("a", "e", "s", "x"):
-                    rows += case_full(case, work, LAKES[CASE_LAKES[case]], args.runs, peer)
-                elif case == "b":
-                    rows += case_incremental(work, LAKES["uuid"], args.runs, peer)
-                elif case == "c":
-                    rows += case_c(args.runs)
-                elif case == "d":
-                    rows += case_d(work, LAKES["uuid"], args.runs)
-                elif case == "t":
-                    rows += case_t(work, LAKES["uuid"], args.runs)
-                elif case in ("f", "w", "W"):
-                    rows += case_files_or_webhook(case, work, LAKES["uuid"], args.runs)
-                else:
-                    sys.exit(f"unknown case {case}")
-            except (RuntimeError, AssertionError, OSError) as e:
-                log(f"case {case} FAILED: {e}")
-                failed.append(case)
+        for i in range(args.runs if args.interleave else 1):
+            this = []
+            for case in cases:
+                if case in failed:
+                    continue
+                # A case that fails is named; the others' rows are still reported.
+                try:
+                    this += run_case(case, str(Path(work) / f"pass-{i}"), 1 if args.interleave else args.runs)
+                except (RuntimeError, AssertionError, OSError) as e:
+                    log(f"case {case} FAILED: {e}")
+                    failed.append(case)
+            passes.append(this)
+    rows += pooled(passes) if args.interleave else passes[0]
     report()
     if failed:
         sys.exit(f"failed cases: {', '.join(failed)}")
