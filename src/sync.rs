@@ -291,7 +291,7 @@ struct Counts {
 }
 
 /// What one plan's delivery did (`Run::deliver`, then `Run::finish` for its dead letters).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Sent {
     batches: u64,
     /// Batches the journal showed acknowledged by an earlier process.
@@ -441,12 +441,7 @@ impl Run<'_> {
                 // Everything the commit will need must be readable before anything is sent.
                 dead::pending(self.state).await?;
                 let sent = self.deliver(&plan, delivery, sender, None).await?;
-                lock.check()?;
-                let dead_letters = self.finish(&plan).await?;
-                resumed = Some(Sent {
-                    dead_letters,
-                    ..sent
-                });
+                resumed = Some(self.commit(&plan, sent, lock).await?);
             }
         }
 
@@ -462,41 +457,8 @@ impl Run<'_> {
             if nothing_to_send && change.base.is_some() && change.counts.removes_held_back == 0 {
                 None
             } else {
-                // Nothing is sent before the plan is durable: a run that dies before that has sent
-                // nothing, so starting over is exact (ids sent from a plan that no file records could
-                // be stranded at the partner if they left the cohort before the next run). The
-                // target snapshot of an incremental plan is written while its batches go out (a
-                // crash before it is written is repaired by `rebuild_target`).
-                let plan = self.plan_meta(&change, run_id);
-                self.write_plan(&change, &plan).await?;
-                // The target snapshot (a first sync wrote it as its plan) and its replica; a delta
-                // commit needs neither (its plan files are the delta).
-                let write = async {
-                    if plan.chain.is_some() {
-                        return Ok(());
-                    }
-                    let mut paths = vec![self.state.path(&state::replica(&plan.target_snapshot))];
-                    if plan.adds_file != plan.target_snapshot {
-                        paths.push(self.state.path(&plan.target_snapshot));
-                    }
-                    ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await
-                };
-                let lists = Some([
-                    change.adds.clone(),
-                    change.removes.clone(),
-                    change.target.clone(),
-                ]);
-                let (delivered, written) =
-                    tokio::join!(self.deliver(&plan, delivery, sender, lists), write);
-                let sent = delivered?;
-                written?;
-                lock.check()?;
-                let dead_letters = self.finish(&plan).await?;
-                Some(Sent {
-                    dead_letters,
-                    skipped: 0,
-                    ..sent
-                })
+                let (plan, sent) = self.send_change(&change, run_id, delivery, sender).await?;
+                Some(self.commit(&plan, sent, lock).await?)
             };
         self.record_holdout(change.held).await?;
         Ok(Done {
@@ -504,6 +466,54 @@ impl Run<'_> {
             counts: change.counts,
             delivered,
             stats: sender.map(Sender::stats).unwrap_or_default(),
+        })
+    }
+
+    /// Plans `change` and sends it. Nothing is sent before the plan is durable: a run that dies
+    /// before that has sent nothing, so starting over is exact (ids sent from a plan that no
+    /// file records could be stranded at the partner if they left the cohort before the next
+    /// run). The target snapshot of an incremental plan is written while its batches go out (a
+    /// crash before it is written is repaired by `rebuild_target`).
+    async fn send_change(
+        &self,
+        change: &Change,
+        run_id: &str,
+        delivery: &Delivery,
+        sender: Option<&Sender>,
+    ) -> Result<(PlanMeta, Sent)> {
+        let plan = self.plan_meta(change, run_id);
+        self.write_plan(change, &plan).await?;
+        // The target snapshot (a first sync wrote it as its plan) and its replica; a delta
+        // commit needs neither (its plan files are the delta).
+        let write = async {
+            if plan.chain.is_some() {
+                return Ok(());
+            }
+            let mut paths = vec![self.state.path(&state::replica(&plan.target_snapshot))];
+            if plan.adds_file != plan.target_snapshot {
+                paths.push(self.state.path(&plan.target_snapshot));
+            }
+            ids::write_to(self.state.store.as_ref(), &paths, change.target.clone()).await
+        };
+        let lists = Some([
+            change.adds.clone(),
+            change.removes.clone(),
+            change.target.clone(),
+        ]);
+        let (sent, written) = tokio::join!(self.deliver(&plan, delivery, sender, lists), write);
+        let sent = sent?;
+        written?;
+        Ok((plan, sent))
+    }
+
+    /// Commits a delivered plan while this run still holds the lock; `sent` with the ids the
+    /// commit dead-lettered.
+    async fn commit(&self, plan: &PlanMeta, sent: Sent, lock: &lock::KeptLock) -> Result<Sent> {
+        lock.check()?;
+        let dead_letters = self.finish(plan).await?;
+        Ok(Sent {
+            dead_letters,
+            ..sent
         })
     }
 

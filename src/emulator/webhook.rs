@@ -348,23 +348,8 @@ mod tests {
 
     #[test]
     fn the_clients_external_id_batches_take_the_fast_path() {
-        let dest: crate::deliver::destination::webhook::Config =
-            toml::from_str("base_url = \"http://h:1/x\"\nsecret_env = \"S\"").unwrap();
-        let creds = crate::config::Credentials::Webhook {
-            secret: crate::config::Secret::new("s3cret-s3cret"),
-            headers: vec![],
-        };
-        let cohort = crate::config::Cohort {
-            name: "c".into(),
-            sql_file: "c.sql".into(),
-            destination: "hook".into(),
-            cohort_id: "vip".into(),
-            display_name: "V\"IPs, \"identities\":[".into(),
-            holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
-            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
-        };
         let hook =
-            crate::deliver::destination::webhook::Webhook::new(&dest, &creds, &cohort).unwrap();
+            crate::deliver::destination::webhook::tests::hook_named("V\"IPs, \"identities\":[");
         let ids = datafusion::arrow::array::StringArray::from(vec!["a", "6f1c-9e", "é", "b\"q"]);
         use crate::deliver::destination::{Destination, Op};
         let plain = hook.batch("run-1", 3, &ids, 0..3, Op::Add);

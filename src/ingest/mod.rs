@@ -580,12 +580,8 @@ fn read_file(
             )),
         }
     });
-    let fp = Fingerprints::new();
     FileRead {
-        fingerprints: event::ids(&decoded.batch)
-            .iter()
-            .map(|id| fp.of(id.unwrap_or_default()))
-            .collect(),
+        fingerprints: fingerprints_of(&decoded.batch),
         batch: decoded.batch,
         records: decoded.records,
         quarantine: decoded.quarantine,
@@ -593,6 +589,15 @@ fn read_file(
         rel,
         meta,
     }
+}
+
+/// The fingerprints of a batch's event ids, row by row.
+fn fingerprints_of(batch: &RecordBatch) -> Vec<u128> {
+    let fp = Fingerprints::new();
+    event::ids(batch)
+        .iter()
+        .map(|id| fp.of(id.unwrap_or_default()))
+        .collect()
 }
 
 /// One file decoded.
@@ -967,12 +972,7 @@ mod tests {
             &Limits::default(),
         );
         assert!(decoded.quarantine.is_empty() && decoded.broken.is_none());
-        let fp = Fingerprints::new();
-        let fingerprints = event::ids(&decoded.batch)
-            .iter()
-            .map(|id| fp.of(id.unwrap_or_default()))
-            .collect();
-        split_by_day(&decoded.batch, fingerprints).unwrap()
+        split_by_day(&decoded.batch, fingerprints_of(&decoded.batch)).unwrap()
     }
 
     /// The event ids stored for each day, sorted.

@@ -245,11 +245,17 @@ impl Destination for Webhook {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Secret;
 
     fn hook() -> Webhook {
+        hook_named("V\"IPs")
+    }
+
+    /// A webhook destination for a cohort shown as `display_name` (the emulator's receiver
+    /// tests read its bodies too).
+    pub(crate) fn hook_named(display_name: &str) -> Webhook {
         let dest: Config = toml::from_str(
             r#"base_url = "http://h:1/hook?x=1"
 secret_env = "S"
@@ -266,7 +272,7 @@ header_env = { "Authorization" = "A" }"#,
             sql_file: "c.sql".into(),
             destination: "hook".into(),
             cohort_id: "vip".into(),
-            display_name: "V\"IPs".into(),
+            display_name: display_name.into(),
             holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
             identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         };
