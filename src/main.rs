@@ -121,6 +121,10 @@ enum Command {
         /// under replaced/).
         #[arg(long)]
         new_workspace: bool,
+        /// Sync at an `--at` earlier than the last committed run's: the partner is rolled back
+        /// to the cohort as it was then (refused without this flag).
+        #[arg(long)]
+        allow_rewind: bool,
         #[command(flatten)]
         metrics: MetricsArgs,
     },
@@ -446,6 +450,7 @@ async fn run(cli: Cli) -> i32 {
             requests_per_second,
             rebind,
             new_workspace,
+            allow_rewind,
             metrics,
         } => {
             let options = cohort_bridge::sync::SyncOptions {
@@ -458,6 +463,7 @@ async fn run(cli: Cli) -> i32 {
                 requests_per_second,
                 rebind,
                 new_workspace,
+                allow_rewind,
             };
             commands::sync(&cli.config, &cohorts, options, &metrics.into()).await
         }

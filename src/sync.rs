@@ -56,6 +56,8 @@ pub struct SyncOptions {
     /// The committed state is of another partner identity and the workspace is new: set the old
     /// state aside (under `replaced/`) and send every member.
     pub new_workspace: bool,
+    /// Sync at an `at` earlier than the last committed run's (rolls the partner back).
+    pub allow_rewind: bool,
 }
 
 impl SyncOptions {
@@ -70,6 +72,7 @@ impl SyncOptions {
             requests_per_second: None,
             rebind: false,
             new_workspace: false,
+            allow_rewind: false,
         }
     }
 }
@@ -189,6 +192,7 @@ async fn sync_cohort_via(
         options,
         history: lake.state.root.clone().join(state::history::DIR),
         given,
+        lock: None,
     };
 
     if options.dry_run {
@@ -209,7 +213,11 @@ async fn sync_cohort_via(
     crate::signals::check()?;
     let lock = Lock::acquire(&state, &run_id, config.state.lock_ttl).await?;
     let kept = lock::keep_alive(lock);
-    let result = run.sync(lake, &run_id, &started, &kept).await;
+    let run = Run {
+        lock: Some(&kept),
+        ..run
+    };
+    let result = run.sync(lake, &run_id, &started).await;
     let released = kept.release().await;
     let done = result?;
     released?;
@@ -367,16 +375,19 @@ struct Run<'a> {
     history: Path,
     /// The delivery to use instead of opening the configured destination.
     given: Option<Delivery>,
+    /// The run's lock, once taken (a dry run takes none): asked before every request and
+    /// immediately before every write to the state.
+    lock: Option<&'a lock::KeptLock>,
+}
+
+impl crate::deliver::sender::Fence for lock::Lease {
+    fn guard(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(lock::Lease::guard(self))
+    }
 }
 
 impl Run<'_> {
-    async fn sync(
-        &self,
-        lake: &Lake,
-        run_id: &str,
-        started: &Instant,
-        lock: &lock::KeptLock,
-    ) -> Result<Done> {
+    async fn sync(&self, lake: &Lake, run_id: &str, started: &Instant) -> Result<Done> {
         let deadline = tokio::time::Instant::from_std(*started) + self.dest.delivery.deadline;
         let opened;
         let delivery = match &self.given {
@@ -392,7 +403,13 @@ impl Run<'_> {
             }
         };
         let sender = match delivery {
-            Delivery::Requests(d) => Some(Sender::new(&self.dest.delivery, d.clone(), deadline)?),
+            Delivery::Requests(d) => {
+                let sender = Sender::new(&self.dest.delivery, d.clone(), deadline)?;
+                Some(match self.lock {
+                    Some(lock) => sender.fenced(lock.lease()),
+                    None => sender,
+                })
+            }
             Delivery::Lists(_) => None,
         };
         let sender = sender.as_ref();
@@ -411,6 +428,7 @@ impl Run<'_> {
                     warn!(cohort = %self.cohort.name, run = %plan.run_id, plan_partner = %plan.partner,
                         partner = %self.partner, "--rebind: resuming the interrupted run under the current partner identity");
                     plan.partner = self.partner.clone();
+                    self.hold().await?;
                     state::write_json(
                         self.state.store.as_ref(),
                         &self.state.path("pending/plan.json"),
@@ -430,22 +448,28 @@ impl Run<'_> {
             }
             if discard {
                 let keep = pointer.as_ref().map(Pointer::files).unwrap_or_default();
+                self.hold().await?;
                 self.state.clean_up(&keep).await?;
             } else if let Some(p) = pointer.as_ref().filter(|p| p.run_id == plan.run_id) {
                 // It committed and died before its history was kept or while cleaning up.
                 let dead = dead::pending(self.state).await?;
+                self.hold().await?;
                 self.record_history(&plan, p.committed_at, &dead).await?;
+                self.hold().await?;
                 self.state.clean_up(&p.files()).await?;
             } else {
                 info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
                 // Everything the commit will need must be readable before anything is sent.
                 dead::pending(self.state).await?;
                 let sent = self.deliver(&plan, delivery, sender, None).await?;
-                resumed = Some(self.commit(&plan, sent, lock).await?);
+                resumed = Some(self.commit(&plan, sent).await?);
             }
         }
 
-        // 2. This run's change (a signal during the query stops here: nothing was planned).
+        // 2. Time going backwards would roll the partner back to an older cohort.
+        self.refuse_rewind().await?;
+
+        // 3. This run's change (a signal during the query stops here: nothing was planned).
         let change = crate::signals::interruptible(self.change(lake, started)).await?;
         // Members the destination cannot identify are refused before anything is planned.
         match delivery {
@@ -458,7 +482,7 @@ impl Run<'_> {
                 None
             } else {
                 let (plan, sent) = self.send_change(&change, run_id, delivery, sender).await?;
-                Some(self.commit(&plan, sent, lock).await?)
+                Some(self.commit(&plan, sent).await?)
             };
         self.record_holdout(change.held).await?;
         Ok(Done {
@@ -508,8 +532,8 @@ impl Run<'_> {
 
     /// Commits a delivered plan while this run still holds the lock; `sent` with the ids the
     /// commit dead-lettered.
-    async fn commit(&self, plan: &PlanMeta, sent: Sent, lock: &lock::KeptLock) -> Result<Sent> {
-        lock.check()?;
+    async fn commit(&self, plan: &PlanMeta, sent: Sent) -> Result<Sent> {
+        self.hold().await?;
         let dead_letters = self.finish(plan).await?;
         Ok(Sent {
             dead_letters,
@@ -676,6 +700,7 @@ impl Run<'_> {
     async fn write_plan(&self, change: &Change, plan: &PlanMeta) -> Result<()> {
         let store = self.state.store.as_ref();
         let delta = plan.chain.is_some();
+        self.hold().await?;
         if plan.adds_file == plan.target_snapshot || delta {
             // These files sit under snapshots/ before their plan exists: mark them as not
             // committed (`state repair` must not take them for a committed run's).
@@ -695,6 +720,7 @@ impl Run<'_> {
             write(&plan.adds_file, &change.adds),
             write(&plan.removes_file, &change.removes),
         )?;
+        self.hold().await?;
         state::write_json(store, &self.state.path("pending/plan.json"), plan).await
     }
 
@@ -722,7 +748,7 @@ impl Run<'_> {
                 ));
             }
         };
-        let acked = journal::read(self.state, plan.format).await?;
+        let acked = journal::read(self.state, plan).await?;
         // Everything the plan needs is read before anything is sent.
         let lists = match in_memory {
             Some([adds, removes, _]) => [adds, removes],
@@ -735,7 +761,11 @@ impl Run<'_> {
             sender.send(&setup).await.map_err(|e| to.explain(e))?;
         }
 
-        let journal = Journal::start(self.state.clone(), new_run_id(), None);
+        let journal = Journal::start(
+            self.state.clone(),
+            journal::writer(&plan.run_id, &new_run_id()),
+            None,
+        );
         let total = plan.add_batches + plan.remove_batches;
         let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
@@ -843,6 +873,8 @@ impl Run<'_> {
             removes,
             members,
         };
+        // The files are the delivery: a run fenced off writes none.
+        self.hold().await?;
         lists.write(&plan.run_id, plan.at, of).await?;
         info!(cohort = %self.cohort.name, run = %plan.run_id, "lists written");
         Ok(Sent {
@@ -863,12 +895,14 @@ impl Run<'_> {
         if let Some(chain) = &plan.chain
             && dead.is_empty()
         {
+            self.hold().await?;
             let pointer = self
                 .state
                 .commit(plan, plan.target_members, Some(chain))
                 .await?;
             self.record_history(plan, pointer.committed_at, &dead)
                 .await?;
+            self.hold().await?;
             self.state.clean_up(&pointer.files()).await?;
             return Ok(0);
         }
@@ -919,9 +953,11 @@ impl Run<'_> {
                 ids::copy(store, &target_path, &replica).await?;
             }
         }
+        self.hold().await?;
         let pointer = self.state.commit(plan, members, None).await?;
         self.record_history(plan, pointer.committed_at, &dead)
             .await?;
+        self.hold().await?;
         self.state
             .clean_up(std::slice::from_ref(&plan.target_snapshot))
             .await?;
@@ -1012,6 +1048,7 @@ impl Run<'_> {
         if d.adds.is_empty() && d.removes.is_empty() {
             return Ok(());
         }
+        self.hold().await?;
         let dir = state::history::run_dir(
             &self.history,
             &self.cohort.destination,
@@ -1255,12 +1292,14 @@ impl Run<'_> {
             let run_id = format!("adopted-{}", new_run_id());
             let snapshot = format!("snapshots/{run_id}.parquet");
             // Not committed until the pointer names it.
+            self.hold().await?;
             self.state.mark_started(&run_id).await?;
             let paths = [
                 self.state.path(&snapshot),
                 self.state.path(&state::replica(&snapshot)),
             ];
             ids::write_to(self.state.store.as_ref(), &paths, ids.clone()).await?;
+            self.hold().await?;
             let pointer = Pointer {
                 format: state::FORMAT,
                 run_id: run_id.clone(),
@@ -1269,6 +1308,7 @@ impl Run<'_> {
                 members: ids.len() as u64,
                 // As current as the layout it was taken from.
                 committed_at: layout.latest().unwrap_or_else(Utc::now),
+                at: None,
                 resend_all: false,
                 note: Some(format!("adopted from {}", layout.name())),
                 deltas: Vec::new(),
@@ -1385,6 +1425,15 @@ impl Breaker {
 }
 
 impl Run<'_> {
+    /// Immediately before a write to the state: fails (exit 5, nothing written) unless this
+    /// run still holds its lock. A dry run holds none and writes nothing.
+    async fn hold(&self) -> Result<()> {
+        match self.lock {
+            Some(lock) => lock.hold().await,
+            None => Ok(()),
+        }
+    }
+
     /// `sync` without `--shard K/N`, or with this run's.
     fn sync_command(&self) -> String {
         match self.options.shard {
@@ -1425,6 +1474,7 @@ impl Run<'_> {
         pointer.partner = self.partner.clone();
         pointer.format = state::FORMAT;
         if !self.options.dry_run {
+            self.hold().await?;
             self.state.write_pointer(&pointer).await?;
         }
         Ok(pointer)
@@ -1439,6 +1489,7 @@ impl Run<'_> {
         if self.options.dry_run {
             return Ok(());
         }
+        self.hold().await?;
         let store = self.state.store.as_ref();
         let name = format!("replaced/{}", old.run_id);
         // The pointer set aside names the membership as one file (its deltas applied).
@@ -1465,6 +1516,21 @@ impl Run<'_> {
         if listed.objects.is_empty() {
             return Ok(());
         }
+        // Acks a fenced-off run flushed late for a plan made before the last commit: that plan
+        // was finished, discarded or set aside since (a commit comes only after the pending
+        // plan is done), so they are no lost plan's.
+        let committed = self.state.pointer().await?.map(|p| p.committed_at);
+        let lost = listed.objects.iter().any(|m| {
+            let made = m
+                .location
+                .filename()
+                .and_then(journal::plan_of)
+                .and_then(run_started);
+            !matches!((made, committed), (Some(made), Some(at)) if made < at)
+        });
+        if !lost {
+            return Ok(());
+        }
         Err(Error::config(
             None,
             format!(
@@ -1474,6 +1540,30 @@ impl Run<'_> {
                  every id that run may have sent that is not in the cohort)",
                 self.state.path("pending/plan.json"),
                 self.state.fix("repair"),
+            ),
+        ))
+    }
+
+    /// `--at` earlier than the last committed run's: refused (exit 2) unless `--allow-rewind`.
+    async fn refuse_rewind(&self) -> Result<()> {
+        let Some(last) = self.state.pointer().await?.and_then(|p| p.at) else {
+            return Ok(());
+        };
+        if self.options.at >= last || self.options.allow_rewind {
+            return Ok(());
+        }
+        Err(Error::config(
+            None,
+            format!(
+                "cohort `{}`: --at {} is earlier than the last committed run's ({}); syncing \
+                 would roll the partner back to the cohort as it was then. Nothing was sent. \
+                 If that is what you want (a deliberate re-run of the past), add \
+                 --allow-rewind; otherwise leave --at out (now) or give a later time",
+                self.cohort.name,
+                self.options
+                    .at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                last.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             ),
         ))
     }
@@ -1510,6 +1600,14 @@ impl Run<'_> {
             ),
         ))
     }
+}
+
+/// When run `run_id` started, from its id (`new_run_id`: `%Y%m%dT%H%M%S%.3fZ-<salt>`).
+fn run_started(run_id: &str) -> Option<DateTime<Utc>> {
+    let (stamp, _) = run_id.rsplit_once('-')?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// The dead letters of the items a partner acknowledged but did not apply (`range` is the

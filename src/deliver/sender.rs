@@ -32,8 +32,16 @@ use crate::redact;
 /// Longest response body read (a success is a few bytes; an error is shown in part).
 const MAX_BODY: usize = 64 * 1024;
 
+/// What a sender asks before every attempt: may this run still start a request? (The run's
+/// lock: a run fenced off by another must not send.)
+pub trait Fence: Send + Sync {
+    fn guard(&self) -> futures::future::BoxFuture<'_, Result<()>>;
+}
+
 pub struct Sender {
     client: reqwest::Client,
+    /// Asked before every attempt; its error stops the run.
+    fence: Option<Arc<dyn Fence>>,
     /// Headers of every request, and what an answer means.
     destination: Arc<dyn Destination>,
     pacer: Pacer,
@@ -86,6 +94,7 @@ impl Sender {
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Sender {
             client,
+            fence: None,
             destination,
             pacer: Pacer::new(
                 dest.requests_per_second,
@@ -97,6 +106,12 @@ impl Sender {
             deadline,
             stats: Counters::default(),
         })
+    }
+
+    /// Asks `fence` before every attempt.
+    pub fn fenced(mut self, fence: Arc<dyn Fence>) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     pub fn stats(&self) -> SendStats {
@@ -182,6 +197,9 @@ impl Sender {
                     human_duration(retry.max_backoff)
                 ))
             })?;
+            if let Some(fence) = &self.fence {
+                fence.guard().await?;
+            }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let verdict = self.attempt(request, ticket).await;
             let (reason, asked) = match verdict {

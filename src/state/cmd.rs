@@ -186,7 +186,7 @@ pub async fn show(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Res
         Read::Ok(plan) => {
             let mut acked = std::collections::BTreeSet::new();
             let mut bad = Vec::new();
-            for (path, parsed) in journal::read_objects(state, plan.format).await? {
+            for (path, parsed) in journal::read_objects(state, &plan).await? {
                 match parsed {
                     Ok(b) => acked.extend(b),
                     Err(why) => bad.push(format!("{path}: {why}")),
@@ -211,6 +211,9 @@ pub async fn show(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Res
 
     let lock_value = match lock::newest(state).await? {
         None => Value::Null,
+        Some((path, Ok(info))) if info.released.is_some() => {
+            json!({"file": path.to_string(), "released": info.released, "run_id": info.run_id})
+        }
         Some((path, Ok(info))) => {
             let expired = info.expires_at <= Utc::now();
             if expired {
@@ -300,7 +303,10 @@ async fn pending_dead(state: &CohortState) -> Result<(usize, Vec<String>)> {
     Ok((ok, bad))
 }
 
-/// `state unlock`: releases a lock whose run is gone (expired), or any lock with `--force`.
+/// `state unlock`: releases a lock whose run is gone (expired, or a process of this host that
+/// no longer runs), or any lock with `--force`. Releasing writes the next lock generation as a
+/// tombstone, so the run that held the lock is fenced off: if it is only stalled, it starts no
+/// further request when it wakes, commits nothing and exits 5 (see `lock`).
 pub async fn unlock(
     config_file: &FsPath,
     name: &str,
@@ -309,29 +315,43 @@ pub async fn unlock(
 ) -> Result<i32> {
     let t = open(config_file, name, shard).await?;
     let state = &t.state;
+    let live_released;
     let released = match lock::newest(state).await? {
         None => {
-            let n = lock::remove_all(state).await?;
-            print(
-                &json!({"cohort": name, "outcome": if n == 0 { "not_locked" } else { "unlocked" }}),
-            );
+            print(&json!({"cohort": name, "outcome": "not_locked"}));
+            return Ok(exit::OK);
+        }
+        Some((_, Ok(info))) if info.released.is_some() => {
+            print(&json!({"cohort": name, "outcome": "not_locked"}));
             return Ok(exit::OK);
         }
         Some((path, Ok(info))) => {
-            if info.expires_at > Utc::now() && !force {
+            let live = info.expires_at > Utc::now();
+            let gone = live && lock::owner_gone(&info.owner);
+            if live && !gone && !force {
                 return Err(Error::Locked(format!(
                     "{path}: {} holds this cohort (run {}) until {}; the lock is live. Wait for \
-                     it, or if you are sure that run is dead, run {}",
+                     it, or if you are sure that run is dead, run {} (the run is then fenced \
+                     off: it starts no further request and commits nothing; requests it already \
+                     had in flight may still reach the partner, and the next sync sends their \
+                     batches again)",
                     info.owner,
                     info.run_id,
                     info.expires_at,
                     state.fix("unlock --force")
                 )));
             }
+            live_released = live && !gone;
+            if live && !gone {
+                tracing::warn!(cohort = %name, owner = %info.owner, run = %info.run_id,
+                    "--force: releasing a live lock; its run is fenced off from now on");
+            }
             json!({"file": path.to_string(), "owner": info.owner, "run_id": info.run_id,
-                "expires_at": info.expires_at})
+                "expires_at": info.expires_at, "live": live, "owner_gone": gone})
         }
         Some((path, Err(why))) => {
+            // Whether its run is alive is unknown: drain as for a live one.
+            live_released = true;
             if !force {
                 return Err(Error::config(
                     None,
@@ -345,9 +365,30 @@ pub async fn unlock(
             json!({"file": path.to_string(), "error": why})
         }
     };
-    lock::remove_all(state).await?;
-    tracing::warn!(cohort = %name, "lock released by `state unlock`");
-    print(&json!({"cohort": name, "outcome": "unlocked", "released": released}));
+    let by = if force {
+        "state unlock --force"
+    } else {
+        "state unlock"
+    };
+    // A live run's requests in flight are answered before the next run may send: it notices
+    // the release within its check interval, and each request ends within request_timeout.
+    let drain = if live_released {
+        let ttl = t.config.state.lock_ttl;
+        let timeout = t
+            .config
+            .destination(&t.cohort.destination)
+            .map(|d| d.delivery.request_timeout)
+            .unwrap_or(std::time::Duration::from_secs(30));
+        lock::check_every(ttl) + timeout + std::time::Duration::from_secs(1)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let generation = lock::unlock(state, by, drain).await?;
+    tracing::warn!(cohort = %name, generation, "lock released by `state unlock`");
+    print(
+        &json!({"cohort": name, "outcome": "unlocked", "released": released,
+        "fence_generation": generation}),
+    );
     Ok(exit::OK)
 }
 
@@ -441,17 +482,6 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                 Read::Corrupt(why) => format!("unreadable: {why}"),
                 _ => "missing".to_string(),
             };
-            if matches!(plan_read, Read::Corrupt(_)) {
-                return Err(Error::config(
-                    None,
-                    format!(
-                        "{pointer_path} is {why} and {plan_path} is unreadable too, so which \
-                         snapshot was committed cannot be told; nothing was changed. Restore \
-                         either file from a backup, then run {} again",
-                        state.fix("repair")
-                    ),
-                ));
-            }
             let plan = match &plan_read {
                 Read::Ok(p) => Some(p),
                 _ => None,
@@ -466,6 +496,22 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                 .into_iter()
                 .filter(|(run, _)| !uncommitted.contains(run))
                 .collect();
+            // With the plan unreadable too, the pointer can only be rebuilt when nothing was
+            // ever committed (a first sync's plan damaged): then the partner holds at most what
+            // that run could have sent, and setting it aside (below) ends exact.
+            let never_committed =
+                matches!(missing_or_corrupt, Read::Missing) && candidates.is_empty();
+            if matches!(plan_read, Read::Corrupt(_)) && !never_committed {
+                return Err(Error::config(
+                    None,
+                    format!(
+                        "{pointer_path} is {why} and {plan_path} is unreadable too, so which \
+                         snapshot was committed cannot be told; nothing was changed. Restore \
+                         either file from a backup, then run {} again",
+                        state.fix("repair")
+                    ),
+                ));
+            }
             // The unfinished run's base is the committed one; else the newest.
             candidates.sort_by_key(|(run, at)| {
                 (plan.and_then(|p| p.base_run_id.as_ref()) == Some(run), *at)
@@ -549,6 +595,7 @@ async fn repair_locked(t: &Target, force: bool) -> Result<Vec<String>> {
                         snapshot,
                         members,
                         committed_at: at,
+                        at: None,
                         resend_all: false,
                         deltas: chain.into_iter().map(|(d, _, _)| d).collect(),
                         note: Some(format!(
@@ -685,7 +732,7 @@ async fn repair_journal(
             }
         }
     }
-    let objects = journal::read_objects(state, plan.format).await?;
+    let objects = journal::read_objects(state, plan).await?;
     let bad = objects.iter().any(|(_, r)| r.is_err());
     if !bad && unjournal.is_empty() {
         return Ok(());
@@ -700,8 +747,15 @@ async fn repair_journal(
         .collect();
     kept.sort_unstable();
     kept.dedup();
-    let written =
-        journal::write_object(state, &format!("repair-{}.acks", new_run_id()), &kept).await?;
+    let written = journal::write_object(
+        state,
+        &format!(
+            "{}-1.acks",
+            journal::writer(&plan.run_id, &format!("repair-{}", new_run_id()))
+        ),
+        &kept,
+    )
+    .await?;
     for (path, parsed) in &objects {
         if let Err(why) = parsed {
             actions.push(format!(
@@ -851,6 +905,7 @@ async fn set_aside_plan(
         snapshot: snapshot.clone(),
         members,
         committed_at: Utc::now(),
+        at: None,
         resend_all: true,
         note: Some(format!(
             "an unfinished run was set aside by `state repair`: {why}"

@@ -10,7 +10,7 @@ use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::CohortState;
+use super::{CohortState, PlanMeta};
 use crate::error::{Error, Result};
 
 const DIR: &str = "pending/journal";
@@ -22,9 +22,9 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// on every object must end with its trailer (`end <count>`), so a truncated one is detected.
 /// An unreadable object stops the run (exit 2) naming it and `state repair`, which drops it
 /// (its batches are sent again: harmless).
-pub async fn read(state: &CohortState, format: u32) -> Result<BTreeSet<u64>> {
+pub async fn read(state: &CohortState, plan: &PlanMeta) -> Result<BTreeSet<u64>> {
     let mut acked = BTreeSet::new();
-    for (path, parsed) in read_objects(state, format).await? {
+    for (path, parsed) in read_objects(state, plan).await? {
         match parsed {
             Ok(batches) => acked.extend(batches),
             Err(why) => return Err(state.unreadable(&path, &why, "repair")),
@@ -33,10 +33,26 @@ pub async fn read(state: &CohortState, format: u32) -> Result<BTreeSet<u64>> {
     Ok(acked)
 }
 
-/// Each journal object with its batch numbers, or why it cannot be trusted.
+/// The name prefix of the journal objects of plan `run_id`'s writers. Objects are named
+/// `plan-<run_id>-by-<writer>-<seq>.acks`, so acks a fenced-off run flushes late for an older
+/// plan are never taken for the pending plan's (objects of earlier releases name no plan and
+/// count for the pending one, as they always did).
+pub fn writer(plan_run_id: &str, writer: &str) -> String {
+    format!("plan-{plan_run_id}-by-{writer}")
+}
+
+/// The plan a journal object was written for, when its name says (see [`writer`]).
+pub fn plan_of(name: &str) -> Option<&str> {
+    name.strip_prefix("plan-")?
+        .split_once("-by-")
+        .map(|(plan, _)| plan)
+}
+
+/// Each journal object of `plan` with its batch numbers, or why it cannot be trusted. Objects
+/// of another plan are left out.
 pub async fn read_objects(
     state: &CohortState,
-    format: u32,
+    plan: &PlanMeta,
 ) -> Result<
     Vec<(
         object_store::path::Path,
@@ -48,8 +64,15 @@ pub async fn read_objects(
         .list(Some(&state.path(DIR)))
         .try_collect()
         .await?;
+    let format = plan.format;
     let mut out = Vec::new();
     for meta in listed {
+        if let Some(other) = meta.location.filename().and_then(plan_of)
+            && other != plan.run_id
+        {
+            tracing::debug!(object = %meta.location, "a journal object of another plan: ignored");
+            continue;
+        }
         let bytes = state.store.get(&meta.location).await?.bytes().await?;
         out.push((meta.location, parse(&bytes, format >= 2)));
     }
@@ -164,6 +187,20 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::parse;
+
+    #[test]
+    fn an_object_names_its_plan() {
+        let name = format!(
+            "{}-00000001.acks",
+            super::writer("20261127T120000.000Z-00ab", "w-1")
+        );
+        assert_eq!(super::plan_of(&name), Some("20261127T120000.000Z-00ab"));
+        assert_eq!(
+            super::plan_of("20261127T120000.000Z-00ab-00000001.acks"),
+            None
+        );
+        assert_eq!(super::plan_of("repair-x.acks"), None);
+    }
 
     #[test]
     fn a_truncated_object_is_detected_from_format_2() {

@@ -103,6 +103,11 @@ pub struct Pointer {
     pub snapshot: String,
     pub members: u64,
     pub committed_at: DateTime<Utc>,
+    /// The logical time (`--at`) of the run that committed (absent in state of earlier
+    /// releases, and after `state repair`). A sync at an earlier time is refused unless
+    /// `--allow-rewind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
     /// Set by `state repair` when an unfinished run could not be read: what the partner holds is
     /// only known to be within the snapshot, so the next sync re-sends every member and removes
     /// every snapshot id not in the cohort (as `--full`).
@@ -448,6 +453,7 @@ impl CohortState {
             snapshot,
             members,
             committed_at: Utc::now(),
+            at: Some(plan.at),
             resend_all: false,
             note: None,
             deltas,

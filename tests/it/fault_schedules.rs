@@ -9,6 +9,12 @@
 //! The same schedules run over Cohort Import (500 by default), `/users/track` and a webhook (the
 //! emulator's signed receiver; 150 each).
 //!
+//! Schedules also hold an operator's actions, taken while the run delivers (the request that
+//! meets one is held back while it happens): `state unlock --force` (the run is fenced off), a
+//! second scheduler starting the same sync (refused while the lock is held), or both (the
+//! second run takes over after the drain and finishes the fenced run's plan). Whatever they do,
+//! nothing committed is ahead of the partner and the next clean run converges exactly.
+//!
 //! The runs call the library's `sync_cohort` in process (the real core, real HTTP over
 //! loopback), so 500 schedules take a minute rather than ten. `PROPTEST_CASES=N` changes the
 //! count.
@@ -67,6 +73,18 @@ enum Fault {
     HtmlBefore,
     HtmlAfter,
     Redirect(u16),
+    /// An operator's action while the run delivers.
+    Operator(Op),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// `state unlock --force`.
+    Unlock,
+    /// A second scheduler starts the same sync.
+    SecondScheduler,
+    /// Both, in that order.
+    UnlockThenSecond,
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -102,6 +120,21 @@ fn fault() -> impl Strategy<Value = Fault> {
     ]
 }
 
+/// A schedule: up to 24 faults, and in one case of ten an operator's action among them.
+fn schedules_of_faults() -> impl Strategy<Value = Vec<Fault>> {
+    let op = prop::sample::select(&[Op::Unlock, Op::SecondScheduler, Op::UnlockThenSecond][..]);
+    (
+        prop::collection::vec(fault(), 0..24),
+        prop::option::weighted(0.1, (0usize..24, op)),
+    )
+        .prop_map(|(mut faults, op)| {
+            if let Some((at, op)) = op {
+                faults.insert(at.min(faults.len()), Fault::Operator(op));
+            }
+            faults
+        })
+}
+
 fn action(f: &Fault, sink: &str) -> Action {
     let html = || Canned::new(200, &[("content-type", "text/html")], "<html>hi</html>");
     match f {
@@ -116,6 +149,46 @@ fn action(f: &Fault, sink: &str) -> Action {
         Fault::HtmlBefore => Action::Respond(html()),
         Fault::HtmlAfter => Action::ForwardThen(html()),
         Fault::Redirect(code) => Action::Respond(Canned::new(*code, &[("location", sink)], "")),
+        // Taken by the proxy's script (see `schedules`); the request waits while it happens.
+        Fault::Operator(_) => Action::Delay(Duration::from_millis(150)),
+    }
+}
+
+/// Runs an operator's action with the binary, in the project folder, as a person or a second
+/// scheduler would.
+fn operate(dir: &Path, op: Op) {
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .current_dir(dir)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("COHORT_BRIDGE_CONFIG")
+            .env(KEY_VAR, KEY)
+            .env(SECRET_VAR, SECRET)
+            .env(REST_VAR, REST_KEY)
+            .env(crate::webhook::SECRET_VAR_HOOK, crate::webhook::HOOK_SECRET)
+            .output()
+            .expect("run cohort-bridge")
+    };
+    let sync = [
+        "sync",
+        "c",
+        "--at",
+        AT,
+        "--allow-mass-removal",
+        "--no-progress",
+    ];
+    match op {
+        Op::Unlock => {
+            run(&["state", "unlock", "c", "--force"]);
+        }
+        Op::SecondScheduler => {
+            run(&sync);
+        }
+        Op::UnlockThenSecond => {
+            run(&["state", "unlock", "c", "--force"]);
+            run(&sync);
+        }
     }
 }
 
@@ -251,13 +324,38 @@ fn schedules(kind: Kind, default_cases: u32) {
         ..Default::default()
     });
     let sink = Sink::start();
-    let schedule: Arc<Mutex<VecDeque<Action>>> = Arc::default();
-    let s = schedule.clone();
+    let schedule: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
+    let operators: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+    let project_dir: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::default();
+    let sink_url = sink.url("https");
+    let (s, ops, dir, sink_to) = (
+        schedule.clone(),
+        operators.clone(),
+        project_dir.clone(),
+        sink_url.clone(),
+    );
     let proxy = Proxy::start(
         &partner.handle.base_url(),
-        Arc::new(move |_, _, _| s.lock().unwrap().pop_front().unwrap_or(Action::Forward)),
+        Arc::new(move |_, _, _| {
+            let Some(fault) = s.lock().unwrap().pop_front() else {
+                return Action::Forward;
+            };
+            if let Fault::Operator(op) = fault
+                && let Some(dir) = dir.lock().unwrap().clone()
+            {
+                ops.lock()
+                    .unwrap()
+                    .push(std::thread::spawn(move || operate(&dir, op)));
+            }
+            action(&fault, &sink_to)
+        }),
     );
     let project = kind.project(&proxy.base_url());
+    // A drain after `unlock --force` lasts the check interval and the request timeout.
+    let toml = project.dir.path().join("cohort-bridge.toml");
+    let text = std::fs::read_to_string(&toml).unwrap() + "lock_ttl = \"1s\"\n";
+    std::fs::write(&toml, text).unwrap();
+    *project_dir.lock().unwrap() = Some(project.dir.path().to_path_buf());
     let sql_file = project.dir.path().join("queries/cohorts/c.sql");
     let config = Config::load(&project.dir.path().join("cohort-bridge.toml")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -272,7 +370,6 @@ fn schedules(kind: Kind, default_cases: u32) {
     let sync = || runtime.block_on(sync_cohort(&config, &lake, "c", &creds, options));
     let expected = [expected(0), expected(1)];
     let state = project.cohort_state("c");
-    let sink_url = sink.url("https");
 
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -288,16 +385,33 @@ fn schedules(kind: Kind, default_cases: u32) {
     });
     let variant = Cell::new(0usize);
     let (ok, failed, deltas) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
+    let (operated, fenced) = (Cell::new(0u32), Cell::new(0u32));
     let last = std::cell::RefCell::new(String::new());
-    let result = runner.run(&prop::collection::vec(fault(), 0..24), |faults| {
+    let result = runner.run(&schedules_of_faults(), |faults| {
         *last.borrow_mut() = format!("{faults:?}");
         // Each case moves the cohort to the other variant: adds and removes.
         let v = 1 - variant.get();
         variant.set(v);
         std::fs::write(&sql_file, sql(v)).unwrap();
         let before = std::fs::read(state.join("current.json")).ok();
-        *schedule.lock().unwrap() = faults.iter().map(|f| action(f, &sink_url)).collect();
+        *schedule.lock().unwrap() = faults.iter().cloned().collect();
         let run = sync();
+        if faults.iter().any(|f| matches!(f, Fault::Operator(_))) {
+            operated.set(operated.get() + 1);
+        }
+        if matches!(run, Err(cohort_bridge::error::Error::Locked(_))) {
+            fenced.set(fenced.get() + 1);
+        }
+        // The operators' actions finish (a second scheduler's sync runs to its end).
+        loop {
+            let taken: Vec<_> = operators.lock().unwrap().drain(..).collect();
+            if taken.is_empty() {
+                break;
+            }
+            for t in taken {
+                t.join().unwrap();
+            }
+        }
         schedule.lock().unwrap().clear();
         proxy.wait_idle();
         let holds = kind.held(&partner);
@@ -366,7 +480,20 @@ fn schedules(kind: Kind, default_cases: u32) {
         (0, 0),
         "a redirect target received something"
     );
-    // The schedules must exercise both outcomes, and both kinds of commit.
+    eprintln!(
+        "{kind:?}: {} runs ok, {} failed; {} schedules with an operator's action, {} runs fenced off or refused",
+        ok.get(),
+        failed.get(),
+        operated.get(),
+        fenced.get()
+    );
+    // The schedules must exercise both outcomes, and both kinds of commit, and operators.
+    assert!(
+        cases < 100 || (operated.get() > 0 && fenced.get() > 0),
+        "{} schedules with an operator's action, {} runs fenced off",
+        operated.get(),
+        fenced.get()
+    );
     assert!(
         ok.get() > 0 && failed.get() > 0,
         "ok {} failed {}",

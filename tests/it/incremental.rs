@@ -228,14 +228,17 @@ fn full_repairs_a_partner_that_lost_the_cohort_and_a_new_partner_gets_everything
     );
 }
 
-/// Backdates every lock in a cohort's state folder (as time would for a dead run's lock);
-/// returns how many there were.
+/// Backdates every held lock in a cohort's state folder (as time would for a dead run's lock);
+/// returns how many there were (released ones, the tombstones runs leave, are not counted).
 pub fn expire_locks(state: &std::path::Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(state).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with("lock-") {
             let mut info: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            if info.get("released").is_some() {
+                continue;
+            }
             info["expires_at"] = serde_json::json!("2026-01-01T00:00:00Z");
             std::fs::write(e.path(), serde_json::to_vec(&info).unwrap()).unwrap();
             n += 1;
@@ -496,11 +499,9 @@ fn an_interrupted_incremental_run_rebuilds_a_missing_target_snapshot() {
     .unwrap();
     let target = state.join(plan["target_snapshot"].as_str().unwrap());
     let _ = std::fs::remove_file(&target);
-    for e in std::fs::read_dir(&state).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("lock-") {
-            std::fs::remove_file(e.path()).unwrap(); // as an operator would for a dead run
-        }
-    }
+    // As an operator would for a dead run.
+    let unlock = project.run(&["state", "unlock", "active"]);
+    assert_eq!(unlock.code(), 0, "{}", unlock.stderr());
 
     std::fs::write(project.dir.path().join("cohort-bridge.toml"), &fast).unwrap();
     let resumed = project.run(&["sync", "active", "--at", T2]).summary();

@@ -67,15 +67,13 @@ fn concurrent_ingests_into_one_table_lose_no_event() {
     // Every event of both sources, each exactly once (`rows` fails on a duplicate).
     let rows = l.rows();
     assert_eq!(rows.len(), 2 * files as usize * per_file as usize);
-    // The lock is gone.
+    // The lock is released: what is left is the released tombstone that keeps its generation.
     let locks = l
         .dir
         .path()
         .join("lake/_cohort_bridge/tables/partner_events");
-    let left: Vec<_> = std::fs::read_dir(&locks)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    let held = crate::signals::locks(&locks);
+    assert!(held.is_empty(), "{held:?}");
 }
 
 #[test]
@@ -125,5 +123,10 @@ fn a_held_table_lock_stops_another_ingest_with_exit_5() {
     // Released as the message says: the ingest runs, and leaves no lock behind.
     std::fs::remove_file(locks.join("lock-0000000001.json")).unwrap();
     assert_eq!(l.ingest(&["--source", "a"]).summary()["events_added"], 1);
-    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
+    assert!(crate::signals::locks(&locks).is_empty());
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        1,
+        "one released tombstone"
+    );
 }

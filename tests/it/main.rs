@@ -15,6 +15,7 @@ mod engine;
 mod errors;
 mod fault_schedules;
 mod faults;
+mod fencing;
 mod files;
 mod history;
 mod holdout;

@@ -14,12 +14,19 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
+/// The lock files of a cohort's state that hold it (not the tombstones released locks leave).
 pub fn locks(state: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(state)
         .map(|d| {
             d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("lock-"))
+                .filter(|e| {
+                    let info: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(e.path()).unwrap_or_default())
+                            .unwrap_or_default();
+                    info.get("released").is_none()
+                })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("lock-"))
                 .collect()
         })
         .unwrap_or_default()
