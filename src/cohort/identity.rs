@@ -26,13 +26,14 @@
 //! unambiguous: external ids not starting with 0x01, `\x01a\x01NAME\x01LABEL`, and device and
 //! Braze ids without 0x01. Those releases also stored an external id starting with 0x01 that was
 //! not such a tag as itself (and one that *was* such a tag was delivered as the tag's identity:
-//! the bug this encoding fixes). An id list without the key-format mark (`state::ids`) is read
+//! the bug this encoding fixes; the first sync after upgrading removes that identity, unless it
+//! is a member in its own right, and adds the user id). An id list without the key-format mark (`state::ids`) is read
 //! through [`from_format_1`], which gives each such key its current form; a list holding keys a
 //! format-1 reader would misread ([`needs_format_2`]) carries the mark, and the state pointing
 //! at it a state format that release refuses.
 //!
-//! Tagged keys sort before every external id not starting with 0x00 or 0x01; the kinds other
-//! than external ids sort before `\x01e` (`A` < `a` < `b` < `d` < `e`).
+//! Keys starting with 0x01 are one run of a sorted list (found by binary search); in it the
+//! kinds other than external ids sort before `\x01e` (`A` < `a` < `b` < `d` < `e`).
 
 use std::borrow::Cow;
 
@@ -72,11 +73,14 @@ pub const EXTERNAL_PREFIX: &str = "\u{1}e\u{1}";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Id<'a> {
     External(&'a str),
-    Alias { name: &'a str, label: &'a str },
+    Alias {
+        name: &'a str,
+        label: &'a str,
+    },
     Device(&'a str),
     Braze(&'a str),
     /// A key starting with 0x01 that is no key of this encoding (never built here; a state list
-    /// holding one is refused when read). Destinations send nothing for it.
+    /// holding one is refused when read). Were one sent, it would name no user, never another.
     Malformed(&'a str),
 }
 
@@ -337,36 +341,37 @@ pub fn key_expr(schema: &Schema, priority: &[Kind]) -> datafusion::error::Result
         .into_iter()
         .map(|k| -> datafusion::error::Result<(Expr, Expr)> {
             Ok(match k {
-            // [`external`]: `\x01e\x01` before an id starting with 0x01.
-            Kind::UserId => (
-                present(USER_ID),
-                concat(vec![
-                    when(starts_tagged(text(USER_ID)), lit(EXTERNAL_PREFIX)).otherwise(lit(""))?,
-                    text(USER_ID),
-                ]),
-            ),
-            // [`alias`]: the `A` form, with the name's length, when the name holds 0x01.
-            Kind::Alias => (
-                present(ALIAS_NAME).and(present(ALIAS_LABEL)),
-                when(
-                    strpos(text(ALIAS_NAME), lit(TAG.to_string())).gt(lit(0)),
+                // [`external`]: `\x01e\x01` before an id starting with 0x01.
+                Kind::UserId => (
+                    present(USER_ID),
                     concat(vec![
-                        tag("A"),
-                        cast(octet_length(text(ALIAS_NAME)), DataType::Utf8),
-                        lit(TAG.to_string()),
-                        text(ALIAS_NAME),
-                        text(ALIAS_LABEL),
+                        when(starts_tagged(text(USER_ID)), lit(EXTERNAL_PREFIX))
+                            .otherwise(lit(""))?,
+                        text(USER_ID),
                     ]),
-                )
-                .otherwise(concat(vec![
-                    tag("a"),
-                    text(ALIAS_NAME),
-                    lit(TAG.to_string()),
-                    text(ALIAS_LABEL),
-                ]))?,
-            ),
-            Kind::DeviceId => (present(DEVICE_ID), concat(vec![tag("d"), text(DEVICE_ID)])),
-            Kind::BrazeId => (present(BRAZE_ID), concat(vec![tag("b"), text(BRAZE_ID)])),
+                ),
+                // [`alias`]: the `A` form, with the name's length, when the name holds 0x01.
+                Kind::Alias => (
+                    present(ALIAS_NAME).and(present(ALIAS_LABEL)),
+                    when(
+                        strpos(text(ALIAS_NAME), lit(TAG.to_string())).gt(lit(0)),
+                        concat(vec![
+                            tag("A"),
+                            cast(octet_length(text(ALIAS_NAME)), DataType::Utf8),
+                            lit(TAG.to_string()),
+                            text(ALIAS_NAME),
+                            text(ALIAS_LABEL),
+                        ]),
+                    )
+                    .otherwise(concat(vec![
+                        tag("a"),
+                        text(ALIAS_NAME),
+                        lit(TAG.to_string()),
+                        text(ALIAS_LABEL),
+                    ]))?,
+                ),
+                Kind::DeviceId => (present(DEVICE_ID), concat(vec![tag("d"), text(DEVICE_ID)])),
+                Kind::BrazeId => (present(BRAZE_ID), concat(vec![tag("b"), text(BRAZE_ID)])),
             })
         })
         .collect::<datafusion::error::Result<_>>()?;
@@ -448,17 +453,29 @@ mod tests {
         assert!(matches!(kinds[4], Id::External(_)) && matches!(kinds[5], Id::External(_)));
         let ids = StringArray::from(keys.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(has_other_kinds(&ids));
-        assert_eq!(first_tagged(&ids, |id| matches!(id, Id::Braze(_))), Some("\u{1}b\u{1}q"));
+        assert_eq!(
+            first_tagged(&ids, |id| matches!(id, Id::Braze(_))),
+            Some("\u{1}b\u{1}q")
+        );
         assert!(first_malformed(&ids).is_none());
         // An id starting with a NUL sorts before every tagged key and hides none of them.
         let ids = StringArray::from(vec!["\u{0}x", "\u{1}d\u{1}z", "u"]);
-        assert_eq!(first_tagged(&ids, |id| matches!(id, Id::Device(_))), Some("\u{1}d\u{1}z"));
+        assert_eq!(
+            first_tagged(&ids, |id| matches!(id, Id::Device(_))),
+            Some("\u{1}d\u{1}z")
+        );
     }
 
     #[test]
     fn lists_of_earlier_releases_read_as_they_meant() {
         // That release read these as external ids, themselves.
-        let old = ["\u{1}d\u{1}a\u{1}b", "\u{1}e\u{1}x", "\u{1}x", "\u{1}a\u{1}n\u{1}l", "u"];
+        let old = [
+            "\u{1}d\u{1}a\u{1}b",
+            "\u{1}e\u{1}x",
+            "\u{1}x",
+            "\u{1}a\u{1}n\u{1}l",
+            "u",
+        ];
         let mut sorted = old.to_vec();
         sorted.sort();
         let ids = StringArray::from(sorted);
@@ -566,8 +583,7 @@ mod tests {
                 .unwrap();
             out.iter()
                 .flat_map(|b| {
-                    let c =
-                        datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                    let c = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
                     c.as_string::<i32>()
                         .iter()
                         .map(|v| v.map(str::to_owned))
@@ -612,6 +628,13 @@ mod tests {
             ],
             &DEFAULT_PRIORITY,
         );
-        assert_eq!(got, [None, Some(braze("b")), Some(external("\u{1}x").into_owned())]);
+        assert_eq!(
+            got,
+            [
+                None,
+                Some(braze("b")),
+                Some(external("\u{1}x").into_owned())
+            ]
+        );
     }
 }

@@ -193,10 +193,7 @@ impl Collector {
         }
     }
 
-    fn add_all<'a>(
-        &mut self,
-        ids: impl Iterator<Item = Option<&'a str>>,
-    ) -> Result<(), PushError> {
+    fn add_all<'a>(&mut self, ids: impl Iterator<Item = Option<&'a str>>) -> Result<(), PushError> {
         for text in ids.flatten() {
             let id = text.as_bytes();
             if id.is_empty() {

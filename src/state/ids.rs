@@ -278,7 +278,12 @@ fn encode(
     emit: &mut dyn FnMut(Bytes) -> bool,
 ) -> Result<()> {
     let schema = Arc::new(Schema::new(fields));
-    let marks = mark.then(|| vec![parquet::file::metadata::KeyValue::new(KEY_FORMAT.to_string(), "2".to_string())]);
+    let marks = mark.then(|| {
+        vec![parquet::file::metadata::KeyValue::new(
+            KEY_FORMAT.to_string(),
+            "2".to_string(),
+        )]
+    });
     let props = WriterProperties::builder()
         .set_key_value_metadata(marks)
         .set_compression(compression_for(ids))

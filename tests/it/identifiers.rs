@@ -425,7 +425,12 @@ fn hostile_of(rows: &[(&str, &str, &str)], kinds: &[&str]) -> (String, BTreeSet<
 }
 
 fn show(set: &BTreeSet<String>) -> String {
-    format!("{:?}", set.iter().map(|s| s.replace('\u{1}', "^A")).collect::<Vec<_>>())
+    format!(
+        "{:?}",
+        set.iter()
+            .map(|s| s.replace('\u{1}', "^A"))
+            .collect::<Vec<_>>()
+    )
 }
 
 /// Syncs twice: the first delivers every member, the second (the same cohort) nothing.
@@ -444,14 +449,22 @@ fn sync_twice(project: &Project, env: &[(&str, Option<&str>)]) {
     let again = project
         .run_with(&["sync", "mixed", "--at", NOV], env)
         .summary();
-    assert_eq!((again["adds"].as_u64(), again["removes"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(
+        (again["adds"].as_u64(), again["removes"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
 }
 
 #[test]
 fn ids_holding_0x01_reach_cohort_import_as_their_own_kind() {
     let partner = Partner::plain();
     let (sql, want) = hostile(&["user_id", "alias", "device_id"]);
-    let project = Project::new(&partner.handle.base_url(), "requests_per_second = 5000", &[("mixed", &sql)]);
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", &sql)],
+    );
     sync_twice(&project, &[]);
     let held = partner.members("mixed");
     assert!(held == want, "held {}\nwant {}", show(&held), show(&want));
@@ -461,9 +474,17 @@ fn ids_holding_0x01_reach_cohort_import_as_their_own_kind() {
 fn ids_holding_0x01_reach_users_track_as_their_own_kind() {
     let partner = Partner::plain();
     let (sql, want) = hostile(&["user_id", "alias", "braze_id"]);
-    let project = Project::users_track(&partner.handle.base_url(), "requests_per_second = 5000", &[("mixed", &sql)]);
+    let project = Project::users_track(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", &sql)],
+    );
     sync_twice(&project, &[]);
-    let held: BTreeSet<String> = partner.handle.attribute_true("cohort_mixed").into_iter().collect();
+    let held: BTreeSet<String> = partner
+        .handle
+        .attribute_true("cohort_mixed")
+        .into_iter()
+        .collect();
     assert!(held == want, "held {}\nwant {}", show(&held), show(&want));
 }
 
@@ -488,8 +509,14 @@ fn file_rows(path: &std::path::Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for b in read_all(path) {
         for row in 0..b.num_rows() {
-            let f = ["external_id", "alias_name", "alias_label", "device_id", "braze_id"]
-                .map(|c| b.column_by_name(c).and_then(|_| string_at(&b, c, row)));
+            let f = [
+                "external_id",
+                "alias_name",
+                "alias_label",
+                "device_id",
+                "braze_id",
+            ]
+            .map(|c| b.column_by_name(c).and_then(|_| string_at(&b, c, row)));
             out.insert(match f {
                 [Some(id), None, None, None, None] => id,
                 [None, Some(n), Some(l), None, None] => format!("alias:{n}:{l}"),
@@ -505,7 +532,10 @@ fn file_rows(path: &std::path::Path) -> BTreeSet<String> {
 #[test]
 fn ids_holding_0x01_are_written_to_files_as_their_own_kind() {
     // Every kind: a column per kind. External ids only: one column, each id as it is.
-    for kinds in [&["user_id", "alias", "device_id", "braze_id"][..], &["user_id"]] {
+    for kinds in [
+        &["user_id", "alias", "device_id", "braze_id"][..],
+        &["user_id"],
+    ] {
         let out = tempfile::tempdir().unwrap();
         let (sql, want) = hostile(kinds);
         let project = Project::with_destination(
@@ -519,10 +549,19 @@ fn ids_holding_0x01_are_written_to_files_as_their_own_kind() {
         sync_twice(&project, &[]);
         let runs = super::files::run_folders(&out.path().join("mixed"));
         let (dir, manifest) = &runs[0];
-        assert_eq!(manifest["columns"].as_array().unwrap().len(), if kinds.len() == 1 { 1 } else { 5 }, "{manifest}");
+        assert_eq!(
+            manifest["columns"].as_array().unwrap().len(),
+            if kinds.len() == 1 { 1 } else { 5 },
+            "{manifest}"
+        );
         for file in ["adds.parquet", "members.parquet"] {
             let held = file_rows(&dir.join(file));
-            assert!(held == want, "{file}: held {}\nwant {}", show(&held), show(&want));
+            assert!(
+                held == want,
+                "{file}: held {}\nwant {}",
+                show(&held),
+                show(&want)
+            );
         }
     }
 }
@@ -551,10 +590,18 @@ fn state_written_before_the_injective_encoding_is_read_as_it_was_meant() {
     let partner = Partner::plain();
     let (sql, want) = legacy(&[]);
     // The partner holds what the fixture says it does.
-    let seed = Project::new(&partner.handle.base_url(), "requests_per_second = 5000", &[("legacy", &sql)]);
+    let seed = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("legacy", &sql)],
+    );
     seed.run(&["sync", "legacy", "--at", NOV]).summary();
     assert!(partner.members("legacy") == want);
-    let project = Project::new(&partner.handle.base_url(), "requests_per_second = 5000", &[("legacy", &sql)]);
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("legacy", &sql)],
+    );
     copy_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v3-ids"),
         &project.dir.path().join("state"),
@@ -565,21 +612,61 @@ fn state_written_before_the_injective_encoding_is_read_as_it_was_meant() {
         .run(&["sync", "legacy", "--at", NOV, "--rebind"])
         .summary();
     assert_eq!(s["snapshot_members"], want.len() as u64, "{s}");
-    assert_eq!((s["adds"].as_u64(), s["removes"].as_u64()), (Some(0), Some(0)), "{s}");
-    assert_eq!(partner.handle.stats().ids_added, before.ids_added, "nothing re-sent");
+    assert_eq!(
+        (s["adds"].as_u64(), s["removes"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(
+        partner.handle.stats().ids_added,
+        before.ids_added,
+        "nothing re-sent"
+    );
     let pointer = || -> serde_json::Value {
         serde_json::from_slice(
             &std::fs::read(project.cohort_state("legacy").join("current.json")).unwrap(),
         )
         .unwrap()
     };
-    assert_eq!(pointer()["format"], 2, "still readable by the release that wrote it");
+    assert_eq!(
+        pointer()["format"],
+        2,
+        "still readable by the release that wrote it"
+    );
 
     // A member that release could not hold: its state is of a format that release refuses.
     let (sql, want) = legacy(&[("device_id", "d\u{1}e", "")]);
     std::fs::write(project.dir.path().join("queries/cohorts/legacy.sql"), &sql).unwrap();
     let s = project.run(&["sync", "legacy", "--at", NOV]).summary();
-    assert_eq!((s["adds"].as_u64(), s["removes"].as_u64()), (Some(1), Some(0)), "{s}");
-    assert!(partner.members("legacy") == want, "{}", show(&partner.members("legacy")));
+    assert_eq!(
+        (s["adds"].as_u64(), s["removes"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert!(
+        partner.members("legacy") == want,
+        "{}",
+        show(&partner.members("legacy"))
+    );
     assert_eq!(pointer()["format"], 4);
+}
+
+#[test]
+fn an_id_over_64_kib_is_bad_input_naming_the_cohort_file() {
+    let partner = Partner::plain();
+    for sql in [
+        "SELECT repeat('x', 70000) AS user_id",
+        "SELECT CAST(NULL AS VARCHAR) AS user_id, repeat('d', 70000) AS device_id",
+    ] {
+        let project = Project::new(&partner.handle.base_url(), "", &[("long", sql)]);
+        let run = project.run(&["sync", "long", "--at", NOV]);
+        assert_eq!(run.code(), 2, "{}", run.stderr());
+        assert!(
+            run.stderr().contains("long.sql")
+                && run.stderr().contains("the longest accepted is 65536 bytes"),
+            "{}",
+            run.stderr()
+        );
+        assert!(partner.handle.members("long").is_none(), "nothing was sent");
+    }
 }
