@@ -549,6 +549,64 @@ mod tests {
         assert_eq!(read(&store, &path).await.unwrap().len(), 0);
     }
 
+    /// A list holding keys an earlier release would misread is marked and read as it is; an
+    /// unmarked one (written by that release) is read as it meant it; a malformed key is damage.
+    #[tokio::test]
+    async fn key_formats_are_marked_and_read_as_written() {
+        use crate::cohort::identity::{Id, device, external, parse};
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("s/ids.parquet");
+        let sorted = |mut keys: Vec<String>| {
+            keys.sort();
+            Arc::new(StringArray::from(keys))
+        };
+        let plain = sorted(vec![device("d"), "u".into()]);
+        write(store.as_ref(), &path, plain.clone()).await.unwrap();
+        assert!(!marked(&store, &path).await.unwrap());
+        assert_eq!(read(&store, &path).await.unwrap(), plain);
+
+        let current = sorted(vec![
+            external("\u{1}x").into_owned(),
+            device("a\u{1}b"),
+            "u".into(),
+        ]);
+        write(store.as_ref(), &path, current.clone()).await.unwrap();
+        assert!(marked(&store, &path).await.unwrap());
+        assert_eq!(read(&store, &path).await.unwrap(), current);
+
+        // The same bytes without the mark: an earlier release's external ids.
+        let mut bytes = Vec::new();
+        let mut w = ArrowWriter::try_new(
+            &mut bytes,
+            Arc::new(Schema::new(vec![Field::new(
+                "user_id",
+                DataType::Utf8,
+                false,
+            )])),
+            None,
+        )
+        .unwrap();
+        w.write(&RecordBatch::try_from_iter([("user_id", current.clone() as ArrayRef)]).unwrap())
+            .unwrap();
+        w.close().unwrap();
+        store.put(&path, bytes.into()).await.unwrap();
+        let read_back = read(&store, &path).await.unwrap();
+        let members: Vec<Id<'_>> = read_back.iter().flatten().map(parse).collect();
+        assert!(
+            members.contains(&Id::External("\u{1}d\u{1}a\u{1}b")),
+            "{members:?}"
+        );
+        assert!(
+            members.contains(&Id::External("\u{1}e\u{1}\u{1}x")),
+            "{members:?}"
+        );
+
+        let bad = sorted(vec!["\u{1}x".into(), "u".into()]);
+        write(store.as_ref(), &path, bad).await.unwrap();
+        let why = try_read(&store, &path).await.unwrap().unwrap_err();
+        assert!(why.contains("is not a member key"), "{why}");
+    }
+
     #[tokio::test]
     async fn csv_quotes_what_needs_it_and_parquet_names_its_column() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
