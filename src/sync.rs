@@ -669,12 +669,17 @@ impl Run<'_> {
             Some(d) => (d.adds.clone(), d.removes.clone()),
             None => (adds_file, "pending/removes.parquet".to_string()),
         };
+        // Keys an earlier release would misread: in the lists, the membership, or the chain.
+        let keys = [&change.adds, &change.removes, &change.target]
+            .iter()
+            .any(|l| crate::cohort::identity::needs_format_2(l))
+            || (chain.is_some()
+                && change
+                    .base
+                    .as_ref()
+                    .is_some_and(|b| b.format >= state::FORMAT_KEYS));
         PlanMeta {
-            format: if chain.is_some() {
-                state::FORMAT
-            } else {
-                state::FORMAT_NO_DELTAS
-            },
+            format: state::plan_format(chain.is_some(), keys),
             run_id: run_id.to_string(),
             created_at: Utc::now(),
             at: self.options.at,

@@ -93,6 +93,8 @@ pub async fn members_of(
     // device ids) as one tagged string.
     let key = identity::key_expr(df.schema().as_arrow(), identifiers)
         .map_err(|e| Error::query_at(&origin, e))?;
+    // `user_id` alone is selected as it is; the collector keys its ids (`identity::external`).
+    let external_ids = key.is_none();
     let df = match key {
         None => df.select_columns(&[USER_ID]),
         Some(key) => df.select(vec![key.alias(USER_ID)]),
@@ -107,15 +109,20 @@ pub async fn members_of(
             let streams = df.execute_stream_partitioned().await?;
             let tasks = streams.into_iter().map(|mut stream| {
                 tokio::spawn(async move {
-                    let mut ids = Collector::new();
+                    let mut ids = if external_ids {
+                        Collector::of_external_ids()
+                    } else {
+                        Collector::new()
+                    };
                     while let Some(batch) = stream.next().await {
                         let column: ArrayRef = batch?.column(0).clone();
                         let column = match column.data_type() {
                             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => column,
                             _ => cast(&column, &DataType::Utf8)?,
                         };
-                        ids.push(column.as_ref())
-                            .map_err(datafusion::error::DataFusionError::Execution)?;
+                        ids.push(column.as_ref()).map_err(|e| {
+                            datafusion::error::DataFusionError::External(Box::new(e))
+                        })?;
                     }
                     Ok::<_, datafusion::error::DataFusionError>(ids)
                 })
@@ -129,7 +136,21 @@ pub async fn members_of(
             Ok::<_, datafusion::error::DataFusionError>(parts)
         })
         .await?
-        .map_err(|e| lake.query_error(&origin, e))?;
+        .map_err(|e| match e {
+            // The same on every run: bad input (exit 2), not a failure to retry.
+            datafusion::error::DataFusionError::External(inner)
+                if matches!(
+                    inner.downcast_ref::<sort::PushError>(),
+                    Some(sort::PushError::TooLong(_))
+                ) =>
+            {
+                Error::Sql {
+                    location: origin.clone(),
+                    message: format!("{inner}: shorten or leave out such ids in the cohort's SQL"),
+                }
+            }
+            e => lake.query_error(&origin, e),
+        })?;
     let sorted = on_rayon(move || sort::Collector::finish(parts))
         .await
         .map_err(|e| Error::query(format!("{origin}: {e}")))?;

@@ -44,6 +44,25 @@ const BLOCK: usize = 8 << 20;
 /// The longest id accepted (an id never spans two blocks); partners accept far shorter ones.
 pub const MAX_ID_BYTES: usize = FIRST_BLOCK;
 
+/// Why an id could not be collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushError {
+    /// An id over [`MAX_ID_BYTES`]: bad input, the same on every run.
+    TooLong(String),
+    /// Anything else (a type to cast first, a cohort over 2 GiB).
+    Other(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::TooLong(m) | PushError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
 /// The ids of one group from one collector, back to back in fixed-size blocks (no doubling
 /// reallocations: what is allocated is what is used, and it is freed block by block).
 #[derive(Default)]
@@ -79,13 +98,13 @@ impl Arena {
         self.blocks.iter().map(Vec::len).sum()
     }
 
-    fn push(&mut self, id: &[u8]) -> Result<(), String> {
+    fn push(&mut self, id: &[u8]) -> Result<(), PushError> {
         if id.len() > MAX_ID_BYTES {
-            return Err(format!(
+            return Err(PushError::TooLong(format!(
                 "a user_id of {} bytes (`{}…`); the longest accepted is {MAX_ID_BYTES} bytes",
                 id.len(),
                 String::from_utf8_lossy(&id[..40])
-            ));
+            )));
         }
         let mut pos = self.ends.last().map_or(0, |&e| e as usize);
         let k = self.blocks.len();
@@ -100,7 +119,7 @@ impl Arena {
             .expect("a block")
             .extend_from_slice(id);
         let end = u32::try_from(pos + id.len())
-            .map_err(|_| "the ids of a cohort exceed 2 GiB".to_string())?;
+            .map_err(|_| PushError::Other("the ids of a cohort exceed 2 GiB".to_string()))?;
         self.ends.push(end);
         Ok(())
     }
@@ -121,6 +140,9 @@ pub struct Collector {
     rows: usize,
     nulls: usize,
     empty: usize,
+    /// Ids are external ids as they are (`user_id` alone): one starting with 0x01 is kept as
+    /// its key (`identity::external`).
+    external_ids: bool,
 }
 
 impl Default for Collector {
@@ -142,28 +164,48 @@ impl Collector {
             rows: 0,
             nulls: 0,
             empty: 0,
+            external_ids: false,
+        }
+    }
+
+    /// A collector of external ids as the query returns them, which keeps each as its member
+    /// key: an id starting with 0x01 gets [`crate::cohort::identity::EXTERNAL_PREFIX`].
+    pub fn of_external_ids() -> Self {
+        Self {
+            external_ids: true,
+            ..Self::new()
         }
     }
 
     /// Copies the non-NULL, non-empty ids of a `Utf8`, `LargeUtf8` or `Utf8View` array; other
     /// types are the caller's to cast. Errs on an id over [`MAX_ID_BYTES`], and when one group
     /// of one collector would pass 4 GiB (a cohort's ids are limited to 2 GiB anyway).
-    pub fn push(&mut self, array: &dyn Array) -> Result<(), String> {
+    pub fn push(&mut self, array: &dyn Array) -> Result<(), PushError> {
         self.rows += array.len();
         self.nulls += array.null_count();
         match array.data_type() {
             DataType::Utf8 => self.add_all(array.as_string::<i32>().iter()),
             DataType::LargeUtf8 => self.add_all(array.as_string::<i64>().iter()),
             DataType::Utf8View => self.add_all(array.as_string_view().iter()),
-            other => Err(format!("ids of type {other} (cast them to Utf8 first)")),
+            other => Err(PushError::Other(format!(
+                "ids of type {other} (cast them to Utf8 first)"
+            ))),
         }
     }
 
-    fn add_all<'a>(&mut self, ids: impl Iterator<Item = Option<&'a str>>) -> Result<(), String> {
-        for id in ids.flatten() {
-            let id = id.as_bytes();
+    fn add_all<'a>(&mut self, ids: impl Iterator<Item = Option<&'a str>>) -> Result<(), PushError> {
+        for text in ids.flatten() {
+            let id = text.as_bytes();
             if id.is_empty() {
                 self.empty += 1;
+                continue;
+            }
+            if self.external_ids && id[0] == 1 {
+                let key = crate::cohort::identity::external(text);
+                let key = key.as_bytes();
+                self.groups[group_of(key)]
+                    .get_or_insert_with(Box::default)
+                    .push(key)?;
                 continue;
             }
             self.groups[group_of(id)]
@@ -443,6 +485,8 @@ mod tests {
         let mut c = Collector::new();
         let long = StringArray::from(vec!["é".repeat(MAX_ID_BYTES)]);
         let e = c.push(&long).unwrap_err();
+        assert!(matches!(e, PushError::TooLong(_)));
+        let e = e.to_string();
         assert!(e.contains("a user_id of 131072 bytes (`éé"), "{e}");
         let exact = StringArray::from(vec!["z".repeat(MAX_ID_BYTES)]);
         c.push(&exact).unwrap();

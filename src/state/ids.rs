@@ -78,6 +78,8 @@ fn identity_fields(key: &str) -> [Option<&str>; 5] {
         Id::Alias { name, label } => [None, Some(name), Some(label), None, None],
         Id::Device(id) => [None, None, None, Some(id), None],
         Id::Braze(id) => [None, None, None, None, Some(id)],
+        // Never built, and refused when a state list is read.
+        Id::Malformed(_) => [None; 5],
     }
 }
 
@@ -118,14 +120,15 @@ async fn write_sized(
                 Layout::Parquet(column) => {
                     let fields = vec![Field::new(column, DataType::Utf8, false)];
                     let columns = |slice: StringArray| vec![Arc::new(slice) as ArrayRef];
-                    encode(&ids, fields, columns, row_group, &mut emit)
+                    let mark = crate::cohort::identity::needs_format_2(&ids);
+                    encode(&ids, fields, columns, mark, row_group, &mut emit)
                 }
                 Layout::ParquetIdentities(names) => {
                     let fields = names
                         .iter()
                         .map(|n| Field::new(n, DataType::Utf8, true))
                         .collect();
-                    encode(&ids, fields, split_identities, row_group, &mut emit)
+                    encode(&ids, fields, split_identities, false, row_group, &mut emit)
                 }
                 Layout::Csv(column) => {
                     encode_csv(&ids, [column], |id| [Some(id)], row_group, &mut emit)
@@ -257,18 +260,32 @@ fn split_identities(slice: StringArray) -> Vec<ArrayRef> {
         .collect()
 }
 
+/// The footer key that marks a list of member keys in the current key format (see
+/// `cohort::identity`). Only a list holding keys an earlier release would misread carries it
+/// (so every other list stays readable by that release); a list without it is read through
+/// `identity::from_format_1`, which changes nothing in such a list.
+pub const KEY_FORMAT: &str = "cohort_bridge.key_format";
+
 /// Encodes `ids` as Parquet with `fields` (the columns `columns` makes of each slice of ids),
 /// handing each row group's bytes (then the footer's) to `emit` as soon as they are complete;
-/// stops early when `emit` returns false.
+/// stops early when `emit` returns false. `mark`: the footer carries [`KEY_FORMAT`].
 fn encode(
     ids: &StringArray,
     fields: Vec<Field>,
     columns: impl Fn(StringArray) -> Vec<ArrayRef>,
+    mark: bool,
     row_group: usize,
     emit: &mut dyn FnMut(Bytes) -> bool,
 ) -> Result<()> {
     let schema = Arc::new(Schema::new(fields));
+    let marks = mark.then(|| {
+        vec![parquet::file::metadata::KeyValue::new(
+            KEY_FORMAT.to_string(),
+            "2".to_string(),
+        )]
+    });
     let props = WriterProperties::builder()
+        .set_key_value_metadata(marks)
         .set_compression(compression_for(ids))
         // Ids are distinct: a dictionary only costs time before it falls back.
         .set_dictionary_enabled(false)
@@ -411,6 +428,7 @@ pub async fn try_read(
         Ok(b) => b,
         Err(e) => return classify(e).map(Err),
     };
+    let current_keys = marked_in(builder.metadata());
     let Some(column) = builder
         .parquet_schema()
         .columns()
@@ -473,7 +491,43 @@ pub async fn try_read(
         }
         last = prev.map(<[u8]>::to_vec);
     }
-    Ok(Ok(Arc::new(out.finish())))
+    let mut ids = out.finish();
+    if !current_keys && let Some(now) = crate::cohort::identity::from_format_1(&ids) {
+        ids = now;
+    }
+    // A key that names no member must not be taken for one.
+    if let Some(bad) = crate::cohort::identity::first_malformed(&ids) {
+        return Ok(Err(format!(
+            "corrupt id list: `{}` is not a member key of this cohort-bridge",
+            bad.escape_debug()
+        )));
+    }
+    Ok(Ok(Arc::new(ids)))
+}
+
+fn marked_in(meta: &parquet::file::metadata::ParquetMetaData) -> bool {
+    meta.file_metadata()
+        .key_value_metadata()
+        .is_some_and(|kv| kv.iter().any(|k| k.key == KEY_FORMAT))
+}
+
+/// Whether the id list at `path` holds keys of the current key format that an earlier
+/// release would misread ([`KEY_FORMAT`]); one that cannot be read counts as marked.
+pub async fn marked(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<bool> {
+    let meta = match store.head(path).await {
+        Ok(meta) => meta,
+        Err(object_store::Error::NotFound { .. }) => return Ok(true),
+        Err(e) => return Err(Error::storage_at(path, e)),
+    };
+    let reader = ObjectFile {
+        store: store.clone(),
+        path: path.clone(),
+        size: meta.size,
+    };
+    Ok(match ParquetRecordBatchStreamBuilder::new(reader).await {
+        Ok(b) => marked_in(b.metadata()),
+        Err(_) => true,
+    })
 }
 
 #[cfg(test)]
@@ -493,6 +547,64 @@ mod tests {
         let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
         write(store.as_ref(), &path, empty).await.unwrap();
         assert_eq!(read(&store, &path).await.unwrap().len(), 0);
+    }
+
+    /// A list holding keys an earlier release would misread is marked and read as it is; an
+    /// unmarked one (written by that release) is read as it meant it; a malformed key is damage.
+    #[tokio::test]
+    async fn key_formats_are_marked_and_read_as_written() {
+        use crate::cohort::identity::{Id, device, external, parse};
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("s/ids.parquet");
+        let sorted = |mut keys: Vec<String>| {
+            keys.sort();
+            Arc::new(StringArray::from(keys))
+        };
+        let plain = sorted(vec![device("d"), "u".into()]);
+        write(store.as_ref(), &path, plain.clone()).await.unwrap();
+        assert!(!marked(&store, &path).await.unwrap());
+        assert_eq!(read(&store, &path).await.unwrap(), plain);
+
+        let current = sorted(vec![
+            external("\u{1}x").into_owned(),
+            device("a\u{1}b"),
+            "u".into(),
+        ]);
+        write(store.as_ref(), &path, current.clone()).await.unwrap();
+        assert!(marked(&store, &path).await.unwrap());
+        assert_eq!(read(&store, &path).await.unwrap(), current);
+
+        // The same bytes without the mark: an earlier release's external ids.
+        let mut bytes = Vec::new();
+        let mut w = ArrowWriter::try_new(
+            &mut bytes,
+            Arc::new(Schema::new(vec![Field::new(
+                "user_id",
+                DataType::Utf8,
+                false,
+            )])),
+            None,
+        )
+        .unwrap();
+        w.write(&RecordBatch::try_from_iter([("user_id", current.clone() as ArrayRef)]).unwrap())
+            .unwrap();
+        w.close().unwrap();
+        store.put(&path, bytes.into()).await.unwrap();
+        let read_back = read(&store, &path).await.unwrap();
+        let members: Vec<Id<'_>> = read_back.iter().flatten().map(parse).collect();
+        assert!(
+            members.contains(&Id::External("\u{1}d\u{1}a\u{1}b")),
+            "{members:?}"
+        );
+        assert!(
+            members.contains(&Id::External("\u{1}e\u{1}\u{1}x")),
+            "{members:?}"
+        );
+
+        let bad = sorted(vec!["\u{1}x".into(), "u".into()]);
+        write(store.as_ref(), &path, bad).await.unwrap();
+        let why = try_read(&store, &path).await.unwrap().unwrap_err();
+        assert!(why.contains("is not a member key"), "{why}");
     }
 
     #[tokio::test]

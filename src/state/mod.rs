@@ -37,6 +37,11 @@
 //! `current.json` and `plan.json` carry a `format` (absent: 1, the format before it was
 //! recorded). Format 2 adds the snapshot replica and a trailer line to every journal object (so a
 //! truncated one is detected). A binary refuses state of a format newer than it understands.
+//! Format 4 is state whose id lists hold member keys of the injective identity encoding that
+//! earlier releases would read as other members (`cohort::identity`): an external id starting
+//! with 0x01, a device or Braze id or an alias name holding 0x01. Only such state is written
+//! as 4 (each such list is marked in its footer, `ids::KEY_FORMAT`), so other state stays
+//! readable by the release before; lists without the mark are read as that release meant them.
 //!
 //! Deltas (format 3). An hourly sync changes ~1% of a cohort, yet rewriting its snapshot (and
 //! replica) costs the whole membership every run: 800 MB of writes for 10M UUIDs. So an
@@ -70,10 +75,29 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-/// The newest state format this binary reads (and writes, when a pointer or plan has deltas).
-pub const FORMAT: u32 = 3;
+/// The newest state format this binary reads (and writes, when a pointer or plan names lists
+/// of member keys the release before would misread: [`FORMAT_KEYS`]).
+pub const FORMAT: u32 = 4;
+/// The format of state whose lists hold member keys of the injective encoding that releases
+/// before it would read as other members (`cohort::identity`; such a list carries
+/// `ids::KEY_FORMAT`). Those releases refuse it.
+pub const FORMAT_KEYS: u32 = 4;
+/// The format of state with deltas (readable by the release before [`FORMAT_KEYS`]).
+pub const FORMAT_DELTAS: u32 = 3;
 /// The format of state without deltas (readable by the release before deltas).
 pub const FORMAT_NO_DELTAS: u32 = 2;
+
+/// The format of a plan: [`FORMAT_KEYS`] when `keys` (its lists, or the membership it commits,
+/// hold keys the release before would misread), else by whether it commits deltas.
+pub fn plan_format(deltas: bool, keys: bool) -> u32 {
+    if keys {
+        FORMAT_KEYS
+    } else if deltas {
+        FORMAT_DELTAS
+    } else {
+        FORMAT_NO_DELTAS
+    }
+}
 
 fn format_1() -> u32 {
     1
@@ -462,14 +486,18 @@ impl CohortState {
         Ok(pointer)
     }
 
-    /// Writes `current.json`, as format 3 only when it has deltas.
+    /// Writes `current.json`: format 4 when a list it names holds keys the release before
+    /// would misread (read from each list's footer), else 3 when it has deltas, else 2.
     pub async fn write_pointer(&self, pointer: &Pointer) -> Result<()> {
         let mut p = pointer.clone();
-        p.format = if p.deltas.is_empty() {
-            FORMAT_NO_DELTAS
-        } else {
-            FORMAT
-        };
+        let mut keys = false;
+        for file in p.files() {
+            if ids::marked(&self.store, &self.path(&file)).await? {
+                keys = true;
+                break;
+            }
+        }
+        p.format = plan_format(!p.deltas.is_empty(), keys);
         write_json(self.store.as_ref(), &self.path("current.json"), &p).await
     }
 

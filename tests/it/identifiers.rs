@@ -357,3 +357,316 @@ fn the_identifier_priority_is_the_cohorts_to_choose() {
         run.stderr()
     );
 }
+
+/// Ids holding the byte 0x01 (Hive's field separator, in dirty exports), of every kind: user
+/// ids that look like the tool's own tags for a device and an alias, and ids with 0x01 inside.
+/// Each row is (kind, value, label); `kinds` picks the kinds a destination takes.
+const HOSTILE: &[(&str, &str, &str)] = &[
+    ("user_id", "\u{1}d\u{1}victim-device", ""),
+    ("user_id", "\u{1}a\u{1}nm\u{1}lbl", ""),
+    ("user_id", "\u{1}b\u{1}victim-braze", ""),
+    ("user_id", "\u{1}e\u{1}\u{1}x", ""),
+    ("user_id", "\u{1}", ""),
+    ("user_id", "plain\u{1}inside", ""),
+    ("user_id", "u-1", ""),
+    ("alias", "nm\u{1}x", "lbl"),
+    ("alias", "crm", "l\u{1}b\u{1}l"),
+    ("device_id", "dev\u{1}ice", ""),
+    ("device_id", "\u{1}d\u{1}x", ""),
+    ("device_id", "victim-device", ""),
+    ("braze_id", "bz\u{1}id", ""),
+];
+
+/// A SQL string literal of `s`, its 0x01 bytes as `chr(1)` (no control byte in the file).
+fn sql_text(s: &str) -> String {
+    let parts: Vec<String> = s
+        .split('\u{1}')
+        .map(|p| format!("'{}'", p.replace('\'', "''")))
+        .collect();
+    format!("concat({})", parts.join(", chr(1), "))
+}
+
+/// The cohort of the `HOSTILE` rows of `kinds`, as its SQL and as the receiver keys it.
+fn hostile(kinds: &[&str]) -> (String, BTreeSet<String>) {
+    hostile_of(HOSTILE, kinds)
+}
+
+fn hostile_of(rows: &[(&str, &str, &str)], kinds: &[&str]) -> (String, BTreeSet<String>) {
+    let rows: Vec<_> = rows.iter().filter(|r| kinds.contains(&r.0)).collect();
+    let null = "CAST(NULL AS VARCHAR)";
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(kind, v, l)| {
+            let v = sql_text(v);
+            let cols = match *kind {
+                "user_id" => [v.as_str(), null, null, null, null].map(str::to_owned),
+                "alias" => [null.into(), v, sql_text(l), null.into(), null.into()],
+                "device_id" => [null, null, null, v.as_str(), null].map(str::to_owned),
+                _ => [null, null, null, null, v.as_str()].map(str::to_owned),
+            };
+            format!("({})", cols.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "SELECT user_id, alias_name, alias_label, device_id, braze_id FROM (VALUES {}) \
+         AS t(user_id, alias_name, alias_label, device_id, braze_id)",
+        values.join(", ")
+    );
+    let want = rows
+        .iter()
+        .map(|(kind, v, l)| match *kind {
+            "user_id" => v.to_string(),
+            "alias" => format!("alias:{v}:{l}"),
+            "device_id" => format!("device:{v}"),
+            _ => format!("braze:{v}"),
+        })
+        .collect();
+    (sql, want)
+}
+
+fn show(set: &BTreeSet<String>) -> String {
+    format!(
+        "{:?}",
+        set.iter()
+            .map(|s| s.replace('\u{1}', "^A"))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// Syncs twice: the first delivers every member, the second (the same cohort) nothing.
+fn sync_twice(project: &Project, env: &[(&str, Option<&str>)]) {
+    let mut env = env.to_vec();
+    env.extend([
+        (KEY_VAR, Some(KEY)),
+        (SECRET_VAR, Some(SECRET)),
+        (REST_VAR, Some(REST_KEY)),
+    ]);
+    let env = env.as_slice();
+    let first = project
+        .run_with(&["sync", "mixed", "--at", NOV], env)
+        .summary();
+    assert!(first["adds"].as_u64().unwrap() > 0, "{first}");
+    let again = project
+        .run_with(&["sync", "mixed", "--at", NOV], env)
+        .summary();
+    assert_eq!(
+        (again["adds"].as_u64(), again["removes"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+}
+
+#[test]
+fn ids_holding_0x01_reach_cohort_import_as_their_own_kind() {
+    let partner = Partner::plain();
+    let (sql, want) = hostile(&["user_id", "alias", "device_id"]);
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", &sql)],
+    );
+    sync_twice(&project, &[]);
+    let held = partner.members("mixed");
+    assert!(held == want, "held {}\nwant {}", show(&held), show(&want));
+}
+
+#[test]
+fn ids_holding_0x01_reach_users_track_as_their_own_kind() {
+    let partner = Partner::plain();
+    let (sql, want) = hostile(&["user_id", "alias", "braze_id"]);
+    let project = Project::users_track(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("mixed", &sql)],
+    );
+    sync_twice(&project, &[]);
+    let held: BTreeSet<String> = partner
+        .handle
+        .attribute_true("cohort_mixed")
+        .into_iter()
+        .collect();
+    assert!(held == want, "held {}\nwant {}", show(&held), show(&want));
+}
+
+#[test]
+fn ids_holding_0x01_reach_a_webhook_as_their_own_kind() {
+    let receiver = Receiver::start(1_000_000);
+    let (sql, want) = hostile(&["user_id", "alias", "device_id", "braze_id"]);
+    let project = hook_project_with(&receiver.url, &[("mixed", &sql)]);
+    sync_twice(
+        &project,
+        &[
+            (SECRET_VAR_HOOK, Some(HOOK_SECRET)),
+            (crate::webhook::AUTH_VAR, Some(crate::webhook::AUTH)),
+        ],
+    );
+    let held = receiver.seen.lock().unwrap().members.clone();
+    assert!(held == want, "held {}\nwant {}", show(&held), show(&want));
+}
+
+/// Every row of a files list, keyed as the receivers key them.
+fn file_rows(path: &std::path::Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for b in read_all(path) {
+        for row in 0..b.num_rows() {
+            let f = [
+                "external_id",
+                "alias_name",
+                "alias_label",
+                "device_id",
+                "braze_id",
+            ]
+            .map(|c| b.column_by_name(c).and_then(|_| string_at(&b, c, row)));
+            out.insert(match f {
+                [Some(id), None, None, None, None] => id,
+                [None, Some(n), Some(l), None, None] => format!("alias:{n}:{l}"),
+                [None, None, None, Some(d), None] => format!("device:{d}"),
+                [None, None, None, None, Some(b)] => format!("braze:{b}"),
+                other => panic!("a row must fill exactly one identifier kind: {other:?}"),
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn ids_holding_0x01_are_written_to_files_as_their_own_kind() {
+    // Every kind: a column per kind. External ids only: one column, each id as it is.
+    for kinds in [
+        &["user_id", "alias", "device_id", "braze_id"][..],
+        &["user_id"],
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let (sql, want) = hostile(kinds);
+        let project = Project::with_destination(
+            lake(),
+            &format!(
+                "kind = \"files\"\nurl = \"{}\"\ninclude_members = true",
+                out.path().display()
+            ),
+            &[("mixed", &sql)],
+        );
+        sync_twice(&project, &[]);
+        let runs = super::files::run_folders(&out.path().join("mixed"));
+        let (dir, manifest) = &runs[0];
+        assert_eq!(
+            manifest["columns"].as_array().unwrap().len(),
+            if kinds.len() == 1 { 1 } else { 5 },
+            "{manifest}"
+        );
+        for file in ["adds.parquet", "members.parquet"] {
+            let held = file_rows(&dir.join(file));
+            assert!(
+                held == want,
+                "{file}: held {}\nwant {}",
+                show(&held),
+                show(&want)
+            );
+        }
+    }
+}
+
+/// Members an earlier release held exactly (external ids starting with 0x01 that are none of
+/// its tags, which it kept as themselves, and ordinary ones of each kind): the cohort of the
+/// `tests/data/state-v3-ids` fixture.
+const LEGACY: &[(&str, &str, &str)] = &[
+    ("user_id", "\u{1}x", ""),
+    ("user_id", "\u{1}e\u{1}\u{1}x", ""),
+    ("user_id", "\u{1}d\u{1}a\u{1}b", ""),
+    ("user_id", "\u{1}A\u{1}1\u{1}\u{1}ab", ""),
+    ("user_id", "u-1", ""),
+    ("alias", "crm", "l\u{1}b"),
+    ("device_id", "dev-1", ""),
+];
+
+/// `LEGACY` and `more` as a cohort's SQL and as the partner keys them.
+fn legacy(more: &[(&str, &str, &str)]) -> (String, BTreeSet<String>) {
+    let rows: Vec<(&str, &str, &str)> = LEGACY.iter().chain(more).copied().collect();
+    hostile_of(&rows, &["user_id", "alias", "device_id"])
+}
+
+#[test]
+fn state_written_before_the_injective_encoding_is_read_as_it_was_meant() {
+    let partner = Partner::plain();
+    let (sql, want) = legacy(&[]);
+    // The partner holds what the fixture says it does.
+    let seed = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("legacy", &sql)],
+    );
+    seed.run(&["sync", "legacy", "--at", NOV]).summary();
+    assert!(partner.members("legacy") == want);
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("legacy", &sql)],
+    );
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v3-ids"),
+        &project.dir.path().join("state"),
+    );
+    // Written against another emulator: rebound, then nothing to send.
+    let before = partner.handle.stats();
+    let s = project
+        .run(&["sync", "legacy", "--at", NOV, "--rebind"])
+        .summary();
+    assert_eq!(s["snapshot_members"], want.len() as u64, "{s}");
+    assert_eq!(
+        (s["adds"].as_u64(), s["removes"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(
+        partner.handle.stats().ids_added,
+        before.ids_added,
+        "nothing re-sent"
+    );
+    let pointer = || -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(project.cohort_state("legacy").join("current.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        pointer()["format"],
+        2,
+        "still readable by the release that wrote it"
+    );
+
+    // A member that release could not hold: its state is of a format that release refuses.
+    let (sql, want) = legacy(&[("device_id", "d\u{1}e", "")]);
+    std::fs::write(project.dir.path().join("queries/cohorts/legacy.sql"), &sql).unwrap();
+    let s = project.run(&["sync", "legacy", "--at", NOV]).summary();
+    assert_eq!(
+        (s["adds"].as_u64(), s["removes"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert!(
+        partner.members("legacy") == want,
+        "{}",
+        show(&partner.members("legacy"))
+    );
+    assert_eq!(pointer()["format"], 4);
+}
+
+#[test]
+fn an_id_over_64_kib_is_bad_input_naming_the_cohort_file() {
+    let partner = Partner::plain();
+    for sql in [
+        "SELECT repeat('x', 70000) AS user_id",
+        "SELECT CAST(NULL AS VARCHAR) AS user_id, repeat('d', 70000) AS device_id",
+    ] {
+        let project = Project::new(&partner.handle.base_url(), "", &[("long", sql)]);
+        let run = project.run(&["sync", "long", "--at", NOV]);
+        assert_eq!(run.code(), 2, "{}", run.stderr());
+        assert!(
+            run.stderr().contains("long.sql")
+                && run.stderr().contains("the longest accepted is 65536 bytes"),
+            "{}",
+            run.stderr()
+        );
+        assert!(partner.handle.members("long").is_none(), "nothing was sent");
+    }
+}

@@ -161,12 +161,14 @@ async fn answer(
                 i["user_id"].as_str(),
                 i["alias_name"].as_str(),
                 i["device_id"].as_str(),
+                i["braze_id"].as_str(),
             ) {
-                (Some(u), None, None) => u.to_owned(),
-                (None, Some(n), None) => {
+                (Some(u), None, None, None) => u.to_owned(),
+                (None, Some(n), None, None) => {
                     format!("alias:{n}:{}", i["alias_label"].as_str().unwrap())
                 }
-                (None, None, Some(d)) => format!("device:{d}"),
+                (None, None, Some(d), None) => format!("device:{d}"),
+                (None, None, None, Some(b)) => format!("braze:{b}"),
                 other => panic!("an identity of one kind: {other:?} in {i}"),
             }
         })

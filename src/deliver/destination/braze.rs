@@ -172,8 +172,9 @@ fn push_mixed(body: &mut Vec<u8>, ids: &StringArray, range: Range<usize>) {
             Id::Device(id) => devices.push(id),
             Id::Alias { name, label } => aliases.push((name, label)),
             // Refused before planning (`accepts`); a plan edited to hold one sends its raw
-            // key, which names no user (Cohort Import ignores unknown ids).
-            Id::Braze(_) => users.push(ids.value(i)),
+            // key, which names no user (Cohort Import ignores unknown ids). Malformed keys are
+            // never built and refused when state is read: the same.
+            Id::Braze(_) | Id::Malformed(_) => users.push(ids.value(i)),
         }
     }
     body.extend_from_slice(b"\"cohort_changes\":[{");
@@ -249,7 +250,11 @@ impl Destination for Braze {
                      device id, or send the cohort through /users/track (kind \
                      `braze_users_track`)",
                     self.destination,
-                    key.trim_start_matches('\u{1}').replace('\u{1}', ":")
+                    match crate::cohort::identity::parse(key) {
+                        Id::Braze(id) => id,
+                        _ => key,
+                    }
+                    .escape_debug()
                 ),
             )),
         }

@@ -166,12 +166,12 @@ impl Files {
         })
     }
 
-    /// One column of external ids when every list holds only those (tagged keys sort first,
-    /// so the first id tells); else a column per identifier kind.
+    /// One column of external ids when every list holds only those; else a column per
+    /// identifier kind.
     fn layout(&self, lists: &[&Arc<StringArray>]) -> Layout {
         let tagged = lists
             .iter()
-            .any(|l| crate::cohort::identity::any_tagged(l, 0..l.len().min(1)));
+            .any(|l| crate::cohort::identity::has_other_kinds(l));
         match (tagged, self.csv) {
             (false, false) => Layout::Parquet(self.names[0].clone()),
             (false, true) => Layout::Csv(self.names[0].clone()),
@@ -215,6 +215,16 @@ impl Lists for Files {
             for (op, list) in named {
                 let name = format!("{op}s.{}", self.ext);
                 let rows = list.len();
+                // One column of external ids holds each as it is (not as its key).
+                let list = match &layout {
+                    Layout::Parquet(_) | Layout::Csv(_) => {
+                        match crate::cohort::identity::external_values(&list) {
+                            Some(values) => Arc::new(values),
+                            None => list,
+                        }
+                    }
+                    _ => list,
+                };
                 ids::write_as(
                     store,
                     &dir.clone().join(name.as_str()),
