@@ -228,7 +228,12 @@ fn dead_letters_are_counted_once_per_id_when_a_run_resumes_and_then_sends_its_ow
     assert_eq!(summary["dead_letters"], unknown.len() as u64, "{summary}");
     let runs = t.project.run(&["runs", "--format", "json"]).summaries();
     assert_eq!(runs[0]["run_id"], summary["run_id"]);
-    assert_eq!(runs[0]["dead_letters"], unknown.len() as u64, "{:?}", runs[0]);
+    assert_eq!(
+        runs[0]["dead_letters"],
+        unknown.len() as u64,
+        "{:?}",
+        runs[0]
+    );
     assert_eq!(dead_letters_metric(&metrics), Some(unknown.len() as u64));
     let known: BTreeSet<String> = expected().difference(&unknown).cloned().collect();
     assert!(t.held() == known);
@@ -236,8 +241,15 @@ fn dead_letters_are_counted_once_per_id_when_a_run_resumes_and_then_sends_its_ow
 
 #[test]
 fn a_removal_of_a_profile_the_partner_no_longer_has_is_recorded_as_removed() {
-    // `/users/track` with update-only objects (the default): a user whose profile was deleted
-    // at the partner cannot be written, not even to clear the attribute.
+    // Six hours' churn commits as a delta on the snapshot, a week's as a full snapshot.
+    gone_removals(6, true);
+    gone_removals(7 * 24, false);
+}
+
+/// `/users/track` with update-only objects (the default): a user whose profile was deleted at
+/// the partner cannot be written, not even to clear the attribute. A sync `hours` after the
+/// first removes some such users.
+fn gone_removals(hours: i64, delta: bool) {
     let partner = Partner::plain();
     let project = Project::users_track(
         &partner.handle.base_url(),
@@ -250,7 +262,7 @@ fn a_removal_of_a_profile_the_partner_no_longer_has_is_recorded_as_removed() {
     let before = active_at(at());
     assert_eq!(first["adds"], before.len() as u64);
 
-    let later = at() + chrono::Duration::days(7);
+    let later = at() + chrono::Duration::hours(hours);
     let now = active_at(later);
     let left: Vec<String> = before.difference(&now).cloned().collect();
     assert!(left.len() > 20, "the fixture churns: {}", left.len());
@@ -273,6 +285,15 @@ fn a_removal_of_a_profile_the_partner_no_longer_has_is_recorded_as_removed() {
     assert_eq!(summary["removes"], left.len() as u64);
     assert_eq!(summary["dead_letters"], 0);
     assert!(set(partner.handle.attribute_true("cohort_c")) == now);
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(project.cohort_state("c").join("current.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        pointer.get("deltas").is_some(),
+        delta,
+        "{pointer}\n{summary}"
+    );
 
     // The history records them as removed, with the partner's reason.
     let history = project
