@@ -193,6 +193,7 @@ async fn sync_cohort_via(
         history: lake.state.root.clone().join(state::history::DIR),
         given,
         lock: None,
+        dead_counted: Default::default(),
     };
 
     if options.dry_run {
@@ -378,6 +379,9 @@ struct Run<'a> {
     /// The run's lock, once taken (a dry run takes none): asked before every request and
     /// immediately before every write to the state.
     lock: Option<&'a lock::KeptLock>,
+    /// Ids dead-lettered by this run so far (a resumed plan's, then its own change's, which
+    /// sends them again): each counts once.
+    dead_counted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl crate::deliver::sender::Fence for lock::Lease {
@@ -822,9 +826,16 @@ impl Run<'_> {
                             Err(e) => return Err(e),
                         };
                         if !dead.is_empty() {
-                            warn!(cohort = %self.cohort.name, batch = request.batch, refused = dead.len(),
-                                first = %dead.first().map(|d| d.reason.as_str()).unwrap_or(""),
-                                "the partner refused ids; they are dead-lettered and retried next run");
+                            let gone = dead.iter().filter(|d| d.change == dead::GONE).count();
+                            if gone > 0 {
+                                info!(cohort = %self.cohort.name, batch = request.batch, gone,
+                                    "the partner has no profile for some ids removed; their removal is done");
+                            }
+                            if dead.len() > gone {
+                                warn!(cohort = %self.cohort.name, batch = request.batch, refused = dead.len() - gone,
+                                    first = %dead.iter().find(|d| d.change != dead::GONE).map(|d| d.reason.as_str()).unwrap_or(""),
+                                    "the partner refused ids; they are dead-lettered and retried next run");
+                            }
                             dead::record(self.state, request.batch, &dead).await?;
                         }
                         journal.ack(request.batch);
@@ -891,11 +902,13 @@ impl Run<'_> {
     /// Every batch of `plan` is acknowledged or dead-lettered: leave the refused ids out of
     /// the snapshot (a refused add is not a member at the partner; a refused remove still is),
     /// write the dead letters, then switch the pointer. Safe to repeat after a crash. Returns
-    /// how many ids were dead-lettered.
+    /// how many ids were dead-lettered that this run had not counted yet. A removal of a
+    /// profile the partner no longer has is done: no dead letter, its reason in the history.
     async fn finish(&self, plan: &PlanMeta) -> Result<u64> {
         let store = self.state.store.as_ref();
         let target_path = self.state.path(&plan.target_snapshot);
-        let dead = dead::pending(self.state).await?;
+        let pending = dead::pending(self.state).await?;
+        let dead = dead::refusals(&pending);
         // Refused ids: a delta run compacts instead (its snapshot is rebuilt, then adjusted).
         if let Some(chain) = &plan.chain
             && dead.is_empty()
@@ -905,7 +918,7 @@ impl Run<'_> {
                 .state
                 .commit(plan, plan.target_members, Some(chain))
                 .await?;
-            self.record_history(plan, pointer.committed_at, &dead)
+            self.record_history(plan, pointer.committed_at, &pending)
                 .await?;
             self.hold().await?;
             self.state.clean_up(&pointer.files()).await?;
@@ -960,19 +973,27 @@ impl Run<'_> {
         }
         self.hold().await?;
         let pointer = self.state.commit(plan, members, None).await?;
-        self.record_history(plan, pointer.committed_at, &dead)
+        self.record_history(plan, pointer.committed_at, &pending)
             .await?;
         self.hold().await?;
         self.state
             .clean_up(std::slice::from_ref(&plan.target_snapshot))
             .await?;
-        Ok(dead.len() as u64)
+        let mut counted = self
+            .dead_counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(dead
+            .iter()
+            .filter(|d| counted.insert(d.user_id.clone()))
+            .count() as u64)
     }
 
     /// Keeps what a committed run changed at the partner under `history/` (the
     /// `cohort_changes` table): its adds and removes files, copied (a hard link on a local
     /// filesystem, a server-side copy on object stores, so a 10M-id first sync costs no
-    /// rewrite), or, when the partner refused ids, the lists without them. Runs after the
+    /// rewrite), or, when the partner refused ids, the lists without them (and the removes
+    /// with the reason of those the partner had no profile for, `dead::GONE`). Runs after the
     /// commit and before `pending/` is removed, so a run that dies in between records it on
     /// the next run; the same paths are written again, so that is idempotent.
     async fn record_history(
@@ -1002,7 +1023,21 @@ impl Run<'_> {
                 .filter(|d| d.change == op)
                 .map(|d| d.user_id.as_str())
                 .collect();
-            if refused.is_empty() {
+            let gone: std::collections::HashMap<&str, &str> = dead
+                .iter()
+                .filter(|d| op == "remove" && d.change == dead::GONE)
+                .map(|d| (d.user_id.as_str(), d.reason.as_str()))
+                .collect();
+            if !gone.is_empty() {
+                // Refused removes are never gone ones (one answer per id).
+                let ids = self.state.ids(file).await?;
+                let mut refused = refused;
+                refused.sort_unstable();
+                refused.dedup();
+                let refused = StringArray::from(refused);
+                let kept = on_rayon(move || diff::diff(&refused, &ids).adds).await;
+                state::history::write_with_reasons(store, &to, &kept, &gone).await?;
+            } else if refused.is_empty() {
                 let from = self.state.path(file);
                 if let Err(e) = store.copy(&from, &to).await {
                     // Some S3-compatible servers refuse copies (s3s-fs: into a new prefix):
@@ -1617,7 +1652,8 @@ fn run_started(run_id: &str) -> Option<DateTime<Utc>> {
 
 /// The dead letters of the items a partner acknowledged but did not apply (`range` is the
 /// batch's place in `ids`; an index past it is ignored: the partner cannot refuse what was
-/// not sent).
+/// not sent). A removal refused because the partner has no such profile is `dead::GONE`:
+/// done, not refused.
 fn dead_letters(
     ids: &StringArray,
     range: &std::ops::Range<usize>,
@@ -1630,7 +1666,11 @@ fn dead_letters(
         .filter(|r| r.index < range.len())
         .map(|r| DeadLetter {
             user_id: ids.value(range.start + r.index).to_string(),
-            change: op.name().to_string(),
+            change: match op {
+                Op::Remove if r.no_profile => dead::GONE,
+                op => op.name(),
+            }
+            .to_string(),
             reason: r.reason.clone(),
             batch,
         })

@@ -41,6 +41,9 @@ pub struct Answer<'a> {
     pub status: StatusCode,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+    /// Items the request carried (its batch's ids; 0 for a request of no batch): what a
+    /// success must account for.
+    pub sent: usize,
 }
 
 /// Classifies an HTTP answer. A 2xx acknowledges only when its body is the documented success
@@ -204,6 +207,7 @@ mod tests {
             status: StatusCode::from_u16(code).unwrap(),
             headers,
             body: body.as_bytes(),
+            sent: 1,
         })
     }
 

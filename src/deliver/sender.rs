@@ -338,6 +338,7 @@ impl Sender {
             status: response.status(),
             headers: response.headers(),
             body: &body,
+            sent: request.ids,
         })
     }
 }

@@ -234,6 +234,13 @@ impl EmulatorHandle {
         self.shared.profiles.with_true(attribute)
     }
 
+    /// `/users/track`: deletes these users' profiles (external ids plain, aliases
+    /// `alias:NAME:LABEL`), as a workspace does on a deletion request. Update-only objects
+    /// naming them are item-level errors from now on, removals included.
+    pub fn delete_profiles(&self, users: &[String]) {
+        self.shared.profiles.delete(users);
+    }
+
     /// `POST /_webhook`: the members the signed batches left in `cohort_id`, sorted.
     pub fn webhook_members(&self, cohort_id: &str) -> Vec<String> {
         self.shared.webhook.members(cohort_id)

@@ -7,7 +7,7 @@
 //! Written from the contract page, not from the client: it parses with `serde_json::Value` and
 //! shares no request code with `deliver`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use hyper::body::Incoming;
@@ -33,12 +33,17 @@ type Shard = HashMap<String, Map<String, Value>>;
 /// Profiles by user key (`external_id`, `alias:NAME:LABEL` or `braze:ID`): their attributes.
 pub(crate) struct Profiles {
     shards: Vec<Mutex<Shard>>,
+    /// Users whose profile was deleted (`EmulatorHandle::delete_profiles`, as a workspace
+    /// deletes users on request): unknown again, so an update-only object naming one is an
+    /// item-level error, until a write that may create profiles creates it anew.
+    deleted: Mutex<HashSet<String>>,
 }
 
 impl Default for Profiles {
     fn default() -> Self {
         Profiles {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            deleted: Mutex::default(),
         }
     }
 }
@@ -61,6 +66,16 @@ impl Profiles {
                 .and_then(Value::as_array)
                 .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(value)))
         })
+    }
+
+    /// Deletes the profiles of `users` (user keys as `all` names them): they are unknown from
+    /// now on.
+    pub(crate) fn delete(&self, users: &[String]) {
+        for user in users {
+            let mut shard = lock(self.shard(user));
+            shard.remove(user);
+            lock(&self.deleted).insert(user.clone());
+        }
     }
 
     /// Every profile's attributes.
@@ -257,9 +272,11 @@ fn apply(
         };
         let mut profiles = lock(shared.profiles.shard(&object.user));
         // A profile exists if it was written before, or (with no marker) always: a marker
-        // names ids this workspace has never seen.
+        // names ids this workspace has never seen, and a deleted profile is gone until created
+        // anew.
         let unknown = !profiles.contains_key(&object.user)
-            && unknown_marker.is_some_and(|m| object.user.contains(m));
+            && (unknown_marker.is_some_and(|m| object.user.contains(m))
+                || lock(&shared.profiles.deleted).contains(&object.user));
         if unknown && object.update_only {
             errors.push(json!({
                 "type": "'external_id' or 'braze_id' or 'user_alias' is required and must identify an existing user when '_update_existing_only' is true",
@@ -267,6 +284,9 @@ fn apply(
                 "index": index,
             }));
             continue;
+        }
+        if unknown {
+            lock(&shared.profiles.deleted).remove(&object.user);
         }
         let attrs = profiles.entry(object.user).or_default();
         for (name, value) in object.attributes {

@@ -2,6 +2,10 @@
 //! While a run is pending they are kept per batch under `pending/dead/`; when it commits they
 //! are written as `dead_letters/<run_id>.parquet` and left out of the committed snapshot (an
 //! add the partner refused is not a member there), so the next run tries them again.
+//!
+//! A removal the partner answered with "no such profile" is kept beside them as change
+//! [`GONE`] until the commit: it is no dead letter (the member is gone from the partner, so the
+//! removal is done), but its reason goes into the history.
 
 use std::sync::Arc;
 
@@ -20,6 +24,9 @@ use crate::error::{Error, Result};
 
 pub const PENDING: &str = "pending/dead";
 
+/// The `change` of a removal the partner did not need: it has no such profile.
+pub const GONE: &str = "gone";
+
 /// The batch number of a pending dead-letter object (`pending/dead/<batch>.json`).
 pub fn batch_of(path: &object_store::path::Path) -> Option<u64> {
     path.filename()?.strip_suffix(".json")?.parse().ok()
@@ -28,7 +35,7 @@ pub fn batch_of(path: &object_store::path::Path) -> Option<u64> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeadLetter {
     pub user_id: String,
-    /// `add` or `remove`.
+    /// `add` or `remove`; [`GONE`] for a removal done because the profile does not exist.
     pub change: String,
     /// The partner's message.
     pub reason: String,
@@ -62,6 +69,15 @@ pub async fn pending(state: &CohortState) -> Result<Vec<DeadLetter>> {
     }
     out.sort_by(|a, b| (&a.change, &a.user_id).cmp(&(&b.change, &b.user_id)));
     Ok(out)
+}
+
+/// The refusals among a plan's pending dead letters: all but the removals of profiles gone.
+pub fn refusals(pending: &[DeadLetter]) -> Vec<DeadLetter> {
+    pending
+        .iter()
+        .filter(|d| d.change != GONE)
+        .cloned()
+        .collect()
 }
 
 /// Writes `dead_letters/<run_id>.parquet` (idempotent: same run, same file).

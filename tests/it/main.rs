@@ -3,6 +3,7 @@
 
 mod support;
 
+mod acks;
 mod analysis;
 #[cfg(feature = "ballista")]
 mod ballista;

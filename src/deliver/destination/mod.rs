@@ -50,6 +50,9 @@ pub struct Refused {
     pub index: usize,
     /// The partner's reason (its error type), redacted.
     pub reason: String,
+    /// The partner says it has no such profile: a removal of it is done (the member is gone),
+    /// not refused.
+    pub no_profile: bool,
 }
 
 /// Everything partner-specific about delivering a plan.

@@ -5,7 +5,10 @@
 //! leaves) or one array attribute shared by cohorts (`"cohorts": {"add": ["<id>"]}`, `remove`).
 //! At most 75 attribute objects per request; `_update_existing_only` (the default) keeps
 //! unknown ids from creating profiles. A success may list items it did not apply
-//! (`errors: [{type, input_array, index}]`): those become dead letters with the partner's type.
+//! (`errors: [{type, input_array, index}]`): those become dead letters with the partner's type
+//! (a removal refused because the profile does not exist is done instead: the member is gone).
+//! A success acknowledges only when it accounts for every object sent: `attributes_processed`
+//! plus the item errors, each naming an object of the batch.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -211,21 +214,26 @@ impl Destination for UsersTrack {
         &self.headers
     }
 
-    /// 201 or 200 with `{"message": "success"}` acknowledges; the objects its `errors` list
-    /// were not applied. An `errors` list that cannot be read item by item acknowledges
-    /// nothing (re-sending an attribute is harmless: the request is retried).
+    /// 201 or 200 with `{"message": "success", "attributes_processed": N}` acknowledges; the
+    /// objects its `errors` list were not applied. A success that does not account for every
+    /// object sent (`N` plus the item errors short of the batch, an error naming an object
+    /// outside it, an `errors` list that cannot be read item by item) acknowledges nothing:
+    /// the request is retried (re-sending an attribute is harmless), and the run fails if it
+    /// never does.
     fn acknowledge(&self, answer: &Answer<'_>) -> Verdict {
         let verdict = retry::classify(answer);
         if verdict != Verdict::Success {
             return verdict;
         }
-        match item_errors(answer.body) {
+        match accounted(answer.body, answer.sent) {
             Ok(refused) if refused.is_empty() => Verdict::Success,
             Ok(refused) => Verdict::Partial(refused),
             Err(why) => Verdict::Retry {
                 reason: format!(
-                    "HTTP {} success whose `errors` cannot be read item by item ({why}): {}",
+                    "HTTP {} success that does not account for the {} objects sent ({why}), so \
+                     it acknowledges nothing: {}",
                     answer.status.as_u16(),
+                    answer.sent,
                     retry::first_bytes(answer.body)
                 ),
                 asked: None,
@@ -275,11 +283,30 @@ impl Destination for UsersTrack {
     }
 }
 
-/// The objects a success response says it did not apply: `errors[*]` with `input_array`
-/// `"attributes"` (or none) and an `index`. Errors on other arrays (events, purchases: we send
-/// none) are ignored.
-fn item_errors(body: &[u8]) -> std::result::Result<Vec<Refused>, String> {
+/// The objects of a batch of `sent` that a success response says it did not apply, once it
+/// accounts for all of them: `attributes_processed` plus the refused objects (`errors[*]` with
+/// `input_array` `"attributes"` or none, each with the `index` of an object of the batch) make
+/// at least `sent`. Errors on other arrays (events, purchases: we send none) are ignored. `Err`
+/// says why the answer does not account for the batch.
+fn accounted(body: &[u8], sent: usize) -> std::result::Result<Vec<Refused>, String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let refused = item_errors(&v, sent)?;
+    let processed = v
+        .get("attributes_processed")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or("no `attributes_processed` count")?;
+    if processed.saturating_add(refused.len() as u64) < sent as u64 {
+        return Err(format!(
+            "attributes_processed = {processed} and {} item errors for {sent} objects: the \
+             rest were neither applied nor refused",
+            refused.len()
+        ));
+    }
+    Ok(refused)
+}
+
+/// The item errors of a success response to a batch of `sent` objects, sorted, one per object.
+fn item_errors(v: &serde_json::Value, sent: usize) -> std::result::Result<Vec<Refused>, String> {
     let errors = match v.get("errors") {
         None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
         Some(serde_json::Value::Array(errors)) => errors,
@@ -294,8 +321,12 @@ fn item_errors(body: &[u8]) -> std::result::Result<Vec<Refused>, String> {
         let index = e
             .get("index")
             .and_then(|i| i.as_u64())
-            .filter(|&i| i < MAX_OBJECTS as u64)
-            .ok_or_else(|| format!("errors[{k}] has no index below {MAX_OBJECTS}"))?;
+            .ok_or_else(|| format!("errors[{k}] has no index"))?;
+        if index >= sent.min(MAX_OBJECTS) as u64 {
+            return Err(format!(
+                "errors[{k}] names object {index}, outside the batch of {sent}"
+            ));
+        }
         let kind = e
             .get("type")
             .and_then(|t| t.as_str())
@@ -303,11 +334,28 @@ fn item_errors(body: &[u8]) -> std::result::Result<Vec<Refused>, String> {
         refused.push(Refused {
             index: index as usize,
             reason: redact::scrub(&kind.chars().take(200).collect::<String>()).into_owned(),
+            no_profile: no_profile(kind),
         });
     }
     refused.sort_by_key(|r| r.index);
     refused.dedup_by_key(|r| r.index);
     Ok(refused)
+}
+
+/// Whether an item error's type says the user has no profile. Under `_update_existing_only` (the
+/// default) a well-formed object naming one user is refused for nothing else: the user is
+/// unknown to the workspace, or was deleted there.
+fn no_profile(kind: &str) -> bool {
+    let kind = kind.to_ascii_lowercase();
+    [
+        "_update_existing_only",
+        "does not exist",
+        "no such user",
+        "user not found",
+        "profile not found",
+    ]
+    .iter()
+    .any(|s| kind.contains(s))
 }
 
 #[cfg(test)]
@@ -389,10 +437,15 @@ mod tests {
     }
 
     fn ack(t: &UsersTrack, status: u16, body: &str) -> Verdict {
+        ack_of(t, status, body, 4)
+    }
+
+    fn ack_of(t: &UsersTrack, status: u16, body: &str, sent: usize) -> Verdict {
         t.acknowledge(&Answer {
             status: StatusCode::from_u16(status).unwrap(),
             headers: &HeaderMap::new(),
             body: body.as_bytes(),
+            sent,
         })
     }
 
@@ -400,31 +453,35 @@ mod tests {
     fn item_level_errors_are_refusals_and_unreadable_ones_acknowledge_nothing() {
         let t = track("");
         assert_eq!(
-            ack(&t, 201, r#"{"message":"success","attributes_processed":2}"#),
+            ack(&t, 201, r#"{"message":"success","attributes_processed":4}"#),
             Verdict::Success
         );
         assert_eq!(
             ack(
                 &t,
                 201,
-                r#"{"message":"success","errors":[{"type":"unknown external_id","input_array":"attributes","index":3},{"type":"x","input_array":"events","index":0},{"type":"dup","index":1}]}"#
+                r#"{"message":"success","attributes_processed":2,"errors":[{"type":"'external_id' ... must identify an existing user when '_update_existing_only' is true","input_array":"attributes","index":3},{"type":"x","input_array":"events","index":0},{"type":"dup","index":1}]}"#
             ),
             Verdict::Partial(vec![
                 Refused {
                     index: 1,
-                    reason: "dup".into()
+                    reason: "dup".into(),
+                    no_profile: false,
                 },
                 Refused {
                     index: 3,
-                    reason: "unknown external_id".into()
+                    reason: "'external_id' ... must identify an existing user when \
+                             '_update_existing_only' is true"
+                        .into(),
+                    no_profile: true,
                 },
             ])
         );
         for bad in [
-            r#"{"message":"success","errors":{"type":"x"}}"#,
-            r#"{"message":"success","errors":[{"type":"x"}]}"#,
-            r#"{"message":"success","errors":[{"type":"x","index":75}]}"#,
-            r#"{"message":"success","errors":[{"type":"x","index":-1}]}"#,
+            r#"{"message":"success","attributes_processed":4,"errors":{"type":"x"}}"#,
+            r#"{"message":"success","attributes_processed":4,"errors":[{"type":"x"}]}"#,
+            r#"{"message":"success","attributes_processed":4,"errors":[{"type":"x","index":75}]}"#,
+            r#"{"message":"success","attributes_processed":4,"errors":[{"type":"x","index":-1}]}"#,
         ] {
             assert!(matches!(ack(&t, 201, bad), Verdict::Retry { .. }), "{bad}");
         }
@@ -436,6 +493,57 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_success_that_does_not_account_for_every_object_sent_acknowledges_nothing() {
+        let t = track("");
+        let retried = |body: &str, sent: usize, why: &str| match ack_of(&t, 201, body, sent) {
+            Verdict::Retry { reason, .. } => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{body} for {sent} objects: {other:?}"),
+        };
+        // Fewer processed than sent, nothing said about the rest.
+        retried(
+            r#"{"message":"success","attributes_processed":49}"#,
+            50,
+            "attributes_processed = 49 and 0 item errors for 50 objects",
+        );
+        retried(
+            r#"{"message":"success","attributes_processed":47,"errors":[{"type":"x","index":3},{"type":"x","index":3}]}"#,
+            50,
+            "1 item errors for 50",
+        );
+        // No count at all.
+        retried(r#"{"message":"success"}"#, 50, "attributes_processed");
+        // An error naming an object the batch does not have (below the partner's 75).
+        retried(
+            r#"{"message":"success","attributes_processed":49,"errors":[{"type":"x","index":60}]}"#,
+            50,
+            "outside the batch of 50",
+        );
+        // Every object accounted for: acknowledged, with its refusals.
+        assert_eq!(
+            ack_of(
+                &t,
+                201,
+                r#"{"message":"success","attributes_processed":49,"errors":[{"type":"x","index":49}]}"#,
+                50
+            ),
+            Verdict::Partial(vec![Refused {
+                index: 49,
+                reason: "x".into(),
+                no_profile: false,
+            }])
+        );
+        assert_eq!(
+            ack_of(
+                &t,
+                200,
+                r#"{"message":"success","attributes_processed":50}"#,
+                50
+            ),
+            Verdict::Success
+        );
+    }
+
     proptest::proptest! {
         /// Whatever a success body holds, reading it never panics, and every refusal it yields
         /// names an object a request can carry, once.
@@ -443,8 +551,8 @@ mod tests {
         fn any_success_body_is_read_without_panic(
             body in proptest::prop_oneof![
                 proptest::collection::vec(proptest::num::u8::ANY, 0..300),
-                (proptest::collection::vec((0i64..200, "[a-z ]{0,12}", proptest::bool::ANY), 0..20))
-                    .prop_map(|errors| {
+                (proptest::collection::vec((0i64..200, "[a-z ]{0,12}", proptest::bool::ANY), 0..20), 0u64..100)
+                    .prop_map(|(errors, processed)| {
                         let errors: Vec<_> = errors
                             .into_iter()
                             .map(|(i, t, attr)| serde_json::json!({
@@ -452,20 +560,24 @@ mod tests {
                                 "input_array": if attr { "attributes" } else { "events" },
                             }))
                             .collect();
-                        serde_json::to_vec(&serde_json::json!({"message": "success", "errors": errors})).unwrap()
+                        serde_json::to_vec(&serde_json::json!({
+                            "message": "success", "attributes_processed": processed, "errors": errors,
+                        })).unwrap()
                     }),
             ],
+            sent in 1usize..=MAX_OBJECTS,
         ) {
             let t = track("");
             let verdict = t.acknowledge(&Answer {
                 status: StatusCode::CREATED,
                 headers: &HeaderMap::new(),
                 body: &body,
+                sent,
             });
             if let Verdict::Partial(refused) = verdict {
                 proptest::prop_assert!(!refused.is_empty());
                 proptest::prop_assert!(refused.windows(2).all(|w| w[0].index < w[1].index));
-                proptest::prop_assert!(refused.iter().all(|r| r.index < MAX_OBJECTS));
+                proptest::prop_assert!(refused.iter().all(|r| r.index < sent));
             }
         }
     }

@@ -329,6 +329,7 @@ header_env = { "Authorization" = "A" }"#,
                 status: reqwest::StatusCode::from_u16(status).unwrap(),
                 headers: &headers,
                 body: body.as_bytes(),
+                sent: 1,
             })
         };
         assert_eq!(verdict(200, None, ""), Verdict::Success);
