@@ -842,6 +842,7 @@ impl Run<'_> {
             adds,
             removes,
             members,
+            shard: self.options.shard.map(|s| s.to_string()),
         };
         lists.write(&plan.run_id, plan.at, of).await?;
         info!(cohort = %self.cohort.name, run = %plan.run_id, "lists written");
