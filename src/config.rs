@@ -987,9 +987,9 @@ impl Config {
             DestinationKind::Webhook(c) => {
                 // Before `read` registers it for masking (a short secret would mask its
                 // letters in every message, this one included).
-                if let Some(problem) = lookup(&c.secret_env).and_then(|v| {
-                    c.secret_problem(&format!("destinations.{destination}"), &v)
-                }) {
+                if let Some(problem) = lookup(&c.secret_env)
+                    .and_then(|v| c.secret_problem(&format!("destinations.{destination}"), &v))
+                {
                     return Err(Error::config(self.file.clone(), problem));
                 }
                 c.credentials(&read)

@@ -761,8 +761,7 @@ mod tests {
         assert_eq!(Metrics::parse(&format!("other{{a=\"1\"}} 2\n{text}")), None);
         assert_eq!(Metrics::parse(&format!("# TYPE up gauge\n{text}")), None);
         // An older version's family of ours is dropped, the rest kept.
-        let kept =
-            Metrics::parse(&format!("cohort_bridge_gone{{a=\"1\"}} 2\n{text}")).unwrap();
+        let kept = Metrics::parse(&format!("cohort_bridge_gone{{a=\"1\"}} 2\n{text}")).unwrap();
         assert_eq!(kept, m);
         assert!(is_ours("") && is_ours(&text) && !is_ours("up 1\n"));
     }

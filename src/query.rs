@@ -121,7 +121,7 @@ struct Sink<'a> {
 enum Output {
     Stdout(std::io::Stdout),
     File(std::io::BufWriter<std::fs::File>),
-    Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
+    Parquet(Box<parquet::arrow::ArrowWriter<std::fs::File>>),
 }
 
 impl<'a> Sink<'a> {
@@ -148,11 +148,11 @@ impl<'a> Sink<'a> {
                 let file = std::fs::File::create(&tmp).map_err(|e| sink.error(path, e))?;
                 sink.file = Some((path, tmp));
                 if format == Format::Parquet {
-                    Output::Parquet(parquet::arrow::ArrowWriter::try_new(
+                    Output::Parquet(Box::new(parquet::arrow::ArrowWriter::try_new(
                         file,
                         schema.clone(),
                         None,
-                    )?)
+                    )?))
                 } else {
                     Output::File(std::io::BufWriter::new(file))
                 }
@@ -202,7 +202,13 @@ impl<'a> Sink<'a> {
         match self.format {
             Format::Table => {
                 self.pending.push(batch.clone());
-                if self.pending.iter().map(RecordBatch::num_rows).sum::<usize>() >= TABLE_ROWS {
+                if self
+                    .pending
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum::<usize>()
+                    >= TABLE_ROWS
+                {
                     return self.flush_table();
                 }
                 Ok(true)
@@ -233,7 +239,8 @@ impl<'a> Sink<'a> {
         if self.format == Format::Table && (!self.pending.is_empty() || !self.printed) {
             if self.pending.is_empty() {
                 // No rows is still a result with columns: the header.
-                self.pending.push(RecordBatch::new_empty(self.schema.clone()));
+                self.pending
+                    .push(RecordBatch::new_empty(self.schema.clone()));
             }
             if !self.flush_table()? {
                 return Ok(());

@@ -104,7 +104,10 @@ impl Config {
                             .or_default()
                             .1
                             .push(name.clone());
-                        format!("the value `{}` of the array attribute `{attr}`", c.cohort_id)
+                        format!(
+                            "the value `{}` of the array attribute `{attr}`",
+                            c.cohort_id
+                        )
                     }
                 },
                 _ => format!("cohort_id `{}`", c.cohort_id),
@@ -157,10 +160,9 @@ impl Config {
             }
         };
         push("lake.url".into(), &self.lake.url, "the lake");
-        match &self.state.url {
-            Some(url) => push("state.url".into(), url, "the state area"),
-            // The default state area is under the lake: the lake covers it.
-            None => {}
+        // The default state area is under the lake: the lake covers it.
+        if let Some(url) = &self.state.url {
+            push("state.url".into(), url, "the state area");
         }
         for (name, s) in &self.sources {
             push(format!("sources.{name}.url"), &s.url, "a source's folder");
@@ -233,7 +235,11 @@ api_key_env = "RK"
 
     fn conflicts(text: &str, env: &[(&str, &str)]) -> Vec<String> {
         let c = Config::parse(text, Path::new("p/cohort-bridge.toml")).unwrap();
-        c.conflicts(&|v| env.iter().find(|(k, _)| *k == v).map(|(_, x)| x.to_string()))
+        c.conflicts(&|v| {
+            env.iter()
+                .find(|(k, _)| *k == v)
+                .map(|(_, x)| x.to_string())
+        })
     }
 
     #[test]
@@ -255,11 +261,20 @@ api_key_env = "RK"
     #[test]
     fn a_shared_boolean_attribute_is_a_conflict_an_array_is_not() {
         let two = "[cohorts.a]\ndestination = \"track\"\n[cohorts.b]\ndestination = \"track\"\n";
-        let shared = BASE.replace("api_key_env = \"RK\"", "api_key_env = \"RK\"\nattribute = \"vip\"");
+        let shared = BASE.replace(
+            "api_key_env = \"RK\"",
+            "api_key_env = \"RK\"\nattribute = \"vip\"",
+        );
         let found = conflicts(&format!("{shared}\n{two}"), &[]);
-        assert!(found.len() == 1 && found[0].contains("boolean attribute `vip`"), "{found:?}");
+        assert!(
+            found.len() == 1 && found[0].contains("boolean attribute `vip`"),
+            "{found:?}"
+        );
         let array = shared.replace("attribute =", "membership = \"array\"\nattribute =");
-        assert_eq!(conflicts(&format!("{array}\n{two}"), &[]), Vec::<String>::new());
+        assert_eq!(
+            conflicts(&format!("{array}\n{two}"), &[]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -288,16 +303,25 @@ api_key_env = "RK"
         };
         let found = conflicts(&format!("{BASE}{}", files("out", "data/lake/exports")), &[]);
         assert!(
-            found.len() == 1 && found[0].contains("destinations.out.url") && found[0].contains("inside the lake"),
+            found.len() == 1
+                && found[0].contains("destinations.out.url")
+                && found[0].contains("inside the lake"),
             "{found:?}"
         );
         let found = conflicts(
             &format!("{BASE}\n[state]\nurl = \"st\"\n{}", files("out", "st/x")),
             &[],
         );
-        assert!(found.len() == 1 && found[0].contains("the state area"), "{found:?}");
+        assert!(
+            found.len() == 1 && found[0].contains("the state area"),
+            "{found:?}"
+        );
         let found = conflicts(
-            &format!("{BASE}{}{}", files("a", "exports"), files("b", "./exports/b")),
+            &format!(
+                "{BASE}{}{}",
+                files("a", "exports"),
+                files("b", "./exports/b")
+            ),
             &[],
         );
         assert!(
@@ -305,8 +329,15 @@ api_key_env = "RK"
             "{found:?}"
         );
         assert!(
-            conflicts(&format!("{BASE}{}{}", files("a", "exports/a"), files("b", "exports/ab")), &[])
-                .is_empty()
+            conflicts(
+                &format!(
+                    "{BASE}{}{}",
+                    files("a", "exports/a"),
+                    files("b", "exports/ab")
+                ),
+                &[]
+            )
+            .is_empty()
         );
     }
 }

@@ -62,8 +62,14 @@ fn init_refuses_to_write_through_a_symlink() {
         "{}",
         run.stderr()
     );
-    assert!(!target.exists(), "nothing written through the dangling link");
-    assert!(!dir.path().join("queries").exists(), "nothing written at all");
+    assert!(
+        !target.exists(),
+        "nothing written through the dangling link"
+    );
+    assert!(
+        !dir.path().join("queries").exists(),
+        "nothing written at all"
+    );
 
     // A folder on the way that is a link (to a real folder) is refused the same way.
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +117,10 @@ fn a_shards_members_file_names_the_shard() {
         .expect("a members file");
     assert_eq!(members["shard"], "1/4", "{manifest:#}");
     assert!(
-        members["note"].as_str().unwrap().contains("not the whole cohort"),
+        members["note"]
+            .as_str()
+            .unwrap()
+            .contains("not the whole cohort"),
         "{manifest:#}"
     );
 
@@ -168,7 +177,12 @@ fn query_streams_and_a_closed_pipe_exits_quietly() {
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         assert_eq!(status.code(), Some(0), "{format}: {err}");
         assert!(err.is_empty(), "{format}: quiet, got: {err}");
     }

@@ -25,7 +25,11 @@ fn refused_by_check_and_sync(project: &Project, first: &str, expect: &[&str]) {
     for (what, run) in runs {
         assert_eq!(run.code(), 2, "{what}: {}\n{}", run.stdout(), run.stderr());
         for e in expect {
-            assert!(run.stderr().contains(e), "{what}: no `{e}` in\n{}", run.stderr());
+            assert!(
+                run.stderr().contains(e),
+                "{what}: no `{e}` in\n{}",
+                run.stderr()
+            );
         }
     }
 }
@@ -45,16 +49,26 @@ fn two_cohorts_with_one_cohort_id_on_one_destination_are_refused() {
     refused_by_check_and_sync(
         &project,
         "a",
-        &["cohorts.a and cohorts.b", "cohort_id `shared`", "destination `braze`"],
+        &[
+            "cohorts.a and cohorts.b",
+            "cohort_id `shared`",
+            "destination `braze`",
+        ],
     );
-    assert!(partner.handle.members("shared").is_none(), "nothing was sent");
+    assert!(
+        partner.handle.members("shared").is_none(),
+        "nothing was sent"
+    );
 
     // Two destination sections on one workspace (same endpoint, same key) count as one.
     edit(&project, |t| {
         let braze = &t[t.find("[destinations.braze]").unwrap()..t.find("[cohorts.a]").unwrap()];
         let twin = braze.replace("[destinations.braze]", "[destinations.twin]");
-        t.replace("[cohorts.a]\n", &format!("{twin}\n[cohorts.a]\ndestination = \"braze\"\n"))
-            .replace("[cohorts.b]\n", "[cohorts.b]\ndestination = \"twin\"\n")
+        t.replace(
+            "[cohorts.a]\n",
+            &format!("{twin}\n[cohorts.a]\ndestination = \"braze\"\n"),
+        )
+        .replace("[cohorts.b]\n", "[cohorts.b]\ndestination = \"twin\"\n")
     });
     refused_by_check_and_sync(
         &project,
@@ -65,10 +79,15 @@ fn two_cohorts_with_one_cohort_id_on_one_destination_are_refused() {
             "destinations `braze` and `twin`, which point at the same workspace",
         ],
     );
-    assert!(partner.handle.members("shared").is_none(), "nothing was sent");
+    assert!(
+        partner.handle.members("shared").is_none(),
+        "nothing was sent"
+    );
 
     // Their own ids: both deliver.
-    edit(&project, |t| t.replacen("cohort_id = \"shared\"", "cohort_id = \"a\"", 1));
+    edit(&project, |t| {
+        t.replacen("cohort_id = \"shared\"", "cohort_id = \"a\"", 1)
+    });
     let check = project.run(&["check", "--at", AT]);
     assert_eq!(check.code(), 0, "{}", check.stderr());
 }
@@ -84,20 +103,37 @@ fn two_cohorts_writing_one_users_track_boolean_attribute_are_refused() {
     refused_by_check_and_sync(
         &project,
         "a",
-        &["cohorts.a and cohorts.b", "the boolean attribute `vip`", "destination `braze`"],
+        &[
+            "cohorts.a and cohorts.b",
+            "the boolean attribute `vip`",
+            "destination `braze`",
+        ],
     );
-    assert!(partner.handle.attribute_true("vip").is_empty(), "nothing was sent");
+    assert!(
+        partner.handle.attribute_true("vip").is_empty(),
+        "nothing was sent"
+    );
 
     // One array attribute holding each cohort's own value is what arrays are for.
-    edit(&project, |t| t.replace("attribute = \"vip\"", "membership = \"array\"\nattribute = \"vip\""));
+    edit(&project, |t| {
+        t.replace(
+            "attribute = \"vip\"",
+            "membership = \"array\"\nattribute = \"vip\"",
+        )
+    });
     let check = project.run(&["check", "--at", AT]);
     assert_eq!(check.code(), 0, "{}", check.stderr());
     // ... unless two cohorts write the same value.
-    edit(&project, |t| t.replace("cohort_id = \"b\"", "cohort_id = \"a\""));
+    edit(&project, |t| {
+        t.replace("cohort_id = \"b\"", "cohort_id = \"a\"")
+    });
     refused_by_check_and_sync(
         &project,
         "a",
-        &["cohorts.a and cohorts.b", "the value `a` of the array attribute `vip`"],
+        &[
+            "cohorts.a and cohorts.b",
+            "the value `a` of the array attribute `vip`",
+        ],
     );
 }
 
@@ -119,11 +155,17 @@ fn a_files_destination_inside_the_lake_the_state_or_another_folder_is_refused() 
     assert!(!inside.exists(), "nothing was written in the lake");
 
     // Inside the state area (`state/` of the project folder).
-    edit(&project, |t| t.replace(&inside.display().to_string(), "state/exports"));
+    edit(&project, |t| {
+        t.replace(&inside.display().to_string(), "state/exports")
+    });
     refused_by_check_and_sync(
         &project,
         "active",
-        &["destinations.braze.url", "lies inside the state area", "state.url"],
+        &[
+            "destinations.braze.url",
+            "lies inside the state area",
+            "state.url",
+        ],
     );
 
     // Inside another files destination's folder.
@@ -136,7 +178,11 @@ fn a_files_destination_inside_the_lake_the_state_or_another_folder_is_refused() 
     refused_by_check_and_sync(
         &project,
         "active",
-        &["destinations.braze.url", "another `files` destination's folder", "destinations.outer.url"],
+        &[
+            "destinations.braze.url",
+            "another `files` destination's folder",
+            "destinations.outer.url",
+        ],
     );
 
     // A folder of its own is fine.
@@ -171,8 +217,14 @@ fn a_metrics_file_that_is_the_project_a_query_or_not_ours_is_refused() {
         );
     }
     assert_eq!(std::fs::read(dir.join("cohort-bridge.toml")).unwrap(), toml);
-    assert_eq!(std::fs::read(dir.join("queries/cohorts/active.sql")).unwrap(), sql);
-    assert_eq!(std::fs::read_to_string(dir.join("notes.txt")).unwrap(), "my notes\n");
+    assert_eq!(
+        std::fs::read(dir.join("queries/cohorts/active.sql")).unwrap(),
+        sql
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "my notes\n"
+    );
     assert!(!dir.join("queries/new.prom").exists());
     assert!(project.state_files().is_empty(), "refused before any work");
     // A symlink to the project file is the project file.
@@ -188,5 +240,8 @@ fn a_metrics_file_that_is_the_project_a_query_or_not_ours_is_refused() {
         assert_eq!(run.code(), 0, "{}", run.stderr());
     }
     let written = std::fs::read_to_string(dir.join("ours.prom")).unwrap();
-    assert!(written.contains("cohort_bridge_sync_last_run_success"), "{written}");
+    assert!(
+        written.contains("cohort_bridge_sync_last_run_success"),
+        "{written}"
+    );
 }

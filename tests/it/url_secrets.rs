@@ -55,7 +55,13 @@ fn a_password_in_a_url_is_refused_and_leaks_nowhere() {
     let mut outputs = Vec::new();
     let mut refused = |args: &[&str], expect: &str| {
         let run = project.run(args);
-        assert_eq!(run.code(), 2, "{args:?}: {}\n{}", run.stdout(), run.stderr());
+        assert_eq!(
+            run.code(),
+            2,
+            "{args:?}: {}\n{}",
+            run.stdout(),
+            run.stderr()
+        );
         assert!(run.stderr().contains(expect), "{args:?}: {}", run.stderr());
         outputs.push((args.join(" "), run.stdout() + &run.stderr()));
     };
@@ -70,7 +76,10 @@ fn a_password_in_a_url_is_refused_and_leaks_nowhere() {
         refused(args, &masked);
         refused(args, "header_env");
     }
-    assert!(partner.handle.members("active").is_none(), "nothing was sent");
+    assert!(
+        partner.handle.members("active").is_none(),
+        "nothing was sent"
+    );
 
     // A token in the query of a URL is a secret too.
     let toml = dir.join("cohort-bridge.toml");
