@@ -6,19 +6,32 @@
 
 use super::Config;
 
-/// Query parameter names (lowercased, matched as substrings) taken for credentials: a
-/// receiver's `?tenant=acme` is fine, `?token=…`, `?api_key=…`, `?sig=…` are not.
-const SECRET_PARAMS: &[&str] = &[
+/// Words of a query parameter's name (split at `_`, `-`, `.`, lowercased) that make it a
+/// credential: a receiver's `?tenant=acme` or `?author=x` is fine; `?token=…`, `?api_key=…`,
+/// `?X-Amz-Signature=…`, `?sig=…`, `?apikey=…` are not.
+const SECRET_WORDS: &[&str] = &[
     "token",
     "secret",
     "password",
     "passwd",
     "pwd",
+    "pass",
     "key",
+    "apikey",
     "sig",
+    "signature",
     "auth",
+    "authorization",
     "credential",
+    "credentials",
     "session",
+    "sessionid",
+    "accesstoken",
+    "apitoken",
+    "authtoken",
+    "accesskey",
+    "secretkey",
+    "clientsecret",
 ];
 
 /// The text of a URL's authority (`user:pass@host:port`), if it has one.
@@ -47,8 +60,9 @@ fn query_values(text: &str) -> Vec<(&str, std::ops::Range<usize>)> {
 }
 
 fn secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_PARAMS.iter().any(|p| name.contains(p))
+    name.to_ascii_lowercase()
+        .split(['_', '-', '.'])
+        .any(|word| SECRET_WORDS.contains(&word))
 }
 
 /// `text` with its userinfo and credential-like query values replaced by `***`: the form any
@@ -168,6 +182,9 @@ mod tests {
         }
         assert!(problem("k", "s3://AKIA:xyz@bucket/p", "").is_some());
         assert!(problem("k", "https://h/x?API_KEY=1", "").is_some());
+        assert!(problem("k", "https://h/x?X-Amz-Signature=1", "").is_some());
+        assert!(problem("k", "https://h/x?access_token=1", "").is_some());
+        assert!(problem("k", "https://h/x?author=me&keyword=a&design=b", "").is_none());
         assert!(problem("k", "ballista://u@sched:50050", "").is_some());
         // An @ that is not valid URL syntax is masked all the same.
         assert_eq!(shown("https://u:p w@h/x"), "https://***@h/x");

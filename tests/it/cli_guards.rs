@@ -136,7 +136,18 @@ fn a_shards_members_file_names_the_shard() {
     );
     project.run(&["sync", "active", "--at", AT]).summary();
     let runs = crate::files::run_folders(&out2.path().join("active"));
-    assert!(runs[0].1.get("shard").is_none(), "{:#}", runs[0].1);
+    let manifest = &runs[0].1;
+    assert!(manifest.get("shard").is_none(), "{manifest:#}");
+    let members = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["op"] == "member")
+        .expect("a members file");
+    assert_eq!(
+        members["note"], "the whole cohort after this run",
+        "{manifest:#}"
+    );
 }
 
 #[test]

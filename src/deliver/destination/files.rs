@@ -225,6 +225,10 @@ impl Lists for Files {
                              is the union of the latest members file of every shard"
                         ),
                     }),
+                    ("member", None) => serde_json::json!({
+                        "path": name, "op": op, "rows": rows,
+                        "note": "the whole cohort after this run",
+                    }),
                     _ => serde_json::json!({"path": name, "op": op, "rows": rows}),
                 };
                 ids::write_as(
