@@ -36,6 +36,18 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>, only: &[String]) 
             .collect(),
         ..CheckReport::default()
     };
+    // The conflicts `sync` refuses too (one function, so the two cannot drift).
+    report.problems.extend(
+        config
+            .conflicts(&env_lookup)
+            .into_iter()
+            .map(|p| format!("{file}: {p}")),
+    );
+    // A URL with credentials in it: nothing is opened with it (a store or a client could
+    // quote it), and nothing more is said.
+    if !config.url_secrets().is_empty() {
+        return report;
+    }
     for name in only {
         if !config.cohorts.contains_key(name) {
             report.problems.push(format!(
@@ -146,6 +158,10 @@ async fn record(
     at: DateTime<Utc>,
     code: i32,
 ) {
+    // A URL holding credentials is not used to write anything (see `check_project`).
+    if !config.url_secrets().is_empty() {
+        return;
+    }
     let Ok(lake) = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
     else {
         return;

@@ -23,7 +23,11 @@ pub async fn sync(
     metrics: &MetricsOut,
 ) -> Result<i32> {
     let config = Config::load(config_file)?;
-    metrics.check()?;
+    let conflicts = config.conflicts(&env_lookup);
+    if !conflicts.is_empty() {
+        return Err(Error::config(config.file.clone(), conflicts.join("\n  ")));
+    }
+    metrics.check(&config)?;
     let all: Vec<String>;
     let cohorts = if cohorts.is_empty() {
         all = config.cohorts.keys().cloned().collect();
@@ -152,7 +156,7 @@ pub async fn ingest(
     metrics: &MetricsOut,
 ) -> Result<i32> {
     let config = Config::load(config_file)?;
-    metrics.check()?;
+    metrics.check(&config)?;
     if let Some((from, to)) = options.range
         && from > to
     {

@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 
+mod conflicts;
+pub mod url_secrets;
+
 /// The partner's published limit: 250,000 requests per hour per workspace (partner-api.md).
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 250_000.0 / 3600.0;
 /// The partner accepts at most 1,000 ids per request (partner-api.md).
@@ -150,9 +153,11 @@ impl Engine {
         if url.is_empty() || url == "local" {
             return Ok(Engine::Local);
         }
+        // Messages quote the URL without credentials (refused anyway: see `url_secrets`).
+        let shown = url_secrets::shown(url);
         let Some(rest) = url.strip_prefix("ballista://") else {
             return Err(format!(
-                "`{url}`: write `local` or `ballista://HOST:PORT` (a Ballista scheduler)"
+                "`{shown}`: write `local` or `ballista://HOST:PORT` (a Ballista scheduler)"
             ));
         };
         let rest = rest.trim_end_matches('/');
@@ -160,12 +165,12 @@ impl Engine {
             Some((h, p)) => (
                 h,
                 p.parse::<u16>()
-                    .map_err(|_| format!("`{url}`: the port `{p}` is not a number"))?,
+                    .map_err(|_| format!("`{shown}`: the port `{p}` is not a number"))?,
             ),
             None => (rest, 50050),
         };
         if host.is_empty() || host.contains('/') {
-            return Err(format!("`{url}`: no scheduler host"));
+            return Err(format!("`{shown}`: no scheduler host"));
         }
         Ok(Engine::Ballista {
             host: host.to_string(),
@@ -521,7 +526,10 @@ pub fn env_var_problem(key: &str, var: &str) -> Option<String> {
 pub fn http_url_problem(key: &str, url: &str) -> Option<String> {
     match url::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => None,
-        _ => Some(format!("{key}: `{url}` is not an http(s) URL")),
+        _ => Some(format!(
+            "{key}: `{}` is not an http(s) URL",
+            url_secrets::shown(url)
+        )),
     }
 }
 
@@ -855,6 +863,7 @@ impl Config {
                 out.push(problem);
             }
         }
+        out.extend(self.url_secrets());
         out
     }
 
@@ -975,7 +984,16 @@ impl Config {
         match &d.kind {
             DestinationKind::Braze(c) => c.credentials(&read),
             DestinationKind::BrazeUsersTrack(c) => c.credentials(&read),
-            DestinationKind::Webhook(c) => c.credentials(&read),
+            DestinationKind::Webhook(c) => {
+                // Before `read` registers it for masking (a short secret would mask its
+                // letters in every message, this one included).
+                if let Some(problem) = lookup(&c.secret_env)
+                    .and_then(|v| c.secret_problem(&format!("destinations.{destination}"), &v))
+                {
+                    return Err(Error::config(self.file.clone(), problem));
+                }
+                c.credentials(&read)
+            }
             DestinationKind::Files(_) => Ok(Credentials::Store),
         }
     }

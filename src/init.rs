@@ -48,12 +48,42 @@ const SAMPLE_USERS: u64 = 10_000;
 
 /// Writes the scaffold into `dir` (created if missing); `sample`: also a small lake.
 pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
+    // A symlink on the way to a file (dangling or not) would have the file written wherever it
+    // points: refused, whether the link is the file itself or a folder above it.
+    let mut links: Vec<PathBuf> = Vec::new();
+    let lake = dir.join(SAMPLE_LAKE);
+    let targets = FILES
+        .iter()
+        .map(|(rel, _)| *rel)
+        .chain(sample.then_some(SAMPLE_LAKE));
+    for rel in targets {
+        let mut path = dir.to_path_buf();
+        for part in Path::new(rel).components() {
+            path.push(part);
+            if path.symlink_metadata().is_ok_and(|m| m.is_symlink()) && !links.contains(&path) {
+                links.push(path.clone());
+            }
+        }
+    }
+    if !links.is_empty() {
+        return Err(Error::config(
+            None::<PathBuf>,
+            format!(
+                "init: nothing written, these are symbolic links (init never writes through \
+                 one): {} (remove them, or pick an empty folder: `cohort-bridge init DIR`)",
+                links
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     let mut taken: Vec<PathBuf> = FILES
         .iter()
         .map(|(rel, _)| dir.join(rel))
         .filter(|p| p.exists())
         .collect();
-    let lake = dir.join(SAMPLE_LAKE);
     if sample && lake.exists() {
         taken.push(lake.clone());
     }
@@ -76,7 +106,13 @@ pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::storage_at(parent.display(), e))?;
         }
-        std::fs::write(&path, text).map_err(|e| Error::storage_at(path.display(), e))?;
+        // `create_new`: never follows a symlink (one made since the check above included).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(|e| Error::storage_at(path.display(), e))?;
     }
     if sample {
         let location = Location::parse(SAMPLE_LAKE, dir, &Default::default())?;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::{Error, Result};
 
@@ -140,8 +140,11 @@ impl MetricsOut {
         self.file.is_none() && self.push.is_none()
     }
 
-    /// Usage problems before any work: the file's folder must exist, the push URL be http(s).
-    pub fn check(&self) -> Result<()> {
+    /// Usage problems before any work: the file's folder must exist, the file must not be
+    /// the project file, a query (anything under `queries/`, or a cohort's SQL file) or an
+    /// existing file this tool did not write ([`is_ours`]); the push URL must be http(s) and
+    /// hold no credentials.
+    pub fn check(&self, config: &crate::config::Config) -> Result<()> {
         if let Some(file) = &self.file {
             let dir = match file.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -163,6 +166,36 @@ impl MetricsOut {
                     format!("--metrics-file {}: is a folder", file.display()),
                 ));
             }
+            if let Some(problem) = project_file_problem(file, config) {
+                return Err(Error::config(
+                    None,
+                    format!("--metrics-file {}: {problem}", file.display()),
+                ));
+            }
+            match std::fs::read(file) {
+                Ok(bytes) if !is_ours(&String::from_utf8_lossy(&bytes)) => {
+                    return Err(Error::config(
+                        None,
+                        format!(
+                            "--metrics-file {}: the file exists and is not one this tool wrote \
+                             (only `cohort_bridge_*` metrics, ending with `# EOF`); it is never \
+                             replaced: name another file, or delete this one if it is yours",
+                            file.display()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(url) = &self.push
+            && let Some(problem) = crate::config::url_secrets::problem(
+                "--metrics-push",
+                url.as_str(),
+                "give the Pushgateway's credentials to a proxy in front of it (the push sends \
+                 no credentials)",
+            )
+        {
+            return Err(Error::config(None, problem));
         }
         if let Some(url) = &self.push
             && !matches!(url.scheme(), "http" | "https")
@@ -171,7 +204,7 @@ impl MetricsOut {
                 None,
                 format!(
                     "--metrics-push: `{}` is not an http(s) URL",
-                    crate::redact::scrubbed(url.as_str())
+                    crate::config::url_secrets::shown(&crate::redact::scrubbed(url.as_str()))
                 ),
             ));
         }
@@ -391,8 +424,9 @@ impl Metrics {
         out
     }
 
-    /// Reads back what `render` wrote: the samples of known families. Anything else (another
-    /// tool's lines, a damaged or truncated file) is `None`: the caller starts afresh.
+    /// Reads back what `render` wrote: the samples of known families (those of an older
+    /// version's `cohort_bridge_*` families are dropped). Anything else (another tool's
+    /// metrics, a damaged or truncated file) is `None`: not a file of ours.
     pub fn parse(text: &str) -> Option<Metrics> {
         let mut m = Metrics::default();
         let mut ended = false;
@@ -404,11 +438,21 @@ impl Metrics {
                 ended = true;
                 continue;
             }
-            if line.starts_with("# TYPE ") || line.starts_with("# HELP ") {
+            if let Some(d) = line
+                .strip_prefix("# TYPE ")
+                .or_else(|| line.strip_prefix("# HELP "))
+            {
+                // Descriptors of another tool's families: not our file.
+                if !d.starts_with(PREFIX) {
+                    return None;
+                }
                 continue;
             }
             let brace = line.find('{')?;
             let name = &line[..brace];
+            if !name.starts_with(PREFIX) {
+                return None;
+            }
             let (pairs, rest) = parse_labels(&line[brace..])?;
             let value: f64 = rest.strip_prefix(' ')?.parse().ok()?;
             if !value.is_finite() {
@@ -470,6 +514,60 @@ fn parse_labels(s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
+/// Every family this tool writes starts with this.
+const PREFIX: &str = "cohort_bridge_";
+
+/// Whether `text` is a metrics file this tool wrote, so replacing it loses nothing: empty
+/// (a placeholder made for us, e.g. by `touch`), or what [`Metrics::render`] writes: only
+/// `# TYPE`/`# HELP` lines and samples of `cohort_bridge_*` families, ending with `# EOF`.
+/// Recognised by its content rather than a header line: a comment line is not valid
+/// OpenMetrics.
+pub fn is_ours(text: &str) -> bool {
+    text.is_empty() || Metrics::parse(text).is_some()
+}
+
+/// Why `file` must not be a metrics file of the project `config`: it is the project file,
+/// lies under `queries/`, or is a cohort's SQL file. Compared after resolving symlinks and
+/// relative paths.
+fn project_file_problem(file: &Path, config: &crate::config::Config) -> Option<String> {
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        if let Ok(real) = p.canonicalize() {
+            return Some(real);
+        }
+        // Not there yet: its folder's real path and its name.
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    let target = resolve(file)?;
+    if resolve(&config.file).is_some_and(|p| p == target) {
+        return Some(format!(
+            "is the project file {}: writing metrics there would destroy it",
+            config.file.display()
+        ));
+    }
+    if let Some(queries) = resolve(&config.base_dir().join("queries"))
+        && target.starts_with(&queries)
+    {
+        return Some(format!(
+            "lies under the project's queries folder {}: metrics would replace SQL",
+            queries.display()
+        ));
+    }
+    for name in config.cohorts.keys() {
+        if let Ok(c) = config.cohort(name)
+            && resolve(&c.sql_file).is_some_and(|p| p == target)
+        {
+            return Some(format!(
+                "is the SQL file of cohort `{name}`: metrics would replace it"
+            ));
+        }
+    }
+    None
+}
+
 /// Merges `new` into the file at `path` under its lock and replaces it atomically.
 pub fn write_file(path: &Path, new: &Metrics) -> Result<()> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
@@ -484,10 +582,14 @@ pub fn write_file(path: &Path, new: &Metrics) -> Result<()> {
         .map_err(|e| io("cannot open", &lock_path, e))?;
     lock.lock().map_err(|e| io("cannot lock", &lock_path, e))?;
     let mut all = match std::fs::read_to_string(path) {
-        Ok(text) => Metrics::parse(&text).unwrap_or_else(|| {
-            warn!(file = %path.display(), "the metrics file is not one this tool wrote (or is damaged): replacing it");
-            Metrics::default()
-        }),
+        Ok(text) if text.is_empty() => Metrics::default(),
+        // Refused before the run (`MetricsOut::check`); one that appeared since is left alone.
+        Ok(text) => Metrics::parse(&text).ok_or_else(|| {
+            Error::Internal(format!(
+                "metrics file {}: not one this tool wrote (or damaged): not replaced",
+                path.display()
+            ))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metrics::default(),
         Err(e) => return Err(io("cannot read", path, e)),
     };
@@ -655,9 +757,13 @@ mod tests {
         assert_eq!(Metrics::parse("up 1\n# EOF\n"), None);
         assert_eq!(Metrics::parse("x{a=\"1\"} one\n# EOF\n"), None);
         assert_eq!(Metrics::parse("x{a=\"1\"} NaN\n# EOF\n"), None);
-        // Another family's samples are dropped, ours kept.
-        let kept = Metrics::parse(&format!("other{{a=\"1\"}} 2\n{text}")).unwrap();
+        // Another tool's samples or descriptors: not ours.
+        assert_eq!(Metrics::parse(&format!("other{{a=\"1\"}} 2\n{text}")), None);
+        assert_eq!(Metrics::parse(&format!("# TYPE up gauge\n{text}")), None);
+        // An older version's family of ours is dropped, the rest kept.
+        let kept = Metrics::parse(&format!("cohort_bridge_gone{{a=\"1\"}} 2\n{text}")).unwrap();
         assert_eq!(kept, m);
+        assert!(is_ours("") && is_ours(&text) && !is_ours("up 1\n"));
     }
 
     #[test]
@@ -680,8 +786,11 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".cohort-bridge.prom.lock", "cohort-bridge.prom"]);
-        // Garbage in the file is replaced, not an error.
+        // A file that is not ours is never replaced; an empty one is.
         std::fs::write(&path, "not metrics").unwrap();
+        assert!(write_file(&path, &a).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not metrics");
+        std::fs::write(&path, "").unwrap();
         write_file(&path, &a).unwrap();
         assert_eq!(
             Metrics::parse(&std::fs::read_to_string(&path).unwrap()),

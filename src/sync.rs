@@ -888,6 +888,7 @@ impl Run<'_> {
             adds,
             removes,
             members,
+            shard: self.options.shard.map(|s| s.to_string()),
         };
         // The files are the delivery: a run fenced off writes none.
         self.hold().await?;

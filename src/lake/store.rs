@@ -57,7 +57,9 @@ impl Location {
     }
 }
 
-fn to_url(text: &str, base: &FsPath) -> Result<Url> {
+/// `text` as a folder URL ending in `/`: a URL as written, or a local path resolved against
+/// `base` (`..` and `.` lexically). Builds no store.
+pub fn to_url(text: &str, base: &FsPath) -> Result<Url> {
     let text = text.trim();
     if text.contains("://") {
         let mut url =

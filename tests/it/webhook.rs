@@ -270,7 +270,7 @@ fn a_wrong_secret_is_refused_by_the_receiver_and_nothing_is_committed() {
     let bad = project.run_with(
         &["sync", "active", "--at", AT, "--no-progress"],
         &[
-            (SECRET_VAR_HOOK, Some("not-the-secret")),
+            (SECRET_VAR_HOOK, Some("not-the-signing-secret")),
             (AUTH_VAR, Some(AUTH)),
         ],
     );

@@ -3,7 +3,8 @@
 //! that reads files.
 //!
 //! One folder per run: `<url>/<cohort_id>/<run_id>/adds.<ext>`, `removes.<ext>` (and
-//! `members.<ext>`, the whole membership after the run, with `include_members = true`), then
+//! `members.<ext>`, the whole membership after the run, with `include_members = true`; under
+//! `--shard K/N` the shard's only, and the manifest says `"shard": "K/N"`), then
 //! `_manifest.json`, written last: a folder without a manifest is incomplete (a run that died
 //! while writing it) and readers skip it. A resumed run writes the same folder again (the run
 //! id is the plan's), object by object, whole or not at all. Object-store keys come from the
@@ -211,6 +212,7 @@ impl Lists for Files {
                     n.iter().map(String::as_str).collect()
                 }
             };
+            let shard = lists.shard;
             let mut files = Vec::new();
             for (op, list) in named {
                 let name = format!("{op}s.{}", self.ext);
@@ -225,6 +227,20 @@ impl Lists for Files {
                     }
                     _ => list,
                 };
+                let entry = match (op, &shard) {
+                    ("member", Some(shard)) => serde_json::json!({
+                        "path": name, "op": op, "rows": rows, "shard": shard,
+                        "note": format!(
+                            "the members of shard {shard} only, not the whole cohort: the cohort \
+                             is the union of the latest members file of every shard"
+                        ),
+                    }),
+                    ("member", None) => serde_json::json!({
+                        "path": name, "op": op, "rows": rows,
+                        "note": "the whole cohort after this run",
+                    }),
+                    _ => serde_json::json!({"path": name, "op": op, "rows": rows}),
+                };
                 ids::write_as(
                     store,
                     &dir.clone().join(name.as_str()),
@@ -232,9 +248,9 @@ impl Lists for Files {
                     layout.clone(),
                 )
                 .await?;
-                files.push(serde_json::json!({"path": name, "op": op, "rows": rows}));
+                files.push(entry);
             }
-            let manifest = serde_json::json!({
+            let mut manifest = serde_json::json!({
                 "manifest_version": 1,
                 "cohort_id": self.cohort_id,
                 "cohort": self.cohort,
@@ -246,6 +262,11 @@ impl Lists for Files {
                 "columns": columns,
                 "files": files,
             });
+            // Under `--shard K/N` every list is that shard's: said at the top, so a reader
+            // replacing an audience from `members` knows it holds a part.
+            if let Some(shard) = shard {
+                manifest["shard"] = serde_json::Value::String(shard);
+            }
             let path = dir.join(MANIFEST);
             store
                 .put(

@@ -95,8 +95,11 @@ pub trait Destination: Send + Sync {
 pub struct ListsOf {
     pub adds: Arc<StringArray>,
     pub removes: Arc<StringArray>,
-    /// The whole membership once the plan is delivered, when [`Lists::wants_members`].
+    /// The whole membership once the plan is delivered, when [`Lists::wants_members`] (of
+    /// the shard only, under `--shard`).
     pub members: Option<Arc<StringArray>>,
+    /// `K/N` under `--shard K/N`: the lists (members included) are that shard's only.
+    pub shard: Option<String>,
 }
 
 /// A destination that takes each plan's lists whole rather than as requests (files). The sync

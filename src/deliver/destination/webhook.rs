@@ -32,6 +32,11 @@ use crate::error::{Error, Result};
 pub const SIGNATURE: &str = "x-cohort-bridge-signature";
 /// The idempotency header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The shortest signing secret accepted, in bytes: a shorter one is guessable, and every
+/// secret is masked wherever it appears in output (a one-letter secret would mask that letter
+/// in every message).
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// Ids per request at most (a receiver's body limit is the usual bound; 10k UUIDs are ~400 KB).
 pub const MAX_BATCH: usize = 10_000;
 
@@ -80,6 +85,19 @@ impl Config {
                 var,
             ));
         }
+    }
+
+    /// The problem with `secret` (read from `secret_env`) as a signing secret, if any; checked
+    /// before the secret is registered for masking. Never quotes it.
+    pub(crate) fn secret_problem(&self, key: &str, secret: &str) -> Option<String> {
+        (!secret.is_empty() && secret.len() < MIN_SECRET_BYTES).then(|| {
+            format!(
+                "{key}.secret_env: the signing secret in {} is {} bytes; it must be at least \
+                 {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                self.secret_env,
+                secret.len()
+            )
+        })
     }
 
     pub(crate) fn credentials(&self, read: &config::ReadSecret<'_>) -> Result<Credentials> {
