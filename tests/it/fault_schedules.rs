@@ -149,15 +149,16 @@ fn action(f: &Fault, sink: &str) -> Action {
         Fault::HtmlBefore => Action::Respond(html()),
         Fault::HtmlAfter => Action::ForwardThen(html()),
         Fault::Redirect(code) => Action::Respond(Canned::new(*code, &[("location", sink)], "")),
-        // Taken by the proxy's script (see `schedules`); the request waits while it happens.
-        Fault::Operator(_) => Action::Delay(Duration::from_millis(150)),
+        // Taken by the proxy's script (see `schedules`) before this request goes on.
+        Fault::Operator(_) => Action::Forward,
     }
 }
 
 /// Runs an operator's action with the binary, in the project folder, as a person or a second
-/// scheduler would.
-fn operate(dir: &Path, op: Op) {
-    let run = |args: &[&str]| {
+/// scheduler would: an unlock at once (the request that met it waits meanwhile), a second
+/// scheduler's sync in the background (returned, to be awaited).
+fn operate(dir: &Path, op: Op) -> Option<std::thread::JoinHandle<()>> {
+    let run = move |dir: &Path, args: &[&str]| {
         std::process::Command::new(BIN)
             .current_dir(dir)
             .args(args)
@@ -178,18 +179,16 @@ fn operate(dir: &Path, op: Op) {
         "--allow-mass-removal",
         "--no-progress",
     ];
-    match op {
-        Op::Unlock => {
-            run(&["state", "unlock", "c", "--force"]);
-        }
-        Op::SecondScheduler => {
-            run(&sync);
-        }
-        Op::UnlockThenSecond => {
-            run(&["state", "unlock", "c", "--force"]);
-            run(&sync);
-        }
+    if matches!(op, Op::Unlock | Op::UnlockThenSecond) {
+        run(dir, &["state", "unlock", "c", "--force"]);
     }
+    if matches!(op, Op::SecondScheduler | Op::UnlockThenSecond) {
+        let dir = dir.to_path_buf();
+        return Some(std::thread::spawn(move || {
+            run(&dir, &sync);
+        }));
+    }
+    None
 }
 
 fn expected(variant: usize) -> BTreeSet<String> {
@@ -343,9 +342,9 @@ fn schedules(kind: Kind, default_cases: u32) {
             if let Fault::Operator(op) = fault
                 && let Some(dir) = dir.lock().unwrap().clone()
             {
-                ops.lock()
-                    .unwrap()
-                    .push(std::thread::spawn(move || operate(&dir, op)));
+                if let Some(second) = operate(&dir, op) {
+                    ops.lock().unwrap().push(second);
+                }
             }
             action(&fault, &sink_to)
         }),

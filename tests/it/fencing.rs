@@ -11,7 +11,9 @@ use crate::incremental::{ACTIVE_7D, T1, T2, active_7d, wait_until};
 use crate::signals::{locks, signal};
 use crate::support::*;
 
-const SLOW: &str = "batch_size = 50\nrequests_per_second = 20\nmax_in_flight = 2";
+/// Slow pacing; a short request timeout keeps the drain after `unlock --force` short.
+const SLOW: &str =
+    "batch_size = 50\nrequests_per_second = 20\nmax_in_flight = 2\nrequest_timeout = \"2s\"";
 
 /// A project whose runs pace themselves slowly, with a one-second lock.
 fn slow_project(partner: &Partner) -> Project {
@@ -176,8 +178,7 @@ fn unlock_force_on_a_live_run_fences_it_off_and_the_next_sync_converges() {
     let partner = Partner::plain();
     // The default ten-minute lock: the run learns of the release from its background check
     // (every 5 s), not from its lease running out.
-    let dest = format!("{SLOW}\nrequest_timeout = \"2s\"");
-    let project = Project::new(&partner.handle.base_url(), &dest, &[("active", ACTIVE_7D)]);
+    let project = Project::new(&partner.handle.base_url(), SLOW, &[("active", ACTIVE_7D)]);
     let running = project
         .command(&["sync", "active", "--at", T1])
         .stdout(Stdio::piped())
@@ -353,4 +354,132 @@ fn a_first_sync_whose_plan_was_damaged_is_repaired_to_an_exact_partner() {
         project.run(&["sync", "active", "--at", T2]).summary()["outcome"],
         "unchanged"
     );
+}
+
+/// What an operator or a second scheduler does while a run is frozen.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// `state unlock` (refused while the lock is live and its owner runs).
+    Unlock,
+    /// `state unlock --force`.
+    UnlockForce,
+    /// Another scheduler's sync at `T1` (false) or `T2` (true), run to its end.
+    Second(bool),
+    /// Time passing (milliseconds).
+    Wait(u64),
+}
+
+/// Random schedules of operator actions around a run frozen with SIGSTOP and woken with
+/// SIGCONT, through the real binary: whatever the order, every command ends with a documented
+/// exit, the partner holds what the last successful run delivered at every step (a fenced run
+/// sends nothing), and a clean sync converges exactly. `FENCING_CASES=N` sets the count.
+#[test]
+fn random_operator_schedules_around_a_frozen_run_keep_the_partner_exact() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Cases, TestRunner};
+
+    let step = prop_oneof![
+        Just(Step::Unlock),
+        Just(Step::UnlockForce),
+        any::<bool>().prop_map(Step::Second),
+        (100u64..1500).prop_map(Step::Wait),
+    ];
+    let strategy = (3u64..20, prop::collection::vec(step, 1..5), 0u64..2000);
+    let cases = std::env::var("FENCING_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut runner = TestRunner::new(Cases {
+        cases,
+        max_shrink_iters: 0,
+        failure_persistence: None,
+        ..Cases::default()
+    });
+    let result = runner.run(&strategy, |(stop_after, steps, frozen_ms)| {
+        let partner = Partner::plain();
+        let project = slow_project(&partner);
+        let fast = project.dir.path().join("fast.toml");
+        let toml = std::fs::read_to_string(project.dir.path().join("cohort-bridge.toml")).unwrap();
+        std::fs::write(
+            &fast,
+            toml.replace("requests_per_second = 20", "requests_per_second = 5000"),
+        )
+        .unwrap();
+        let fast = fast.to_str().unwrap();
+        let frozen = project
+            .command(&["sync", "active", "--at", T1])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("batches applied", || {
+            partner.handle.stats().user_requests_applied >= stop_after
+        });
+        signal(frozen.id(), "STOP");
+        // What the partner must hold: nothing committed yet, so no expectation.
+        let mut expected: Option<std::collections::BTreeSet<String>> = None;
+        for step in &steps {
+            match *step {
+                Step::Unlock | Step::UnlockForce => {
+                    let mut args = vec!["state", "unlock", "active"];
+                    if matches!(step, Step::UnlockForce) {
+                        args.push("--force");
+                    }
+                    let out = project.run(&args);
+                    prop_assert!(
+                        [0, 5].contains(&out.code()),
+                        "{step:?}: exit {}: {}",
+                        out.code(),
+                        out.stderr()
+                    );
+                }
+                Step::Second(later) => {
+                    let at = if later { T2 } else { T1 };
+                    let out = project.run(&["--config", fast, "sync", "active", "--at", at]);
+                    // 0 delivered, 5 locked (the frozen run's lock is live), 2 a rewind.
+                    prop_assert!(
+                        [0, 2, 5].contains(&out.code()),
+                        "{step:?}: exit {}: {}",
+                        out.code(),
+                        out.stderr()
+                    );
+                    if out.code() == 0 {
+                        expected = Some(active_7d(at));
+                    }
+                }
+                Step::Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            }
+            if let Some(want) = &expected {
+                prop_assert!(partner.members("active") == *want, "after {step:?}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(frozen_ms));
+        let woken = wake(frozen);
+        match woken.code() {
+            0 => expected = Some(active_7d(T1)),
+            5 => prop_assert!(
+                woken.stderr().contains("fenced off") || woken.stderr().contains("being synced by"),
+                "{}",
+                woken.stderr()
+            ),
+            code => prop_assert!(false, "the woken run exited {code}: {}", woken.stderr()),
+        }
+        if let Some(want) = &expected {
+            prop_assert!(
+                partner.members("active") == *want,
+                "the woken run ({}) left the partner off",
+                woken.code()
+            );
+        }
+        // A clean run converges (after any drain), and the next finds nothing to do.
+        let clean = project.run(&["--config", fast, "sync", "active", "--at", T2]);
+        prop_assert_eq!(clean.code(), 0, "{}", clean.stderr());
+        prop_assert!(partner.members("active") == active_7d(T2));
+        let again = project.run(&["--config", fast, "sync", "active", "--at", T2]);
+        prop_assert_eq!(&again.summary()["outcome"], "unchanged");
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
