@@ -341,10 +341,9 @@ fn schedules(kind: Kind, default_cases: u32) {
             };
             if let Fault::Operator(op) = fault
                 && let Some(dir) = dir.lock().unwrap().clone()
+                && let Some(second) = operate(&dir, op)
             {
-                if let Some(second) = operate(&dir, op) {
-                    ops.lock().unwrap().push(second);
-                }
+                ops.lock().unwrap().push(second);
             }
             action(&fault, &sink_to)
         }),

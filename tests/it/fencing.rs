@@ -356,6 +356,29 @@ fn a_first_sync_whose_plan_was_damaged_is_repaired_to_an_exact_partner() {
     );
 }
 
+/// A run that is woken and ended if a case stops early (no stopped process is left behind).
+struct Frozen(Option<std::process::Child>);
+
+impl Frozen {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    fn take(mut self) -> std::process::Child {
+        self.0.take().expect("the frozen run")
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            signal(child.id(), "CONT");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// What an operator or a second scheduler does while a run is frozen.
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -406,12 +429,14 @@ fn random_operator_schedules_around_a_frozen_run_keep_the_partner_exact() {
         )
         .unwrap();
         let fast = fast.to_str().unwrap();
-        let frozen = project
-            .command(&["sync", "active", "--at", T1])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let frozen = Frozen(Some(
+            project
+                .command(&["sync", "active", "--at", T1])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
         wait_until("batches applied", || {
             partner.handle.stats().user_requests_applied >= stop_after
         });
@@ -454,7 +479,7 @@ fn random_operator_schedules_around_a_frozen_run_keep_the_partner_exact() {
             }
         }
         std::thread::sleep(Duration::from_millis(frozen_ms));
-        let woken = wake(frozen);
+        let woken = wake(frozen.take());
         match woken.code() {
             0 => expected = Some(active_7d(T1)),
             5 => prop_assert!(
