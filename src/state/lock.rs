@@ -172,11 +172,38 @@ fn body(info: &LockInfo) -> Result<bytes::Bytes> {
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
-fn create() -> PutOptions {
-    PutOptions {
+/// Creates generation `generation` holding `info` if no one has: `false` when another
+/// contender created it first (look again).
+async fn create(state: &CohortState, generation: u64, info: &LockInfo, what: &str) -> Result<bool> {
+    let opts = PutOptions {
         mode: PutMode::Create,
         ..Default::default()
+    };
+    match state
+        .store
+        .put_opts(
+            &state.path(&lock_name(generation)),
+            body(info)?.into(),
+            opts,
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(Error::storage_at(
+            format!("{}: cannot {what}", state.dir),
+            e,
+        )),
     }
+}
+
+/// Five contenders in a row took the generation this one meant to create.
+fn contended(state: &CohortState) -> Error {
+    Error::Locked(format!(
+        "{}: the lock is contended; try again (see {})",
+        state.dir,
+        state.fix("show")
+    ))
 }
 
 /// `state unlock`: creates the next generation as a tombstone released by `by` (so whoever held
@@ -195,31 +222,14 @@ pub async fn unlock(state: &CohortState, by: &str, drain: Duration) -> Result<u6
             expires_at: now + chrono::Duration::from_std(drain).unwrap_or_default(),
             released: Some(format!("{by} at {}", now.to_rfc3339())),
         };
-        match state
-            .store
-            .put_opts(&state.path(&lock_name(next)), body(&info)?.into(), create())
-            .await
-        {
-            Ok(_) => {
-                for g in gens {
-                    delete_if_exists(state.store.as_ref(), &state.path(&lock_name(g))).await?;
-                }
-                return Ok(next);
+        if create(state, next, &info, "write the unlock tombstone").await? {
+            for g in gens {
+                delete_if_exists(state.store.as_ref(), &state.path(&lock_name(g))).await?;
             }
-            Err(object_store::Error::AlreadyExists { .. }) => continue,
-            Err(e) => {
-                return Err(Error::storage_at(
-                    format!("{}: cannot write the unlock tombstone", state.dir),
-                    e,
-                ));
-            }
+            return Ok(next);
         }
     }
-    Err(Error::Locked(format!(
-        "{}: the lock is contended; try again (see {})",
-        state.dir,
-        state.fix("show")
-    )))
+    Err(contended(state))
 }
 
 impl Lock {
@@ -284,34 +294,17 @@ impl Lock {
                 expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
                 released: None,
             };
-            match state
-                .store
-                .put_opts(&state.path(&lock_name(next)), body(&info)?.into(), create())
-                .await
-            {
-                Ok(_) => {
-                    return Ok(Lock {
-                        state: state.clone(),
-                        generation: next,
-                        info,
-                        ttl,
-                    });
-                }
-                // Someone else created that generation first: look again.
-                Err(object_store::Error::AlreadyExists { .. }) => continue,
-                Err(e) => {
-                    return Err(Error::storage_at(
-                        format!("{}: cannot take the lock", state.dir),
-                        e,
-                    ));
-                }
+            // Someone else may have created that generation first: then look again.
+            if create(state, next, &info, "take the lock").await? {
+                return Ok(Lock {
+                    state: state.clone(),
+                    generation: next,
+                    info,
+                    ttl,
+                });
             }
         }
-        Err(Error::Locked(format!(
-            "{}: the lock is contended; try again (see {})",
-            state.dir,
-            state.fix("show")
-        )))
+        Err(contended(state))
     }
 
     fn path(&self) -> Path {

@@ -485,12 +485,17 @@ fn schedules(kind: Kind, default_cases: u32) {
         operated.get(),
         fenced.get()
     );
-    // The schedules must exercise both outcomes, and both kinds of commit, and operators.
+    // The schedules must exercise both outcomes, and both kinds of commit, and operators. A
+    // run fails for a fault before its operator's unlock is noticed in most schedules (the
+    // unlock is always noticed at the commit), so fenced runs are only required of the long run.
     assert!(
-        cases < 100 || (operated.get() > 0 && fenced.get() > 0),
-        "{} schedules with an operator's action, {} runs fenced off",
-        operated.get(),
-        fenced.get()
+        cases < 100 || operated.get() > 0,
+        "no schedule held an operator's action"
+    );
+    assert!(
+        cases < 400 || fenced.get() > 0,
+        "{} schedules with an operator's action, no run fenced off",
+        operated.get()
     );
     assert!(
         ok.get() > 0 && failed.get() > 0,

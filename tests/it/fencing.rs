@@ -33,9 +33,9 @@ fn go_fast(project: &Project) {
     std::fs::write(&toml, text).unwrap();
 }
 
-/// Starts a slow first sync at `T1` and freezes it (SIGSTOP) once a few batches are applied,
-/// then waits until its one-second lock has long expired.
-fn frozen_first_sync(partner: &Partner, project: &Project) -> std::process::Child {
+/// Starts a first sync at `T1` and returns once the partner has applied `batches` more.
+fn delivering(partner: &Partner, project: &Project, batches: u64) -> std::process::Child {
+    let before = partner.handle.stats().user_requests_applied;
     let child = project
         .command(&["sync", "active", "--at", T1])
         .stdout(Stdio::piped())
@@ -43,8 +43,15 @@ fn frozen_first_sync(partner: &Partner, project: &Project) -> std::process::Chil
         .spawn()
         .unwrap();
     wait_until("some batches applied", || {
-        partner.handle.stats().user_requests_applied >= 5
+        partner.handle.stats().user_requests_applied >= before + batches
     });
+    child
+}
+
+/// Starts a slow first sync at `T1` and freezes it (SIGSTOP) once a few batches are applied,
+/// then waits until its one-second lock has long expired.
+fn frozen_first_sync(partner: &Partner, project: &Project) -> std::process::Child {
+    let child = delivering(partner, project, 5);
     signal(child.id(), "STOP");
     std::thread::sleep(Duration::from_millis(2500));
     child
@@ -60,6 +67,18 @@ fn wake(child: std::process::Child) -> Run {
         "the woken run ended"
     );
     out
+}
+
+/// The partner holds the cohort at `at`, and the next sync at `at` finds nothing to send.
+fn assert_exact(partner: &Partner, project: &Project, at: &str) {
+    assert!(
+        partner.members("active") == active_7d(at),
+        "the partner holds another set than the cohort at {at}"
+    );
+    assert_eq!(
+        project.run(&["sync", "active", "--at", at]).summary()["outcome"],
+        "unchanged"
+    );
 }
 
 fn assert_fenced(woken: &Run) {
@@ -103,9 +122,7 @@ fn a_frozen_run_unlocked_and_overtaken_is_fenced_off_when_it_wakes() {
         "the frozen run committed nothing"
     );
     assert!(locks(&state).is_empty(), "no lock is held");
-    let again = project.run(&["sync", "active", "--at", T2]).summary();
-    assert_eq!(again["outcome"], "unchanged");
-    assert!(partner.members("active") == active_7d(T2));
+    assert_exact(&partner, &project, T2);
 }
 
 #[test]
@@ -128,11 +145,7 @@ fn a_frozen_run_whose_lock_was_taken_over_sends_nothing_when_it_wakes() {
     let woken = wake(frozen);
     assert_fenced(&woken);
     assert_eq!(partner.handle.stats().user_requests_applied, applied);
-    assert!(partner.members("active") == active_7d(T2));
-    assert_eq!(
-        project.run(&["sync", "active", "--at", T2]).summary()["outcome"],
-        "unchanged"
-    );
+    assert_exact(&partner, &project, T2);
 }
 
 #[test]
@@ -142,16 +155,7 @@ fn a_run_that_wakes_while_its_successor_delivers_stops_at_once() {
     let frozen = frozen_first_sync(&partner, &project);
 
     // The successor runs slowly too, so it is still delivering when the frozen run wakes.
-    let mut next = project
-        .command(&["sync", "active", "--at", T1])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let applied = partner.handle.stats().user_requests_applied;
-    wait_until("the successor delivering", || {
-        partner.handle.stats().user_requests_applied >= applied + 3
-    });
+    let mut next = delivering(&partner, &project, 3);
     let woken = wake(frozen);
     assert_fenced(&woken);
     let warnings = woken.stderr().matches("taken over").count();
@@ -166,11 +170,7 @@ fn a_run_that_wakes_while_its_successor_delivers_stops_at_once() {
     );
     let next = Run(next.wait_with_output().unwrap());
     assert_eq!(next.code(), 0, "{}", next.stderr());
-    assert!(partner.members("active") == active_7d(T1));
-    assert_eq!(
-        project.run(&["sync", "active", "--at", T1]).summary()["outcome"],
-        "unchanged"
-    );
+    assert_exact(&partner, &project, T1);
 }
 
 #[test]
@@ -179,15 +179,7 @@ fn unlock_force_on_a_live_run_fences_it_off_and_the_next_sync_converges() {
     // The default ten-minute lock: the run learns of the release from its background check
     // (every 5 s), not from its lease running out.
     let project = Project::new(&partner.handle.base_url(), SLOW, &[("active", ACTIVE_7D)]);
-    let running = project
-        .command(&["sync", "active", "--at", T1])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("some batches applied", || {
-        partner.handle.stats().user_requests_applied >= 5
-    });
+    let running = delivering(&partner, &project, 5);
     // Live, and its owner runs: refused without --force.
     let refused = project.run(&["state", "unlock", "active"]);
     assert_eq!(refused.code(), 5, "{}", refused.stderr());
@@ -296,12 +288,8 @@ fn a_sync_earlier_than_the_last_committed_one_is_refused_unless_allowed() {
 
     let allowed = project.run(&["sync", "active", "--at", T1, "--allow-rewind"]);
     assert_eq!(allowed.code(), 0, "{}", allowed.stderr());
-    assert!(partner.members("active") == active_7d(T1));
     // The same time again is no rewind.
-    assert_eq!(
-        project.run(&["sync", "active", "--at", T1]).summary()["outcome"],
-        "unchanged"
-    );
+    assert_exact(&partner, &project, T1);
 }
 
 #[test]
@@ -309,15 +297,7 @@ fn a_first_sync_whose_plan_was_damaged_is_repaired_to_an_exact_partner() {
     let partner = Partner::plain();
     let project = slow_project(&partner);
     let state = project.cohort_state("active");
-    let mut child = project
-        .command(&["sync", "active", "--at", T1])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("some batches applied", || {
-        partner.handle.stats().user_requests_applied >= 5
-    });
+    let mut child = delivering(&partner, &project, 5);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Its one-second lock lapses.
@@ -346,14 +326,7 @@ fn a_first_sync_whose_plan_was_damaged_is_repaired_to_an_exact_partner() {
     assert!(active_7d(T1).difference(&active_7d(T2)).next().is_some());
     let sync = project.run(&["sync", "active", "--at", T2]);
     assert_eq!(sync.code(), 0, "{}", sync.stderr());
-    assert!(
-        partner.members("active") == active_7d(T2),
-        "the partner is exact after the repair"
-    );
-    assert_eq!(
-        project.run(&["sync", "active", "--at", T2]).summary()["outcome"],
-        "unchanged"
-    );
+    assert_exact(&partner, &project, T2);
 }
 
 /// A run that is woken and ended if a case stops early (no stopped process is left behind).
