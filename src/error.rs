@@ -101,9 +101,18 @@ pub enum Error {
     #[error(
         "interrupted by {}: no new batches were started, the answers in flight are journaled \
          and the lock released; the next sync resumes where this one stopped",
-        crate::signals::name(*signal)
+        signal_name(*signal)
     )]
     Interrupted { signal: i32 },
+}
+
+/// How messages name a signal (`signals` catches SIGINT = 2 and SIGTERM = 15).
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 impl Error {

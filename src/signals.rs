@@ -21,14 +21,6 @@ fn channel() -> &'static watch::Sender<i32> {
     CHANNEL.get_or_init(|| watch::channel(0).0)
 }
 
-pub fn name(signal: i32) -> &'static str {
-    match signal {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "a signal",
-    }
-}
-
 /// Starts listening for SIGTERM and SIGINT (once per process; needs a tokio runtime).
 pub fn install() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -63,7 +55,7 @@ pub fn raise(n: i32) {
         .is_ok()
     {
         tracing::warn!(
-            signal = name(n),
+            signal = crate::error::signal_name(n),
             "stopping: no new batches; the requests in flight finish and are journaled \
              (send it again to exit at once)"
         );
@@ -72,7 +64,7 @@ pub fn raise(n: i32) {
         eprintln!(
             "error: {} again: exiting at once; the lock expires after state.lock_ttl (or run \
              `cohort-bridge state unlock COHORT --force`), and the next sync resumes",
-            name(n)
+            crate::error::signal_name(n)
         );
         std::process::exit(crate::error::exit::SIGNALLED + n);
     }

@@ -12,12 +12,24 @@ use super::headers::{self, Asked};
 use crate::config::RetryConfig;
 use crate::redact;
 
+/// One item of an acknowledged request that the partner did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The item's position in the request's batch (0-based).
+    pub index: usize,
+    /// The partner's reason (its error type), redacted.
+    pub reason: String,
+    /// The partner says it has no such profile: a removal of it is done (the member is gone),
+    /// not refused.
+    pub no_profile: bool,
+}
+
 /// What one attempt's outcome means for the request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Success,
     /// Acknowledged, but the partner says it did not apply these items of the batch.
-    Partial(Vec<crate::deliver::destination::Refused>),
+    Partial(Vec<Refused>),
     /// Transient (423, 429, 5xx, 408, timeouts, connection errors, a 2xx that is not the
     /// documented success): try again, after at least what the partner asked for.
     Retry {

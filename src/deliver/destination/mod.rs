@@ -43,17 +43,9 @@ impl Op {
     }
 }
 
-/// One item of an acknowledged request that the partner did not apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// The item's position in the request's batch (0-based).
-    pub index: usize,
-    /// The partner's reason (its error type), redacted.
-    pub reason: String,
-    /// The partner says it has no such profile: a removal of it is done (the member is gone),
-    /// not refused.
-    pub no_profile: bool,
-}
+/// What a partner refused of a request it acknowledged (the transport's type: `retry` reads
+/// answers without knowing any destination).
+pub use super::retry::Refused;
 
 /// Everything partner-specific about delivering a plan.
 pub trait Destination: Send + Sync {
