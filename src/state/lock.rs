@@ -9,8 +9,8 @@
 //! lock only while the newest file is its own generation *and* names its run id, so a run that
 //! stalled past its expiry (a frozen VM, `kill -STOP`) and was taken over or unlocked finds
 //! itself fenced off: [`KeptLock::guard`] is asked before every request (a clock check while
-//! the lease is fresh, a round trip to the store once it is not) and [`KeptLock::hold`] (a
-//! refresh and a check, always a round trip) immediately before every commit step and clean-up.
+//! the lease is fresh, a round trip to the store once it is not) and [`KeptLock::hold`]
+//! (a check of the store, and a refresh once the lease is not fresh) immediately before every commit step and clean-up.
 //! A fenced run starts no further request, commits nothing and exits 5.
 //!
 //! The background refresh runs every `min(ttl / 3, CHECK_EVERY)`, so a *live* run whose lock
@@ -411,14 +411,30 @@ impl Lease {
                     lease_until(mono, wall, self.ttl);
                 Ok(())
             }
-            Err(e @ Error::Locked(_)) => {
-                if !self.lost.swap(true, Ordering::SeqCst) {
-                    warn!(error = %e, "this run's lock was taken over: stopping");
-                }
-                Err(e)
-            }
-            Err(e) => Err(e),
+            Err(e) => Err(self.noticed(e)),
         }
+    }
+
+    /// A `Locked` error marks the lease lost for good (said once).
+    fn noticed(&self, e: Error) -> Error {
+        if matches!(e, Error::Locked(_)) && !self.lost.swap(true, Ordering::SeqCst) {
+            warn!(error = %e, "this run's lock was taken over: stopping");
+        }
+        e
+    }
+
+    /// Immediately before a state write: the newest lock file is still this run's (a check of
+    /// the store while the lease is fresh: no one can take it over before the lease ends; a
+    /// refresh once it is not).
+    async fn hold(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(fenced(&self.lock.lock().await.state));
+        }
+        if !self.fresh() {
+            return self.refresh().await;
+        }
+        let verified = self.lock.lock().await.verify().await;
+        verified.map_err(|e| self.noticed(e))
     }
 
     /// May this run still start a request? Free while the lease is fresh; a refresh once it
@@ -505,10 +521,10 @@ impl KeptLock {
         self.lease.guard().await
     }
 
-    /// Immediately before a commit step or a clean-up: refreshes the lock (a round trip to the
-    /// store) and fails with exit 5 if this run no longer holds it.
+    /// Immediately before a commit step or a clean-up: checks the store (a round trip) and
+    /// fails with exit 5 if this run no longer holds the lock.
     pub async fn hold(&self) -> Result<()> {
-        self.lease.refresh().await
+        self.lease.hold().await
     }
 
     /// The lease a sender checks before each request.

@@ -112,8 +112,9 @@ impl Track {
     }
 }
 
-#[test]
-fn a_success_processing_fewer_objects_than_sent_without_errors_acknowledges_nothing() {
+/// The batch holding a victim id is answered `201` with `claim(objects)` and not passed on (the
+/// partner applied nothing): the run must refuse it, saying `why`, and a clean run converge.
+fn a_success_that_applied_nothing(claim: fn(usize) -> serde_json::Value, why: &str) {
     let victim = expected().into_iter().nth(60).unwrap();
     let needle = format!("\"{victim}\"");
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -123,44 +124,38 @@ fn a_success_processing_fewer_objects_than_sent_without_errors_acknowledges_noth
             return Action::Forward;
         }
         a.fetch_add(1, Ordering::SeqCst);
-        // Not passed on: the partner applied nothing, yet the answer is a 201 "success".
-        let claim = serde_json::json!({"message": "success", "attributes_processed": objects - 1});
         Action::Respond(Canned::new(
             201,
             &[("content-type", "application/json")],
-            &claim.to_string(),
+            &claim(objects).to_string(),
         ))
     });
     let run = t.sync();
-    t.refused_then_converges(run, &attempts, &victim, "attributes_processed");
+    t.refused_then_converges(run, &attempts, &victim, why);
+}
+
+#[test]
+fn a_success_processing_fewer_objects_than_sent_without_errors_acknowledges_nothing() {
+    a_success_that_applied_nothing(
+        |objects| serde_json::json!({"message": "success", "attributes_processed": objects - 1}),
+        "attributes_processed",
+    );
 }
 
 #[test]
 fn a_success_naming_an_item_outside_the_batch_acknowledges_nothing() {
-    let victim = expected().into_iter().nth(60).unwrap();
-    let needle = format!("\"{victim}\"");
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let a = attempts.clone();
-    let t = track(EmulatorConfig::default(), move |_, body, objects| {
-        if !body.contains(&needle) {
-            return Action::Forward;
-        }
-        a.fetch_add(1, Ordering::SeqCst);
-        // 50 objects sent; the error names object 60 (below the partner's 75, outside this
-        // batch): it cannot say which of ours was not applied.
-        let claim = serde_json::json!({
-            "message": "success",
-            "attributes_processed": objects - 1,
-            "errors": [{"type": "invalid", "input_array": "attributes", "index": objects + 10}],
-        });
-        Action::Respond(Canned::new(
-            201,
-            &[("content-type", "application/json")],
-            &claim.to_string(),
-        ))
-    });
-    let run = t.sync();
-    t.refused_then_converges(run, &attempts, &victim, "outside");
+    // 50 objects sent; the error names object 60 (below the partner's 75, outside this
+    // batch): it cannot say which of ours was not applied.
+    a_success_that_applied_nothing(
+        |objects| {
+            serde_json::json!({
+                "message": "success",
+                "attributes_processed": objects - 1,
+                "errors": [{"type": "invalid", "input_array": "attributes", "index": objects + 10}],
+            })
+        },
+        "outside",
+    );
 }
 
 /// The value of the `cohort_bridge_sync_dead_letters` sample of cohort `c` in an OpenMetrics

@@ -95,12 +95,9 @@ fn init_refuses_to_write_through_a_symlink() {
 #[test]
 fn a_shards_members_file_names_the_shard() {
     let out = tempfile::tempdir().unwrap();
-    let project = Project::with_destination(
-        lake(),
-        &format!(
-            "kind = \"files\"\nurl = \"{}\"\ninclude_members = true",
-            out.path().display()
-        ),
+    let project = Project::files(
+        out.path(),
+        "include_members = true",
         &[("active", ACTIVE_30D)],
     );
     let run = project.run(&["sync", "active", "--at", AT, "--shard", "1/4"]);
@@ -126,12 +123,9 @@ fn a_shards_members_file_names_the_shard() {
 
     // Unsharded: no shard anywhere.
     let out2 = tempfile::tempdir().unwrap();
-    let project = Project::with_destination(
-        lake(),
-        &format!(
-            "kind = \"files\"\nurl = \"{}\"\ninclude_members = true",
-            out2.path().display()
-        ),
+    let project = Project::files(
+        out2.path(),
+        "include_members = true",
         &[("active", ACTIVE_30D)],
     );
     project.run(&["sync", "active", "--at", AT]).summary();

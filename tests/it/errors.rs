@@ -247,16 +247,7 @@ fn lake_project(partner: &Partner) -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn run_in(dir: &std::path::Path, args: &[&str]) -> Run {
-    let out = std::process::Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("COHORT_BRIDGE_CONFIG")
-        .env(KEY_VAR, KEY)
-        .env(SECRET_VAR, SECRET)
-        .output()
-        .unwrap();
-    Run(out)
+    Run(command_in(dir, args).output().unwrap())
 }
 
 #[test]

@@ -159,14 +159,7 @@ fn action(f: &Fault, sink: &str) -> Action {
 /// scheduler's sync in the background (returned, to be awaited).
 fn operate(dir: &Path, op: Op) -> Option<std::thread::JoinHandle<()>> {
     let run = move |dir: &Path, args: &[&str]| {
-        std::process::Command::new(BIN)
-            .current_dir(dir)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("COHORT_BRIDGE_CONFIG")
-            .env(KEY_VAR, KEY)
-            .env(SECRET_VAR, SECRET)
-            .env(REST_VAR, REST_KEY)
+        command_in(dir, args)
             .env(crate::webhook::SECRET_VAR_HOOK, crate::webhook::HOOK_SECRET)
             .output()
             .expect("run cohort-bridge")

@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::support::*;
 
 fn files_project(out: &Path, extra: &str) -> Project {
-    Project::with_destination(
-        lake(),
-        &format!("kind = \"files\"\nurl = \"{}\"\n{extra}", out.display()),
-        &[("active", ACTIVE_30D)],
-    )
+    Project::files(out, extra, &[("active", ACTIVE_30D)])
 }
 
 /// The visible runs (folders with a manifest) in a cohort's folder of a `files` destination,

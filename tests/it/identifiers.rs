@@ -182,14 +182,7 @@ fn csv_members(path: &std::path::Path, columns: [&str; 4]) -> BTreeSet<String> {
 #[test]
 fn files_write_a_column_per_identifier_kind_and_the_whole_membership() {
     let out = tempfile::tempdir().unwrap();
-    let project = Project::with_destination(
-        lake(),
-        &format!(
-            "kind = \"files\"\nurl = \"{}\"\ninclude_members = true",
-            out.path().display()
-        ),
-        &[("mixed", MIXED)],
-    );
+    let project = Project::files(out.path(), "include_members = true", &[("mixed", MIXED)]);
     project.run(&["sync", "mixed", "--at", NOV]).summary();
     project.run(&["sync", "mixed", "--at", DEC]).summary();
     let runs = super::files::run_folders(&out.path().join("mixed"));
@@ -538,14 +531,7 @@ fn ids_holding_0x01_are_written_to_files_as_their_own_kind() {
     ] {
         let out = tempfile::tempdir().unwrap();
         let (sql, want) = hostile(kinds);
-        let project = Project::with_destination(
-            lake(),
-            &format!(
-                "kind = \"files\"\nurl = \"{}\"\ninclude_members = true",
-                out.path().display()
-            ),
-            &[("mixed", &sql)],
-        );
+        let project = Project::files(out.path(), "include_members = true", &[("mixed", &sql)]);
         sync_twice(&project, &[]);
         let runs = super::files::run_folders(&out.path().join("mixed"));
         let (dir, manifest) = &runs[0];

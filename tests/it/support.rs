@@ -209,6 +209,12 @@ api_key_env = "{REST_VAR}"
         Project::with_destination(lake(), &destination, cohorts)
     }
 
+    /// The same with a `files` destination writing under `out` (`extra`: more of its keys).
+    pub fn files(out: &Path, extra: &str, cohorts: &[(&str, &str)]) -> Project {
+        let destination = format!("kind = \"files\"\nurl = \"{}\"\n{extra}", out.display());
+        Project::with_destination(lake(), &destination, cohorts)
+    }
+
     /// `destination` is the whole body of `[destinations.braze]`.
     pub fn with_destination(lake: &Path, destination: &str, cohorts: &[(&str, &str)]) -> Project {
         let dir = tempfile::tempdir().unwrap();
@@ -303,15 +309,7 @@ partitions = [{{ name = "event_date", type = "date" }}]
 
     /// The command for running the binary in the project folder with the secrets set.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("COHORT_BRIDGE_CONFIG")
-            .env(KEY_VAR, KEY)
-            .env(SECRET_VAR, SECRET)
-            .env(REST_VAR, REST_KEY);
-        cmd
+        command_in(self.dir.path(), args)
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
@@ -340,6 +338,20 @@ partitions = [{{ name = "event_date", type = "date" }}]
         }
         Run(cmd.output().expect("run cohort-bridge"))
     }
+}
+
+/// The binary in `dir` with the partners' secrets set (and no log level or project from the
+/// environment).
+pub fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("COHORT_BRIDGE_CONFIG")
+        .env(KEY_VAR, KEY)
+        .env(SECRET_VAR, SECRET)
+        .env(REST_VAR, REST_KEY);
+    cmd
 }
 
 pub struct Run(pub Output);
