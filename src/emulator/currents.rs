@@ -233,6 +233,13 @@ pub struct PlantedUse {
     pub time: DateTime<Utc>,
 }
 
+/// A planted use as the row the product logs (`synth::FeatureUse`): `(user_id, feature, time)`.
+impl<'a> From<&'a PlantedUse> for (&'a str, &'a str, DateTime<Utc>) {
+    fn from(u: &'a PlantedUse) -> Self {
+        (&u.user_id, &u.feature, u.time)
+    }
+}
+
 /// What was written.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct EngagementReport {
