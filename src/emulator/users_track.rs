@@ -15,10 +15,10 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Request, StatusCode};
 use serde_json::{Map, Value, json};
 
+use super::Shared;
+use super::admission::{Admitted, admit, with_rate_headers};
 use super::faults::{FaultKind, lock};
-use super::{
-    Abort, Admitted, Resp, Shared, admit, json_response, message, read_body, with_rate_headers,
-};
+use super::server::{Abort, Resp, json_response, message, read_body};
 
 /// Attribute objects per request.
 pub const MAX_OBJECTS: usize = 75;

@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
+use super::Shared;
 use super::faults::lock;
-use super::{Abort, Resp, Shared, json_response, message, read_body};
+use super::server::{Abort, Resp, json_response, message, read_body};
 
 #[derive(Default)]
 pub(crate) struct Receiver {
