@@ -260,40 +260,10 @@ pub async fn write_engagement(
     cohorts: &[(String, Vec<String>)],
     spec: &EngagementSpec,
 ) -> Result<EngagementReport, String> {
-    let mut rng = SplitMix64(spec.seed);
-    let mut plant = SplitMix64(spec.seed ^ 0x6c69_6674_0000_0000);
-    let mut planted = Vec::new();
-    // (event type index, queued hour, record)
-    let mut out: Vec<(usize, DateTime<Utc>, Value)> = Vec::new();
+    let mut draw = Draw::new(spec);
     // Files written so far per (event type, queued hour).
     let mut parts: BTreeMap<(usize, String), usize> = BTreeMap::new();
     let mut report = EngagementReport::default();
-    let t0 = spec.at;
-    let mut n = 0u64;
-    let mut late = 0u64;
-    let mut push = |ty: usize,
-                    time: DateTime<Utc>,
-                    values: BTreeMap<&str, V>,
-                    rng: &mut SplitMix64,
-                    out: &mut Vec<_>| {
-        n += 1;
-        let mut values = values;
-        values.insert("id", V::S(format!("emu-{:016x}-{n}", spec.seed)));
-        values.insert("time", V::I(time.timestamp() as i32));
-        values.insert("app_group_id", V::S("emulator-workspace".into()));
-        let rec = record(&TYPES[ty], &values);
-        // Most events are queued within the hour; some days late.
-        let queued = if rng.next_f64() < 0.05 {
-            late += 1;
-            time + Duration::days(2)
-        } else {
-            time + Duration::minutes(5)
-        };
-        if rng.next_f64() < 0.02 {
-            out.push((ty, queued + Duration::hours(1), rec.clone()));
-        }
-        out.push((ty, queued, rec));
-    };
     for (i, (cohort, members)) in cohorts.iter().enumerate() {
         let campaigns: Vec<&PushCampaign> = spec
             .push_campaigns
@@ -302,80 +272,162 @@ pub async fn write_engagement(
             .collect();
         for user in members {
             // Written as it goes: memory holds a bounded number of records, not the export.
-            if out.len() >= FLUSH_RECORDS {
-                write_files(store.as_ref(), prefix, &mut out, &mut parts, &mut report).await?;
+            if draw.out.len() >= FLUSH_RECORDS {
+                write_files(
+                    store.as_ref(),
+                    prefix,
+                    &mut draw.out,
+                    &mut parts,
+                    &mut report,
+                )
+                .await?;
             }
-            let base = || {
-                let mut m: BTreeMap<&str, V> = BTreeMap::new();
-                m.insert("user_id", V::S(format!("braze-{user}")));
-                m.insert("external_user_id", V::S(user.clone()));
-                m
-            };
             for campaign in &campaigns {
-                let (campaign_id, campaign_name) = (&campaign.campaign_id, &campaign.campaign_name);
-                let sent = t0 + Duration::seconds((rng.next_f64() * 7200.0) as i64);
-                let mut m = base();
-                m.insert("app_id", V::S("app-main".into()));
-                m.insert("campaign_id", V::S(campaign_id.clone()));
-                m.insert("campaign_name", V::S(campaign_name.clone()));
-                m.insert("platform", V::S("ios".into()));
-                m.insert("send_id", V::S(format!("{campaign_id}-send")));
-                push(0, sent, m, &mut rng, &mut out);
-                let mut reacted_from = (sent, spec.lift.after_send);
-                if rng.next_f64() < OPEN_RATE {
-                    let mut m = base();
-                    m.insert("app_id", V::S("app-main".into()));
-                    m.insert("campaign_id", V::S(campaign_id.clone()));
-                    m.insert("campaign_name", V::S(campaign_name.clone()));
-                    m.insert("platform", V::S("ios".into()));
-                    let opened = sent + Duration::seconds(60 + (rng.next_f64() * 7200.0) as i64);
-                    push(1, opened, m, &mut rng, &mut out);
-                    reacted_from = (opened, spec.lift.after_open);
-                }
-                // Two draws per push whatever the lift, so one lift's world differs from
-                // another's only in the uses planted.
-                let (hit, delay) = (plant.next_f64(), plant.next_f64());
-                if let Some(feature) = &campaign.feature
-                    && hit < reacted_from.1
-                {
-                    let within = spec.lift.within.num_seconds().max(1) as f64;
-                    planted.push(PlantedUse {
-                        user_id: user.clone(),
-                        feature: feature.clone(),
-                        time: reacted_from.0 + Duration::seconds((delay * within) as i64),
-                    });
-                }
+                draw.campaign(user, campaign);
             }
             if i == 0 {
-                let mut m = base();
-                m.insert("campaign_id", V::S("camp-digest".into()));
-                m.insert("campaign_name", V::S("Weekly digest".into()));
-                m.insert("email_address", V::S(format!("{user}@example.com")));
-                push(2, t0, m, &mut rng, &mut out);
-                if rng.next_f64() < 0.12 {
-                    let mut m = base();
-                    m.insert("campaign_id", V::S("camp-digest".into()));
-                    m.insert("campaign_name", V::S("Weekly digest".into()));
-                    m.insert("email_address", V::S(format!("{user}@example.com")));
-                    m.insert("url", V::S("https://example.com/whats-new".into()));
-                    m.insert("is_suspected_bot_click", V::B(rng.next_f64() < 0.05));
-                    push(3, t0 + Duration::minutes(30), m, &mut rng, &mut out);
-                }
-                let mut m = base();
-                m.insert("canvas_id", V::S("canvas-onboarding".into()));
-                m.insert("canvas_name", V::S("Onboarding".into()));
-                m.insert("canvas_variation_id", V::S("v1".into()));
-                m.insert("in_control_group", V::B(rng.next_f64() < 0.1));
-                push(4, t0, m, &mut rng, &mut out);
+                draw.digest_and_onboarding(user);
             }
         }
     }
-    write_files(store.as_ref(), prefix, &mut out, &mut parts, &mut report).await?;
-    report.duplicates = report.events - n;
-    report.late = late;
-    report.planted_uses = planted.len() as u64;
-    report.planted = planted;
+    write_files(
+        store.as_ref(),
+        prefix,
+        &mut draw.out,
+        &mut parts,
+        &mut report,
+    )
+    .await?;
+    report.duplicates = report.events - draw.n;
+    report.late = draw.late;
+    report.planted_uses = draw.planted.len() as u64;
+    report.planted = draw.planted;
     Ok(report)
+}
+
+/// The events drawn so far, from the spec's two streams: one for the engagement, one for the
+/// planted uses (so the engagement is the same whatever the lift).
+struct Draw<'a> {
+    spec: &'a EngagementSpec,
+    rng: SplitMix64,
+    plant: SplitMix64,
+    planted: Vec<PlantedUse>,
+    /// (event type index, queued hour, record)
+    out: Vec<(usize, DateTime<Utc>, Value)>,
+    /// Events drawn, duplicate deliveries not counted.
+    n: u64,
+    /// Events queued days late.
+    late: u64,
+}
+
+impl<'a> Draw<'a> {
+    fn new(spec: &'a EngagementSpec) -> Self {
+        Draw {
+            spec,
+            rng: SplitMix64(spec.seed),
+            plant: SplitMix64(spec.seed ^ 0x6c69_6674_0000_0000),
+            planted: Vec::new(),
+            out: Vec::new(),
+            n: 0,
+            late: 0,
+        }
+    }
+
+    /// One event of type `TYPES[ty]` at `time`: numbered, queued (a few days late) and
+    /// sometimes delivered twice.
+    fn push(&mut self, ty: usize, time: DateTime<Utc>, values: BTreeMap<&str, V>) {
+        self.n += 1;
+        let n = self.n;
+        let mut values = values;
+        values.insert("id", V::S(format!("emu-{:016x}-{n}", self.spec.seed)));
+        values.insert("time", V::I(time.timestamp() as i32));
+        values.insert("app_group_id", V::S("emulator-workspace".into()));
+        let rec = record(&TYPES[ty], &values);
+        // Most events are queued within the hour; some days late.
+        let queued = if self.rng.next_f64() < 0.05 {
+            self.late += 1;
+            time + Duration::days(2)
+        } else {
+            time + Duration::minutes(5)
+        };
+        if self.rng.next_f64() < 0.02 {
+            self.out
+                .push((ty, queued + Duration::hours(1), rec.clone()));
+        }
+        self.out.push((ty, queued, rec));
+    }
+
+    /// A push campaign's send to `user`, maybe its open, and the feature use it may cause.
+    fn campaign(&mut self, user: &str, campaign: &PushCampaign) {
+        let (campaign_id, campaign_name) = (&campaign.campaign_id, &campaign.campaign_name);
+        let lift = self.spec.lift;
+        let sent = self.spec.at + Duration::seconds((self.rng.next_f64() * 7200.0) as i64);
+        let mut m = base(user);
+        m.insert("app_id", V::S("app-main".into()));
+        m.insert("campaign_id", V::S(campaign_id.clone()));
+        m.insert("campaign_name", V::S(campaign_name.clone()));
+        m.insert("platform", V::S("ios".into()));
+        m.insert("send_id", V::S(format!("{campaign_id}-send")));
+        self.push(0, sent, m);
+        let mut reacted_from = (sent, lift.after_send);
+        if self.rng.next_f64() < OPEN_RATE {
+            let mut m = base(user);
+            m.insert("app_id", V::S("app-main".into()));
+            m.insert("campaign_id", V::S(campaign_id.clone()));
+            m.insert("campaign_name", V::S(campaign_name.clone()));
+            m.insert("platform", V::S("ios".into()));
+            let opened = sent + Duration::seconds(60 + (self.rng.next_f64() * 7200.0) as i64);
+            self.push(1, opened, m);
+            reacted_from = (opened, lift.after_open);
+        }
+        // Two draws per push whatever the lift, so one lift's world differs from
+        // another's only in the uses planted.
+        let (hit, delay) = (self.plant.next_f64(), self.plant.next_f64());
+        if let Some(feature) = &campaign.feature
+            && hit < reacted_from.1
+        {
+            let within = lift.within.num_seconds().max(1) as f64;
+            self.planted.push(PlantedUse {
+                user_id: user.to_owned(),
+                feature: feature.clone(),
+                time: reacted_from.0 + Duration::seconds((delay * within) as i64),
+            });
+        }
+    }
+
+    /// The first cohort's members also get the weekly digest email (some click it) and enter
+    /// the onboarding canvas (some in its control group).
+    fn digest_and_onboarding(&mut self, user: &str) {
+        let t0 = self.spec.at;
+        let mut m = base(user);
+        m.insert("campaign_id", V::S("camp-digest".into()));
+        m.insert("campaign_name", V::S("Weekly digest".into()));
+        m.insert("email_address", V::S(format!("{user}@example.com")));
+        self.push(2, t0, m);
+        if self.rng.next_f64() < 0.12 {
+            let mut m = base(user);
+            m.insert("campaign_id", V::S("camp-digest".into()));
+            m.insert("campaign_name", V::S("Weekly digest".into()));
+            m.insert("email_address", V::S(format!("{user}@example.com")));
+            m.insert("url", V::S("https://example.com/whats-new".into()));
+            m.insert("is_suspected_bot_click", V::B(self.rng.next_f64() < 0.05));
+            self.push(3, t0 + Duration::minutes(30), m);
+        }
+        let mut m = base(user);
+        m.insert("canvas_id", V::S("canvas-onboarding".into()));
+        m.insert("canvas_name", V::S("Onboarding".into()));
+        m.insert("canvas_variation_id", V::S("v1".into()));
+        m.insert("in_control_group", V::B(self.rng.next_f64() < 0.1));
+        self.push(4, t0, m);
+    }
+}
+
+/// The fields every event of `user` carries.
+fn base(user: &str) -> BTreeMap<&'static str, V> {
+    let mut m: BTreeMap<&str, V> = BTreeMap::new();
+    m.insert("user_id", V::S(format!("braze-{user}")));
+    m.insert("external_user_id", V::S(user.to_owned()));
+    m
 }
 
 /// Records held before they are written out.
