@@ -4,13 +4,11 @@ use chrono::{Datelike, NaiveDate};
 
 use crate::hash::mix64 as splitmix_finalize;
 
-// ---------------------------------------------------------------------------------------------
-// PRNG: SplitMix64 (Steele, Lea, Flood 2014); small, fast, stable forever.
-
 pub(super) const TAG_USER: u64 = 0x5553_4552; // "USER"
 pub(super) const TAG_EVENTS: u64 = 0x4556_4e54; // "EVNT"
 pub(super) const TAG_DAY: u64 = 0x0044_4159; // "DAY"
 
+/// SplitMix64 (Steele, Lea, Flood 2014): small, fast, stable forever.
 #[derive(Debug, Clone)]
 pub(super) struct Rng(u64);
 
