@@ -58,11 +58,13 @@ use tracing::{info, warn};
 
 use crate::config::{Config, SourceConfig};
 use crate::error::{Error, Result};
-use crate::lake::{Lake, Location};
+use crate::lake::Lake;
 use crate::parallel::on_rayon;
 use crate::progress::Progress;
 use crate::state::lock::KeptLock;
-use crate::state::{delete_if_exists, read_json, write_json};
+use crate::storage::json::{read_json, write_json};
+use crate::storage::objects::delete_if_exists;
+use crate::storage::{Location, ObjectFile};
 use event::{EventColumns, Parts};
 use limits::{
     Limits, MAX_OPEN_DAYS, QUARANTINE_BYTES, QUARANTINE_RECORD_BYTES, READ_AHEAD, ROW_GROUP_BYTES,
@@ -863,7 +865,7 @@ impl Days {
                 let stored = |e: &dyn std::fmt::Display| {
                     Error::storage(format!("stored day {path} cannot be read back: {e}"))
                 };
-                let reader = crate::lake::store::ObjectFile {
+                let reader = ObjectFile {
                     store: self.store.clone(),
                     path: path.clone(),
                     size: meta.size,

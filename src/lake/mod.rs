@@ -6,7 +6,6 @@
 pub mod ballista;
 mod runtime;
 pub mod sql;
-pub mod store;
 
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use std::num::NonZeroUsize;
 
 pub use runtime::CpuRuntime;
-pub use store::Location;
+pub use crate::storage::Location;
 
 use crate::config::{Config, Engine, PartitionType, TableConfig};
 use crate::error::{Error, Result};

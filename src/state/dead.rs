@@ -19,7 +19,8 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use super::{CohortState, Read, try_read_json, write_json};
+use super::CohortState;
+use crate::storage::json::{Read, try_read_json, write_json};
 use crate::error::{Error, Result};
 
 pub const PENDING: &str = "pending/dead";

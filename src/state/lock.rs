@@ -33,7 +33,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{CohortState, Read, delete_if_exists, try_read_json};
+use super::CohortState;
+use crate::storage::json::{Read, try_read_json};
+use crate::storage::objects::delete_if_exists;
 use crate::error::{Error, Result};
 
 /// The longest a held lock goes without being checked against the store (its refresh).

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use crate::config::Cohort;
 use crate::error::{Error, Result};
-use crate::lake::Location;
+use crate::storage::Location;
 use crate::state::ids::{self, Layout};
 
 /// The manifest's name; written after every list.
