@@ -21,8 +21,8 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use std::num::NonZeroUsize;
 
-pub use runtime::CpuRuntime;
 pub use crate::storage::Location;
+pub use runtime::CpuRuntime;
 
 use crate::config::{Config, Engine, PartitionType, TableConfig};
 use crate::error::{Error, Result};

@@ -20,8 +20,8 @@ use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use super::CohortState;
-use crate::storage::json::{Read, try_read_json, write_json};
 use crate::error::{Error, Result};
+use crate::storage::json::{Read, try_read_json, write_json};
 
 pub const PENDING: &str = "pending/dead";
 

@@ -11,8 +11,8 @@ use object_store::path::Path;
 use parquet::file::metadata::KeyValue;
 
 use crate::error::{Error, Result};
-pub use crate::storage::objects::copy;
 use crate::storage::ids::{PART, ROW_GROUP, encode, encode_csv, write_streamed};
+pub use crate::storage::objects::copy;
 
 /// Writes `ids` (already sorted and distinct) to `path`, replacing it atomically.
 pub async fn write(store: &dyn ObjectStore, path: &Path, ids: Arc<StringArray>) -> Result<()> {
@@ -175,7 +175,6 @@ pub async fn try_read(
     }
     Ok(Ok(Arc::new(ids)))
 }
-
 
 /// Whether the id list at `path` holds keys of the current key format that an earlier
 /// release would misread ([`KEY_FORMAT`]); one that cannot be read counts as marked.

@@ -34,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::CohortState;
+use crate::error::{Error, Result};
 use crate::storage::json::{Read, try_read_json};
 use crate::storage::objects::delete_if_exists;
-use crate::error::{Error, Result};
 
 /// The longest a held lock goes without being checked against the store (its refresh).
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);

@@ -584,13 +584,14 @@ pub fn area(config: &crate::config::Config, lake: &Location) -> Result<Location>
                 root: lake.child(DEFAULT_DIR),
             })
         }
-        Some(url) => Location::parse(url, &config.base_dir(), &config.lake.options)
-            .map_err(|e| match e {
+        Some(url) => {
+            Location::parse(url, &config.base_dir(), &config.lake.options).map_err(|e| match e {
                 Error::Config { message, .. } => {
                     Error::config(config.file.clone(), format!("state.url: {message}"))
                 }
                 other => other,
-            }),
+            })
+        }
     }
 }
 
