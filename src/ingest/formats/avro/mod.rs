@@ -26,7 +26,7 @@
 use super::{Decoder, Record, Sink};
 use crate::ingest::event::{CANONICAL, Field, Parts};
 use crate::ingest::limits::{Limits, MAX_RECORD_BYTES};
-use container::{decompress, read_header};
+use container::{Header, decompress, read_header};
 use cursor::Cursor;
 use schema::Layout;
 use values::Scratch;
@@ -127,102 +127,150 @@ pub fn read_file(
         Ok(l) => l,
         Err(e) => return Some((0, format!("not a readable Avro file: {e}"))),
     };
-    let mut index = 0u64;
-    let mut block = Vec::new();
-    let mut scratch = Scratch::new(&layout);
-    let mut budget = Budget {
-        record: 0,
-        file: limits.file_bytes,
+    let mut records = Records {
+        layout: &layout,
+        scratch: Scratch::new(&layout),
+        budget: Budget {
+            record: 0,
+            file: limits.file_bytes,
+        },
+        index: 0,
+        limits,
     };
-    let too_large = |at: u64| {
+    let mut block = Vec::new();
+    while cur.pos < cur.buf.len() {
+        let at = records.index;
+        let (count, data) = match next_block(&mut cur, &header, layout.min_size, &mut block, limits)
+        {
+            Ok(b) => b,
+            Err(e) => return Some(damage(at, e)),
+        };
+        if let Some(stop) = records.read_block(count, data, &mut record) {
+            return Some(stop);
+        }
+    }
+    None
+}
+
+/// The next block of the file: its record count and its (decompressed) bytes, checked against
+/// its sync marker, the block limit and the least size of a record; or why it cannot be read.
+fn next_block<'s, 'd: 's>(
+    cur: &mut Cursor<'d>,
+    header: &Header,
+    min_size: usize,
+    block: &'s mut Vec<u8>,
+    limits: &Limits,
+) -> Result<(u64, &'s [u8]), String> {
+    let (count, size) = match (cur.long(), cur.long()) {
+        (Ok(c), Ok(s)) if c >= 0 && s >= 0 => (c as u64, s as u64),
+        (Ok(c), Ok(s)) => return Err(format!("bad block header (count {c}, size {s})")),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    let data = match usize::try_from(size).map(|s| cur.take(s)) {
+        Ok(Ok(d)) => d,
+        _ => return Err(format!("a block of {size} bytes is cut short")),
+    };
+    match cur.take(16) {
+        Ok(sync) if sync == header.sync => {}
+        Ok(_) => return Err("the sync marker after a block does not match".into()),
+        Err(_) => return Err("the file ends before the sync marker of a block".into()),
+    }
+    let data: &[u8] = match decompress(header.codec, data, block, limits.block_bytes) {
+        Ok(true) => block,
+        Ok(false) => data,
+        Err(e) => return Err(e),
+    };
+    // Every record takes at least `min_size` bytes: a count the block cannot hold is a lie.
+    let fits = data.len().checked_div(min_size).unwrap_or(0);
+    if count > fits as u64 {
+        return Err(format!(
+            "a block claims {count} records but its {} bytes can hold at most {fits}",
+            data.len()
+        ));
+    }
+    Ok((count, data))
+}
+
+/// The records of a file being read: its layout, what decoding may still spend, and the
+/// index of the next record.
+struct Records<'l> {
+    layout: &'l Layout,
+    scratch: Scratch,
+    budget: Budget,
+    index: u64,
+    limits: &'l Limits,
+}
+
+impl Records<'_> {
+    /// Reads the `count` records of a block, handing each to `record`; returns where and why
+    /// the file stops, if it does.
+    fn read_block(
+        &mut self,
+        count: u64,
+        data: &[u8],
+        record: &mut impl FnMut(u64, Result<&Parts<'_>, String>) -> Result<(), String>,
+    ) -> Option<(u64, String)> {
+        let mut rec = Cursor { buf: data, pos: 0 };
+        let mut canonical = vec![Field::Missing; CANONICAL.len()];
+        for _ in 0..count {
+            let start = rec.pos;
+            self.budget.record = MAX_RECORD_BYTES;
+            let outcome =
+                match self
+                    .scratch
+                    .decode(self.layout, &mut rec, &mut canonical, &mut self.budget)
+                {
+                    Ok(()) => Ok(()),
+                    Err(Fail::RecordTooLarge) => {
+                        // Only skip the rest of its bytes: it is quarantined, not built.
+                        rec.pos = start;
+                        match self.layout.skip(&mut rec, &mut self.budget) {
+                            Ok(()) => Err(format!(
+                                "record is too large (its fields take more than \
+                                 {MAX_RECORD_BYTES} bytes as JSON)"
+                            )),
+                            Err(Fail::Corrupt(e)) => return Some(damage(self.index, e)),
+                            Err(_) => return self.too_large(),
+                        }
+                    }
+                    Err(Fail::FileTooLarge) => return self.too_large(),
+                    Err(Fail::Corrupt(e)) => return Some(damage(self.index, e)),
+                };
+            let parts = Parts {
+                canonical: &canonical,
+                properties: &self.scratch.properties,
+            };
+            if let Err(stop) = record(self.index, outcome.map(|()| &parts)) {
+                return Some((self.index, stop));
+            }
+            self.index += 1;
+        }
+        if rec.pos != data.len() {
+            return Some((
+                self.index,
+                format!(
+                    "corrupt Avro data after record {}: {} bytes left over at the end of a block",
+                    self.index.saturating_sub(1),
+                    data.len() - rec.pos
+                ),
+            ));
+        }
+        None
+    }
+
+    /// The file stops at the current record: past the per-file limit.
+    fn too_large(&self) -> Option<(u64, String)> {
+        let at = self.index;
         Some((
             at,
             format!(
                 "the file decodes to more than {} bytes of records (the per-file limit, \
                  engine.memory_limit / 20) at record {at}; the records before it are kept: \
                  raise `engine.memory_limit` and backfill its days to read the rest",
-                limits.file_bytes
+                self.limits.file_bytes
             ),
         ))
-    };
-    while cur.pos < cur.buf.len() {
-        let at = index;
-        let damaged = |e: String| {
-            Some((
-                at,
-                format!("corrupt or truncated Avro data at record {at}: {e}"),
-            ))
-        };
-        let (count, size) = match (cur.long(), cur.long()) {
-            (Ok(c), Ok(s)) if c >= 0 && s >= 0 => (c as u64, s as u64),
-            (Ok(c), Ok(s)) => return damaged(format!("bad block header (count {c}, size {s})")),
-            (Err(e), _) | (_, Err(e)) => return damaged(e),
-        };
-        let data = match usize::try_from(size).map(|s| cur.take(s)) {
-            Ok(Ok(d)) => d,
-            _ => return damaged(format!("a block of {size} bytes is cut short")),
-        };
-        match cur.take(16) {
-            Ok(sync) if sync == header.sync => {}
-            Ok(_) => return damaged("the sync marker after a block does not match".into()),
-            Err(_) => return damaged("the file ends before the sync marker of a block".into()),
-        }
-        let data: &[u8] = match decompress(header.codec, data, &mut block, limits.block_bytes) {
-            Ok(true) => &block,
-            Ok(false) => data,
-            Err(e) => return damaged(e),
-        };
-        // Every record takes at least `min_size` bytes: a count the block cannot hold is a lie.
-        let fits = data.len().checked_div(layout.min_size).unwrap_or(0);
-        if count > fits as u64 {
-            return damaged(format!(
-                "a block claims {count} records but its {} bytes can hold at most {fits}",
-                data.len()
-            ));
-        }
-        let mut rec = Cursor { buf: data, pos: 0 };
-        let mut canonical = vec![Field::Missing; CANONICAL.len()];
-        for _ in 0..count {
-            let start = rec.pos;
-            budget.record = MAX_RECORD_BYTES;
-            let outcome = match scratch.decode(&layout, &mut rec, &mut canonical, &mut budget) {
-                Ok(()) => Ok(()),
-                Err(Fail::RecordTooLarge) => {
-                    // Only skip the rest of its bytes: it is quarantined, not built.
-                    rec.pos = start;
-                    match layout.skip(&mut rec, &mut budget) {
-                        Ok(()) => Err(format!(
-                            "record is too large (its fields take more than {MAX_RECORD_BYTES} \
-                             bytes as JSON)"
-                        )),
-                        Err(Fail::Corrupt(e)) => return Some(damage(index, e)),
-                        Err(_) => return too_large(index),
-                    }
-                }
-                Err(Fail::FileTooLarge) => return too_large(index),
-                Err(Fail::Corrupt(e)) => return Some(damage(index, e)),
-            };
-            let parts = Parts {
-                canonical: &canonical,
-                properties: &scratch.properties,
-            };
-            if let Err(stop) = record(index, outcome.map(|()| &parts)) {
-                return Some((index, stop));
-            }
-            index += 1;
-        }
-        if rec.pos != data.len() {
-            return Some((
-                index,
-                format!(
-                    "corrupt Avro data after record {}: {} bytes left over at the end of a block",
-                    index.saturating_sub(1),
-                    data.len() - rec.pos
-                ),
-            ));
-        }
     }
-    None
 }
 
 /// Where and why a file stops being readable.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::cursor::Cursor;
 use super::values::skip;
@@ -104,98 +104,7 @@ impl Compiler {
                 }
                 (Node::Union(out), height + 1)
             }
-            Value::Object(o) => {
-                let ty = o
-                    .get("type")
-                    .ok_or_else(|| format!("a schema object without `type`: {}", short(json)))?;
-                let Value::String(ty) = ty else {
-                    // {"type": {...}} or {"type": [...]}: a wrapped schema.
-                    return self.node(ty, namespace);
-                };
-                let name = o.get("name").and_then(Value::as_str);
-                let ns = o
-                    .get("namespace")
-                    .and_then(Value::as_str)
-                    .or(namespace)
-                    .map(str::to_string);
-                let (node, height) = match ty.as_str() {
-                    "record" | "error" => {
-                        let fields = o
-                            .get("fields")
-                            .and_then(Value::as_array)
-                            .ok_or_else(|| format!("record {name:?} has no `fields`"))?;
-                        let mut out = Vec::with_capacity(fields.len().min(MAX_SCHEMA_NODES));
-                        let mut height = 0;
-                        for f in fields {
-                            let fname = f
-                                .get("name")
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| format!("a field of record {name:?} has no name"))?;
-                            let fty = f
-                                .get("type")
-                                .ok_or_else(|| format!("field `{fname}` has no type"))?;
-                            // Names are copied with their record: long ones count more.
-                            self.count(fname.len() / 16)?;
-                            let (n, h) = self.node(fty, ns.as_deref())?;
-                            out.push((fname.to_string(), n));
-                            height = height.max(h);
-                        }
-                        (Node::Record(out), height + 1)
-                    }
-                    "enum" => {
-                        let symbols = o
-                            .get("symbols")
-                            .and_then(Value::as_array)
-                            .ok_or_else(|| format!("enum {name:?} has no `symbols`"))?;
-                        let symbols: Vec<String> = symbols
-                            .iter()
-                            .map(|s| s.as_str().unwrap_or_default().to_string())
-                            .collect();
-                        // Symbols are copied with their enum: each counts.
-                        self.count(symbols.iter().map(|s| 1 + s.len() / 16).sum())?;
-                        (Node::Enum(symbols), 1)
-                    }
-                    "array" => {
-                        let (items, h) = self.node(
-                            o.get("items").ok_or("an array schema without `items`")?,
-                            ns.as_deref(),
-                        )?;
-                        let min = items.min_size();
-                        (Node::Array(Box::new(items), min), h + 1)
-                    }
-                    "map" => {
-                        let (values, h) = self.node(
-                            o.get("values").ok_or("a map schema without `values`")?,
-                            ns.as_deref(),
-                        )?;
-                        let min = values.min_size().saturating_add(1);
-                        (Node::Map(Box::new(values), min), h + 1)
-                    }
-                    "fixed" => (
-                        Node::Fixed(
-                            o.get("size")
-                                .and_then(Value::as_u64)
-                                .and_then(|s| usize::try_from(s).ok())
-                                .ok_or_else(|| format!("fixed {name:?} has no `size`"))?,
-                        ),
-                        1,
-                    ),
-                    other => self.by_name(other, ns.as_deref())?,
-                };
-                if let Some(name) = name {
-                    let full = match (&ns, name.contains('.')) {
-                        (Some(ns), false) if !ns.is_empty() => format!("{ns}.{name}"),
-                        _ => name.to_string(),
-                    };
-                    let simple = full.rsplit('.').next().unwrap_or(&full).to_string();
-                    let size = self.nodes - before;
-                    self.named.insert(full, (node.clone(), size, height));
-                    self.named
-                        .entry(simple)
-                        .or_insert_with(|| (node.clone(), size, height));
-                }
-                (node, height)
-            }
+            Value::Object(o) => self.object(json, o, namespace, before)?,
             other => return Err(format!("not a schema: {}", short(other))),
         };
         if height > MAX_SCHEMA_DEPTH {
@@ -204,6 +113,115 @@ impl Compiler {
             ));
         }
         Ok((node, height))
+    }
+
+    /// A schema object: a named or complex type, or a wrapped schema (`before`: the nodes
+    /// counted before it, for the size of a named type).
+    fn object(
+        &mut self,
+        json: &Value,
+        o: &Map<String, Value>,
+        namespace: Option<&str>,
+        before: usize,
+    ) -> Result<(Node, usize), String> {
+        let ty = o
+            .get("type")
+            .ok_or_else(|| format!("a schema object without `type`: {}", short(json)))?;
+        let Value::String(ty) = ty else {
+            // {"type": {...}} or {"type": [...]}: a wrapped schema.
+            return self.node(ty, namespace);
+        };
+        let name = o.get("name").and_then(Value::as_str);
+        let ns = o
+            .get("namespace")
+            .and_then(Value::as_str)
+            .or(namespace)
+            .map(str::to_string);
+        let (node, height) = match ty.as_str() {
+            "record" | "error" => self.record(o, name, ns.as_deref())?,
+            "enum" => {
+                let symbols = o
+                    .get("symbols")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| format!("enum {name:?} has no `symbols`"))?;
+                let symbols: Vec<String> = symbols
+                    .iter()
+                    .map(|s| s.as_str().unwrap_or_default().to_string())
+                    .collect();
+                // Symbols are copied with their enum: each counts.
+                self.count(symbols.iter().map(|s| 1 + s.len() / 16).sum())?;
+                (Node::Enum(symbols), 1)
+            }
+            "array" => {
+                let (items, h) = self.node(
+                    o.get("items").ok_or("an array schema without `items`")?,
+                    ns.as_deref(),
+                )?;
+                let min = items.min_size();
+                (Node::Array(Box::new(items), min), h + 1)
+            }
+            "map" => {
+                let (values, h) = self.node(
+                    o.get("values").ok_or("a map schema without `values`")?,
+                    ns.as_deref(),
+                )?;
+                let min = values.min_size().saturating_add(1);
+                (Node::Map(Box::new(values), min), h + 1)
+            }
+            "fixed" => (
+                Node::Fixed(
+                    o.get("size")
+                        .and_then(Value::as_u64)
+                        .and_then(|s| usize::try_from(s).ok())
+                        .ok_or_else(|| format!("fixed {name:?} has no `size`"))?,
+                ),
+                1,
+            ),
+            other => self.by_name(other, ns.as_deref())?,
+        };
+        if let Some(name) = name {
+            let full = match (&ns, name.contains('.')) {
+                (Some(ns), false) if !ns.is_empty() => format!("{ns}.{name}"),
+                _ => name.to_string(),
+            };
+            let simple = full.rsplit('.').next().unwrap_or(&full).to_string();
+            let size = self.nodes - before;
+            self.named.insert(full, (node.clone(), size, height));
+            self.named
+                .entry(simple)
+                .or_insert_with(|| (node.clone(), size, height));
+        }
+        Ok((node, height))
+    }
+
+    /// A record's fields, each compiled in the record's namespace `ns`.
+    fn record(
+        &mut self,
+        o: &Map<String, Value>,
+        name: Option<&str>,
+        ns: Option<&str>,
+    ) -> Result<(Node, usize), String> {
+        let fields = o
+            .get("fields")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("record {name:?} has no `fields`"))?;
+        let mut out = Vec::with_capacity(fields.len().min(MAX_SCHEMA_NODES));
+        let mut height = 0;
+        for f in fields {
+            let fname = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("a field of record {name:?} has no name"))?;
+            let fty = f
+                .get("type")
+                .ok_or_else(|| format!("field `{fname}` has no type"))?;
+            // Names are copied with their record: long ones count more.
+            self.count(fname.len() / 16)?;
+            let (n, h) = self.node(fty, ns)?;
+            out.push((fname.to_string(), n));
+            height = height.max(h);
+        }
+        Ok((Node::Record(out), height + 1))
     }
 
     fn count(&mut self, n: usize) -> Result<(), String> {
