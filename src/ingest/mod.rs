@@ -2,9 +2,10 @@
 //! as `partner_events`, Parquet partitioned by the `event_date` of each event's own time.
 //!
 //! - **Streaming.** Files are decoded a few at a time on rayon (each by its format's decoder,
-//!   `formats/`: Avro by a schema-compiled reader straight into columns), in queue-date order, and each day's rows are
-//!   encoded into that day's Parquet object as they come: memory holds a handful of open days
-//!   (their row group in progress and a 128-bit fingerprint per event id), not the run.
+//!   `formats/`: Avro by a schema-compiled reader straight into columns), in queue-date order,
+//!   and each day's rows are encoded into that day's Parquet object as they come: memory holds
+//!   a handful of open days (their row group in progress and a 128-bit fingerprint per event
+//!   id), not the run.
 //! - **Exact and idempotent.** Events are de-duplicated by event id within a run and against
 //!   what a day already holds; a manifest of ingested files (path, size, e-tag) lets a rerun skip
 //!   what was done and pick up late files.

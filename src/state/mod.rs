@@ -76,7 +76,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::storage::Location;
 // The JSON and object helpers state used to define, for the callers that still name them here.
-pub use crate::storage::json::{Read, read_json, try_read_json, write_json};
+pub use crate::storage::json::{Read, try_read_json, write_json};
 pub use crate::storage::objects::delete_if_exists;
 
 /// The newest state format this binary reads (and writes, when a pointer or plan names lists
