@@ -25,8 +25,8 @@ use cohort_bridge::deliver::destination::braze::Braze;
 use cohort_bridge::deliver::destination::{Destination, Op};
 use cohort_bridge::deliver::plan::{batches, encode_in_background};
 use cohort_bridge::emulator::currents::{EngagementSpec, PushCampaign, write_engagement};
-use cohort_bridge::ingest::avro::read_file;
 use cohort_bridge::ingest::event::EventColumns;
+use cohort_bridge::ingest::formats::avro::read_file;
 use cohort_bridge::ingest::limits::Limits;
 use cohort_bridge::synth::{IdShape, user_id};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -241,7 +241,7 @@ fn ingest(c: &mut Criterion) {
         let mut rows = 0usize;
         for (path, bytes) in &files {
             let mut columns = EventColumns::default();
-            let folder = cohort_bridge::ingest::decode::event_type_of(path);
+            let folder = cohort_bridge::ingest::listing::event_type_of(path);
             read_file(bytes, &Limits::default(), |_, parts| {
                 columns.push(parts?, folder, path)
             });

@@ -28,5 +28,6 @@ pub mod redact;
 pub mod report;
 pub mod signals;
 pub mod state;
+pub mod storage;
 pub mod sync;
 pub mod synth;

@@ -58,7 +58,7 @@ impl Config {
 
     /// A folder of the project file (a path or a URL) as a URL ending in `/`.
     fn folder(&self, text: &str) -> Option<url::Url> {
-        crate::lake::store::to_url(text, &self.base_dir()).ok()
+        crate::storage::to_url(text, &self.base_dir()).ok()
     }
 
     /// Every conflict between cohorts or between folders, each naming both parties and the

@@ -1,104 +1,128 @@
-//! Partner event files: what a path says (format, event type, queue date), and NDJSON to JSON
-//! records (Avro has its own reader, `avro.rs`).
-//!
-//! NDJSON is read line by line and every line stands alone: a line that is not UTF-8, not JSON,
-//! not an object or longer than the record limit is one bad record (quarantined with its line
-//! number and why), and the lines after it are read as usual. Lines are handed over one at a
-//! time, so a file never exists as a whole in parsed form.
+//! Decoding one file: its format's decoder hands over records, which become rows of the
+//! event columns or quarantine entries; a file that cannot be read to the end keeps the rows
+//! before the damage, and one that panics the decoder (a bug) is quarantined whole.
 
-use serde_json::{Map, Value};
+use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
 
-use super::limits::MAX_RECORD_BYTES;
+use super::days::fingerprints_of;
+use super::event::EventColumns;
+use super::formats::Format;
+use super::limits::Limits;
+use super::listing::event_type_of;
+use super::quarantine::{QUARANTINE_ENTRY_BYTES, Quarantined};
 
-/// One record of a file: a JSON object, or why it is not one.
-pub type RecordResult = Result<Map<String, Value>, String>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Avro,
-    NdJson,
+/// One source file, read.
+pub(super) struct FileRead {
+    pub(super) rel: String,
+    pub(super) meta: object_store::ObjectMeta,
+    pub(super) records: u64,
+    pub(super) batch: RecordBatch,
+    /// The fingerprint of each row's event id (computed here, off the writer's path).
+    pub(super) fingerprints: Vec<u128>,
+    pub(super) quarantine: Vec<Quarantined>,
+    /// Where and why the file could not be read to the end, and its bytes (to keep).
+    pub(super) broken: Option<(u64, String, Bytes)>,
 }
 
-/// The format of a file, by extension; `None` for files that are not events (skipped).
-pub fn format_of(path: &str) -> Option<Format> {
-    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
-    if name.ends_with(".avro") {
-        Some(Format::Avro)
-    } else if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
-        Some(Format::NdJson)
-    } else {
-        None
-    }
-}
-
-/// The `event_type=...` folder of a Currents path, if any.
-pub fn event_type_of(path: &str) -> Option<&str> {
-    path.split('/')
-        .find_map(|seg| seg.strip_prefix("event_type="))
-        .filter(|t| !t.is_empty())
-}
-
-/// The `date=YYYY-MM-DD-HH` folder (the hour the events were queued), if any.
-pub fn queued_date_of(path: &str) -> Option<chrono::NaiveDate> {
-    path.split('/')
-        .find_map(|seg| seg.strip_prefix("date="))
-        .and_then(|d| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok())
-}
-
-/// NDJSON: one JSON object per line, each handed to `record` with its line number (1-based),
-/// blank lines skipped. `record` returns `Err` to stop reading (with that reason); the result
-/// is then where and why the file stopped.
-pub fn ndjson(
-    bytes: &[u8],
-    mut record: impl FnMut(u64, RecordResult) -> Result<(), String>,
-) -> Option<(u64, String)> {
-    // A UTF-8 byte-order mark is not part of the first line.
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let n = n as u64 + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+pub(super) fn read_file(
+    rel: String,
+    meta: object_store::ObjectMeta,
+    format: Format,
+    bytes: Bytes,
+    limits: &Limits,
+) -> FileRead {
+    // Bad input must not panic; if a bug lets it, the file is quarantined and the run goes on.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_file(&rel, format, &bytes, limits)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        DecodedFile {
+            batch: EventColumns::default().finish(),
+            records: 0,
+            quarantine: Vec::new(),
+            broken: Some((
+                0,
+                format!("the decoder failed on this file (a bug, please report it): {message}"),
+            )),
         }
-        if let Err(stop) = record(n, parse_line(n, line)) {
-            return Some((n, stop));
+    });
+    FileRead {
+        fingerprints: fingerprints_of(&decoded.batch),
+        batch: decoded.batch,
+        records: decoded.records,
+        quarantine: decoded.quarantine,
+        broken: decoded.broken.map(|(p, r)| (p, r, bytes)),
+        rel,
+        meta,
+    }
+}
+
+/// One file decoded.
+#[derive(Debug)]
+pub struct DecodedFile {
+    /// The good events, as rows of [`event::schema`].
+    pub batch: RecordBatch,
+    /// Records (or NDJSON lines) read, good and bad.
+    pub records: u64,
+    /// The bad ones.
+    pub quarantine: Vec<Quarantined>,
+    /// Where and why the file could not be read to the end.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Decodes one file (`rel`: its path under the source, for the event type of its folder and
+/// the `source_file` column) within `limits`. Never panics on any bytes; what it allocates is
+/// bounded by `limits` (see `limits.rs`).
+pub fn decode_file(rel: &str, format: Format, bytes: &[u8], limits: &Limits) -> DecodedFile {
+    let folder = event_type_of(rel);
+    let mut columns = EventColumns::default();
+    let mut quarantine = Vec::new();
+    let mut records = 0u64;
+    // What the quarantine entries of this file take; past the file's limit, the file stops.
+    let mut kept = 0usize;
+    let mut bad = |position: u64, reason: String, record: Option<String>| {
+        kept += QUARANTINE_ENTRY_BYTES
+            + rel.len()
+            + reason.len()
+            + record.as_ref().map_or(0, String::len);
+        quarantine.push(Quarantined {
+            file: rel.to_string(),
+            position,
+            reason,
+            record,
+        });
+        if kept > limits.file_bytes {
+            return Err(format!(
+                "the file's bad records take more than {} bytes to report (the per-file limit, \
+                 engine.memory_limit / 20) at {position}; the records before it are kept",
+                limits.file_bytes
+            ));
         }
-    }
-    None
-}
-
-/// One line as a JSON object, or why it is not one.
-fn parse_line(n: u64, line: &[u8]) -> RecordResult {
-    if line.len() > MAX_RECORD_BYTES {
-        return Err(format!(
-            "line {n}: record is too large ({} bytes, limit {MAX_RECORD_BYTES})",
-            line.len()
-        ));
-    }
-    let text = std::str::from_utf8(line).map_err(|e| {
-        format!(
-            "line {n}: not UTF-8 (an invalid byte at byte {} of the line)",
-            e.valid_up_to() + 1
-        )
-    })?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(format!(
-            "line {n}: an event must be a JSON object, got {}",
-            kind(&other)
-        )),
-        Err(e) => Err(format!("line {n}: not JSON: {e}")),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Ok(())
+    };
+    let broken = format
+        .decoder()
+        .decode(bytes, limits, &mut |position, record| {
+            records += 1;
+            match record {
+                Err(reason) => bad(position, reason, None),
+                Ok(record) => match columns.push(&record.parts(), folder, rel) {
+                    Ok(()) => Ok(()),
+                    Err(reason) => bad(position, reason, record.json_text()),
+                },
+            }
+        });
+    DecodedFile {
+        batch: columns.finish(),
+        records,
+        quarantine,
+        broken,
     }
 }
 
@@ -107,62 +131,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_tell_format_type_and_queue_date() {
-        let p = "pre/dataexport.prod-01.S3.integration.x/event_type=users.messages.email.Click/date=2026-11-27-13/1/z/a+0+1.avro";
-        assert_eq!(format_of(p), Some(Format::Avro));
-        assert_eq!(event_type_of(p), Some("users.messages.email.Click"));
-        assert_eq!(
-            queued_date_of(p),
-            chrono::NaiveDate::from_ymd_opt(2026, 11, 27)
+    fn a_file_of_bad_records_stops_at_the_file_limit() {
+        let limits = Limits {
+            file_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let lines = "{}\n".repeat(100_000);
+        let d = decode_file("x/f.ndjson", Format::NdJson, lines.as_bytes(), &limits);
+        let (at, why) = d.broken.unwrap();
+        assert!(at > 1_000 && at < 100_000, "{at}");
+        assert!(
+            why.contains("bad records take more than 1048576 bytes"),
+            "{why}"
         );
-        assert_eq!(format_of("x/events.ndjson"), Some(Format::NdJson));
-        assert_eq!(format_of("x/_SUCCESS"), None);
-    }
-
-    fn all(bytes: &[u8]) -> Vec<(u64, RecordResult)> {
-        let mut out = Vec::new();
-        let stopped = ndjson(bytes, |n, r| {
-            out.push((n, r));
-            Ok(())
-        });
-        assert_eq!(stopped, None);
-        out
-    }
-
-    #[test]
-    fn ndjson_keeps_good_lines_and_names_bad_ones() {
-        let d = all(b"{\"id\":\"a\"}\nnot json\n[1]\n\n{\"id\":\"b\"}\n");
-        let bad: Vec<_> = d
-            .iter()
-            .filter(|(_, r)| r.is_err())
-            .map(|(n, _)| *n)
-            .collect();
-        assert_eq!(bad, vec![2, 3]);
-        assert_eq!(d.iter().filter(|(_, r)| r.is_ok()).count(), 2);
-    }
-
-    #[test]
-    fn a_bad_byte_spoils_only_its_line() {
-        let d = all(b"\xef\xbb\xbf{\"id\":\"a\"}\r\n{\"id\":\"\xff\"}\n{\"id\":\"c\"}");
-        assert_eq!(d.len(), 3);
-        assert!(d[0].1.is_ok() && d[2].1.is_ok(), "{d:?}");
-        let why = d[1].1.as_ref().unwrap_err();
-        assert!(why.starts_with("line 2: not UTF-8"), "{why}");
-
-        let long = format!("{{\"id\":\"{}\"}}\n{{}}", "x".repeat(MAX_RECORD_BYTES));
-        let d = all(long.as_bytes());
-        assert!(d[0].1.as_ref().unwrap_err().contains("too large"));
-        assert!(d[1].1.is_ok());
-    }
-
-    #[test]
-    fn the_caller_can_stop_a_file() {
-        let mut seen = 0;
-        let stopped = ndjson(b"{}\n{}\n{}\n", |n, _| {
-            seen += 1;
-            if n == 2 { Err("enough".into()) } else { Ok(()) }
-        });
-        assert_eq!(stopped, Some((2, "enough".into())));
-        assert_eq!(seen, 2);
+        assert_eq!(d.quarantine.len() as u64, d.records);
+        assert_eq!(d.batch.num_rows(), 0);
     }
 }

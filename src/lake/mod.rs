@@ -6,7 +6,6 @@
 pub mod ballista;
 mod runtime;
 pub mod sql;
-pub mod store;
 
 use std::sync::Arc;
 
@@ -22,8 +21,8 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use std::num::NonZeroUsize;
 
+pub use crate::storage::Location;
 pub use runtime::CpuRuntime;
-pub use store::Location;
 
 use crate::config::{Config, Engine, PartitionType, TableConfig};
 use crate::error::{Error, Result};

@@ -19,8 +19,9 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use super::{CohortState, Read, try_read_json, write_json};
+use super::CohortState;
 use crate::error::{Error, Result};
+use crate::storage::json::{Read, try_read_json, write_json};
 
 pub const PENDING: &str = "pending/dead";
 

@@ -29,12 +29,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{CohortState, Read, delete_if_exists, try_read_json};
+use super::CohortState;
 use crate::error::{Error, Result};
+use crate::storage::json::{Read, try_read_json};
+use crate::storage::objects::{create_if_absent, delete_if_exists};
 
 /// The longest a held lock goes without being checked against the store (its refresh).
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -175,26 +177,10 @@ fn body(info: &LockInfo) -> Result<bytes::Bytes> {
 /// Creates generation `generation` holding `info` if no one has: `false` when another
 /// contender created it first (look again).
 async fn create(state: &CohortState, generation: u64, info: &LockInfo, what: &str) -> Result<bool> {
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    match state
-        .store
-        .put_opts(
-            &state.path(&lock_name(generation)),
-            body(info)?.into(),
-            opts,
-        )
+    let path = state.path(&lock_name(generation));
+    create_if_absent(state.store.as_ref(), &path, body(info)?.into())
         .await
-    {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-        Err(e) => Err(Error::storage_at(
-            format!("{}: cannot {what}", state.dir),
-            e,
-        )),
-    }
+        .map_err(|e| Error::storage_at(format!("{}: cannot {what}", state.dir), e))
 }
 
 /// Five contenders in a row took the generation this one meant to create.

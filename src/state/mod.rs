@@ -70,10 +70,14 @@ use datafusion::arrow::datatypes::DataType;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::storage::Location;
+// The JSON and object helpers state used to define, for the callers that still name them here.
+pub use crate::storage::json::{Read, try_read_json, write_json};
+pub use crate::storage::objects::delete_if_exists;
 
 /// The newest state format this binary reads (and writes, when a pointer or plan names lists
 /// of member keys the release before would misread: [`FORMAT_KEYS`]).
@@ -558,64 +562,6 @@ pub fn check_format(path: &Path, format: u32) -> Result<()> {
     Ok(())
 }
 
-/// A state object, as read.
-pub enum Read<T> {
-    Missing,
-    /// There, but not what it should be (the reason).
-    Corrupt(String),
-    Ok(T),
-}
-
-/// Reads a JSON state object; store failures (transient) are errors, a missing object or one
-/// that does not parse is reported as such.
-pub async fn try_read_json<T: DeserializeOwned>(
-    store: &dyn ObjectStore,
-    path: &Path,
-) -> Result<Read<T>> {
-    match store.get(path).await {
-        Ok(got) => {
-            let bytes = got.bytes().await.map_err(|e| Error::storage_at(path, e))?;
-            Ok(match serde_json::from_slice(&bytes) {
-                Ok(v) => Read::Ok(v),
-                Err(e) => Read::Corrupt(format!("not valid JSON of its kind: {e}")),
-            })
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(Read::Missing),
-        Err(e) => Err(Error::storage_at(path, e)),
-    }
-}
-
-pub async fn read_json<T: DeserializeOwned>(
-    store: &dyn ObjectStore,
-    path: &Path,
-) -> Result<Option<T>> {
-    match try_read_json(store, path).await? {
-        Read::Ok(v) => Ok(Some(v)),
-        Read::Missing => Ok(None),
-        Read::Corrupt(why) => Err(Error::storage(format!("{path}: corrupt state file: {why}"))),
-    }
-}
-
-pub async fn write_json<T: Serialize>(
-    store: &dyn ObjectStore,
-    path: &Path,
-    value: &T,
-) -> Result<()> {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
-    store
-        .put(path, body.into())
-        .await
-        .map_err(|e| Error::storage_at(path, e))?;
-    Ok(())
-}
-
-pub async fn delete_if_exists(store: &dyn ObjectStore, path: &Path) -> Result<()> {
-    match store.delete(path).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(Error::storage_at(path, e)),
-    }
-}
-
 /// A run id: sortable by time, unique across hosts and processes.
 pub fn new_run_id() -> String {
     let now = Utc::now();
@@ -627,27 +573,25 @@ pub fn new_run_id() -> String {
 }
 
 /// The state area of a project: `state.url`, or `_cohort_bridge/` under the lake.
-pub fn area(
-    config: &crate::config::Config,
-    lake: &crate::lake::Location,
-) -> Result<crate::lake::Location> {
+pub fn area(config: &crate::config::Config, lake: &Location) -> Result<Location> {
     match &config.state.url {
         None => {
             let url = url::Url::parse(&lake.child_url(DEFAULT_DIR))
                 .map_err(|e| Error::Internal(format!("state URL: {e}")))?;
-            Ok(crate::lake::Location {
+            Ok(Location {
                 url,
                 store: lake.store.clone(),
                 root: lake.child(DEFAULT_DIR),
             })
         }
-        Some(url) => crate::lake::Location::parse(url, &config.base_dir(), &config.lake.options)
-            .map_err(|e| match e {
+        Some(url) => {
+            Location::parse(url, &config.base_dir(), &config.lake.options).map_err(|e| match e {
                 Error::Config { message, .. } => {
                     Error::config(config.file.clone(), format!("state.url: {message}"))
                 }
                 other => other,
-            }),
+            })
+        }
     }
 }
 

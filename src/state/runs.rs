@@ -16,7 +16,7 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 
 use crate::error::{Error, Result};
-use crate::lake::Location;
+use crate::storage::Location;
 
 /// One row of the `runs` table.
 #[derive(Debug, Clone, Default)]

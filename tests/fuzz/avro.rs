@@ -1,4 +1,4 @@
-//! The Avro reader (`ingest::avro`, through `ingest::decode_file`): random bytes, and mutations
+//! The Avro reader (`ingest::formats::avro`, through `ingest::decode_file`): random bytes, and mutations
 //! of valid files of every codec written by two implementations (apache-avro here, fastavro in
 //! `tests/data/fastavro/`). No panic; every record read either lands or is quarantined; and
 //! allocations stay within a constant times the input's size, with the file's limits scaled to
@@ -6,8 +6,8 @@
 
 use apache_avro::types::{Record, Value};
 use apache_avro::{Codec, DeflateSettings, Schema, Writer};
-use cohort_bridge::ingest::decode::Format;
 use cohort_bridge::ingest::decode_file;
+use cohort_bridge::ingest::formats::Format;
 use cohort_bridge::ingest::limits::Limits;
 
 use proptest::prelude::*;

@@ -1,10 +1,10 @@
-//! The NDJSON decoder (`ingest::decode::ndjson`, through `ingest::decode_file`): random bytes,
+//! The NDJSON decoder (`ingest::formats::ndjson`, through `ingest::decode_file`): random bytes,
 //! and mutations of valid files and of hostile lines (deep nesting, huge numbers, lone
 //! surrogates, invalid UTF-8). No panic; every line read either lands or is quarantined; and
 //! allocations stay within a constant times the input's size.
 
-use cohort_bridge::ingest::decode::Format;
 use cohort_bridge::ingest::decode_file;
+use cohort_bridge::ingest::formats::Format;
 use cohort_bridge::ingest::limits::Limits;
 
 use crate::{inputs, run, within};

@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 
 use crate::config::Cohort;
 use crate::error::{Error, Result};
-use crate::lake::Location;
 use crate::state::ids::{self, Layout};
+use crate::storage::Location;
 
 /// The manifest's name; written after every list.
 pub const MANIFEST: &str = "_manifest.json";

@@ -1,17 +1,18 @@
-//! Object stores from lake URLs: a local path, `file://`, `memory://`, `s3://`, `gs://`, `az://`.
-//! Stores are built from the standard environment first, then the project file's options.
+//! Locations by URL: a local path, `file://`, `memory://`, `s3://`, `gs://`, `az://`, as a store
+//! and a root inside it. Stores are built from the standard environment first, then the
+//! project file's options.
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
+use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -139,45 +140,6 @@ fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
         }
     };
     Ok(store)
-}
-
-/// A Parquet object of known size (from a listing or a `head`), read by ranges through its store:
-/// the reader behind streamed id lists and ingest's days.
-pub struct ObjectFile {
-    pub store: Arc<dyn ObjectStore>,
-    pub path: Path,
-    pub size: u64,
-}
-
-impl parquet::arrow::async_reader::AsyncFileReader for ObjectFile {
-    fn get_bytes(
-        &mut self,
-        range: std::ops::Range<u64>,
-    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
-        Box::pin(async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
-        })
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
-    ) -> futures::future::BoxFuture<
-        'a,
-        parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
-    > {
-        Box::pin(async move {
-            let size = self.size;
-            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        })
-    }
 }
 
 #[cfg(test)]
