@@ -18,7 +18,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 
 use crate::config::Config;
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::{Params, SqlSource};
 
@@ -519,15 +519,6 @@ a.csv{font-size:.85rem}";
 const SCRIPT: &str = "window.addEventListener('error',function(e){document.documentElement.dataset.errors=(document.documentElement.dataset.errors||'')+e.message+';'});
 document.addEventListener('DOMContentLoaded',function(){var s=document.querySelectorAll('section').length,b=document.querySelectorAll('rect.bar').length;
 document.documentElement.dataset.ready='1';document.getElementById('summary').textContent=s+' sections, '+b+' bars';});";
-
-/// `report`: writes the report for the project's lake to `out` and prints a JSON line.
-pub async fn report(config_file: &Path, out: &Path, at: Option<DateTime<Utc>>) -> Result<i32> {
-    let config = Config::load(config_file)?;
-    let lake = crate::project::open_lake(&config).await?;
-    let line = write(&config, &lake, out, at).await?;
-    println!("{line}");
-    Ok(exit::OK)
-}
 
 /// Writes the report of `lake` to `out` (replaced whole); returns what it wrote, as JSON.
 pub async fn write(
