@@ -109,7 +109,7 @@ fn source_names(config: &Config, source: Option<&str>) -> Result<Vec<String>> {
 async fn ingest_one(
     config: &Config,
     lake: &crate::lake::Lake,
-    name: &String,
+    name: &str,
     options: &crate::ingest::IngestOptions,
     metrics: &MetricsOut,
 ) -> i32 {
@@ -125,7 +125,7 @@ async fn ingest_one(
     let mut record = RunRecord {
         command: "ingest".into(),
         cohort: None,
-        destination: Some(name.clone()),
+        destination: Some(name.to_string()),
         started_at,
         exit_code: this_code,
         ..RunRecord::default()
@@ -173,7 +173,7 @@ async fn ingest_one(
             record.ended_at,
             clock.elapsed(),
         );
-        metrics.emit(&[("source", name.as_str())], m).await;
+        metrics.emit(&[("source", name)], m).await;
     }
     this_code
 }

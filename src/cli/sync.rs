@@ -141,7 +141,7 @@ pub async fn sync(
 async fn sync_one(
     config: &Config,
     lake: &Lake,
-    name: &String,
+    name: &str,
     creds: &Credentials,
     options: SyncOptions,
     metrics: &MetricsOut,
@@ -159,7 +159,7 @@ async fn sync_one(
             Some(shard) => format!("sync --shard {shard}"),
             None => "sync".into(),
         },
-        cohort: Some(name.clone()),
+        cohort: Some(name.to_string()),
         destination: config.cohort(name).ok().map(|c| c.destination),
         started_at,
         run_at: Some(options.at),
@@ -187,7 +187,7 @@ async fn sync_one(
                 clock.elapsed(),
             );
             let group = [
-                ("cohort", name.as_str()),
+                ("cohort", name),
                 ("destination", destination.as_str()),
                 ("shard", shard.as_deref().unwrap_or("")),
             ];

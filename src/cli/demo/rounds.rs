@@ -74,7 +74,7 @@ async fn sync_both_ways(
     setup: &Setup,
     lake: &Lake,
     track_lake: &Lake,
-    name: &String,
+    name: &str,
     at: DateTime<Utc>,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
@@ -95,7 +95,7 @@ async fn sync_both_ways(
     let record = RunRecord {
         run_id: summary.run_id.clone(),
         command: "sync".into(),
-        cohort: Some(name.clone()),
+        cohort: Some(name.to_string()),
         destination: Some(summary.destination.clone()),
         started_at,
         ended_at: Utc::now(),
@@ -129,7 +129,7 @@ async fn sync_both_ways(
         .unwrap_or_default()
         .into_iter()
         .collect();
-    rows.push(Row::new(at, name.clone(), &expected, &summary, &held));
+    rows.push(Row::new(at, name.to_string(), &expected, &summary, &held));
 
     // The same cohort through /users/track: the attribute is true for exactly
     // the same members.
