@@ -1,16 +1,13 @@
 //! `check`: validate the project file and plan every cohort's SQL against the real table
-//! schemas without running anything. Lists every problem found, not only the first.
-
-use std::path::Path;
+//! schemas without running anything. Lists every problem found, not only the first (the
+//! command that prints them is `cli::check`).
 
 use chrono::{DateTime, Utc};
 
 use crate::cohort;
 use crate::config::{Config, env_lookup};
-use crate::error::{Result, exit};
 use crate::lake::sql::Params;
 use crate::lake::{Lake, Location};
-use crate::state::runs::{self, RunRecord};
 
 /// What `check` found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -120,74 +117,6 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>, only: &[String]) 
         }
     }
     report
-}
-
-/// The `check` command: problems and warnings on stderr, a JSON summary on stdout.
-pub async fn check(config_file: &Path, at: Option<DateTime<Utc>>, only: &[String]) -> Result<i32> {
-    let started_at = Utc::now();
-    let config = Config::load_unchecked(config_file)?;
-    let at = at.unwrap_or_else(Utc::now);
-    let report = check_project(&config, at, only).await;
-    for w in &report.warnings {
-        eprintln!("warning: {w}");
-    }
-    for p in &report.problems {
-        eprintln!("error: {p}");
-    }
-    let line = serde_json::json!({
-        "tables": report.tables, "cohorts": report.cohorts,
-        "cohorts_planned": report.cohorts_planned, "problems": report.problems.len(),
-        "warnings": report.warnings.len(),
-    });
-    println!("{line}");
-    let code = if report.problems.is_empty() {
-        exit::OK
-    } else {
-        exit::USAGE
-    };
-    record(&config, &report, started_at, at, code).await;
-    Ok(code)
-}
-
-/// Appends the check to the run history when the state area can be reached (a project too
-/// broken to locate it has nowhere to record; its problems were printed anyway).
-async fn record(
-    config: &Config,
-    report: &CheckReport,
-    started_at: DateTime<Utc>,
-    at: DateTime<Utc>,
-    code: i32,
-) {
-    // A URL holding credentials is not used to write anything (see `check_project`).
-    if !config.url_secrets().is_empty() {
-        return;
-    }
-    let Ok(lake) = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)
-    else {
-        return;
-    };
-    let Ok(state) = crate::state::area(config, &lake) else {
-        return;
-    };
-    let record = RunRecord {
-        run_id: crate::state::new_run_id(),
-        command: "check".into(),
-        started_at,
-        ended_at: Utc::now(),
-        run_at: Some(at),
-        outcome: if report.problems.is_empty() {
-            "ok"
-        } else {
-            "problems"
-        }
-        .into(),
-        exit_code: code,
-        error: (!report.problems.is_empty()).then(|| report.problems.join("\n")),
-        ..RunRecord::default()
-    };
-    if let Err(e) = runs::append(&state, &record).await {
-        tracing::warn!(error = %e, "cannot record the check in the run history");
-    }
 }
 
 /// The host of a plain-`http://` URL that is not loopback (`localhost`, 127.0.0.0/8, ::1).

@@ -1,13 +1,14 @@
 //! `init`: scaffold a project — the commented project file, example cohorts and an analysis
 //! query (this repository's own, so the scaffold and the documentation are the same files), a
 //! `.gitignore` for local state, and a small sample lake so `check` and `sync --dry-run` work at
-//! once. Refuses to overwrite anything.
+//! once. Refuses to overwrite anything. (The command, which says what to do next, is
+//! `cli::init`.)
 
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result};
 use crate::lake::Location;
 use crate::synth::{IdShape, SynthSpec, generate};
 
@@ -42,16 +43,42 @@ const GITIGNORE: &str = "\
 ";
 
 /// Where the sample lake goes (the project file's `lake.url`).
-const SAMPLE_LAKE: &str = "data/lake";
+pub const SAMPLE_LAKE: &str = "data/lake";
 /// Users in the sample lake: enough for every example cohort to have members.
-const SAMPLE_USERS: u64 = 10_000;
+pub const SAMPLE_USERS: u64 = 10_000;
 
 /// Writes the scaffold into `dir` (created if missing); `sample`: also a small lake.
-pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
-    // A symlink on the way to a file (dangling or not) would have the file written wherever it
-    // points: refused, whether the link is the file itself or a folder above it.
+pub async fn scaffold(dir: &Path, sample: bool) -> Result<()> {
+    refuse_links(dir, sample)?;
+    refuse_existing(dir, sample)?;
+    for (rel, text) in FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::storage_at(parent.display(), e))?;
+        }
+        // `create_new`: never follows a symlink (one made since the check above included).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(|e| Error::storage_at(path.display(), e))?;
+    }
+    if sample {
+        let location = Location::parse(SAMPLE_LAKE, dir, &Default::default())?;
+        let mut spec = SynthSpec::new(SAMPLE_USERS, 30, 42, Utc::now().date_naive());
+        spec.ids = IdShape::Uuid;
+        generate(location.store.clone(), &location.root, &spec)
+            .await
+            .map_err(Error::storage_of)?;
+    }
+    Ok(())
+}
+
+/// A symlink on the way to a file (dangling or not) would have the file written wherever it
+/// points: refused, whether the link is the file itself or a folder above it.
+fn refuse_links(dir: &Path, sample: bool) -> Result<()> {
     let mut links: Vec<PathBuf> = Vec::new();
-    let lake = dir.join(SAMPLE_LAKE);
     let targets = FILES
         .iter()
         .map(|(rel, _)| *rel)
@@ -79,6 +106,12 @@ pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// Init never overwrites: any file (or the sample lake) already there refuses the whole.
+fn refuse_existing(dir: &Path, sample: bool) -> Result<()> {
+    let lake = dir.join(SAMPLE_LAKE);
     let mut taken: Vec<PathBuf> = FILES
         .iter()
         .map(|(rel, _)| dir.join(rel))
@@ -101,50 +134,5 @@ pub async fn init(dir: &Path, sample: bool) -> Result<i32> {
             ),
         ));
     }
-    for (rel, text) in FILES {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::storage_at(parent.display(), e))?;
-        }
-        // `create_new`: never follows a symlink (one made since the check above included).
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-            .map_err(|e| Error::storage_at(path.display(), e))?;
-    }
-    if sample {
-        let location = Location::parse(SAMPLE_LAKE, dir, &Default::default())?;
-        let mut spec = SynthSpec::new(SAMPLE_USERS, 30, 42, Utc::now().date_naive());
-        spec.ids = IdShape::Uuid;
-        generate(location.store.clone(), &location.root, &spec)
-            .await
-            .map_err(Error::storage_of)?;
-    }
-    let shown = dir.display();
-    let cd = if dir == Path::new(".") {
-        String::new()
-    } else {
-        format!("  cd {shown}\n")
-    };
-    let lake_line = if sample {
-        format!(
-            "a sample lake of {SAMPLE_USERS} users in {SAMPLE_LAKE}/ (`generate` makes bigger ones)"
-        )
-    } else {
-        format!(
-            "no lake: point [lake] url in cohort-bridge.toml at yours (or run `cohort-bridge generate --out {SAMPLE_LAKE}`)"
-        )
-    };
-    eprintln!(
-        "Created a cohort-bridge project in {shown}: cohort-bridge.toml, three cohorts in \
-         queries/cohorts/, an analysis in queries/analysis/, .gitignore, and {lake_line}.\n\n\
-         Next:\n{cd}  cohort-bridge check                      # plans every cohort against the lake\n  \
-         cohort-bridge sync --all --dry-run       # what each cohort would send\n  \
-         cohort-bridge emulator --port 8080 &     # a local partner (keys from BRAZE_PARTNER_API_KEY, BRAZE_CLIENT_SECRET)\n  \
-         # set [destinations.braze] base_url = \"http://127.0.0.1:8080\", export both keys, then\n  \
-         cohort-bridge sync --all\n"
-    );
-    Ok(exit::OK)
+    Ok(())
 }

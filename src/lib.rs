@@ -8,11 +8,10 @@
 //! `synth` writes a deterministic synthetic lake.
 
 pub mod check;
+pub mod cli;
 pub mod cohort;
-pub mod commands;
 pub mod config;
 pub mod deliver;
-pub mod demo;
 pub mod emulator;
 pub mod error;
 pub mod hash;

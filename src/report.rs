@@ -18,7 +18,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 
 use crate::config::Config;
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::{Params, SqlSource};
 
@@ -371,11 +371,12 @@ fn show(v: f64) -> String {
     }
 }
 
-fn svg(chart_id: &str, b: &Bars) -> String {
-    // The legend's entries, laid out in rows before the plot (long series names wrap).
+/// The legend's entries, laid out in rows before the plot (long series names wrap): where
+/// each goes, and the y of the last row.
+fn legend_layout(series: &[String]) -> (Vec<(f64, f64)>, f64) {
     let mut legend = Vec::new();
     let (mut lx, mut ly) = (60.0, 6.0);
-    for name in &b.series {
+    for name in series {
         let width = 34.0 + 6.8 * name.chars().count() as f64;
         if lx + width > 890.0 && lx > 60.0 {
             (lx, ly) = (60.0, ly + 18.0);
@@ -383,9 +384,11 @@ fn svg(chart_id: &str, b: &Bars) -> String {
         legend.push((lx, ly));
         lx += width;
     }
-    let (w, left, bottom, top) = (900.0, 60.0, 64.0, ly + 20.0);
-    let h = top + 120.0 + bottom;
-    let plot_h = h - bottom - top;
+    (legend, ly)
+}
+
+/// The bottom and top of a chart's scale: zero, every value and every interval.
+fn value_range(b: &Bars) -> (f64, f64) {
     let mut lo = 0.0f64;
     let mut hi = 0.0f64;
     for v in b.values.iter().flatten() {
@@ -399,6 +402,36 @@ fn svg(chart_id: &str, b: &Bars) -> String {
     if hi - lo <= 0.0 {
         hi = lo + 1.0;
     }
+    (lo, hi)
+}
+
+/// An interval's whisker at `cx`, from `l` to `u` (`y` maps a value to the chart's y).
+fn whisker(s: &mut String, label: &str, (l, u): (f64, f64), cx: f64, y: impl Fn(f64) -> f64) {
+    let _ = write!(
+        s,
+        r##"<g class="interval" data-x="{}" data-low="{}" data-high="{}"><line x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}" stroke="#111" stroke-width="2"/><line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#111"/><line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#111"/></g>"##,
+        esc(label),
+        show(l),
+        show(u),
+        y(u),
+        y(l),
+        cx - 6.0,
+        cx + 6.0,
+        y(u),
+        y(u),
+        cx - 6.0,
+        cx + 6.0,
+        y(l),
+        y(l)
+    );
+}
+
+fn svg(chart_id: &str, b: &Bars) -> String {
+    let (legend, ly) = legend_layout(&b.series);
+    let (w, left, bottom, top) = (900.0, 60.0, 64.0, ly + 20.0);
+    let h = top + 120.0 + bottom;
+    let plot_h = h - bottom - top;
+    let (lo, hi) = value_range(b);
     let y = |v: f64| top + plot_h * (hi - v) / (hi - lo);
     let n = b.x.len().max(1) as f64;
     let slot = (w - left - 10.0) / n;
@@ -447,25 +480,7 @@ fn svg(chart_id: &str, b: &Bars) -> String {
             );
         }
         if let Some(iv) = &b.intervals {
-            let (l, u) = iv[xi];
-            let cx = x0 + bar / 2.0;
-            let _ = write!(
-                s,
-                r##"<g class="interval" data-x="{}" data-low="{}" data-high="{}"><line x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}" stroke="#111" stroke-width="2"/><line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#111"/><line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#111"/></g>"##,
-                esc(label),
-                show(l),
-                show(u),
-                y(u),
-                y(l),
-                cx - 6.0,
-                cx + 6.0,
-                y(u),
-                y(u),
-                cx - 6.0,
-                cx + 6.0,
-                y(l),
-                y(l)
-            );
+            whisker(&mut s, label, iv[xi], x0 + bar / 2.0, y);
         }
         let lx = left + slot * xi as f64 + slot / 2.0;
         let ly = h - bottom + 14.0;
@@ -520,15 +535,6 @@ const SCRIPT: &str = "window.addEventListener('error',function(e){document.docum
 document.addEventListener('DOMContentLoaded',function(){var s=document.querySelectorAll('section').length,b=document.querySelectorAll('rect.bar').length;
 document.documentElement.dataset.ready='1';document.getElementById('summary').textContent=s+' sections, '+b+' bars';});";
 
-/// `report`: writes the report for the project's lake to `out` and prints a JSON line.
-pub async fn report(config_file: &Path, out: &Path, at: Option<DateTime<Utc>>) -> Result<i32> {
-    let config = Config::load(config_file)?;
-    let lake = crate::project::open_lake(&config).await?;
-    let line = write(&config, &lake, out, at).await?;
-    println!("{line}");
-    Ok(exit::OK)
-}
-
 /// Writes the report of `lake` to `out` (replaced whole); returns what it wrote, as JSON.
 pub async fn write(
     config: &Config,
@@ -540,10 +546,39 @@ pub async fn write(
     let params = Params {
         run_ts: at.unwrap_or_else(Utc::now),
     };
-    let mut body = String::new();
-    let mut missing = 0;
     let sections = sections(config);
     let count = sections.len();
+    let (body, missing) = render_sections(lake, &params, sections).await?;
+    let generated = Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
+    let html = format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>cohort-bridge report</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
+<body><h1>cohort-bridge report</h1>
+<p>Lake <code>{}</code>, generated {generated}. <span id="summary"></span></p>
+{body}
+</body></html>
+"#,
+        esc(lake.location.url.as_str())
+    );
+    write_file(out, &html)?;
+    Ok(serde_json::json!({
+        "out": out.display().to_string(),
+        "sections": count,
+        "sections_without_data": missing,
+        "bytes": html.len(),
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Every section as HTML (a section whose query fails says why); how many are without data.
+async fn render_sections(
+    lake: &Lake,
+    params: &Params,
+    sections: Vec<Section>,
+) -> Result<(String, usize)> {
+    let mut body = String::new();
+    let mut missing = 0;
     // Sections that chart the same query (delivery, duration) run it once.
     let mut results: std::collections::HashMap<String, std::result::Result<Arc<Rows>, String>> =
         Default::default();
@@ -557,26 +592,7 @@ pub async fn write(
         );
         let origin = format!("report section `{}`", section.id);
         if !results.contains_key(&section.sql) {
-            let result = async {
-                let df = lake
-                    .plan_query(
-                        &SqlSource {
-                            origin: &origin,
-                            text: &section.sql,
-                        },
-                        &params,
-                    )
-                    .await?;
-                let columns: Vec<String> = df
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().to_string())
-                    .collect();
-                let batches = lake.collect(df, &origin).await?;
-                Rows::from_batches(&batches, &columns)
-            }
-            .await;
+            let result = section_rows(lake, &origin, &section.sql, params).await;
             results.insert(
                 section.sql.clone(),
                 result.map(Arc::new).map_err(|e| e.to_string()),
@@ -613,18 +629,26 @@ pub async fn write(
             esc(&section.sql)
         );
     }
-    let generated = Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
-    let html = format!(
-        r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>cohort-bridge report</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
-<body><h1>cohort-bridge report</h1>
-<p>Lake <code>{}</code>, generated {generated}. <span id="summary"></span></p>
-{body}
-</body></html>
-"#,
-        esc(lake.location.url.as_str())
-    );
+    Ok((body, missing))
+}
+
+/// A section's query, run: its rows.
+async fn section_rows(lake: &Lake, origin: &str, sql: &str, params: &Params) -> Result<Rows> {
+    let df = lake
+        .plan_query(&SqlSource { origin, text: sql }, params)
+        .await?;
+    let columns: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    let batches = lake.collect(df, origin).await?;
+    Rows::from_batches(&batches, &columns)
+}
+
+/// Writes the page to `out` whole (a staging file renamed over it), its folder created.
+fn write_file(out: &Path, html: &str) -> Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::storage_at(dir.display(), e))?;
     }
@@ -632,11 +656,5 @@ pub async fn write(
     std::fs::write(&tmp, html.as_bytes())
         .and_then(|()| std::fs::rename(&tmp, out))
         .map_err(|e| Error::storage_at(out.display(), e))?;
-    Ok(serde_json::json!({
-        "out": out.display().to_string(),
-        "sections": count,
-        "sections_without_data": missing,
-        "bytes": html.len(),
-        "seconds": started.elapsed().as_secs_f64(),
-    }))
+    Ok(())
 }

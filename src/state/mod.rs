@@ -56,14 +56,17 @@
 //! A state file that is missing where it must exist, or unreadable, stops a run with exit 2
 //! naming the file and the `cohort-bridge state …` command that repairs it (see `cmd`).
 
-pub mod cmd;
-
 pub mod dead;
 pub mod history;
 pub mod ids;
 pub mod journal;
 pub mod lock;
+pub mod repair;
 pub mod runs;
+pub mod set_aside;
+pub mod show;
+pub mod target;
+pub mod unlock;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::DataType;

@@ -1,0 +1,114 @@
+//! `emulator`: a Braze-compatible partner over HTTP (for demos, tests and benchmarks), with
+//! its keys read from the environment variables named by its flags.
+
+use clap::Args;
+
+use crate::error::{Error, Result, exit};
+
+#[derive(Args, Debug)]
+pub struct EmulatorArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// 0 picks a free port (printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The `{partner}` path segment accepted.
+    #[arg(long, default_value = "cohort-bridge")]
+    partner: String,
+    /// Environment variable holding the partner_api_key the emulator accepts.
+    #[arg(long, default_value = "BRAZE_PARTNER_API_KEY")]
+    partner_api_key_env: String,
+    /// Environment variable holding the client_secret the emulator accepts.
+    #[arg(long, default_value = "BRAZE_CLIENT_SECRET")]
+    client_secret_env: String,
+    /// Requests allowed per rate-limit window.
+    #[arg(long, default_value_t = 250_000)]
+    rate_limit: u64,
+    /// The rate-limit window, e.g. 1h, 1s.
+    #[arg(long, default_value = "1h", value_parser = super::args::parse_duration)]
+    rate_window: std::time::Duration,
+    /// Seed of the fault generator.
+    #[arg(long, default_value_t = 0)]
+    fault_seed: u64,
+    /// Probability of a 500 answered before applying a request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_error_before: f64,
+    /// Probability of a 500 answered after applying a request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_error_after: f64,
+    /// Probability of a 423 Resource locked.
+    #[arg(long, default_value_t = 0.0)]
+    fault_locked: f64,
+    /// Probability of a slow answer.
+    #[arg(long, default_value_t = 0.0)]
+    fault_slow: f64,
+    /// How slow a slow answer is.
+    #[arg(long, default_value = "2s", value_parser = super::args::parse_duration)]
+    fault_slow_delay: std::time::Duration,
+    /// Probability of closing the connection without an answer.
+    #[arg(long, default_value_t = 0.0)]
+    fault_drop: f64,
+    /// Refuse (400) any request carrying a user id that contains this text, as a partner
+    /// refuses ids it considers invalid.
+    #[arg(long)]
+    invalid_id_marker: Option<String>,
+    /// Environment variable holding the workspace REST API key `/users/track` accepts (unset:
+    /// `/users/track` refuses every key).
+    #[arg(long, default_value = "BRAZE_REST_API_KEY")]
+    rest_api_key_env: String,
+    /// `/users/track`: ids containing this text have no profile, so update-only objects naming
+    /// them are item-level errors.
+    #[arg(long)]
+    unknown_id_marker: Option<String>,
+    /// Environment variable holding the secret `POST /_webhook` verifies signatures with
+    /// (unset: the endpoint answers 404).
+    #[arg(long, default_value = "COHORT_BRIDGE_WEBHOOK_SECRET")]
+    webhook_secret_env: String,
+}
+
+/// `emulator` with its flags: serves until the process ends.
+pub async fn run(a: EmulatorArgs) -> Result<i32> {
+    let secret = |var: &str| {
+        std::env::var(var).map_err(|_| {
+            Error::config(
+                None,
+                format!(
+                    "environment variable {var} is not set (the emulator accepts the key it holds)"
+                ),
+            )
+        })
+    };
+    match (secret(&a.partner_api_key_env), secret(&a.client_secret_env)) {
+        (Ok(partner_api_key), Ok(client_secret)) => {
+            let config = crate::emulator::EmulatorConfig {
+                partner: a.partner,
+                partner_api_key,
+                client_secret,
+                rate_limit: crate::emulator::RateLimitConfig {
+                    requests: a.rate_limit,
+                    window: a.rate_window,
+                },
+                faults: crate::emulator::FaultConfig {
+                    seed: a.fault_seed,
+                    error_before_apply: a.fault_error_before,
+                    error_after_apply: a.fault_error_after,
+                    locked: a.fault_locked,
+                    slow: a.fault_slow,
+                    slow_delay: a.fault_slow_delay,
+                    drop_connection: a.fault_drop,
+                },
+                invalid_id_marker: a.invalid_id_marker,
+                // Unset: a key no client can send (a header value has no NUL).
+                rest_api_key: std::env::var(&a.rest_api_key_env)
+                    .unwrap_or_else(|_| "\0unset".into()),
+                unknown_id_marker: a.unknown_id_marker,
+                webhook_secret: std::env::var(&a.webhook_secret_env).ok(),
+            };
+            crate::emulator::serve_forever((a.host, a.port).into(), config)
+                .await
+                .map(|()| exit::OK)
+                .map_err(|e| Error::Internal(format!("emulator: {e}")))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
