@@ -5,7 +5,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
-use crate::config::{Config, env_lookup};
+use crate::config::env_lookup;
 use crate::error::{Error, Result, exit};
 use crate::lake::Location;
 use crate::metrics::{Metrics, MetricsOut};
@@ -22,7 +22,7 @@ pub async fn sync(
     options: SyncOptions,
     metrics: &MetricsOut,
 ) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let conflicts = config.conflicts(&env_lookup);
     if !conflicts.is_empty() {
         return Err(Error::config(config.file.clone(), conflicts.join("\n  ")));
@@ -155,7 +155,7 @@ pub async fn ingest(
     options: crate::ingest::IngestOptions,
     metrics: &MetricsOut,
 ) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     metrics.check(&config)?;
     if let Some((from, to)) = options.range
         && from > to
@@ -340,11 +340,11 @@ pub async fn export_engagement(
 /// `batch_size` batches) through the same client, pacing and in-flight bound, with every body
 /// encoded before the clock starts: no query, diff, plan or state. Prints one JSON line.
 pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<i32> {
-    use crate::deliver::destination::{self, Op};
+    use crate::destinations::{self as destination, Op};
     use crate::deliver::{plan::batches, sender::Sender};
     use datafusion::arrow::array::{Array, StringArray};
 
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let cohort = config
         .cohort(cohort)
         .map_err(|e| Error::config(config.file.clone(), e))?;
@@ -408,7 +408,7 @@ pub async fn runs(
     json: bool,
 ) -> Result<i32> {
     use datafusion::prelude::{col, lit};
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
     let mut df = lake
         .context()

@@ -12,7 +12,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::cohort;
 use crate::config::SourceConfig;
-use crate::config::{Config, Credentials, DestinationConfig, DestinationKind, Secret};
+use crate::config::{Config, DestinationConfig, Secret};
+use crate::destinations::{braze_cohorts, braze_users_track};
 use crate::emulator::currents::{EngagementSpec, Lift, PushCampaign, write_engagement};
 use crate::emulator::{self, EmulatorConfig};
 use crate::error::{Error, Result, exit};
@@ -43,7 +44,7 @@ pub fn demo_at() -> DateTime<Utc> {
 }
 
 pub async fn demo(config_file: &Path) -> Result<i32> {
-    let mut config = Config::load(config_file)?;
+    let mut config = crate::destinations::load_config(config_file)?;
     let location = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)?;
     ensure_lake(&location).await?;
     // The feature uses an earlier demo's pushes caused are not part of the generated world:
@@ -62,10 +63,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     let partner = config
         .destinations
         .values()
-        .find_map(|d| match &d.kind {
-            DestinationKind::Braze(c) => Some(c.partner.clone()),
-            _ => None,
-        })
+        .find_map(|d| Some(d.settings::<braze_cohorts::Config>()?.partner.clone()))
         .ok_or_else(|| {
             Error::config(
                 config.file.clone(),
@@ -89,7 +87,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
         partner_emulator.base_url()
     );
     for d in config.destinations.values_mut() {
-        if let DestinationKind::Braze(c) = &mut d.kind {
+        if let Some(c) = d.settings_mut::<braze_cohorts::Config>() {
             c.base_url = partner_emulator.base_url();
             c.partner = partner.clone();
         }
@@ -106,19 +104,21 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
     // API key syncs them: membership as the custom attribute `cohort_<cohort_id>`, its own
     // destination and state area (its history does not mix with the Cohort Import runs').
     let mut track_config = config.clone();
-    let mut track: DestinationConfig = toml::from_str(&format!(
+    let mut track: DestinationConfig = crate::config::with_kinds(&crate::destinations::REGISTRY, || {
+        toml::from_str(&format!(
         "kind = \"braze_users_track\"\nbase_url = \"{}\"\napi_key_env = \"DEMO_REST_API_KEY\"\n\
          requests_per_second = 5000\nmax_in_flight = 16",
         partner_emulator.base_url()
     ))
+    })
     .map_err(|e| Error::Internal(format!("the demo's /users/track destination: {e}")))?;
-    track.delivery.batch_size = track.kind.max_batch();
+    track.delivery.batch_size = track.spec.max_batch;
     track_config.destinations = [(TRACK.to_string(), track)].into_iter().collect();
     for c in track_config.cohorts.values_mut() {
         c.destination = Some(TRACK.to_string());
     }
     track_config.state.url = Some(state_dir.join("users-track").display().to_string());
-    let track_creds = Credentials::RestKey { api_key: rest_key };
+    let track_creds = braze_users_track::credentials(rest_key);
 
     let mut lake = crate::project::open_lake(&config).await?;
     let mut track_lake = crate::project::open_lake(&track_config).await?;
@@ -155,10 +155,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     &config,
                     &lake,
                     name,
-                    &Credentials::CohortImport {
-                        partner_api_key: partner_api_key.clone(),
-                        client_secret: client_secret.clone(),
-                    },
+                    &braze_cohorts::credentials(partner_api_key.clone(), client_secret.clone()),
                     SyncOptions {
                         progress: true,
                         ..SyncOptions::at(at)
@@ -195,7 +192,7 @@ pub async fn demo(config_file: &Path) -> Result<i32> {
                     .map_err(|m| Error::config(config.file.clone(), m))?;
                 let members = cohort::members(&lake, &c, &Params { run_ts: at }).await?;
                 // The partner holds the members outside the cohort's holdout.
-                let (treated, _) = c.holdout.split(&members.ids);
+                let (treated, _) = crate::cohort::holdout::Holdout::of(&c.holdout).split(&members.ids);
                 let expected: BTreeSet<&str> = treated.iter().flatten().collect();
                 let held: BTreeSet<String> = partner_emulator
                     .members(&c.cohort_id)

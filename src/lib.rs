@@ -12,6 +12,7 @@ pub mod cohort;
 pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod destinations;
 pub mod demo;
 pub mod emulator;
 pub mod error;

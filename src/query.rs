@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
-use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::lake::sql::{Params, SqlSource};
 
@@ -41,7 +40,7 @@ pub async fn query(
     if format == Format::Parquet && out.is_none() {
         return Err(Error::config(None, "--format parquet needs --out FILE"));
     }
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
     let params = Params {
         run_ts: at.unwrap_or_else(Utc::now),

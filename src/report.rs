@@ -522,7 +522,7 @@ document.documentElement.dataset.ready='1';document.getElementById('summary').te
 
 /// `report`: writes the report for the project's lake to `out` and prints a JSON line.
 pub async fn report(config_file: &Path, out: &Path, at: Option<DateTime<Utc>>) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
     let line = write(&config, &lake, out, at).await?;
     println!("{line}");

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Request;
-use super::destination::{Destination, Refused};
+use super::requests::{Destination, Refused};
 use super::ratelimit::{LOGGED_WAIT, Pacer, Ticket};
 use super::retry::{Answer, Backoff, Verdict};
 use crate::config::{DeliverySettings, human_duration};

@@ -41,7 +41,7 @@ struct Target {
 }
 
 async fn open(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Result<Target> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let cohort = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
