@@ -20,10 +20,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cohort_bridge::cohort::diff::diff;
 use cohort_bridge::cohort::distinct_sorted;
-use cohort_bridge::config::{Config, DestinationKind};
-use cohort_bridge::deliver::destination::braze::Braze;
-use cohort_bridge::deliver::destination::{Destination, Op};
 use cohort_bridge::deliver::plan::{batches, encode_in_background};
+use cohort_bridge::destinations::braze_cohorts::{self, Braze};
+use cohort_bridge::destinations::{Destination, Op, parse_config};
 use cohort_bridge::emulator::currents::{EngagementSpec, PushCampaign, write_engagement};
 use cohort_bridge::ingest::event::EventColumns;
 use cohort_bridge::ingest::formats::avro::read_file;
@@ -132,7 +131,7 @@ fn diffs(c: &mut Criterion) {
 }
 
 fn plan(c: &mut Criterion) {
-    let config = Config::parse(
+    let config = parse_config(
         r#"
 [lake]
 url = "lake"
@@ -151,7 +150,10 @@ client_secret_env = "CS"
     let creds = config
         .credentials("partner", &|v| Some(format!("{v}-secret-value")))
         .expect("credentials");
-    let DestinationKind::Braze(kind) = &config.destination("partner").expect("destination").kind
+    let Some(kind) = config
+        .destination("partner")
+        .expect("destination")
+        .settings::<braze_cohorts::Config>()
     else {
         panic!("the bench destination is a Cohort Import one");
     };

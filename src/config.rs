@@ -11,7 +11,10 @@ use serde::{Deserialize, Deserializer};
 use crate::error::{Error, Result};
 
 mod conflicts;
+pub mod kind;
 pub mod url_secrets;
+
+pub use kind::{Claim, Credentials, KindConfig, KindSpec, Kinds, parse_as, with_kinds};
 
 /// The partner's published limit: 250,000 requests per hour per workspace (partner-api.md).
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 250_000.0 / 3600.0;
@@ -270,114 +273,27 @@ pub enum PartitionType {
 /// is refused by name, with the kind's keys listed).
 #[derive(Debug, Clone)]
 pub struct DestinationConfig {
-    pub kind: DestinationKind,
+    /// The kind's own keys, parsed by its registry row.
+    pub kind: Box<dyn KindConfig>,
+    /// The kind's name, limits and defaults.
+    pub spec: &'static KindSpec,
     pub delivery: DeliverySettings,
 }
 
-/// A destination's kind, with its own keys.
-#[derive(Debug, Clone)]
-pub enum DestinationKind {
-    /// Braze's Partner Cohort Import API (a `partner_api_key` Braze issues to partners).
-    Braze(braze::Config),
-    /// Braze's REST `/users/track`: membership as a custom attribute, with a workspace REST
-    /// API key (any Braze customer).
-    BrazeUsersTrack(users_track::Config),
-    /// JSON batches POSTed to any URL, HMAC-signed.
-    Webhook(webhook::Config),
-    /// Each run's adds and removes as Parquet or CSV files under an object-store prefix.
-    Files(files::Config),
-}
-
-use crate::deliver::destination::{braze, files, users_track, webhook};
-
-/// Parses a kind's own keys (the shared ones already taken out).
-type ParseKind = fn(toml::Value) -> std::result::Result<DestinationKind, toml::de::Error>;
-
-/// Every kind: its `kind` name, its own keys and its parser — the one place a new kind is
-/// named.
-const KIND_TABLE: [(&str, &[&str], ParseKind); 4] = [
-    ("braze", braze::Config::KEYS, |v| {
-        v.try_into().map(DestinationKind::Braze)
-    }),
-    ("braze_users_track", users_track::Config::KEYS, |v| {
-        v.try_into().map(DestinationKind::BrazeUsersTrack)
-    }),
-    ("webhook", webhook::Config::KEYS, |v| {
-        v.try_into().map(DestinationKind::Webhook)
-    }),
-    ("files", files::Config::KEYS, |v| {
-        v.try_into().map(DestinationKind::Files)
-    }),
-];
-
-/// The kinds, as `kind` names them.
-pub const KINDS: [&str; 4] = [
-    KIND_TABLE[0].0,
-    KIND_TABLE[1].0,
-    KIND_TABLE[2].0,
-    KIND_TABLE[3].0,
-];
-
-impl DestinationKind {
+impl DestinationConfig {
     /// As `kind` names it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            DestinationKind::Braze(_) => KINDS[0],
-            DestinationKind::BrazeUsersTrack(_) => KINDS[1],
-            DestinationKind::Webhook(_) => KINDS[2],
-            DestinationKind::Files(_) => KINDS[3],
-        }
+    pub fn kind_name(&self) -> &'static str {
+        self.spec.name
     }
 
-    /// The endpoint of an HTTP kind.
-    pub fn base_url(&self) -> Option<&str> {
-        match self {
-            DestinationKind::Braze(c) => Some(&c.base_url),
-            DestinationKind::BrazeUsersTrack(c) => Some(&c.base_url),
-            DestinationKind::Webhook(c) => Some(&c.base_url),
-            DestinationKind::Files(_) => None,
-        }
+    /// The kind's own config type, when it is `T`.
+    pub fn settings<T: 'static>(&self) -> Option<&T> {
+        self.kind.as_any().downcast_ref()
     }
 
-    /// The most ids one request may carry.
-    pub fn max_batch(&self) -> usize {
-        match self {
-            DestinationKind::Braze(_) => MAX_BATCH_SIZE,
-            DestinationKind::BrazeUsersTrack(_) => users_track::MAX_OBJECTS,
-            DestinationKind::Webhook(_) => webhook::MAX_BATCH,
-            // One file per list: a plan's batch is the whole list (Arrow's limit bounds it).
-            DestinationKind::Files(_) => i32::MAX as usize,
-        }
-    }
-
-    /// Ids per request when the config does not say.
-    fn default_batch(&self) -> usize {
-        match self {
-            // Receivers' body limits vary; 1,000 UUIDs are ~50 KB.
-            DestinationKind::Webhook(_) => 1000,
-            other => other.max_batch(),
-        }
-    }
-
-    /// Requests per second when the config does not say: the partner's default limit.
-    fn default_rps(&self) -> f64 {
-        match self {
-            DestinationKind::Braze(_) => DEFAULT_REQUESTS_PER_SECOND,
-            // 3,000 requests per 3 seconds.
-            DestinationKind::BrazeUsersTrack(_) => 1000.0,
-            // A receiver of ours, not a partner's quota: `max_in_flight` bounds it.
-            DestinationKind::Webhook(_) | DestinationKind::Files(_) => *RATE_RANGE.end(),
-        }
-    }
-
-    /// The kind's own semantic problems, each naming its key under `key`.
-    fn problems(&self, key: &str, out: &mut Vec<String>) {
-        match self {
-            DestinationKind::Braze(c) => c.problems(key, out),
-            DestinationKind::BrazeUsersTrack(c) => c.problems(key, out),
-            DestinationKind::Webhook(c) => c.problems(key, out),
-            DestinationKind::Files(c) => c.problems(key, out),
-        }
+    /// As [`settings`](Self::settings), to change it (the demo points a kind at its emulator).
+    pub fn settings_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.kind.as_any_mut().downcast_mut()
     }
 }
 
@@ -430,27 +346,28 @@ impl DestinationConfig {
             Some(n) => format!("destinations.{n}.{k}"),
             None => k.to_string(),
         };
+        let kinds = kind::kinds()?;
+        let names = kinds.names().join(", ");
         let kind = match table.remove("kind") {
             Some(toml::Value::String(kind)) => kind,
             other => {
                 return Err(format!(
-                    "{}: {} (one of {})",
+                    "{}: {} (one of {names})",
                     key("kind"),
                     match other {
                         None => "required".to_string(),
                         Some(v) => format!("must be a string, got `{v}`"),
                     },
-                    KINDS.join(", ")
                 ));
             }
         };
-        let Some(&(_, own, parse)) = KIND_TABLE.iter().find(|(name, ..)| *name == kind) else {
+        let Some(spec) = kinds.find(&kind) else {
             return Err(format!(
-                "{}: unknown kind `{kind}` (one of {})",
+                "{}: unknown kind `{kind}` (one of {names})",
                 key("kind"),
-                KINDS.join(", ")
             ));
         };
+        let own = spec.keys;
         let mut shared = toml::Table::new();
         for k in DeliverySettings::KEYS {
             if let Some(v) = table.remove(*k) {
@@ -461,11 +378,7 @@ impl DestinationConfig {
             .keys()
             .filter(|k| !own.contains(&k.as_str()))
             .map(|k| {
-                let hint = match (kind.as_str(), k.as_str()) {
-                    ("files", "base_url") => " (use `url`)",
-                    (_, "headers" | "header_env") => " (a key of `webhook` destinations)",
-                    _ => "",
-                };
+                let hint = foreign_hint(spec, k, kinds);
                 format!(
                     "{}: not a key of kind `{kind}` destinations{hint}; its keys are {}, and the \
                      delivery keys {}",
@@ -488,9 +401,28 @@ impl DestinationConfig {
             )
         };
         let delivery: DeliverySettings = toml::Value::Table(shared).try_into().map_err(at)?;
-        let kind = parse(toml::Value::Table(table)).map_err(at)?;
-        Ok(DestinationConfig { kind, delivery })
+        let kind = (spec.parse)(toml::Value::Table(table)).map_err(at)?;
+        Ok(DestinationConfig {
+            kind,
+            spec,
+            delivery,
+        })
     }
+}
+
+/// Why a key a kind does not take may have been written: the kind's own hint for it, or the
+/// other kind that takes it.
+fn foreign_hint(spec: &KindSpec, key: &str, kinds: &dyn Kinds) -> String {
+    if let Some((_, hint)) = spec.hints.iter().find(|(k, _)| *k == key) {
+        return format!(" ({hint})");
+    }
+    kinds
+        .names()
+        .into_iter()
+        .filter_map(|name| kinds.find(name))
+        .find(|other| other.name != spec.name && other.keys.contains(&key))
+        .map(|other| format!(" (a key of `{}` destinations)", other.name))
+        .unwrap_or_default()
 }
 
 impl<'de> Deserialize<'de> for DestinationConfig {
@@ -607,7 +539,7 @@ pub struct CohortConfig {
     pub holdout_salt: Option<String>,
     /// Which identifier columns make the member, first present first. Default `["user_id",
     /// "alias", "device_id", "braze_id"]`.
-    pub identifiers: Option<Vec<crate::cohort::identity::Kind>>,
+    pub identifiers: Option<Vec<IdentifierKind>>,
 }
 
 /// A cohort with every default applied.
@@ -618,11 +550,42 @@ pub struct Cohort {
     pub destination: String,
     pub cohort_id: String,
     pub display_name: String,
-    /// Members held out of delivery (a control group); `share == 0` holds out nobody.
-    pub holdout: crate::cohort::holdout::Holdout,
+    /// Members held out of delivery (a control group; `cohort::holdout` splits them);
+    /// `share == 0` holds out nobody.
+    pub holdout: HoldoutShare,
     /// The identifier kinds that make a member, in priority order.
-    pub identifiers: Vec<crate::cohort::identity::Kind>,
+    pub identifiers: Vec<IdentifierKind>,
 }
+
+/// A cohort's holdout as configured: the share of members held out and the split's salt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldoutShare {
+    /// `0..=MAX_HOLDOUT_SHARE`.
+    pub share: f64,
+    pub salt: String,
+}
+
+/// The largest share a cohort may hold out: beyond half, "held out" is the treatment.
+pub const MAX_HOLDOUT_SHARE: f64 = 0.5;
+
+/// A kind of identifier, as `cohorts.<name>.identifiers` names it (`cohort::identity` makes
+/// members of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifierKind {
+    UserId,
+    Alias,
+    DeviceId,
+    BrazeId,
+}
+
+/// The default priority of identifier kinds.
+pub const DEFAULT_IDENTIFIERS: [IdentifierKind; 4] = [
+    IdentifierKind::UserId,
+    IdentifierKind::Alias,
+    IdentifierKind::DeviceId,
+    IdentifierKind::BrazeId,
+];
 
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -647,48 +610,18 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A destination's keys, read from the environment.
-#[derive(Debug, Clone)]
-pub enum Credentials {
-    /// Cohort Import: the two keys the partner wants in every request body.
-    CohortImport {
-        partner_api_key: Secret,
-        client_secret: Secret,
-    },
-    /// A workspace REST API key, sent as `Authorization: Bearer`.
-    RestKey { api_key: Secret },
-    /// A webhook's signing secret and its secret headers (name, value).
-    Webhook {
-        secret: Secret,
-        headers: Vec<(String, Secret)>,
-    },
-    /// None of its own: the object store reads its keys from the environment (`files`).
-    Store,
-}
-
-impl Credentials {
-    /// The key that names the workspace (its fingerprint tells workspaces apart), if any.
-    pub fn workspace_key(&self) -> Option<&Secret> {
-        match self {
-            Credentials::CohortImport { client_secret, .. } => Some(client_secret),
-            Credentials::RestKey { api_key } => Some(api_key),
-            Credentials::Webhook { secret, .. } => Some(secret),
-            Credentials::Store => None,
-        }
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a project file; lists every problem found.
-    pub fn load(file: &Path) -> Result<Config> {
+    /// `kinds` are the destination kinds this build knows (`destinations::REGISTRY`).
+    pub fn load(file: &Path, kinds: &'static dyn Kinds) -> Result<Config> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| Error::config(file.to_path_buf(), format!("cannot read: {e}")))?;
-        Config::parse(&text, file)
+        Config::parse(&text, file, kinds)
     }
 
     /// Parses and validates project-file text; `file` names it in messages and anchors paths.
-    pub fn parse(text: &str, file: &Path) -> Result<Config> {
-        let config = Config::parse_unchecked(text, file)?;
+    pub fn parse(text: &str, file: &Path, kinds: &'static dyn Kinds) -> Result<Config> {
+        let config = Config::parse_unchecked(text, file, kinds)?;
         let problems = config.problems();
         if problems.is_empty() {
             Ok(config)
@@ -699,17 +632,17 @@ impl Config {
 
     /// Parses project-file text (syntax, types, unknown keys) without the semantic checks of
     /// `problems`, so `check` can list all of those.
-    pub fn parse_unchecked(text: &str, file: &Path) -> Result<Config> {
-        let mut config: Config = toml::from_str(text)
+    pub fn parse_unchecked(text: &str, file: &Path, kinds: &'static dyn Kinds) -> Result<Config> {
+        let mut config: Config = with_kinds(kinds, || toml::from_str(text))
             .map_err(|e| Error::config(file.to_path_buf(), e.to_string().trim_end().to_string()))?;
         config.file = file.to_path_buf();
         // Defaults that depend on the destination's kind.
         for d in config.destinations.values_mut() {
             if d.delivery.batch_size == 0 {
-                d.delivery.batch_size = d.kind.default_batch();
+                d.delivery.batch_size = d.spec.default_batch;
             }
             if d.delivery.requests_per_second == 0.0 {
-                d.delivery.requests_per_second = d.kind.default_rps();
+                d.delivery.requests_per_second = d.spec.default_rps;
             }
         }
         if let Some(url) = ENGINE_OVERRIDE.get() {
@@ -719,10 +652,10 @@ impl Config {
     }
 
     /// Reads a project file, checking only what `parse_unchecked` checks.
-    pub fn load_unchecked(file: &Path) -> Result<Config> {
+    pub fn load_unchecked(file: &Path, kinds: &'static dyn Kinds) -> Result<Config> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| Error::config(file.to_path_buf(), format!("cannot read: {e}")))?;
-        Config::parse_unchecked(&text, file)
+        Config::parse_unchecked(&text, file, kinds)
     }
 
     /// The folder relative paths are resolved against.
@@ -793,9 +726,8 @@ impl Config {
         for (name, d) in &self.destinations {
             let key = format!("destinations.{name}");
             d.kind.problems(&key, &mut out);
-            let d_kind = &d.kind;
+            let max = d.spec.max_batch;
             let d = &d.delivery;
-            let max = d_kind.max_batch();
             if d.batch_size == 0 || d.batch_size > max {
                 out.push(format!(
                     "{key}.batch_size: must be between 1 and {max} (the partner's limit), got {}",
@@ -916,7 +848,7 @@ impl Config {
         let identifiers = c
             .identifiers
             .clone()
-            .unwrap_or_else(|| crate::cohort::identity::DEFAULT_PRIORITY.to_vec());
+            .unwrap_or_else(|| DEFAULT_IDENTIFIERS.to_vec());
         if identifiers.is_empty() {
             return Err(format!(
                 "cohorts.{name}.identifiers: must name at least one kind"
@@ -925,11 +857,10 @@ impl Config {
         if (1..identifiers.len()).any(|i| identifiers[..i].contains(&identifiers[i])) {
             return Err(format!("cohorts.{name}.identifiers: names a kind twice"));
         }
-        if !(0.0..=crate::cohort::holdout::MAX_SHARE).contains(&c.holdout) {
+        if !(0.0..=MAX_HOLDOUT_SHARE).contains(&c.holdout) {
             return Err(format!(
                 "cohorts.{name}.holdout: must be between 0 and {} (a share of the members), got {}",
-                crate::cohort::holdout::MAX_SHARE,
-                c.holdout
+                MAX_HOLDOUT_SHARE, c.holdout
             ));
         }
         let salt = c.holdout_salt.clone().unwrap_or_else(|| cohort_id.clone());
@@ -942,7 +873,10 @@ impl Config {
             destination,
             cohort_id,
             display_name,
-            holdout: crate::cohort::holdout::Holdout::new(c.holdout, salt),
+            holdout: HoldoutShare {
+                share: c.holdout,
+                salt,
+            },
             identifiers,
         })
     }
@@ -981,21 +915,15 @@ impl Config {
                 )),
             }
         };
-        match &d.kind {
-            DestinationKind::Braze(c) => c.credentials(&read),
-            DestinationKind::BrazeUsersTrack(c) => c.credentials(&read),
-            DestinationKind::Webhook(c) => {
-                // Before `read` registers it for masking (a short secret would mask its
-                // letters in every message, this one included).
-                if let Some(problem) = lookup(&c.secret_env)
-                    .and_then(|v| c.secret_problem(&format!("destinations.{destination}"), &v))
-                {
-                    return Err(Error::config(self.file.clone(), problem));
-                }
-                c.credentials(&read)
-            }
-            DestinationKind::Files(_) => Ok(Credentials::Store),
+        // Before `read` registers it for masking (a short secret would mask its letters in
+        // every message, this one included).
+        if let Some(problem) = d
+            .kind
+            .secret_problem(&format!("destinations.{destination}"), lookup)
+        {
+            return Err(Error::config(self.file.clone(), problem));
         }
+        d.kind.credentials(&read)
     }
 }
 
@@ -1212,7 +1140,7 @@ name = "Paid users"
 "#;
 
     fn parse(text: &str) -> Result<Config> {
-        Config::parse(text, Path::new("project/cohort-bridge.toml"))
+        crate::destinations::parse_config(text, Path::new("project/cohort-bridge.toml"))
     }
 
     /// `GOOD` with its destination replaced by `dest`.
@@ -1237,7 +1165,8 @@ name = "Paid users"
             (d.delivery.batch_size, d.delivery.requests_per_second),
             (75, 1000.0)
         );
-        let DestinationKind::BrazeUsersTrack(c) = &d.kind else {
+        use crate::destinations::braze_users_track as users_track;
+        let Some(c) = d.settings::<users_track::Config>() else {
             panic!("{d:?}")
         };
         assert_eq!(c.membership, users_track::Membership::Boolean);

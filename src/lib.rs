@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cohort;
 pub mod config;
 pub mod deliver;
+pub mod destinations;
 pub mod emulator;
 pub mod error;
 pub mod hash;

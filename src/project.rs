@@ -45,7 +45,7 @@ mod tests {
         .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        let config = Config::parse(
+        let config = crate::destinations::parse_config(
             "[lake]\nurl = \"lake\"\n\n[tables.runs]\npath = \"my_runs\"\n",
             &dir.path().join("cohort-bridge.toml"),
         )

@@ -16,9 +16,11 @@ use tracing::{info, warn};
 use crate::cohort::shard::Shard;
 use crate::cohort::{self, diff};
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
-use crate::deliver::destination::{self, Delivery, Destination, Lists, ListsOf, Op, Refused};
 use crate::deliver::plan::{batches, encode_in_background};
 use crate::deliver::sender::{SendStats, Sender};
+use crate::destinations::{
+    self as destination, Delivery, Destination, Lists, ListsOf, Op, Refused,
+};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::Params;
@@ -562,8 +564,9 @@ impl Run<'_> {
         // The control group is split off before anything else: it is never diffed against what
         // the partner holds, so a member who moves into it is removed like one who left.
         let query_members = members.ids.len();
-        let held = if self.cohort.holdout.is_active() {
-            let (all, holdout) = (members.ids.clone(), self.cohort.holdout.clone());
+        let holdout = cohort::holdout::Holdout::of(&self.cohort.holdout);
+        let held = if holdout.is_active() {
+            let all = members.ids.clone();
             let (treated, held) = on_rayon(move || holdout.split(&all)).await;
             members.ids = Arc::new(treated);
             Arc::new(held)
@@ -1796,7 +1799,7 @@ mod tests {
                 "SELECT user_id FROM users",
             )
             .unwrap();
-            let config = Config::parse(
+            let config = crate::destinations::parse_config(
                 "[lake]\nurl = \"lake\"\n\n[tables.users]\npath = \"users\"\n\n\
                  [destinations.out]\nkind = \"files\"\nurl = \"out\"\n\n[cohorts.c]\n",
                 &dir.path().join("cohort-bridge.toml"),

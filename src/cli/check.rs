@@ -33,7 +33,7 @@ pub async fn run(config_file: &Path, a: CheckArgs) -> Result<i32> {
 /// The `check` command: problems and warnings on stderr, a JSON summary on stdout.
 pub async fn check(config_file: &Path, at: Option<DateTime<Utc>>, only: &[String]) -> Result<i32> {
     let started_at = Utc::now();
-    let config = Config::load_unchecked(config_file)?;
+    let config = crate::destinations::load_config_unchecked(config_file)?;
     let at = at.unwrap_or_else(Utc::now);
     let report = crate::check::check_project(&config, at, only).await;
     for w in &report.warnings {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::Utc;
 
-use crate::config::{Config, env_lookup};
+use crate::config::env_lookup;
 use crate::error::{Error, Result, exit};
 use crate::synth::{IdShape, user_id};
 
@@ -13,11 +13,11 @@ use crate::synth::{IdShape, user_id};
 /// `batch_size` batches) through the same client, pacing and in-flight bound, with every body
 /// encoded before the clock starts: no query, diff, plan or state. Prints one JSON line.
 pub async fn http_floor(config_file: &Path, cohort: &str, ids: usize) -> Result<i32> {
-    use crate::deliver::destination::{self, Op};
     use crate::deliver::{plan::batches, sender::Sender};
+    use crate::destinations::{self as destination, Op};
     use datafusion::arrow::array::{Array, StringArray};
 
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let cohort = config
         .cohort(cohort)
         .map_err(|e| Error::config(config.file.clone(), e))?;

@@ -55,7 +55,7 @@ pub async fn ingest(
     options: crate::ingest::IngestOptions,
     metrics: &MetricsOut,
 ) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     metrics.check(&config)?;
     if let Some((from, to)) = options.range
         && from > to

@@ -10,7 +10,6 @@ use clap::{Args, ValueEnum};
 use datafusion::arrow::array::RecordBatch;
 
 use super::args::AtArg;
-use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::lake::sql::{Params, SqlSource};
 use crate::query::Format;
@@ -76,7 +75,7 @@ pub async fn query(
     if format == Format::Parquet && out.is_none() {
         return Err(Error::config(None, "--format parquet needs --out FILE"));
     }
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
     let params = Params {
         run_ts: at.unwrap_or_else(Utc::now),

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::args::AtArg;
-use crate::config::Config;
 use crate::error::{Result, exit};
 
 #[derive(Args, Debug)]
@@ -20,7 +19,7 @@ pub struct ReportArgs {
 
 /// `report`: writes the report for the project's lake to `out` and prints a JSON line.
 pub async fn run(config_file: &Path, a: ReportArgs) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
     let line = crate::report::write(&config, &lake, &a.out, a.at.at).await?;
     println!("{line}");

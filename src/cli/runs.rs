@@ -5,7 +5,6 @@ use std::path::Path;
 
 use clap::{Args, ValueEnum};
 
-use crate::config::Config;
 use crate::error::{Error, Result, exit};
 
 #[derive(Args, Debug)]
@@ -45,7 +44,7 @@ pub async fn runs(
     json: bool,
 ) -> Result<i32> {
     use datafusion::prelude::{col, lit};
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
     let mut df = lake
         .context()

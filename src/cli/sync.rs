@@ -89,7 +89,7 @@ pub async fn sync(
     options: SyncOptions,
     metrics: &MetricsOut,
 ) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let conflicts = config.conflicts(&env_lookup);
     if !conflicts.is_empty() {
         return Err(Error::config(config.file.clone(), conflicts.join("\n  ")));

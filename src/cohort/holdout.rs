@@ -19,7 +19,7 @@ use datafusion::arrow::array::{Array, StringArray};
 use rayon::prelude::*;
 
 /// The largest share a cohort may hold out: beyond half, "held out" is the treatment.
-pub const MAX_SHARE: f64 = 0.5;
+pub use crate::config::MAX_HOLDOUT_SHARE as MAX_SHARE;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Holdout {
@@ -40,6 +40,11 @@ impl Holdout {
             salt,
             threshold,
         }
+    }
+
+    /// The split a cohort's configuration asks for.
+    pub fn of(configured: &crate::config::HoldoutShare) -> Self {
+        Holdout::new(configured.share, configured.salt.clone())
     }
 
     pub fn share(&self) -> f64 {

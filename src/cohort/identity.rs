@@ -51,18 +51,11 @@ pub const ALIAS_LABEL: &str = "alias_label";
 pub const DEVICE_ID: &str = "device_id";
 pub const BRAZE_ID: &str = "braze_id";
 
-/// A kind of identifier, as `cohorts.<name>.identifiers` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    UserId,
-    Alias,
-    DeviceId,
-    BrazeId,
-}
+/// A kind of identifier, as `cohorts.<name>.identifiers` names it (parsed by the config).
+pub use crate::config::IdentifierKind as Kind;
 
 /// The default priority.
-pub const DEFAULT_PRIORITY: [Kind; 4] = [Kind::UserId, Kind::Alias, Kind::DeviceId, Kind::BrazeId];
+pub use crate::config::DEFAULT_IDENTIFIERS as DEFAULT_PRIORITY;
 
 const TAG: char = '\u{1}';
 const TAG_BYTE: u8 = 1;

@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{Config, DestinationKind, url_secrets};
-use crate::deliver::destination::users_track::Membership;
+use super::{Claim, Config, url_secrets};
 
 /// What one cohort writes at the partner, and where: two cohorts with the same claim conflict.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Claim {
+struct ClaimAt {
     /// The partner workspace or receiver (see [`Config::workspace`]); never printed.
     workspace: String,
     /// What is claimed there, as messages name it.
@@ -38,21 +37,12 @@ impl Config {
             Ok(u) => u.as_str().trim_end_matches('/').to_string(),
             Err(_) => url.trim().trim_end_matches('/').to_string(),
         };
-        match &d.kind {
-            DestinationKind::Braze(c) => format!(
-                "braze {}/partners/{} {}",
-                http(&c.base_url),
-                c.partner,
-                key(&c.client_secret_env)
-            ),
-            DestinationKind::BrazeUsersTrack(c) => {
-                format!("users_track {} {}", http(&c.base_url), key(&c.api_key_env))
-            }
-            DestinationKind::Webhook(c) => format!("webhook {}", http(&c.base_url)),
-            DestinationKind::Files(c) => match self.folder(&c.url) {
+        match d.kind.folder() {
+            Some((url, _)) => match self.folder(url) {
                 Some(u) => format!("files {u}"),
-                None => format!("files {}", c.url),
+                None => format!("files {url}"),
             },
+            None => d.kind.workspace(&http, &key),
         }
     }
 
@@ -72,7 +62,7 @@ impl Config {
 
     fn cohort_conflicts(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         // Claim → the cohorts making it (cohort, destination), in name order.
-        let mut claims: BTreeMap<Claim, Vec<(String, String)>> = BTreeMap::new();
+        let mut claims: BTreeMap<ClaimAt, Vec<(String, String)>> = BTreeMap::new();
         // Per workspace, the attributes written as booleans and as arrays (a name used as both
         // would have one cohort overwrite the other's type).
         let mut kinds: BTreeMap<(String, String), (Vec<String>, Vec<String>)> = BTreeMap::new();
@@ -83,37 +73,30 @@ impl Config {
                 continue;
             };
             let workspace = self.workspace(&c.destination, lookup);
-            let what = match &d.kind {
-                DestinationKind::BrazeUsersTrack(t) => match t.membership {
-                    Membership::Boolean => {
-                        let attr = t
-                            .attribute
-                            .clone()
-                            .unwrap_or_else(|| format!("cohort_{}", c.cohort_id));
-                        kinds
-                            .entry((workspace.clone(), attr.clone()))
-                            .or_default()
-                            .0
-                            .push(name.clone());
-                        format!("the boolean attribute `{attr}`")
-                    }
-                    Membership::Array => {
-                        let attr = t.attribute.clone().unwrap_or_else(|| "cohorts".into());
-                        kinds
-                            .entry((workspace.clone(), attr.clone()))
-                            .or_default()
-                            .1
-                            .push(name.clone());
-                        format!(
-                            "the value `{}` of the array attribute `{attr}`",
-                            c.cohort_id
-                        )
-                    }
-                },
-                _ => format!("cohort_id `{}`", c.cohort_id),
+            let what = match d.kind.claim(&c.cohort_id) {
+                Claim::Boolean(attr) => {
+                    kinds
+                        .entry((workspace.clone(), attr.clone()))
+                        .or_default()
+                        .0
+                        .push(name.clone());
+                    format!("the boolean attribute `{attr}`")
+                }
+                Claim::ArrayValue(attr) => {
+                    kinds
+                        .entry((workspace.clone(), attr.clone()))
+                        .or_default()
+                        .1
+                        .push(name.clone());
+                    format!(
+                        "the value `{}` of the array attribute `{attr}`",
+                        c.cohort_id
+                    )
+                }
+                Claim::CohortId => format!("cohort_id `{}`", c.cohort_id),
             };
             claims
-                .entry(Claim { workspace, what })
+                .entry(ClaimAt { workspace, what })
                 .or_default()
                 .push((name.clone(), c.destination.clone()));
         }
@@ -170,11 +153,9 @@ impl Config {
         let files: Vec<(String, &str, url::Url)> = self
             .destinations
             .iter()
-            .filter_map(|(name, d)| match &d.kind {
-                DestinationKind::Files(c) => {
-                    Some((name.clone(), c.url.as_str(), self.folder(&c.url)?))
-                }
-                _ => None,
+            .filter_map(|(name, d)| {
+                let (url, _) = d.kind.folder()?;
+                Some((name.clone(), url, self.folder(url)?))
             })
             .collect();
         let mut out = Vec::new();
@@ -220,7 +201,6 @@ fn within(inner: &url::Url, outer: &url::Url) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::path::Path;
 
     const BASE: &str = r#"
@@ -234,7 +214,7 @@ api_key_env = "RK"
 "#;
 
     fn conflicts(text: &str, env: &[(&str, &str)]) -> Vec<String> {
-        let c = Config::parse(text, Path::new("p/cohort-bridge.toml")).unwrap();
+        let c = crate::destinations::parse_config(text, Path::new("p/cohort-bridge.toml")).unwrap();
         c.conflicts(&|v| {
             env.iter()
                 .find(|(k, _)| *k == v)

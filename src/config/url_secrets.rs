@@ -142,9 +142,9 @@ impl Config {
             if let Some(url) = d.kind.base_url() {
                 check(format!("destinations.{name}.base_url"), url, HTTP_HINT);
             }
-            if let super::DestinationKind::Files(c) = &d.kind {
-                check(format!("destinations.{name}.url"), &c.url, STORE_HINT);
-                for (k, v) in &c.options {
+            if let Some((url, options)) = d.kind.folder() {
+                check(format!("destinations.{name}.url"), url, STORE_HINT);
+                for (k, v) in options {
                     check(format!("destinations.{name}.options.{k}"), v, STORE_HINT);
                 }
             }

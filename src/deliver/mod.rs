@@ -4,10 +4,10 @@
 //! The chain: `Plan` → `encode_in_background` (rayon, bounded channel) → `Sender::send_all`
 //! (token bucket → attempt → verdict → retry or ack).
 
-pub mod destination;
 pub mod headers;
 pub mod plan;
 pub mod ratelimit;
+pub mod requests;
 pub mod retry;
 pub mod sender;
 

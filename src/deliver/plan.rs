@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use super::Request;
-use super::destination::{Destination, Op};
+use super::requests::{Destination, Op};
 
 /// Deterministic batches over sorted ids: batch `n` (1-based) holds ids
 /// `[(n-1)*size, n*size)`, so re-planning the same ids yields the same batches.

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Request;
-use super::destination::{Destination, Refused};
 use super::ratelimit::{LOGGED_WAIT, Pacer, Ticket};
+use super::requests::{Destination, Refused};
 use super::retry::{Answer, Backoff, Verdict};
 use crate::config::{DeliverySettings, human_duration};
 use crate::error::{Error, Result};

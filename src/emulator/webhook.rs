@@ -268,7 +268,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{parse, parse_batch, scan, verify};
-    use crate::deliver::destination::webhook::signature;
+    use crate::destinations::webhook::signature;
 
     /// A JSON string literal for `s`, escaped the way a client other than ours might
     /// (`\u` escapes for some plain characters too).
@@ -349,10 +349,9 @@ mod tests {
 
     #[test]
     fn the_clients_external_id_batches_take_the_fast_path() {
-        let hook =
-            crate::deliver::destination::webhook::tests::hook_named("V\"IPs, \"identities\":[");
+        let hook = crate::destinations::webhook::tests::hook_named("V\"IPs, \"identities\":[");
         let ids = datafusion::arrow::array::StringArray::from(vec!["a", "6f1c-9e", "é", "b\"q"]);
-        use crate::deliver::destination::{Destination, Op};
+        use crate::destinations::{Destination, Op};
         let plain = hook.batch("run-1", 3, &ids, 0..3, Op::Add);
         let expected = (
             "vip".to_string(),

@@ -17,7 +17,7 @@ pub struct Target {
 
 /// Loads the project and locates the state of cohort `name` (of its shard `shard`).
 pub async fn open(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Result<Target> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let cohort = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;

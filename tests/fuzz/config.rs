@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cohort_bridge::config::{Config, RATE_RANGE};
+use cohort_bridge::config::RATE_RANGE;
 use proptest::prelude::*;
 
 use crate::{run, within};
@@ -58,7 +58,7 @@ fn check(text: &str) {
         "config",
         text.as_bytes(),
         256 * text.len() + (1 << 20),
-        || Config::parse(text, Path::new("p.toml")),
+        || cohort_bridge::destinations::parse_config(text, Path::new("p.toml")),
     );
     match parsed {
         Ok(c) => {

@@ -25,7 +25,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cohort_bridge::config::{Config, Credentials, Secret};
+use cohort_bridge::config::{Credentials, Secret};
+use cohort_bridge::destinations;
 use cohort_bridge::sync::{SyncOptions, sync_cohort};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as Cases, TestRunner};
@@ -268,17 +269,14 @@ impl Kind {
 
     fn credentials(self) -> Credentials {
         match self {
-            Kind::CohortImport => Credentials::CohortImport {
-                partner_api_key: Secret::new(KEY),
-                client_secret: Secret::new(SECRET),
-            },
-            Kind::UsersTrack => Credentials::RestKey {
-                api_key: Secret::new(REST_KEY),
-            },
-            Kind::Webhook => Credentials::Webhook {
-                secret: Secret::new(crate::webhook::HOOK_SECRET),
-                headers: Vec::new(),
-            },
+            Kind::CohortImport => {
+                destinations::braze_cohorts::credentials(Secret::new(KEY), Secret::new(SECRET))
+            }
+            Kind::UsersTrack => destinations::braze_users_track::credentials(Secret::new(REST_KEY)),
+            Kind::Webhook => destinations::webhook::credentials(
+                Secret::new(crate::webhook::HOOK_SECRET),
+                Vec::new(),
+            ),
         }
     }
 
@@ -348,7 +346,9 @@ fn schedules(kind: Kind, default_cases: u32) {
     std::fs::write(&toml, text).unwrap();
     *project_dir.lock().unwrap() = Some(project.dir.path().to_path_buf());
     let sql_file = project.dir.path().join("queries/cohorts/c.sql");
-    let config = Config::load(&project.dir.path().join("cohort-bridge.toml")).unwrap();
+    let config =
+        cohort_bridge::destinations::load_config(&project.dir.path().join("cohort-bridge.toml"))
+            .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lake = runtime
         .block_on(cohort_bridge::project::open_lake(&config))

@@ -18,7 +18,6 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::config::Config;
 use crate::error::{Error, Result, exit};
 use crate::lake::Location;
 use crate::synth::{self, SynthSpec};
@@ -44,7 +43,7 @@ pub fn demo_at() -> DateTime<Utc> {
 
 /// `demo`.
 pub async fn run(config_file: &Path) -> Result<i32> {
-    let config = Config::load(config_file)?;
+    let config = crate::destinations::load_config(config_file)?;
     let location = Location::parse(&config.lake.url, &config.base_dir(), &config.lake.options)?;
     ensure_lake(&location).await?;
     // The feature uses an earlier demo's pushes caused are not part of the generated world:

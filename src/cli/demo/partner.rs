@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 
-use crate::config::{Config, Credentials, DestinationConfig, DestinationKind, Secret};
+use crate::config::{Config, Credentials, DestinationConfig, Secret};
+use crate::destinations::{REGISTRY, braze_cohorts, braze_users_track};
 use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
 use crate::error::{Error, Result};
 
@@ -38,10 +39,7 @@ impl Setup {
         let partner = config
             .destinations
             .values()
-            .find_map(|d| match &d.kind {
-                DestinationKind::Braze(c) => Some(c.partner.clone()),
-                _ => None,
-            })
+            .find_map(|d| Some(d.settings::<braze_cohorts::Config>()?.partner.clone()))
             .ok_or_else(|| {
                 Error::config(
                     config.file.clone(),
@@ -65,7 +63,7 @@ impl Setup {
             partner_emulator.base_url()
         );
         for d in config.destinations.values_mut() {
-            if let DestinationKind::Braze(c) = &mut d.kind {
+            if let Some(c) = d.settings_mut::<braze_cohorts::Config>() {
                 c.base_url = partner_emulator.base_url();
                 c.partner = partner.clone();
             }
@@ -82,11 +80,8 @@ impl Setup {
             config,
             track_config,
             emulator: partner_emulator,
-            cohort_import: Credentials::CohortImport {
-                partner_api_key,
-                client_secret,
-            },
-            track_creds: Credentials::RestKey { api_key: rest_key },
+            cohort_import: braze_cohorts::credentials(partner_api_key, client_secret),
+            track_creds: braze_users_track::credentials(rest_key),
             state_dir,
         })
     }
@@ -97,13 +92,14 @@ impl Setup {
 /// destination and state area (its history does not mix with the Cohort Import runs').
 fn users_track(config: &Config, base_url: &str, state_dir: &std::path::Path) -> Result<Config> {
     let mut track_config = config.clone();
-    let mut track: DestinationConfig = toml::from_str(&format!(
-        "kind = \"braze_users_track\"\nbase_url = \"{}\"\napi_key_env = \"DEMO_REST_API_KEY\"\n\
-         requests_per_second = 5000\nmax_in_flight = 16",
-        base_url
-    ))
-    .map_err(|e| Error::Internal(format!("the demo's /users/track destination: {e}")))?;
-    track.delivery.batch_size = track.kind.max_batch();
+    let text = format!(
+        "kind = \"braze_users_track\"\nbase_url = \"{base_url}\"\napi_key_env = \"DEMO_REST_API_KEY\"\n\
+         requests_per_second = 5000\nmax_in_flight = 16"
+    );
+    let mut track: DestinationConfig =
+        crate::config::with_kinds(&REGISTRY, || toml::from_str(&text))
+            .map_err(|e| Error::Internal(format!("the demo's /users/track destination: {e}")))?;
+    track.delivery.batch_size = track.spec.max_batch;
     track_config.destinations = [(TRACK.to_string(), track)].into_iter().collect();
     for c in track_config.cohorts.values_mut() {
         c.destination = Some(TRACK.to_string());

@@ -121,7 +121,7 @@ async fn sync_both_ways(
         .map_err(|m| Error::config(config.file.clone(), m))?;
     let members = cohort::members(lake, &c, &Params { run_ts: at }).await?;
     // The partner holds the members outside the cohort's holdout.
-    let (treated, _) = c.holdout.split(&members.ids);
+    let (treated, _) = crate::cohort::holdout::Holdout::of(&c.holdout).split(&members.ids);
     let expected: BTreeSet<&str> = treated.iter().flatten().collect();
     let held: BTreeSet<String> = setup
         .emulator

@@ -10,10 +10,36 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::arrow::array::StringArray;
 use reqwest::header::HeaderMap;
 
-use super::{Destination, Op, body_for, push_ids, push_json_str};
-use crate::config::{self, Cohort, Credentials};
+mod config;
+
+pub use config::{Config, DEFAULT_RPS, MAX_BATCH, credentials};
+
+use super::{Delivery, Destination, Op, base_of, body_for, push_ids, push_json_str};
+use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::error::{Error, Result};
+
+/// The registry's opener.
+pub fn open(
+    dest: &DestinationConfig,
+    credentials: &Credentials,
+    cohort: &Cohort,
+    _base: &std::path::Path,
+) -> Result<Delivery> {
+    let c = dest.settings::<Config>().expect("a braze section");
+    Ok(Delivery::Requests(Arc::new(Braze::new(
+        c,
+        credentials,
+        cohort,
+    )?)))
+}
+
+/// The registry's identity: the format earlier releases recorded in every snapshot, unchanged
+/// (upgrading is not a change of workspace).
+pub fn identity(dest: &DestinationConfig, key: &str) -> String {
+    let c = dest.settings::<Config>().expect("a braze section");
+    format!("{}/partners/{}#workspace-{key}", base_of(dest), c.partner)
+}
 
 /// A cohort's requests, with the constant part of every body encoded once.
 pub struct Braze {
@@ -28,59 +54,12 @@ pub struct Braze {
     headers: HeaderMap,
 }
 
-/// `kind = "braze"`: its keys (besides the delivery settings).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The partner's REST endpoint, e.g. `https://rest.iad-01.braze.com`.
-    pub base_url: String,
-    /// The `{partner}` segment of `/partners/{partner}/cohorts`.
-    pub partner: String,
-    /// Environment variable holding the `partner_api_key`.
-    pub partner_api_key_env: String,
-    /// Environment variable holding the workspace's `client_secret` (data import key).
-    pub client_secret_env: String,
-}
-
-impl Config {
-    pub const KEYS: &'static [&'static str] = &[
-        "base_url",
-        "partner",
-        "partner_api_key_env",
-        "client_secret_env",
-    ];
-
-    pub(crate) fn problems(&self, key: &str, out: &mut Vec<String>) {
-        out.extend(config::http_url_problem(
-            &format!("{key}.base_url"),
-            &self.base_url,
-        ));
-        if self.partner.is_empty() || self.partner.contains('/') {
-            out.push(format!("{key}.partner: must be a non-empty path segment"));
-        }
-        for (field, var) in [
-            ("partner_api_key_env", &self.partner_api_key_env),
-            ("client_secret_env", &self.client_secret_env),
-        ] {
-            out.extend(config::env_var_problem(&format!("{key}.{field}"), var));
-        }
-    }
-
-    pub(crate) fn credentials(&self, read: &config::ReadSecret<'_>) -> Result<Credentials> {
-        Ok(Credentials::CohortImport {
-            partner_api_key: read("partner_api_key_env", &self.partner_api_key_env)?,
-            client_secret: read("client_secret_env", &self.client_secret_env)?,
-        })
-    }
-}
-
 impl Braze {
     pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
-        let Credentials::CohortImport {
-            partner_api_key,
-            client_secret,
-        } = creds
-        else {
+        let (Some(partner_api_key), Some(client_secret)) = (
+            creds.secret("partner_api_key_env"),
+            creds.secret("client_secret_env"),
+        ) else {
             return Err(Error::Internal(
                 "Cohort Import needs a partner_api_key and a client_secret".into(),
             ));
@@ -293,17 +272,17 @@ partner_api_key_env = "A"
 client_secret_env = "B""#,
         )
         .unwrap();
-        let creds = Credentials::CohortImport {
-            partner_api_key: Secret::new("pk\"1"),
-            client_secret: Secret::new("cs"),
-        };
+        let creds = credentials(Secret::new("pk\"1"), Secret::new("cs"));
         let cohort = Cohort {
             name: "c".into(),
             sql_file: "c.sql".into(),
             destination: "braze".into(),
             cohort_id: "cid".into(),
             display_name: "Nice \"name\"".into(),
-            holdout: crate::cohort::holdout::Holdout::new(0.0, "cid".into()),
+            holdout: crate::config::HoldoutShare {
+                share: 0.0,
+                salt: "cid".into(),
+            },
             identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         };
         Braze::new(&dest, &creds, &cohort).unwrap()

@@ -18,15 +18,40 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::StringArray;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
-use super::{Destination, Op, Refused, body_for, push_identities, push_json_str};
-use crate::config::{self, Cohort, Credentials};
+mod config;
+
+pub use config::{Config, DEFAULT_RPS, MAX_OBJECTS, Membership, credentials};
+
+use super::{
+    Delivery, Destination, Op, Refused, base_of, body_for, push_identities, push_json_str,
+};
+use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
 use crate::error::{Error, Result};
 use crate::redact;
 
-/// Attribute objects per request (the partner's limit).
-pub const MAX_OBJECTS: usize = 75;
+/// The registry's opener.
+pub fn open(
+    dest: &DestinationConfig,
+    credentials: &Credentials,
+    cohort: &Cohort,
+    _base: &std::path::Path,
+) -> Result<Delivery> {
+    let c = dest
+        .settings::<Config>()
+        .expect("a braze_users_track section");
+    Ok(Delivery::Requests(Arc::new(UsersTrack::new(
+        c,
+        credentials,
+        cohort,
+    )?)))
+}
+
+/// The registry's identity: the endpoint and the REST key's fingerprint.
+pub fn identity(dest: &DestinationConfig, key: &str) -> String {
+    format!("{}/users/track#workspace-{key}", base_of(dest))
+}
 
 /// A cohort's `/users/track` requests, with the constant parts encoded once.
 pub struct UsersTrack {
@@ -40,80 +65,9 @@ pub struct UsersTrack {
     destination: String,
 }
 
-/// How `/users/track` records membership.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Membership {
-    /// A boolean attribute per cohort, `true` for members, `false` once they leave.
-    #[default]
-    Boolean,
-    /// One array attribute shared by the cohorts, changed with `add` / `remove`.
-    Array,
-}
-
-/// `kind = "braze_users_track"`: its keys (besides the delivery settings).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The workspace's REST endpoint, e.g. `https://rest.iad-01.braze.com`.
-    pub base_url: String,
-    /// Environment variable holding the workspace REST API key (sent as
-    /// `Authorization: Bearer`).
-    pub api_key_env: String,
-    /// A boolean attribute per cohort, or one array attribute.
-    #[serde(default)]
-    pub membership: Membership,
-    /// The attribute's name. Default `cohort_<cohort_id>` for a boolean, `cohorts` for an
-    /// array.
-    #[serde(default)]
-    pub attribute: Option<String>,
-    /// Send `_update_existing_only` so unknown ids create no profile (their item-level errors
-    /// become dead letters). Default true.
-    #[serde(default = "yes")]
-    pub update_existing_only: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Config {
-    pub const KEYS: &'static [&'static str] = &[
-        "base_url",
-        "api_key_env",
-        "membership",
-        "attribute",
-        "update_existing_only",
-    ];
-
-    pub(crate) fn problems(&self, key: &str, out: &mut Vec<String>) {
-        out.extend(config::http_url_problem(
-            &format!("{key}.base_url"),
-            &self.base_url,
-        ));
-        out.extend(config::env_var_problem(
-            &format!("{key}.api_key_env"),
-            &self.api_key_env,
-        ));
-        if let Some(a) = &self.attribute
-            && (a.is_empty() || a.len() > 255 || a.starts_with('$'))
-        {
-            out.push(format!(
-                "{key}.attribute: must be 1 to 255 characters, not starting with `$`, got `{a}`"
-            ));
-        }
-    }
-
-    pub(crate) fn credentials(&self, read: &config::ReadSecret<'_>) -> Result<Credentials> {
-        Ok(Credentials::RestKey {
-            api_key: read("api_key_env", &self.api_key_env)?,
-        })
-    }
-}
-
 impl UsersTrack {
     pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
-        let Credentials::RestKey { api_key } = creds else {
+        let Some(api_key) = creds.secret("api_key_env") else {
             return Err(Error::Internal("/users/track needs a REST API key".into()));
         };
         let mut auth =
@@ -379,15 +333,16 @@ mod tests {
             destination: "track".into(),
             cohort_id: "vip\"s".into(),
             display_name: "VIPs".into(),
-            holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
+            holdout: crate::config::HoldoutShare {
+                share: 0.0,
+                salt: "vip".into(),
+            },
             identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         }
     }
 
     fn track(extra: &str) -> UsersTrack {
-        let creds = Credentials::RestKey {
-            api_key: Secret::new("rest-key"),
-        };
+        let creds = credentials(Secret::new("rest-key"));
         UsersTrack::new(&dest(extra), &creds, &cohort()).unwrap()
     }
 

@@ -22,13 +22,32 @@ use datafusion::arrow::array::{Array, StringArray};
 use futures::future::BoxFuture;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::{Lists, ListsOf};
-use std::collections::BTreeMap;
+mod config;
 
-use crate::config::Cohort;
+pub use config::{COLUMN_KINDS, Config, FileFormat, MAX_BATCH};
+
+use super::{Delivery, Lists, ListsOf};
+use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::error::{Error, Result};
 use crate::state::ids::{self, Layout};
 use crate::storage::Location;
+
+/// The registry's opener (`base` anchors a relative folder).
+pub fn open(
+    dest: &DestinationConfig,
+    _credentials: &Credentials,
+    cohort: &Cohort,
+    base: &FsPath,
+) -> Result<Delivery> {
+    let c = dest.settings::<Config>().expect("a files section");
+    Ok(Delivery::Lists(Arc::new(Files::new(c, cohort, base)?)))
+}
+
+/// The registry's identity: files are where they are written.
+pub fn identity(dest: &DestinationConfig, _key: &str) -> String {
+    let c = dest.settings::<Config>().expect("a files section");
+    format!("files:{}", c.url.trim_end_matches('/'))
+}
 
 /// The manifest's name; written after every list.
 pub const MANIFEST: &str = "_manifest.json";
@@ -43,110 +62,6 @@ pub struct Files {
     members: bool,
     cohort_id: String,
     cohort: String,
-}
-
-/// The format of the files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    #[default]
-    Parquet,
-    Csv,
-}
-
-/// The identifier kinds a run writes a column for, in the files' order.
-pub const COLUMN_KINDS: [&str; 5] = [
-    "user_id",
-    "alias_name",
-    "alias_label",
-    "device_id",
-    "braze_id",
-];
-
-/// `kind = "files"`: its keys (besides the delivery settings, which it does not use).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Where each run's folder is written (a local path or an object-store URL).
-    pub url: String,
-    /// `parquet` (default) or `csv`.
-    #[serde(default)]
-    pub format: FileFormat,
-    /// The external ids' column name. Default `external_id`.
-    #[serde(default)]
-    pub column: Option<String>,
-    /// The column of each identifier kind in runs with members other than external ids,
-    /// keyed by [`COLUMN_KINDS`]. Default: the kind's name (`column` for `user_id`).
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    /// Also write `members.<ext>`, the whole membership once the run is delivered.
-    #[serde(default)]
-    pub include_members: bool,
-    /// Object-store options (as `lake.options`; keys come from the environment).
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-}
-
-impl Config {
-    pub const KEYS: &'static [&'static str] = &[
-        "url",
-        "format",
-        "column",
-        "columns",
-        "include_members",
-        "options",
-    ];
-
-    /// The column names of external ids, alias names, alias labels, device ids and Braze ids.
-    pub fn file_columns(&self) -> [String; 5] {
-        COLUMN_KINDS.map(|kind| match (kind, self.columns.get(kind)) {
-            (_, Some(name)) => name.clone(),
-            ("user_id", None) => self.column.clone().unwrap_or_else(|| "external_id".into()),
-            (kind, None) => kind.to_string(),
-        })
-    }
-
-    pub(crate) fn problems(&self, key: &str, out: &mut Vec<String>) {
-        if self.url.trim().is_empty() {
-            out.push(format!(
-                "{key}.url: required for `files` (a folder or s3://, gs://, az:// URL)"
-            ));
-        }
-        let plain = |c: &str| !(c.is_empty() || c.contains(['\n', '\r', '"', ',']));
-        if let Some(c) = &self.column
-            && !plain(c)
-        {
-            out.push(format!(
-                "{key}.column: must be a plain name (no quotes, commas or line breaks), got `{c}`"
-            ));
-        }
-        for (kind, c) in &self.columns {
-            if !COLUMN_KINDS.contains(&kind.as_str()) {
-                out.push(format!(
-                    "{key}.columns.{kind}: not an identifier kind (one of {})",
-                    COLUMN_KINDS.join(", ")
-                ));
-            } else if !plain(c) {
-                out.push(format!(
-                    "{key}.columns.{kind}: must be a plain name (no quotes, commas or line breaks), got `{c}`"
-                ));
-            }
-        }
-        if self.column.is_some() && self.columns.contains_key("user_id") {
-            out.push(format!(
-                "{key}: `column` and `columns.user_id` name the same column: keep one"
-            ));
-        }
-        let names = self.file_columns();
-        if let Some(twice) = names
-            .iter()
-            .find(|n| names.iter().filter(|m| m == n).count() > 1)
-        {
-            out.push(format!(
-                "{key}.columns: `{twice}` names two identifier kinds' columns"
-            ));
-        }
-    }
 }
 
 impl Files {

@@ -20,25 +20,41 @@ use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use super::{Destination, Op, body_for, push_identities, push_json_str};
-use std::collections::BTreeMap;
+mod config;
 
-use crate::config::{self, Cohort, Credentials};
+pub use config::{Config, DEFAULT_BATCH, MAX_BATCH, MIN_SECRET_BYTES, credentials};
+
+use super::{Delivery, Destination, Op, base_of, body_for, push_identities, push_json_str};
+use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
 use crate::error::{Error, Result};
+
+/// The registry's opener.
+pub fn open(
+    dest: &DestinationConfig,
+    credentials: &Credentials,
+    cohort: &Cohort,
+    _base: &std::path::Path,
+) -> Result<Delivery> {
+    let c = dest.settings::<Config>().expect("a webhook section");
+    Ok(Delivery::Requests(Arc::new(Webhook::new(
+        c,
+        credentials,
+        cohort,
+    )?)))
+}
+
+/// The registry's identity: a receiver is its URL (its query included: it may select a
+/// tenant); the signing secret can rotate without making it another destination.
+pub fn identity(dest: &DestinationConfig, _key: &str) -> String {
+    format!("webhook:{}", base_of(dest))
+}
 
 /// The signature header.
 pub const SIGNATURE: &str = "x-cohort-bridge-signature";
 /// The idempotency header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// The shortest signing secret accepted, in bytes: a shorter one is guessable, and every
-/// secret is masked wherever it appears in output (a one-letter secret would mask that letter
-/// in every message).
-pub const MIN_SECRET_BYTES: usize = 16;
-
-/// Ids per request at most (a receiver's body limit is the usual bound; 10k UUIDs are ~400 KB).
-pub const MAX_BATCH: usize = 10_000;
 
 pub struct Webhook {
     url: Arc<str>,
@@ -50,71 +66,9 @@ pub struct Webhook {
     destination: String,
 }
 
-/// `kind = "webhook"`: its keys (besides the delivery settings).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The receiver's URL (its query kept).
-    pub base_url: String,
-    /// Environment variable holding the HMAC-SHA256 signing secret.
-    pub secret_env: String,
-    /// Headers sent with every request (not secrets: they are in this file).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Headers whose values are read from these environment variables (secrets, e.g.
-    /// `Authorization`).
-    #[serde(default)]
-    pub header_env: BTreeMap<String, String>,
-}
-
-impl Config {
-    pub const KEYS: &'static [&'static str] = &["base_url", "secret_env", "headers", "header_env"];
-
-    pub(crate) fn problems(&self, key: &str, out: &mut Vec<String>) {
-        out.extend(config::http_url_problem(
-            &format!("{key}.base_url"),
-            &self.base_url,
-        ));
-        out.extend(config::env_var_problem(
-            &format!("{key}.secret_env"),
-            &self.secret_env,
-        ));
-        for (name, var) in &self.header_env {
-            out.extend(config::env_var_problem(
-                &format!("{key}.header_env.{name}"),
-                var,
-            ));
-        }
-    }
-
-    /// The problem with `secret` (read from `secret_env`) as a signing secret, if any; checked
-    /// before the secret is registered for masking. Never quotes it.
-    pub(crate) fn secret_problem(&self, key: &str, secret: &str) -> Option<String> {
-        (!secret.is_empty() && secret.len() < MIN_SECRET_BYTES).then(|| {
-            format!(
-                "{key}.secret_env: the signing secret in {} is {} bytes; it must be at least \
-                 {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
-                self.secret_env,
-                secret.len()
-            )
-        })
-    }
-
-    pub(crate) fn credentials(&self, read: &config::ReadSecret<'_>) -> Result<Credentials> {
-        Ok(Credentials::Webhook {
-            secret: read("secret_env", &self.secret_env)?,
-            headers: self
-                .header_env
-                .iter()
-                .map(|(name, var)| Ok((name.clone(), read(&format!("header_env.{name}"), var)?)))
-                .collect::<Result<_>>()?,
-        })
-    }
-}
-
 impl Webhook {
     pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
-        let Credentials::Webhook { secret, headers } = creds else {
+        let (Some(secret), headers) = (creds.secret("secret_env"), &creds.headers) else {
             return Err(Error::Internal("a webhook needs its signing secret".into()));
         };
         let key = |name: &str| format!("destinations.{}.{name}", cohort.destination);
@@ -281,17 +235,20 @@ headers = { "X-Team" = "growth" }
 header_env = { "Authorization" = "A" }"#,
         )
         .unwrap();
-        let creds = Credentials::Webhook {
-            secret: Secret::new("s3cret"),
-            headers: vec![("Authorization".into(), Secret::new("Bearer t0ken"))],
-        };
+        let creds = credentials(
+            Secret::new("s3cret"),
+            vec![("Authorization".into(), Secret::new("Bearer t0ken"))],
+        );
         let cohort = Cohort {
             name: "c".into(),
             sql_file: "c.sql".into(),
             destination: "hook".into(),
             cohort_id: "vip".into(),
             display_name: display_name.into(),
-            holdout: crate::cohort::holdout::Holdout::new(0.0, "vip".into()),
+            holdout: crate::config::HoldoutShare {
+                share: 0.0,
+                salt: "vip".into(),
+            },
             identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
         };
         Webhook::new(&dest, &creds, &cohort).unwrap()
