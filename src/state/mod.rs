@@ -63,6 +63,7 @@ pub mod history;
 pub mod ids;
 pub mod journal;
 pub mod lock;
+pub mod paths;
 pub mod runs;
 
 use chrono::{DateTime, Utc};
