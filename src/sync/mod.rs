@@ -246,6 +246,7 @@ fn destination_of(
     Ok(dest)
 }
 
+/// Up to 5 ids of a list (`--dry-run`'s samples).
 fn sample(ids: &StringArray) -> Vec<String> {
     ids.iter().flatten().take(5).map(str::to_string).collect()
 }
@@ -302,6 +303,7 @@ impl SyncSummary {
     }
 }
 
+/// One run of one cohort (or one shard of it): what every stage reads.
 struct Run<'a> {
     /// Which partner workspace this run talks to (`partner_identity`).
     partner: String,
