@@ -16,11 +16,11 @@ use crate::state::{self, ids, paths};
 impl Run<'_> {
     /// Records who entered and who left the control group since the last run in
     /// `cohort_changes` (`held_out`, `held_out_left`), then keeps the group as
-    /// `paths::HOLDOUT` in this run's state. Nothing here reaches the partner, so it runs
-    /// after the partner's part is committed; a run that dies between the history and the file
-    /// records the same change again on the next run (same ops, a later `committed_at_ms`:
-    /// "the latest op" answers the same). An unreadable file is logged and the whole group is
-    /// recorded again.
+    /// `holdout/held.parquet` (`paths::HOLDOUT`) in this run's state. Nothing here reaches the
+    /// partner, so it runs after the partner's part is committed; a run that dies between the
+    /// history and the file records the same change again on the next run (same ops, a later
+    /// `committed_at_ms`: "the latest op" answers the same). An unreadable file is logged and
+    /// the whole group is recorded again.
     pub(super) async fn record_holdout(&self, held: Arc<StringArray>) -> Result<()> {
         let store = self.state.store.as_ref();
         let path = self.state.path(paths::HOLDOUT);
