@@ -73,7 +73,7 @@ fn partner(t: &Target) -> Result<String> {
 
 /// `state show`: everything about one cohort's state, as JSON, with what to do about problems.
 pub async fn show(config_file: &Path, name: &str, shard: Option<Shard>) -> Result<i32> {
-    let t = target::open(config_file, name, shard).await?;
+    let t = target::open(crate::destinations::load_config(config_file)?, name, shard).await?;
     let partner_now = partner(&t).ok();
     print(&crate::state::show::show(&t, name, shard, partner_now).await?);
     Ok(exit::OK)
@@ -86,7 +86,7 @@ pub async fn unlock(
     shard: Option<Shard>,
     force: bool,
 ) -> Result<i32> {
-    let t = target::open(config_file, name, shard).await?;
+    let t = target::open(crate::destinations::load_config(config_file)?, name, shard).await?;
     print(&crate::state::unlock::unlock(&t, name, force).await?);
     Ok(exit::OK)
 }
@@ -98,7 +98,7 @@ pub async fn repair(
     shard: Option<Shard>,
     force: bool,
 ) -> Result<i32> {
-    let t = target::open(config_file, name, shard).await?;
+    let t = target::open(crate::destinations::load_config(config_file)?, name, shard).await?;
     let actions = crate::state::repair::repair(&t, force, &|| partner(&t)).await?;
     print(&json!({
         "cohort": name,

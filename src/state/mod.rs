@@ -61,6 +61,7 @@ pub mod history;
 pub mod ids;
 pub mod journal;
 pub mod lock;
+pub mod paths;
 pub mod repair;
 pub mod runs;
 pub mod set_aside;

@@ -1,8 +1,6 @@
 //! The cohort (or shard) a `state` command addresses: the project, the cohort's configuration
 //! and its state area.
 
-use std::path::Path as FsPath;
-
 use super::CohortState;
 use crate::cohort::shard::Shard;
 use crate::config::Config;
@@ -15,9 +13,8 @@ pub struct Target {
     pub cohort: crate::config::Cohort,
 }
 
-/// Loads the project and locates the state of cohort `name` (of its shard `shard`).
-pub async fn open(config_file: &FsPath, name: &str, shard: Option<Shard>) -> Result<Target> {
-    let config = crate::destinations::load_config(config_file)?;
+/// Locates the state of cohort `name` (of its shard `shard`) in the loaded project.
+pub async fn open(config: Config, name: &str, shard: Option<Shard>) -> Result<Target> {
     let cohort = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
