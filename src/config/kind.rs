@@ -60,7 +60,7 @@ pub enum Claim {
 }
 
 /// A kind's own keys, parsed: the configuration's view of a destination.
-pub trait KindConfig: fmt::Debug + Send + Sync + Any {
+pub trait KindConfig: KindConfigBase + fmt::Debug + Send + Sync + Any {
     /// The HTTP endpoint of a kind that sends requests.
     fn base_url(&self) -> Option<&str> {
         None
@@ -99,26 +99,26 @@ pub trait KindConfig: fmt::Debug + Send + Sync + Any {
     fn claim(&self, _cohort_id: &str) -> Claim {
         Claim::CohortId
     }
+}
 
+/// What every [`KindConfig`] has without writing it: a look at its concrete type (the kind's
+/// own code reads its settings back through it) and a copy.
+pub trait KindConfigBase {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn clone_box(&self) -> Box<dyn KindConfig>;
 }
 
-/// Implements the boilerplate of [`KindConfig`] (`as_any`, `as_any_mut`, `clone_box`).
-#[macro_export]
-macro_rules! kind_config_boilerplate {
-    () => {
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
-        }
-        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-            self
-        }
-        fn clone_box(&self) -> Box<dyn $crate::config::KindConfig> {
-            Box::new(self.clone())
-        }
-    };
+impl<T: KindConfig + Clone> KindConfigBase for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn clone_box(&self) -> Box<dyn KindConfig> {
+        Box::new(self.clone())
+    }
 }
 
 impl Clone for Box<dyn KindConfig> {

@@ -68,8 +68,6 @@ impl KindConfig for Config {
             key(&self.client_secret_env)
         )
     }
-
-    crate::kind_config_boilerplate!();
 }
 
 /// Cohort Import's keys: both travel in every request body; the `client_secret` names the

@@ -103,8 +103,6 @@ impl KindConfig for Config {
             }
         }
     }
-
-    crate::kind_config_boilerplate!();
 }
 
 /// A workspace REST API key: sent as `Authorization: Bearer`, names the workspace.

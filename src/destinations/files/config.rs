@@ -122,6 +122,4 @@ impl KindConfig for Config {
             ));
         }
     }
-
-    crate::kind_config_boilerplate!();
 }

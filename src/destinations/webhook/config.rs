@@ -87,8 +87,6 @@ impl KindConfig for Config {
     fn workspace(&self, http: &dyn Fn(&str) -> String, _key: &dyn Fn(&str) -> String) -> String {
         format!("webhook {}", http(&self.base_url))
     }
-
-    crate::kind_config_boilerplate!();
 }
 
 /// A webhook's signing secret (it names the receiver's key) and its secret headers.
