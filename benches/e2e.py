@@ -3,6 +3,8 @@
 
     python3 benches/e2e.py            # RUNS=3 of every case; --runs N, --cases a,b,e,s,c,d
     python3 benches/e2e.py --cases a,w,W,f --no-peer --interleave   # cases in turn, per pass
+    python3 benches/e2e.py --cases a,b,e --no-peer --interleave --before OLD_BIN
+                                      # a change measured: another build in turn with this one
 
 Generates once and caches under data/: a lake of 20M users with UUID ids in no order
 (`bench-lake-20m-uuid`, `generate --ids uuid`, the default shape; the cohort `benches/half.sql`
@@ -55,6 +57,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/cohort-bridge/target"))
 BIN = TARGET / "release" / "cohort-bridge"
+# The partner emulator's binary: the one under test, also when --before swaps BIN for a case.
+EMU_BIN = BIN
 PEER = ROOT.parent / "shared" / "peers" / "sync_baseline.py"
 PEER_PYTHON = Path(os.environ.get("PEER_PYTHON",
                                   Path.home() / ".cache/cohort-bridge/venv-peer/bin/python"))
@@ -150,7 +154,7 @@ class Emulator:
 
     def __init__(self, limit=("1000000000", "1h")):
         self.proc = subprocess.Popen(
-            [str(BIN), "emulator", "--port", str(PORT),
+            [str(EMU_BIN), "emulator", "--port", str(PORT),
              "--partner-api-key-env", "BENCH_PARTNER_API_KEY",
              "--client-secret-env", "BENCH_CLIENT_SECRET",
              "--rest-api-key-env", "BENCH_REST_API_KEY",
@@ -544,11 +548,16 @@ def table(rows):
 
 
 def main():
+    global BIN
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=int(os.environ.get("RUNS", "3")))
     p.add_argument("--cases", default="a,b,e,s,c,d")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-peer", action="store_true", help="run ours only")
+    p.add_argument("--before", metavar="BIN",
+                   help="also run every case with this other build of cohort-bridge (e.g. the "
+                        "release binary of the previous commit), in turn with this one inside "
+                        "each pass; its rows are labelled `<case> before`")
     p.add_argument("--interleave", action="store_true",
                    help="run the cases in turn, one run of each per pass, --runs passes (on a machine "
                         "whose page cache or neighbours drift, only rows measured in turn compare)")
@@ -601,11 +610,23 @@ def main():
                 if case in failed:
                     continue
                 # A case that fails is named; the others' rows are still reported.
-                try:
-                    this += run_case(case, str(Path(work) / f"pass-{i}"), 1 if args.interleave else args.runs)
-                except (RuntimeError, AssertionError, OSError) as e:
-                    log(f"case {case} FAILED: {e}")
-                    failed.append(case)
+                n = 1 if args.interleave else args.runs
+                builds = [(None, BIN)] + ([("before", Path(args.before))] if args.before else [])
+                # The two builds take turns going first, pass by pass.
+                for label, binary in (builds if i % 2 == 0 else builds[::-1]):
+                    BIN = binary
+                    try:
+                        rows_ = run_case(case, str(Path(work) / f"pass-{i}-{label or 'this'}"), n)
+                    except (RuntimeError, AssertionError, OSError) as e:
+                        log(f"case {case} ({label or 'this build'}) FAILED: {e}")
+                        failed.append(case)
+                        break
+                    finally:
+                        BIN = EMU_BIN
+                    for r in rows_:
+                        if label:
+                            r["case"] = f"{r['case']} {label}"
+                    this += rows_
             passes.append(this)
     rows += pooled(passes) if args.interleave else passes[0]
     report()

@@ -12,7 +12,7 @@ use super::{Secret, url_secrets};
 use crate::error::Result;
 
 /// A destination: its kind with that kind's own keys (each kind's config type lives beside its
-/// code in `deliver::destination`), and the delivery settings every kind shares. Secrets are
+/// code in `src/destinations/<kind>/config.rs`), and the delivery settings every kind shares. Secrets are
 /// named by environment variable, never written here.
 ///
 /// Parsed from the `[destinations.<name>]` table: `kind` picks the type, the shared keys go to
@@ -48,12 +48,12 @@ impl DestinationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
-    /// Ids per request: 1..=1000 for `braze` (default 1000), 1..=75 for `braze_users_track`
-    /// (default 75), 1..=10,000 for `webhook` (default 1000): the partner's limits.
+    /// Ids per request, from 1 to the kind's `max_batch` (the partner's limit); default the
+    /// kind's `default_batch` (see the registry in `destinations`).
     #[serde(default)]
     pub batch_size: usize,
-    /// Requests per second across the whole run. Default: the partner's limit (69.44 for
-    /// `braze`, 250,000 per hour; 1,000 for `braze_users_track`, 3,000 per 3 seconds).
+    /// Requests per second across the whole run. Default: the kind's `default_rps`, the
+    /// partner's limit.
     #[serde(default)]
     pub requests_per_second: f64,
     /// Requests in flight at once on one connection pool. Default 8.

@@ -380,8 +380,6 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// `"1.5 GiB"` → `(1.5, "GiB")`: a leading number and the trimmed rest.
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-pub(super) fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+/// `"1.5 GiB"` → `(1.5, "GiB")`: a leading number and the trimmed rest.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -54,7 +54,7 @@
 //! is written as format 2, so state is readable by the previous release once compacted.
 //!
 //! A state file that is missing where it must exist, or unreadable, stops a run with exit 2
-//! naming the file and the `cohort-bridge state …` command that repairs it (see `cmd`).
+//! naming the file and the `cohort-bridge state …` command that repairs it (see `repair`).
 
 pub mod dead;
 pub mod history;

@@ -158,7 +158,7 @@ fn action(f: &Fault, sink: &str) -> Action {
 /// Runs an operator's action with the binary, in the project folder, as a person or a second
 /// scheduler would: an unlock at once (the request that met it waits meanwhile), a second
 /// scheduler's sync in the background (returned, to be awaited).
-fn operate(dir: &Path, op: Op) -> Option<std::thread::JoinHandle<()>> {
+fn operate(dir: &Path, op: Op) -> Option<std::thread::JoinHandle<String>> {
     let run = move |dir: &Path, args: &[&str]| {
         command_in(dir, args)
             .env(crate::webhook::SECRET_VAR_HOOK, crate::webhook::HOOK_SECRET)
@@ -178,8 +178,14 @@ fn operate(dir: &Path, op: Op) -> Option<std::thread::JoinHandle<()>> {
     }
     if matches!(op, Op::SecondScheduler | Op::UnlockThenSecond) {
         let dir = dir.to_path_buf();
+        // What the second scheduler said, for the message of a case that fails after it.
         return Some(std::thread::spawn(move || {
-            run(&dir, &sync);
+            let out = run(&dir, &sync);
+            format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            )
         }));
     }
     None
@@ -315,7 +321,7 @@ fn schedules(kind: Kind, default_cases: u32) {
     });
     let sink = Sink::start();
     let schedule: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
-    let operators: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+    let operators: Arc<Mutex<Vec<std::thread::JoinHandle<String>>>> = Arc::default();
     let project_dir: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::default();
     let sink_url = sink.url("https");
     let (s, ops, dir, sink_to) = (
@@ -394,13 +400,18 @@ fn schedules(kind: Kind, default_cases: u32) {
             fenced.set(fenced.get() + 1);
         }
         // The operators' actions finish (a second scheduler's sync runs to its end).
+        // A request that met an operator's action may still be in the proxy's hands (the run
+        // gave up on it): wait for it, or its second scheduler would start after this drain
+        // and hold the lock the clean run needs.
+        let mut seconds = Vec::new();
         loop {
+            proxy.wait_idle();
             let taken: Vec<_> = operators.lock().unwrap().drain(..).collect();
             if taken.is_empty() {
                 break;
             }
             for t in taken {
-                t.join().unwrap();
+                seconds.push(t.join().unwrap());
             }
         }
         schedule.lock().unwrap().clear();
@@ -444,9 +455,10 @@ fn schedules(kind: Kind, default_cases: u32) {
         let clean = sync();
         prop_assert!(
             clean.is_ok(),
-            "the clean run failed: {:?} (the faulty run: {:?})",
+            "the clean run failed: {:?} (the faulty run: {:?}; a second scheduler's run: {:?})",
             clean.err(),
-            run.err()
+            run.err(),
+            seconds
         );
         if let Some(d) = differ(&kind.held(&partner), &expected[v]) {
             prop_assert!(

@@ -143,7 +143,7 @@ url = "{source_url}"
 
 impl Lakehouse {
     /// Prints (with `--nocapture`) how many requests of each kind the S3 server served since
-    /// the last call: the figures in the README's storage section.
+    /// the last call: the figures of docs/benchmarks.md, "Object-store requests".
     fn report_requests(&self, what: &str) {
         if let Some(s3) = &self.s3 {
             let mut counts = std::collections::BTreeMap::<String, u64>::new();
