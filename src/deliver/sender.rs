@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Request;
+use super::headers::Asked;
 use super::ratelimit::{LOGGED_WAIT, Pacer, Ticket};
 use super::requests::{Destination, Refused};
 use super::retry::{Answer, Backoff, Verdict};
@@ -202,45 +203,9 @@ impl Sender {
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let verdict = self.attempt(request, ticket).await;
-            let (reason, asked) = match verdict {
-                Verdict::Success | Verdict::Partial(_) => {
-                    self.stats
-                        .acked_batches
-                        .fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
-                    self.stats
-                        .acked_ids
-                        .fetch_add(request.ids as u64, Ordering::Relaxed);
-                    debug!(
-                        batch = request.batch,
-                        ids = request.ids,
-                        attempt,
-                        "acknowledged"
-                    );
-                    return Ok(match verdict {
-                        Verdict::Partial(refused) => refused,
-                        _ => Vec::new(),
-                    });
-                }
-                Verdict::Reject { status, message } => {
-                    return Err(Error::PartnerRejected {
-                        what: describe(request),
-                        status,
-                        message,
-                    });
-                }
-                Verdict::Redirect { status, location } => {
-                    return Err(Error::config(
-                        None,
-                        format!(
-                            "{}: the partner answered HTTP {status}, redirecting to {location}. \
-                             Redirects are never followed (the keys would travel with them): \
-                             the destination's base_url is wrong; set it to the URL the partner \
-                             documents (e.g. https:// rather than http://)",
-                            describe(request)
-                        ),
-                    ));
-                }
-                Verdict::Retry { reason, asked } => (reason, asked),
+            let (reason, asked) = match self.settled(request, attempt, verdict) {
+                Ok(done) => return done,
+                Err(retry) => retry,
             };
             let mut wait = self.backoff.delay(attempt);
             if let Some(asked) = &asked {
@@ -283,6 +248,53 @@ impl Sender {
                     reason = %reason, "transient failure, retrying");
             }
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// What an attempt's verdict settles: `Ok` ends the request (acknowledged, with the items
+    /// the partner refused, or failed for good), `Err` is a transient failure to retry (its
+    /// reason, and the wait the partner asked for).
+    fn settled(
+        &self,
+        request: &Request,
+        attempt: u32,
+        verdict: Verdict,
+    ) -> std::result::Result<Result<Vec<Refused>>, (String, Option<Asked>)> {
+        match verdict {
+            Verdict::Success | Verdict::Partial(_) => {
+                self.stats
+                    .acked_batches
+                    .fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
+                self.stats
+                    .acked_ids
+                    .fetch_add(request.ids as u64, Ordering::Relaxed);
+                debug!(
+                    batch = request.batch,
+                    ids = request.ids,
+                    attempt,
+                    "acknowledged"
+                );
+                Ok(Ok(match verdict {
+                    Verdict::Partial(refused) => refused,
+                    _ => Vec::new(),
+                }))
+            }
+            Verdict::Reject { status, message } => Ok(Err(Error::PartnerRejected {
+                what: describe(request),
+                status,
+                message,
+            })),
+            Verdict::Redirect { status, location } => Ok(Err(Error::config(
+                None,
+                format!(
+                    "{}: the partner answered HTTP {status}, redirecting to {location}. \
+                         Redirects are never followed (the keys would travel with them): \
+                         the destination's base_url is wrong; set it to the URL the partner \
+                         documents (e.g. https:// rather than http://)",
+                    describe(request)
+                ),
+            ))),
+            Verdict::Retry { reason, asked } => Err((reason, asked)),
         }
     }
 
