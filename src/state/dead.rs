@@ -23,7 +23,7 @@ use super::CohortState;
 use crate::error::{Error, Result};
 use crate::storage::json::{Read, try_read_json, write_json};
 
-pub const PENDING: &str = "pending/dead";
+pub use super::paths::DEAD_PENDING as PENDING;
 
 /// The `change` of a removal the partner did not need: it has no such profile.
 pub const GONE: &str = "gone";
@@ -124,7 +124,7 @@ pub async fn write(
     let mut writer = ArrowWriter::try_new(&mut buf, schema, None)?;
     writer.write(&batch)?;
     writer.close()?;
-    let path = state.path(&format!("dead_letters/{run_id}.parquet"));
+    let path = state.path(&super::paths::dead_letters(run_id));
     state.store.put(&path, Bytes::from(buf).into()).await?;
     Ok(())
 }

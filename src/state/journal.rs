@@ -10,10 +10,10 @@ use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::paths::JOURNAL as DIR;
 use super::{CohortState, PlanMeta};
 use crate::error::{Error, Result};
 
-const DIR: &str = "pending/journal";
 /// How long a group waits for company. A kill loses at most this much of the journal (those
 /// batches are sent again on resume, which set semantics make harmless).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);

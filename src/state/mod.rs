@@ -170,8 +170,8 @@ impl Delta {
     pub fn of(run_id: &str, add_count: u64, remove_count: u64) -> Delta {
         Delta {
             run_id: run_id.to_string(),
-            adds: format!("snapshots/{run_id}.adds.parquet"),
-            removes: format!("snapshots/{run_id}.removes.parquet"),
+            adds: paths::delta_adds(run_id),
+            removes: paths::delta_removes(run_id),
             add_count,
             remove_count,
         }
@@ -328,7 +328,7 @@ impl CohortState {
 
     /// `current.json`; unreadable or of a newer format: exit 2 naming `state repair`.
     pub async fn pointer(&self) -> Result<Option<Pointer>> {
-        let path = self.path("current.json");
+        let path = self.path(paths::POINTER);
         match try_read_json::<Pointer>(self.store.as_ref(), &path).await? {
             Read::Missing => Ok(None),
             Read::Corrupt(why) => Err(self.unreadable(&path, &why, "repair")),
@@ -341,7 +341,7 @@ impl CohortState {
 
     /// `pending/plan.json`; unreadable or of a newer format: exit 2 naming `state repair`.
     pub async fn plan(&self) -> Result<Option<PlanMeta>> {
-        let path = self.path("pending/plan.json");
+        let path = self.path(paths::PLAN);
         match try_read_json::<PlanMeta>(self.store.as_ref(), &path).await? {
             Read::Missing => Ok(None),
             Read::Corrupt(why) => Err(self.unreadable(&path, &why, "repair")),
@@ -390,7 +390,7 @@ impl CohortState {
         use datafusion::arrow::array::Array as _;
         if members.len() as u64 != p.members {
             return Err(self.unreadable(
-                &self.path("current.json"),
+                &self.path(paths::POINTER),
                 &format!(
                     "its snapshot and {} deltas make {} members, it records {}",
                     p.deltas.len(),
@@ -447,7 +447,7 @@ impl CohortState {
     pub async fn started(&self) -> Result<Vec<String>> {
         let listed: Vec<_> = self
             .store
-            .list(Some(&self.path(STARTED)))
+            .list(Some(&self.path(paths::STARTED)))
             .try_collect()
             .await?;
         Ok(listed
@@ -458,7 +458,7 @@ impl CohortState {
 
     /// Marks `run_id`'s snapshot as not committed (yet).
     pub async fn mark_started(&self, run_id: &str) -> Result<()> {
-        let path = self.path(&format!("{STARTED}/{run_id}"));
+        let path = self.path(&paths::started(run_id));
         self.store
             .put(&path, bytes::Bytes::new().into())
             .await
@@ -506,7 +506,7 @@ impl CohortState {
             }
         }
         p.format = plan_format(!p.deltas.is_empty(), keys);
-        write_json(self.store.as_ref(), &self.path("current.json"), &p).await
+        write_json(self.store.as_ref(), &self.path(paths::POINTER), &p).await
     }
 
     /// Removes `pending/` and every snapshot and delta file but `keep` (and their replicas).
@@ -517,9 +517,9 @@ impl CohortState {
             .iter()
             .flat_map(|f| [self.path(f), self.path(&replica(f))])
             .collect();
-        self.delete_all("pending/journal", &keep).await?;
-        delete_if_exists(self.store.as_ref(), &self.path("pending/plan.json")).await?;
-        for prefix in [STARTED, "pending", "snapshots"] {
+        self.delete_all(paths::JOURNAL, &keep).await?;
+        delete_if_exists(self.store.as_ref(), &self.path(paths::PLAN)).await?;
+        for prefix in [paths::STARTED, "pending", "snapshots"] {
             self.delete_all(prefix, &keep).await?;
         }
         Ok(())
@@ -539,8 +539,6 @@ impl CohortState {
         Ok(())
     }
 }
-
-const STARTED: &str = "pending/started";
 
 /// The replica of a snapshot: `snapshots/X.parquet` → `snapshots/X.replica.parquet`.
 pub fn replica(snapshot: &str) -> String {

@@ -25,6 +25,27 @@ pub const STARTED: &str = "pending/started";
 /// Where the control group (the cohort's `holdout`) is kept between runs.
 pub const HOLDOUT: &str = "holdout/held.parquet";
 
+/// The folder of dead letters not yet given their run's file.
+pub const DEAD_PENDING: &str = "pending/dead";
+
+/// The folder of every run's dead letters.
+pub const DEAD_LETTERS: &str = "dead_letters";
+
+/// The dead letters of run `run_id`.
+pub fn dead_letters(run_id: &str) -> String {
+    format!("{DEAD_LETTERS}/{run_id}.parquet")
+}
+
+/// The ids run `run_id` added to the snapshot before it (a delta).
+pub fn delta_adds(run_id: &str) -> String {
+    format!("snapshots/{run_id}.adds.parquet")
+}
+
+/// The ids run `run_id` removed from the snapshot before it (a delta).
+pub fn delta_removes(run_id: &str) -> String {
+    format!("snapshots/{run_id}.removes.parquet")
+}
+
 /// The full snapshot of run `run_id`.
 pub fn snapshot(run_id: &str) -> String {
     format!("snapshots/{run_id}.parquet")

@@ -54,8 +54,8 @@ async fn repair_locked(t: &Target, force: bool, partner: PartnerNow<'_>) -> Resu
     let store = state.store.as_ref();
     let mut actions = Vec::new();
 
-    let pointer_path = state.path("current.json");
-    let plan_path = state.path("pending/plan.json");
+    let pointer_path = state.path(super::paths::POINTER);
+    let plan_path = state.path(super::paths::PLAN);
     let pointer_read = try_read_json::<Pointer>(store, &pointer_path).await?;
     let plan_read = try_read_json::<PlanMeta>(store, &plan_path).await?;
     if let Read::Ok(p) = &pointer_read {
@@ -92,7 +92,7 @@ async fn repair_locked(t: &Target, force: bool, partner: PartnerNow<'_>) -> Resu
     // 2. The unfinished run.
     match plan_read {
         Read::Missing => {
-            let journal = state.path("pending/journal");
+            let journal = state.path(super::paths::JOURNAL);
             let listed = store.list_with_delimiter(Some(&journal)).await?;
             if !listed.objects.is_empty() {
                 let why = format!("{plan_path} is missing but {journal} is not");
@@ -200,8 +200,8 @@ async fn rebuild_pointer(
     partner: PartnerNow<'_>,
     actions: &mut Vec<String>,
 ) -> Result<Option<Pointer>> {
-    let pointer_path = state.path("current.json");
-    let plan_path = state.path("pending/plan.json");
+    let pointer_path = state.path(super::paths::POINTER);
+    let plan_path = state.path(super::paths::PLAN);
     let why = match missing_or_corrupt {
         Read::Corrupt(why) => format!("unreadable: {why}"),
         _ => "missing".to_string(),
@@ -292,7 +292,7 @@ async fn newest_readable(
     actions: &mut Vec<String>,
 ) -> Result<Option<Chosen>> {
     for (run, at) in candidates {
-        let snapshot = format!("snapshots/{run}.parquet");
+        let snapshot = super::paths::snapshot(run);
         match restore_snapshot(state, &snapshot, actions).await? {
             Ok(ids) => return Ok(Some((run.clone(), *at, snapshot, ids.len() as u64))),
             Err(why) => actions.push(format!(
@@ -311,7 +311,7 @@ async fn deltas_after(
     uncommitted: &[String],
     actions: &mut Vec<String>,
 ) -> Result<Vec<Chained>> {
-    let pointer_path = state.path("current.json");
+    let pointer_path = state.path(super::paths::POINTER);
     let mut chain = Vec::new();
     let mut runs: Vec<_> = state
         .delta_runs()
@@ -323,8 +323,8 @@ async fn deltas_after(
     for (run, at) in runs {
         let mut lists = Vec::new();
         for file in [
-            format!("snapshots/{run}.adds.parquet"),
-            format!("snapshots/{run}.removes.parquet"),
+            super::paths::delta_adds(&run),
+            super::paths::delta_removes(&run),
         ] {
             match restore_snapshot(state, &file, actions).await? {
                 Ok(ids) => lists.push(ids),
@@ -358,7 +358,7 @@ fn no_snapshot(
     why: &str,
     no_candidates: bool,
 ) -> Result<Option<Pointer>> {
-    let pointer_path = state.path("current.json");
+    let pointer_path = state.path(super::paths::POINTER);
     if !no_candidates {
         return Err(Error::config(
             None,

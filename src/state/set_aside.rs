@@ -78,7 +78,7 @@ pub async fn set_aside_plan(
     .await;
     let members = union.len() as u64;
     let run_id = format!("repaired-{}", new_run_id());
-    let snapshot = format!("snapshots/{run_id}.parquet");
+    let snapshot = super::paths::snapshot(&run_id);
     ids::write_to(
         state.store.as_ref(),
         &[state.path(&snapshot), state.path(&replica(&snapshot))],
@@ -150,7 +150,7 @@ async fn could_have_sent(
         }
     }
     for (run, _) in state.snapshot_runs().await? {
-        let snapshot = format!("snapshots/{run}.parquet");
+        let snapshot = super::paths::snapshot(&run);
         if committed == Some(snapshot.as_str()) {
             continue;
         }
@@ -165,7 +165,7 @@ async fn could_have_sent(
         if chained.contains(&run) {
             continue;
         }
-        read_either(state, &format!("snapshots/{run}.adds.parquet"), &mut found).await?;
+        read_either(state, &super::paths::delta_adds(&run), &mut found).await?;
     }
     Ok(found)
 }
@@ -195,7 +195,7 @@ fn still_unknown(
     read_ok: &[String],
     mut unreadable: Vec<(String, String)>,
 ) -> Vec<String> {
-    let removes_file = state.path(plan.map_or("pending/removes.parquet", |p| &p.removes_file));
+    let removes_file = state.path(plan.map_or(super::paths::PENDING_REMOVES, |p| &p.removes_file));
     let target = plan.map(|p| state.path(&p.target_snapshot).to_string());
     let adds_file = plan.map(|p| state.path(&p.adds_file).to_string());
     unreadable.retain(|(path, _)| {

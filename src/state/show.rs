@@ -30,7 +30,7 @@ pub async fn show(
     let store = state.store.as_ref();
     let mut problems: Vec<String> = Vec::new();
 
-    let pointer_path = state.path("current.json");
+    let pointer_path = state.path(super::paths::POINTER);
     let pointer = match try_read_json::<Pointer>(store, &pointer_path).await? {
         Read::Ok(p) => Some(p),
         Read::Missing => None,
@@ -105,7 +105,7 @@ async fn committed(
     partner_now: Option<&str>,
     problems: &mut Vec<String>,
 ) -> Result<Value> {
-    let pointer_path = state.path("current.json");
+    let pointer_path = state.path(super::paths::POINTER);
     if p.format > FORMAT {
         problems.push(format!(
             "{pointer_path} has state format {}; upgrade cohort-bridge",
@@ -160,7 +160,7 @@ async fn committed(
 
 /// The unfinished run: its plan, how far its journal got, its pending dead letters.
 async fn unfinished(state: &CohortState, problems: &mut Vec<String>) -> Result<Value> {
-    let plan_path = state.path("pending/plan.json");
+    let plan_path = state.path(super::paths::PLAN);
     let plan = match try_read_json::<PlanMeta>(state.store.as_ref(), &plan_path).await? {
         Read::Missing => return Ok(Value::Null),
         Read::Corrupt(why) => {
@@ -229,7 +229,7 @@ async fn dead_letter_files(state: &CohortState, problems: &mut Vec<String>) -> R
     let store = state.store.as_ref();
     let mut dead_letters = Vec::new();
     let listed: Vec<_> = store
-        .list(Some(&state.path("dead_letters")))
+        .list(Some(&state.path(super::paths::DEAD_LETTERS)))
         .try_collect()
         .await?;
     for meta in listed {
