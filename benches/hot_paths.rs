@@ -22,7 +22,7 @@ use cohort_bridge::cohort::diff::diff;
 use cohort_bridge::cohort::distinct_sorted;
 use cohort_bridge::deliver::plan::{batches, encode_in_background};
 use cohort_bridge::destinations::braze_cohorts::{self, Braze};
-use cohort_bridge::destinations::{Destination, Op, parse_config};
+use cohort_bridge::destinations::{Destination, FromSettings, Op, parse_config};
 use cohort_bridge::emulator::currents::{EngagementSpec, PushCampaign, write_engagement};
 use cohort_bridge::ingest::event::EventColumns;
 use cohort_bridge::ingest::formats::avro::read_file;

@@ -60,7 +60,7 @@ pub static REGISTRY: Registry = Registry(&[
             default_rps: braze_cohorts::DEFAULT_RPS,
             parse: config::parse_as::<braze_cohorts::Config>,
         },
-        open: braze_cohorts::open,
+        open: requests::<braze_cohorts::Braze>,
         identity: braze_cohorts::identity,
     },
     Kind {
@@ -73,7 +73,7 @@ pub static REGISTRY: Registry = Registry(&[
             default_rps: braze_users_track::DEFAULT_RPS,
             parse: config::parse_as::<braze_users_track::Config>,
         },
-        open: braze_users_track::open,
+        open: requests::<braze_users_track::UsersTrack>,
         identity: braze_users_track::identity,
     },
     Kind {
@@ -86,7 +86,7 @@ pub static REGISTRY: Registry = Registry(&[
             default_rps: *config::RATE_RANGE.end(),
             parse: config::parse_as::<webhook::Config>,
         },
-        open: webhook::open,
+        open: requests::<webhook::Webhook>,
         identity: webhook::identity,
     },
     Kind {
@@ -166,6 +166,35 @@ pub enum Delivery {
     Requests(Arc<dyn Destination>),
     /// The plan's lists, whole.
     Lists(Arc<dyn Lists>),
+}
+
+/// A kind that takes requests, made from its section's own settings and its keys: the registry
+/// opens every such kind with [`requests`].
+pub trait FromSettings: Destination + Sized + 'static {
+    /// The kind's own config type (`<kind>/config.rs`).
+    type Settings: 'static;
+
+    fn new(settings: &Self::Settings, credentials: &Credentials, cohort: &Cohort) -> Result<Self>;
+}
+
+/// The registry's opener of a kind that takes requests.
+pub fn requests<D: FromSettings>(
+    dest: &DestinationConfig,
+    credentials: &Credentials,
+    cohort: &Cohort,
+    _base: &Path,
+) -> Result<Delivery> {
+    Ok(Delivery::Requests(Arc::new(D::new(
+        own(dest),
+        credentials,
+        cohort,
+    )?)))
+}
+
+/// A section's own settings, as the kind whose row read it knows them.
+pub fn own<T: 'static>(dest: &DestinationConfig) -> &T {
+    dest.settings::<T>()
+        .expect("a section is read by its own kind's row")
 }
 
 /// The destination a cohort is delivered to, with its keys (`base` anchors relative paths).

@@ -14,30 +14,15 @@ mod config;
 
 pub use config::{Config, DEFAULT_RPS, MAX_BATCH, credentials};
 
-use super::{Delivery, Destination, Op, base_of, body_for, push_ids, push_json_str};
+use super::{Destination, FromSettings, Op, base_of, body_for, own, push_ids, push_json_str};
 use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::error::{Error, Result};
 
-/// The registry's opener.
-pub fn open(
-    dest: &DestinationConfig,
-    credentials: &Credentials,
-    cohort: &Cohort,
-    _base: &std::path::Path,
-) -> Result<Delivery> {
-    let c = dest.settings::<Config>().expect("a braze section");
-    Ok(Delivery::Requests(Arc::new(Braze::new(
-        c,
-        credentials,
-        cohort,
-    )?)))
-}
-
 /// The registry's identity: the format earlier releases recorded in every snapshot, unchanged
 /// (upgrading is not a change of workspace).
 pub fn identity(dest: &DestinationConfig, key: &str) -> String {
-    let c = dest.settings::<Config>().expect("a braze section");
+    let c: &Config = own(dest);
     format!("{}/partners/{}#workspace-{key}", base_of(dest), c.partner)
 }
 
@@ -54,8 +39,10 @@ pub struct Braze {
     headers: HeaderMap,
 }
 
-impl Braze {
-    pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+impl FromSettings for Braze {
+    type Settings = Config;
+
+    fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
         let (Some(partner_api_key), Some(client_secret)) = (
             creds.secret("partner_api_key_env"),
             creds.secret("client_secret_env"),
@@ -87,7 +74,9 @@ impl Braze {
             headers: HeaderMap::new(),
         })
     }
+}
 
+impl Braze {
     /// Creates the cohort, or renames it when the display name changed (idempotent).
     pub fn create_cohort(&self, created_at: DateTime<Utc>) -> Request {
         let mut body = self.head.clone();

@@ -24,30 +24,13 @@ mod response;
 pub use config::{Config, DEFAULT_RPS, MAX_OBJECTS, Membership, credentials};
 
 use super::{
-    Delivery, Destination, Op, Refused, base_of, body_for, push_identities, push_json_str,
+    Destination, FromSettings, Op, Refused, base_of, body_for, push_identities, push_json_str,
 };
 use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
 use crate::error::{Error, Result};
 use response::accounted;
-
-/// The registry's opener.
-pub fn open(
-    dest: &DestinationConfig,
-    credentials: &Credentials,
-    cohort: &Cohort,
-    _base: &std::path::Path,
-) -> Result<Delivery> {
-    let c = dest
-        .settings::<Config>()
-        .expect("a braze_users_track section");
-    Ok(Delivery::Requests(Arc::new(UsersTrack::new(
-        c,
-        credentials,
-        cohort,
-    )?)))
-}
 
 /// The registry's identity: the endpoint and the REST key's fingerprint.
 pub fn identity(dest: &DestinationConfig, key: &str) -> String {
@@ -66,8 +49,10 @@ pub struct UsersTrack {
     destination: String,
 }
 
-impl UsersTrack {
-    pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+impl FromSettings for UsersTrack {
+    type Settings = Config;
+
+    fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
         let Some(api_key) = creds.secret("api_key_env") else {
             return Err(Error::Internal("/users/track needs a REST API key".into()));
         };

@@ -26,7 +26,7 @@ mod config;
 
 pub use config::{COLUMN_KINDS, Config, FileFormat, MAX_BATCH};
 
-use super::{Delivery, Lists, ListsOf};
+use super::{Delivery, Lists, ListsOf, own};
 use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::error::{Error, Result};
 use crate::state::ids::{self, Layout};
@@ -39,13 +39,16 @@ pub fn open(
     cohort: &Cohort,
     base: &FsPath,
 ) -> Result<Delivery> {
-    let c = dest.settings::<Config>().expect("a files section");
-    Ok(Delivery::Lists(Arc::new(Files::new(c, cohort, base)?)))
+    Ok(Delivery::Lists(Arc::new(Files::new(
+        own(dest),
+        cohort,
+        base,
+    )?)))
 }
 
 /// The registry's identity: files are where they are written.
 pub fn identity(dest: &DestinationConfig, _key: &str) -> String {
-    let c = dest.settings::<Config>().expect("a files section");
+    let c: &Config = own(dest);
     format!("files:{}", c.url.trim_end_matches('/'))
 }
 

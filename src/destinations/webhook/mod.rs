@@ -24,26 +24,11 @@ mod config;
 
 pub use config::{Config, DEFAULT_BATCH, MAX_BATCH, MIN_SECRET_BYTES, credentials};
 
-use super::{Delivery, Destination, Op, base_of, body_for, push_identities, push_json_str};
+use super::{Destination, FromSettings, Op, base_of, body_for, push_identities, push_json_str};
 use crate::config::{Cohort, Credentials, DestinationConfig};
 use crate::deliver::Request;
 use crate::deliver::retry::{self, Answer, Verdict};
 use crate::error::{Error, Result};
-
-/// The registry's opener.
-pub fn open(
-    dest: &DestinationConfig,
-    credentials: &Credentials,
-    cohort: &Cohort,
-    _base: &std::path::Path,
-) -> Result<Delivery> {
-    let c = dest.settings::<Config>().expect("a webhook section");
-    Ok(Delivery::Requests(Arc::new(Webhook::new(
-        c,
-        credentials,
-        cohort,
-    )?)))
-}
 
 /// The registry's identity: a receiver is its URL (its query included: it may select a
 /// tenant); the signing secret can rotate without making it another destination.
@@ -66,8 +51,10 @@ pub struct Webhook {
     destination: String,
 }
 
-impl Webhook {
-    pub fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+impl FromSettings for Webhook {
+    type Settings = Config;
+
+    fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
         let (Some(secret), headers) = (creds.secret("secret_env"), &creds.headers) else {
             return Err(Error::Internal("a webhook needs its signing secret".into()));
         };
