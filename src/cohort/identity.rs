@@ -1,7 +1,9 @@
 //! Who a member is: an external id (`user_id`), a user alias (`alias_name` + `alias_label`), a
-//! device id (`device_id`) or a Braze id (`braze_id`). A cohort's SQL may return any of these
-//! columns; per row the first present one, in the cohort's priority (`cohorts.<name>.identifiers`,
-//! default `user_id`, alias, `device_id`, `braze_id`), is the member.
+//! device id (`device_id`), a Braze id (`braze_id`), an email address (`email`) or a phone
+//! number (`phone`). A cohort's SQL may return any of these columns; per row the first present
+//! one, in the cohort's priority (`cohorts.<name>.identifiers`, default `user_id`, alias,
+//! `device_id`, `braze_id`; `email` and `phone` only when named), is the member. Emails and
+//! phones are normalised once the members are known ([`contact`](super::contact)).
 //!
 //! A member is one string (its *key*), so snapshots, diffs and plans stay lists of sorted
 //! strings keyed by (kind, value). The encoding is injective — every (kind, value) pair has
@@ -16,6 +18,8 @@
 //! | alias `NAME`, `LABEL`, `NAME` with a 0x01 | `\x01A\x01<bytes of NAME, decimal>\x01NAME LABEL` |
 //! | device id `ID` | `\x01d\x01ID` |
 //! | Braze id `ID` | `\x01b\x01ID` |
+//! | email `E` | `\x01M\x01E` |
+//! | phone `P` | `\x01P\x01P` |
 //!
 //! Values are never empty (an empty identifier is no identifier). A label, a device id and a
 //! Braze id are everything after their prefix, so they may hold 0x01 too. Any other key starting
@@ -33,7 +37,7 @@
 //! at it a state format that release refuses.
 //!
 //! Keys starting with 0x01 are one run of a sorted list (found by binary search); in it the
-//! kinds other than external ids sort before `\x01e` (`A` < `a` < `b` < `d` < `e`).
+//! kinds other than external ids sort before `\x01e` (`A` < `M` < `P` < `a` < `b` < `d` < `e`).
 
 use std::borrow::Cow;
 
@@ -50,6 +54,8 @@ pub const ALIAS_NAME: &str = "alias_name";
 pub const ALIAS_LABEL: &str = "alias_label";
 pub const DEVICE_ID: &str = "device_id";
 pub const BRAZE_ID: &str = "braze_id";
+pub const EMAIL: &str = "email";
+pub const PHONE: &str = "phone";
 
 /// A kind of identifier, as `cohorts.<name>.identifiers` names it (parsed by the config).
 pub use crate::config::IdentifierKind as Kind;
@@ -72,6 +78,10 @@ pub enum Id<'a> {
     },
     Device(&'a str),
     Braze(&'a str),
+    /// An email address (normalised once the members are known: `contact`).
+    Email(&'a str),
+    /// A phone number (E.164 once the members are known: `contact`).
+    Phone(&'a str),
     /// A key starting with 0x01 that is no key of this encoding (never built here; a state list
     /// holding one is refused when read). Were one sent, it would name no user, never another.
     Malformed(&'a str),
@@ -98,6 +108,8 @@ pub fn parse(key: &str) -> Id<'_> {
         "A" => escaped_alias(value),
         "d" if !value.is_empty() => Some(Id::Device(value)),
         "b" if !value.is_empty() => Some(Id::Braze(value)),
+        "M" if !value.is_empty() => Some(Id::Email(value)),
+        "P" if !value.is_empty() => Some(Id::Phone(value)),
         _ => None,
     };
     parsed.unwrap_or(Id::Malformed(key))
@@ -146,6 +158,20 @@ pub fn braze(id: &str) -> String {
     format!("{TAG}b{TAG}{id}")
 }
 
+/// The key of an email address.
+pub fn email(value: &str) -> String {
+    format!("{TAG}M{TAG}{value}")
+}
+
+/// The key of a phone number.
+pub fn phone(value: &str) -> String {
+    format!("{TAG}P{TAG}{value}")
+}
+
+/// The keys of emails and phones (of one run of a sorted list: `\x01M` and `\x01P` sort
+/// together).
+pub const CONTACT_TAGS: (&str, &str) = ("\u{1}M", "\u{1}Q");
+
 /// The key of a member (a malformed one is its own key).
 pub fn key(id: Id<'_>) -> String {
     match id {
@@ -153,6 +179,8 @@ pub fn key(id: Id<'_>) -> String {
         Id::Alias { name, label } => alias(name, label),
         Id::Device(v) => device(v),
         Id::Braze(v) => braze(v),
+        Id::Email(v) => email(v),
+        Id::Phone(v) => phone(v),
         Id::Malformed(k) => k.to_string(),
     }
 }
@@ -267,7 +295,15 @@ fn is_string(t: &DataType) -> bool {
 /// The identifier columns of `schema`: a problem when there is none, or one is not a string.
 pub fn check(schema: &Schema) -> Result<(), String> {
     let has = |c: &str| schema.field_with_name(c).ok();
-    for c in [USER_ID, ALIAS_NAME, ALIAS_LABEL, DEVICE_ID, BRAZE_ID] {
+    for c in [
+        USER_ID,
+        ALIAS_NAME,
+        ALIAS_LABEL,
+        DEVICE_ID,
+        BRAZE_ID,
+        EMAIL,
+        PHONE,
+    ] {
         if let Some(f) = has(c)
             && !is_string(f.data_type())
         {
@@ -286,11 +322,13 @@ pub fn check(schema: &Schema) -> Result<(), String> {
         && has(ALIAS_NAME).is_none()
         && has(DEVICE_ID).is_none()
         && has(BRAZE_ID).is_none()
+        && has(EMAIL).is_none()
+        && has(PHONE).is_none()
     {
         return Err(format!(
             "the result has no `{USER_ID}` column (it has: {}); select the member id AS {USER_ID} \
              (or an alias as {ALIAS_NAME} and {ALIAS_LABEL}, a device id as {DEVICE_ID}, a Braze \
-             id as {BRAZE_ID})",
+             id as {BRAZE_ID}, an email as {EMAIL}, a phone number as {PHONE})",
             schema
                 .fields()
                 .iter()
@@ -316,6 +354,8 @@ pub fn key_expr(schema: &Schema, priority: &[Kind]) -> datafusion::error::Result
             Kind::Alias => has(ALIAS_NAME),
             Kind::DeviceId => has(DEVICE_ID),
             Kind::BrazeId => has(BRAZE_ID),
+            Kind::Email => has(EMAIL),
+            Kind::Phone => has(PHONE),
         })
         .collect();
     if used.is_empty() {
@@ -365,6 +405,9 @@ pub fn key_expr(schema: &Schema, priority: &[Kind]) -> datafusion::error::Result
                 ),
                 Kind::DeviceId => (present(DEVICE_ID), concat(vec![tag("d"), text(DEVICE_ID)])),
                 Kind::BrazeId => (present(BRAZE_ID), concat(vec![tag("b"), text(BRAZE_ID)])),
+                // As found: `contact` normalises (and refuses) them once the members are known.
+                Kind::Email => (present(EMAIL), concat(vec![tag("M"), text(EMAIL)])),
+                Kind::Phone => (present(PHONE), concat(vec![tag("P"), text(PHONE)])),
             })
         })
         .collect::<datafusion::error::Result<_>>()?;

@@ -1,6 +1,7 @@
 //! Cohorts: plan a cohort's SQL against the lake, check its result has a string `user_id`, and
 //! compute its members — sorted, de-duplicated, NULL and empty ids skipped and counted.
 
+pub mod contact;
 pub mod diff;
 pub mod holdout;
 pub mod identity;
@@ -36,8 +37,10 @@ pub struct Members {
     pub nulls_skipped: u64,
     /// Rows whose `user_id` was the empty string (skipped: the partner cannot match them).
     pub empty_skipped: u64,
-    /// Rows that repeated an id already seen.
+    /// Rows that repeated an id already seen (emails and phones once normalised included).
     pub duplicates_removed: u64,
+    /// Members left out because their email or phone cannot be one (`contact`): dead letters.
+    pub malformed: Vec<contact::Malformed>,
 }
 
 /// Reads a cohort's SQL file and plans it read-only against the lake; nothing is executed.
@@ -151,10 +154,33 @@ pub async fn members_of(
             }
             e => lake.query_error(&origin, e),
         })?;
-    let sorted = on_rayon(move || sort::Collector::finish(parts))
-        .await
-        .map_err(|e| Error::query(format!("{origin}: {e}")))?;
-    Ok(from_sorted(sorted))
+    let contacts = identifiers
+        .iter()
+        .any(|k| matches!(k, identity::Kind::Email | identity::Kind::Phone));
+    let members = on_rayon(move || {
+        sort::Collector::finish(parts).map(|sorted| {
+            let members = from_sorted(sorted);
+            if contacts {
+                normalised(members)
+            } else {
+                members
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::query(format!("{origin}: {e}")))?;
+    Ok(members)
+}
+
+/// `members` with their emails and phones normalised and the malformed ones taken out.
+fn normalised(members: Members) -> Members {
+    let n = contact::normalise(members.ids);
+    Members {
+        ids: n.ids,
+        duplicates_removed: members.duplicates_removed + n.duplicates,
+        malformed: n.malformed,
+        ..members
+    }
 }
 
 /// Sorts and de-duplicates ids from many arrays into one compact array (rayon), in byte order,
@@ -170,6 +196,7 @@ fn from_sorted(s: sort::Sorted) -> Members {
         empty_skipped: s.empty as u64,
         duplicates_removed: s.duplicates as u64,
         ids: Arc::new(s.ids),
+        malformed: Vec::new(),
     }
 }
 

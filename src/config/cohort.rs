@@ -24,7 +24,7 @@ pub struct CohortConfig {
     /// Salt of the holdout split. Default: the cohort's `cohort_id`.
     pub holdout_salt: Option<String>,
     /// Which identifier columns make the member, first present first. Default `["user_id",
-    /// "alias", "device_id", "braze_id"]`.
+    /// "alias", "device_id", "braze_id"]`; `email` and `phone` are used only when named.
     pub identifiers: Option<Vec<IdentifierKind>>,
 }
 
@@ -63,6 +63,11 @@ pub enum IdentifierKind {
     Alias,
     DeviceId,
     BrazeId,
+    /// An email address (column `email`), trimmed and lowercased; malformed ones are dead
+    /// letters.
+    Email,
+    /// A phone number (column `phone`), in E.164; malformed ones are dead letters.
+    Phone,
 }
 
 /// The default priority of identifier kinds.

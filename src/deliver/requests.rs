@@ -49,6 +49,12 @@ pub trait Destination: Send + Sync {
         op: Op,
     ) -> Request;
 
+    /// How many pacers the sender keeps, each at the destination's `requests_per_second`: one
+    /// per endpoint the partner rate-limits on its own (`Request::lane` picks one).
+    fn lanes(&self) -> usize {
+        1
+    }
+
     /// Headers every request carries besides `Content-Type: application/json`.
     fn headers(&self) -> &HeaderMap;
 

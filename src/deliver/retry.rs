@@ -30,6 +30,16 @@ pub enum Verdict {
     Success,
     /// Acknowledged, but the partner says it did not apply these items of the batch.
     Partial(Vec<Refused>),
+    /// Not settled yet: the batch goes on with `next` (a job to poll, the rest of the batch),
+    /// sent after `after` with its own pacing and retries; `refused` (items of the batch this
+    /// step refused) are kept for the batch's final verdict. A batch is acknowledged only when
+    /// a step answers `Success` or `Partial`, so every step must be safe to repeat: a run that
+    /// stops mid-chain sends the whole batch again.
+    Continue {
+        next: Box<super::Request>,
+        after: Duration,
+        refused: Vec<Refused>,
+    },
     /// Transient (423, 429, 5xx, 408, timeouts, connection errors, a 2xx that is not the
     /// documented success): try again, after at least what the partner asked for.
     Retry {
@@ -50,6 +60,8 @@ pub enum Verdict {
 
 /// One answer, as read: status, headers, content type and the first bytes of the body.
 pub struct Answer<'a> {
+    /// The request this answers (its method, URL and step).
+    pub request: &'a super::Request,
     pub status: StatusCode,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
@@ -216,6 +228,7 @@ mod tests {
 
     fn classify_raw(code: u16, headers: &HeaderMap, body: &str) -> Verdict {
         classify(&Answer {
+            request: &crate::deliver::Request::post("http://x/".into(), Default::default(), 0, 1),
             status: StatusCode::from_u16(code).unwrap(),
             headers,
             body: body.as_bytes(),

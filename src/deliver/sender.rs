@@ -45,7 +45,8 @@ pub struct Sender {
     fence: Option<Arc<dyn Fence>>,
     /// Headers of every request, and what an answer means.
     destination: Arc<dyn Destination>,
-    pacer: Pacer,
+    /// One per lane of the destination (`Destination::lanes`).
+    pacers: Vec<Pacer>,
     backoff: Backoff,
     max_in_flight: usize,
     /// No attempt starts after this (the destination's `deadline`, from the run's start).
@@ -93,15 +94,20 @@ impl Sender {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let pacers = (0..destination.lanes().max(1))
+            .map(|_| {
+                Pacer::new(
+                    dest.requests_per_second,
+                    dest.max_in_flight,
+                    dest.retry.max_backoff,
+                )
+            })
+            .collect();
         Ok(Sender {
             client,
             fence: None,
             destination,
-            pacer: Pacer::new(
-                dest.requests_per_second,
-                dest.max_in_flight,
-                dest.retry.max_backoff,
-            ),
+            pacers,
             backoff: Backoff::new(dest.retry.clone(), seed),
             max_in_flight: dest.max_in_flight,
             deadline,
@@ -177,9 +183,43 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends one request until it is acknowledged, permanently rejected, or out of retries.
+    /// Sends one request until it is acknowledged, permanently rejected, or out of retries —
+    /// and, when its answer goes on (`Verdict::Continue`), each next step of its batch in turn.
     /// Returns the items of an acknowledged batch that the partner did not apply (usually none).
     pub async fn send(&self, request: &Request) -> Result<Vec<Refused>> {
+        let mut refused = Vec::new();
+        let mut step = std::borrow::Cow::Borrowed(request);
+        loop {
+            match self.send_step(&step).await? {
+                Settled::Acked(mut r) => {
+                    refused.append(&mut r);
+                    self.stats
+                        .acked_batches
+                        .fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
+                    self.stats
+                        .acked_ids
+                        .fetch_add(request.ids as u64, Ordering::Relaxed);
+                    debug!(batch = request.batch, ids = request.ids, "acknowledged");
+                    return Ok(refused);
+                }
+                Settled::Next {
+                    next,
+                    after,
+                    refused: mut r,
+                } => {
+                    refused.append(&mut r);
+                    if Instant::now() + after >= self.deadline {
+                        return Err(self.past_deadline(&next));
+                    }
+                    tokio::time::sleep(after).await;
+                    step = std::borrow::Cow::Owned(*next);
+                }
+            }
+        }
+    }
+
+    /// One step of a batch, until the partner settles it or it fails for good.
+    async fn send_step(&self, request: &Request) -> Result<Settled> {
         let first = Instant::now();
         let retry = self.backoff.config();
         let mut attempt: u32 = 0;
@@ -188,7 +228,8 @@ impl Sender {
             if Instant::now() >= self.deadline {
                 return Err(self.past_deadline(request));
             }
-            let ticket = self.pacer.acquire().await.map_err(|stall| {
+            let pacer = self.pacer(request);
+            let ticket = pacer.acquire().await.map_err(|stall| {
                 Error::Delivery(format!(
                     "{}: would have to wait {} ({}), longer than retry.max_backoff = {}; \
                      stopped instead of waiting (raise retry.max_backoff if the partner means it)",
@@ -221,7 +262,7 @@ impl Sender {
                     )));
                 }
                 // The partner said when: every request waits, not only this one.
-                self.pacer.pause_for(asked.wait, &asked.said);
+                pacer.pause_for(asked.wait, &asked.said);
                 wait = wait.max(asked.wait);
             }
             let elapsed = first.elapsed();
@@ -251,32 +292,33 @@ impl Sender {
         }
     }
 
-    /// What an attempt's verdict settles: `Ok` ends the request (acknowledged, with the items
-    /// the partner refused, or failed for good), `Err` is a transient failure to retry (its
-    /// reason, and the wait the partner asked for).
+    /// The pacer of a request's lane.
+    fn pacer(&self, request: &Request) -> &Pacer {
+        &self.pacers[request.lane.min(self.pacers.len() - 1)]
+    }
+
+    /// What an attempt's verdict settles: `Ok` ends the step (acknowledged, with the items
+    /// the partner refused; going on with a next step; or failed for good), `Err` is a
+    /// transient failure to retry (its reason, and the wait the partner asked for).
     fn settled(
         &self,
         request: &Request,
         attempt: u32,
         verdict: Verdict,
-    ) -> std::result::Result<Result<Vec<Refused>>, (String, Option<Asked>)> {
+    ) -> std::result::Result<Result<Settled>, (String, Option<Asked>)> {
         match verdict {
-            Verdict::Success | Verdict::Partial(_) => {
-                self.stats
-                    .acked_batches
-                    .fetch_add(u64::from(request.ids > 0), Ordering::Relaxed);
-                self.stats
-                    .acked_ids
-                    .fetch_add(request.ids as u64, Ordering::Relaxed);
-                debug!(
-                    batch = request.batch,
-                    ids = request.ids,
-                    attempt,
-                    "acknowledged"
-                );
-                Ok(Ok(match verdict {
-                    Verdict::Partial(refused) => refused,
-                    _ => Vec::new(),
+            Verdict::Success => Ok(Ok(Settled::Acked(Vec::new()))),
+            Verdict::Partial(refused) => Ok(Ok(Settled::Acked(refused))),
+            Verdict::Continue {
+                next,
+                after,
+                refused,
+            } => {
+                debug!(batch = request.batch, attempt, next = %next.url, "step answered, going on");
+                Ok(Ok(Settled::Next {
+                    next,
+                    after,
+                    refused,
                 }))
             }
             Verdict::Reject { status, message } => Ok(Err(Error::PartnerRejected {
@@ -307,13 +349,15 @@ impl Sender {
     }
 
     async fn attempt(&self, request: &Request, ticket: Ticket) -> Verdict {
-        let response = self
-            .client
-            .post(&*request.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+        let mut builder = self.client.request(request.method.clone(), &*request.url);
+        if !(request.method == reqwest::Method::GET && request.body.is_empty()) {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(request.body.clone());
+        }
+        let response = builder
             .headers(self.destination.headers().clone())
             .headers(request.headers.clone())
-            .body(request.body.clone())
             .send()
             .await;
         let mut response = match response {
@@ -325,7 +369,7 @@ impl Sender {
                 };
             }
         };
-        self.pacer.observe(response.headers(), ticket);
+        self.pacer(request).observe(response.headers(), ticket);
         // The body, up to MAX_BODY (a success is a few bytes; more is not a success).
         let mut body = Vec::new();
         loop {
@@ -347,6 +391,7 @@ impl Sender {
             }
         }
         self.destination.acknowledge(&Answer {
+            request,
             status: response.status(),
             headers: response.headers(),
             body: &body,
@@ -355,9 +400,21 @@ impl Sender {
     }
 }
 
+/// How a step of a batch ended.
+enum Settled {
+    /// The batch is acknowledged, with the items the partner refused.
+    Acked(Vec<Refused>),
+    /// The batch goes on with `next`.
+    Next {
+        next: Box<Request>,
+        after: Duration,
+        refused: Vec<Refused>,
+    },
+}
+
 fn describe(request: &Request) -> String {
     if request.ids == 0 {
-        format!("POST {}", request.url)
+        format!("{} {}", request.method, request.url)
     } else {
         format!(
             "batch {} ({} ids) to {}",

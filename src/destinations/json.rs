@@ -56,6 +56,14 @@ pub fn push_identity(out: &mut Vec<u8>, key: &str, external: &str, alias_key: Op
             out.extend_from_slice(b"\"braze_id\":");
             push_json_str(out, id);
         }
+        Id::Email(v) => {
+            out.extend_from_slice(b"\"email\":");
+            push_json_str(out, v);
+        }
+        Id::Phone(v) => {
+            out.extend_from_slice(b"\"phone\":");
+            push_json_str(out, v);
+        }
         // Never built, and refused when state is read; were one here, the object names no
         // user (the partner refuses it) rather than some other user.
         Id::Malformed(_) => out.extend_from_slice(b"\"identity\":null"),

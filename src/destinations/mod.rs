@@ -191,6 +191,31 @@ pub fn requests<D: FromSettings>(
     )?)))
 }
 
+/// The error of a destination refusing, before anything is planned, a member of a kind its
+/// partner's contract does not take: names the kind, the member and what the destination
+/// takes (`takes`).
+pub fn refused_kind(destination: &str, what: &str, key: &str, takes: &str) -> crate::error::Error {
+    use crate::cohort::identity::{Id, parse};
+    let (kind, value) = match parse(key) {
+        Id::External(v) => ("user_id", v),
+        Id::Alias { name, .. } => ("alias", name),
+        Id::Device(v) => ("device_id", v),
+        Id::Braze(v) => ("braze_id", v),
+        Id::Email(v) => ("email", v),
+        Id::Phone(v) => ("phone", v),
+        Id::Malformed(k) => ("malformed key", k),
+    };
+    crate::error::Error::config(
+        None,
+        format!(
+            "destination `{destination}` ({what}) cannot identify users by {kind}, and the \
+             cohort has members known only by one (e.g. `{}`): select their {takes} first in \
+             the cohort's `identifiers`, or send the cohort to a destination that takes {kind}",
+            value.escape_debug()
+        ),
+    )
+}
+
 /// A section's own settings, as the kind whose row read it knows them.
 pub fn own<T: 'static>(dest: &DestinationConfig) -> &T {
     dest.settings::<T>()

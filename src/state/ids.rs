@@ -49,24 +49,29 @@ pub enum Layout {
     /// holds a comma, a quote or a line break.
     Csv(String),
     /// Parquet with a nullable `Utf8` column per identifier kind, named as given (external id,
-    /// alias name, alias label, device id, Braze id): each member fills its kind's columns,
+    /// alias name, alias label, device id, Braze id, email, phone): each member fills its kind's columns,
     /// the others are null.
-    ParquetIdentities(Box<[String; 5]>),
+    ParquetIdentities(Box<[String; IDENTITY_COLUMNS]>),
     /// CSV with a column per identifier kind, as [`Layout::ParquetIdentities`]; null is empty.
-    CsvIdentities(Box<[String; 5]>),
+    CsvIdentities(Box<[String; IDENTITY_COLUMNS]>),
 }
 
+/// How many columns the identity layouts have.
+pub const IDENTITY_COLUMNS: usize = 7;
+
 /// A member's fields in the identity layouts: external id, alias name, alias label, device
-/// id, Braze id.
-fn identity_fields(key: &str) -> [Option<&str>; 5] {
+/// id, Braze id, email, phone.
+fn identity_fields(key: &str) -> [Option<&str>; 7] {
     use crate::cohort::identity::{Id, parse};
     match parse(key) {
-        Id::External(id) => [Some(id), None, None, None, None],
-        Id::Alias { name, label } => [None, Some(name), Some(label), None, None],
-        Id::Device(id) => [None, None, None, Some(id), None],
-        Id::Braze(id) => [None, None, None, None, Some(id)],
+        Id::External(id) => [Some(id), None, None, None, None, None, None],
+        Id::Alias { name, label } => [None, Some(name), Some(label), None, None, None, None],
+        Id::Device(id) => [None, None, None, Some(id), None, None, None],
+        Id::Braze(id) => [None, None, None, None, Some(id), None, None],
+        Id::Email(v) => [None, None, None, None, None, Some(v), None],
+        Id::Phone(v) => [None, None, None, None, None, None, Some(v)],
         // Never built, and refused when a state list is read.
-        Id::Malformed(_) => [None; 5],
+        Id::Malformed(_) => [None; 7],
     }
 }
 
@@ -123,7 +128,9 @@ async fn write_sized(
 
 /// The identity layouts' columns for a slice of members.
 fn split_identities(slice: StringArray) -> Vec<ArrayRef> {
-    let mut builders: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
+    let mut builders: Vec<StringBuilder> = (0..IDENTITY_COLUMNS)
+        .map(|_| StringBuilder::new())
+        .collect();
     for key in slice.iter() {
         for (b, f) in builders
             .iter_mut()
@@ -319,7 +326,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let keys = [alias("n,1", "crm"), device("d1"), braze("b1"), "u1".into()];
         let ids = Arc::new(StringArray::from_iter_values(keys.iter()));
-        let names = Box::new(["ext", "an", "al", "dev", "bz"].map(String::from));
+        let names = Box::new(["ext", "an", "al", "dev", "bz", "em", "ph"].map(String::from));
         let csv = Path::from("f/adds.csv");
         write_as(
             store.as_ref(),
@@ -332,7 +339,7 @@ mod tests {
         let bytes = store.get(&csv).await.unwrap().bytes().await.unwrap();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            "ext,an,al,dev,bz\r\n,\"n,1\",crm,,\r\n,,,d1,\r\n,,,,b1\r\nu1,,,,\r\n"
+            "ext,an,al,dev,bz,em,ph\r\n,\"n,1\",crm,,,,\r\n,,,d1,,,\r\n,,,,b1,,\r\nu1,,,,,,\r\n"
         );
         let parquet = Path::from("f/adds.parquet");
         write_as(

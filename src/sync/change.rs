@@ -23,6 +23,8 @@ pub(super) struct Change {
     pub(super) target: Arc<StringArray>,
     /// The members held out (empty when the cohort holds out nobody).
     pub(super) held: Arc<StringArray>,
+    /// Members whose email or phone cannot be one: dead letters of the plan, never sent.
+    pub(super) malformed: Vec<cohort::contact::Malformed>,
     pub(super) counts: Counts,
 }
 
@@ -48,6 +50,7 @@ pub(super) struct Counts {
     pub(super) removes: u64,
     pub(super) removes_held_back: u64,
     pub(super) held_out: u64,
+    pub(super) malformed: u64,
     pub(super) query_seconds: f64,
 }
 
@@ -94,10 +97,16 @@ impl Run<'_> {
             let all = members.ids.clone();
             members.ids = Arc::new(on_rayon(move || shard.filter(&all)).await);
         }
+        let malformed = std::mem::take(&mut members.malformed);
+        if let Some(first) = malformed.first() {
+            warn!(cohort = %self.cohort.name, malformed = malformed.len(), first = %first.reason,
+                "members whose email or phone cannot be one are left out and dead-lettered");
+        }
         let query_members = members.ids.len();
         let held = self.hold_out(&mut members).await;
         let mut counts = Counts {
             held_out: held.len() as u64,
+            malformed: malformed.len() as u64,
             query_seconds: started.elapsed().as_secs_f64(),
             members: members.ids.len() as u64,
             rows: members.rows,
@@ -124,6 +133,7 @@ impl Run<'_> {
             removes,
             target,
             held,
+            malformed,
             counts,
         })
     }

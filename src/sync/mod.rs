@@ -129,6 +129,9 @@ pub struct SyncSummary {
     /// Members held out of delivery (the cohort's `holdout` share): not counted in `members`,
     /// never sent, recorded in `cohort_changes` as `held_out`.
     pub held_out: u64,
+    /// Members left out because their email or phone cannot be one (dead-lettered with the
+    /// reason when the run commits; never sent).
+    pub malformed: u64,
     /// `--dry-run` only: up to 5 ids of each kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_adds: Option<Vec<String>>,
@@ -275,6 +278,7 @@ impl SyncSummary {
             removes: c.removes,
             removes_held_back: c.removes_held_back,
             held_out: c.held_out,
+            malformed: c.malformed,
             query_seconds: c.query_seconds,
             ..self
         }

@@ -9,6 +9,7 @@ use datafusion::arrow::array::{Array, StringArray};
 use super::Run;
 use super::change::Change;
 use crate::error::Result;
+use crate::state::dead::{self, DeadLetter};
 use crate::state::{self, Chain, PlanMeta, ids, paths};
 
 impl Run<'_> {
@@ -19,7 +20,29 @@ impl Run<'_> {
     pub(super) async fn plan(&self, change: &Change, run_id: &str) -> Result<PlanMeta> {
         let plan = self.plan_meta(change, run_id);
         self.write_plan(change, &plan).await?;
+        self.record_malformed(change).await?;
         Ok(plan)
+    }
+
+    /// The members refused for their email or phone (`cohort::contact`), as the plan's dead
+    /// letters of batch 0 (no request carries them): written with the run's commit, like the
+    /// partner's refusals.
+    async fn record_malformed(&self, change: &Change) -> Result<()> {
+        if change.malformed.is_empty() {
+            return Ok(());
+        }
+        let dead: Vec<DeadLetter> = change
+            .malformed
+            .iter()
+            .map(|m| DeadLetter {
+                user_id: m.key.clone(),
+                change: "add".to_string(),
+                reason: m.reason.clone(),
+                batch: 0,
+            })
+            .collect();
+        self.hold().await?;
+        dead::record(self.state, 0, &dead).await
     }
 
     /// What `change` sends and commits, as the plan of run `run_id`: its id lists, batches and

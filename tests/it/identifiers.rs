@@ -197,7 +197,9 @@ fn files_write_a_column_per_identifier_kind_and_the_whole_membership() {
             "alias_name",
             "alias_label",
             "device_id",
-            "braze_id"
+            "braze_id",
+            "email",
+            "phone"
         ])
     );
     assert!(parquet_members(&dir.join("adds.parquet"), columns) == nov);
@@ -537,7 +539,7 @@ fn ids_holding_0x01_are_written_to_files_as_their_own_kind() {
         let (dir, manifest) = &runs[0];
         assert_eq!(
             manifest["columns"].as_array().unwrap().len(),
-            if kinds.len() == 1 { 1 } else { 5 },
+            if kinds.len() == 1 { 1 } else { 7 },
             "{manifest}"
         );
         for file in ["adds.parquet", "members.parquet"] {
@@ -655,4 +657,122 @@ fn an_id_over_64_kib_is_bad_input_naming_the_cohort_file() {
         );
         assert!(partner.handle.members("long").is_none(), "nothing was sent");
     }
+}
+
+/// Pro users, those whose id starts with `3` known by an email only (spelled with spaces and
+/// capitals), plus rows of contacts only: a duplicate of one address in another spelling, a
+/// phone to normalise, and one malformed email and one phone without a country code.
+const CONTACTS: &str = "SELECT \
+    CASE WHEN substr(user_id, 1, 1) = '3' THEN NULL ELSE user_id END AS user_id, \
+    CASE WHEN substr(user_id, 1, 1) = '3' THEN concat(' Mail.', user_id, '@Example.COM ') END AS email, \
+    CAST(NULL AS VARCHAR) AS phone \
+    FROM users WHERE plan = 'pro' \
+    UNION ALL SELECT NULL, 'dup@x.com', NULL \
+    UNION ALL SELECT NULL, ' DUP@X.com', NULL \
+    UNION ALL SELECT NULL, 'not-an-email', NULL \
+    UNION ALL SELECT NULL, NULL, '+1 (415) 555-0100' \
+    UNION ALL SELECT NULL, NULL, '415 555 0100'";
+
+fn contacts_expected() -> BTreeSet<String> {
+    let mut want: BTreeSet<String> = users()
+        .into_iter()
+        .filter(|u| u.plan.as_deref() == Some("pro"))
+        .map(|u| match u.user_id.strip_prefix('3') {
+            Some(_) => format!("email:mail.{}@example.com", u.user_id.to_lowercase()),
+            None => u.user_id,
+        })
+        .collect();
+    want.insert("email:dup@x.com".into());
+    want.insert("phone:+14155550100".into());
+    want
+}
+
+#[test]
+fn emails_and_phones_are_normalised_and_the_malformed_dead_lettered_before_any_request() {
+    let receiver = Receiver::start(1_000_000);
+    let project = hook_project_with(&receiver.url, &[("contacts", CONTACTS)]);
+    let config = project.dir.path().join("cohort-bridge.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[cohorts.contacts]\n",
+        "[cohorts.contacts]\nidentifiers = [\"user_id\", \"email\", \"phone\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let env = [
+        (SECRET_VAR_HOOK, Some(HOOK_SECRET)),
+        (crate::webhook::AUTH_VAR, Some(crate::webhook::AUTH)),
+    ];
+    let run = project.run_with(&["sync", "contacts", "--at", NOV], &env);
+    // Delivered, with dead letters: exit 3, as for the partner's refusals.
+    assert_eq!(run.code(), 3, "{}", run.stderr());
+    let s = run.summary_any();
+    let want = contacts_expected();
+    assert!(want.iter().any(|m| m.starts_with("email:mail.")));
+    let seen = receiver.seen.lock().unwrap().members.clone();
+    assert!(
+        seen == want,
+        "the receiver holds another set: {} vs {} wanted; extra {:?}, missing {:?}",
+        seen.len(),
+        want.len(),
+        seen.difference(&want).take(3).collect::<Vec<_>>(),
+        want.difference(&seen).take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(s["malformed"], 2, "{s}");
+    assert_eq!(s["dead_letters"], 2, "{s}");
+    assert_eq!(s["adds"], want.len() as u64, "{s}");
+    // The dead letters name each member and why.
+    let dir = project.cohort_state("contacts").join("dead_letters");
+    let mut reasons = Vec::new();
+    for file in std::fs::read_dir(&dir).unwrap() {
+        for b in read_all(&file.unwrap().path()) {
+            for r in 0..b.num_rows() {
+                reasons.push((
+                    string_at(&b, "user_id", r).unwrap(),
+                    string_at(&b, "reason", r).unwrap(),
+                ));
+            }
+        }
+    }
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].0.ends_with("not-an-email") && reasons[0].1.contains("no `@`"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].0.ends_with("415 555 0100") && reasons[1].1.contains("country code"),
+        "{reasons:?}"
+    );
+    // A second run sends nothing: the spelling of an address is not a change.
+    let again = project
+        .run_with(&["sync", "contacts", "--at", NOV], &env)
+        .summary_any();
+    assert_eq!(
+        (again["adds"].as_u64(), again["removes"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+}
+
+#[test]
+fn braze_destinations_refuse_emails_and_phones_by_name_before_planning() {
+    let partner = Partner::plain();
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "requests_per_second = 5000",
+        &[("contacts", CONTACTS)],
+    );
+    let config = project.dir.path().join("cohort-bridge.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[cohorts.contacts]\n",
+        "[cohorts.contacts]\nidentifiers = [\"user_id\", \"email\", \"phone\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = project.run(&["sync", "contacts", "--at", NOV]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("cannot identify users by email"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(partner.handle.stats().requests, 0, "nothing was sent");
 }

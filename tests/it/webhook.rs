@@ -141,8 +141,9 @@ async fn answer(
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(
-        v["cohort_id"] == "active" || v["cohort_id"] == "mixed",
-        "{v}"
+        ["active", "mixed", "contacts"].contains(&v["cohort_id"].as_str().unwrap_or("")),
+        "cohort {}",
+        v["cohort_id"]
     );
     assert_eq!(
         key,
@@ -162,13 +163,16 @@ async fn answer(
                 i["alias_name"].as_str(),
                 i["device_id"].as_str(),
                 i["braze_id"].as_str(),
+                i["email"].as_str().or(i["phone"].as_str()),
             ) {
-                (Some(u), None, None, None) => u.to_owned(),
-                (None, Some(n), None, None) => {
+                (Some(u), None, None, None, None) => u.to_owned(),
+                (None, Some(n), None, None, None) => {
                     format!("alias:{n}:{}", i["alias_label"].as_str().unwrap())
                 }
-                (None, None, Some(d), None) => format!("device:{d}"),
-                (None, None, None, Some(b)) => format!("braze:{b}"),
+                (None, None, Some(d), None, None) => format!("device:{d}"),
+                (None, None, None, Some(b), None) => format!("braze:{b}"),
+                (None, None, None, None, Some(c)) if i["email"].is_string() => format!("email:{c}"),
+                (None, None, None, None, Some(c)) => format!("phone:{c}"),
                 other => panic!("an identity of one kind: {other:?} in {i}"),
             }
         })

@@ -88,13 +88,7 @@ impl Braze {
             &created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         );
         body.push(b'}');
-        Request {
-            url: self.cohorts_url.clone(),
-            body: Bytes::from(body),
-            batch: 0,
-            ids: 0,
-            headers: HeaderMap::new(),
-        }
+        Request::post(self.cohorts_url.clone(), Bytes::from(body), 0, 0)
     }
 
     /// One `cohorts/users` request adding (or removing) `ids[range]`.
@@ -119,13 +113,7 @@ impl Braze {
             body.extend_from_slice(b",\"should_remove\":true");
         }
         body.extend_from_slice(b"}]}");
-        Request {
-            url: self.users_url.clone(),
-            body: Bytes::from(body),
-            batch,
-            ids: count,
-            headers: HeaderMap::new(),
-        }
+        Request::post(self.users_url.clone(), Bytes::from(body), batch, count)
     }
 }
 
@@ -142,7 +130,9 @@ fn push_mixed(body: &mut Vec<u8>, ids: &StringArray, range: Range<usize>) {
             // Refused before planning (`accepts`); a plan edited to hold one sends its raw
             // key, which names no user (Cohort Import ignores unknown ids). Malformed keys are
             // never built and refused when state is read: the same.
-            Id::Braze(_) | Id::Malformed(_) => users.push(ids.value(i)),
+            Id::Braze(_) | Id::Email(_) | Id::Phone(_) | Id::Malformed(_) => {
+                users.push(ids.value(i))
+            }
         }
     }
     body.extend_from_slice(b"\"cohort_changes\":[{");
@@ -205,9 +195,18 @@ impl Destination for Braze {
         &self.headers
     }
 
-    /// Cohort Import takes external ids, aliases and device ids, not Braze ids.
+    /// Cohort Import takes external ids, aliases and device ids, not Braze ids, emails or
+    /// phone numbers.
     fn accepts(&self, ids: &StringArray) -> Result<()> {
         use crate::cohort::identity::{Id, first_tagged};
+        if let Some(key) = first_tagged(ids, |id| matches!(id, Id::Email(_) | Id::Phone(_))) {
+            return Err(crate::destinations::refused_kind(
+                &self.destination,
+                "Cohort Import",
+                key,
+                "user_id, alias or device id",
+            ));
+        }
         match first_tagged(ids, |id| matches!(id, Id::Braze(_))) {
             None => Ok(()),
             Some(key) => Err(Error::config(

@@ -141,13 +141,7 @@ impl Destination for UsersTrack {
             tail,
         );
         body.extend_from_slice(b"]}");
-        Request {
-            url: self.url.clone(),
-            body: Bytes::from(body),
-            batch,
-            ids: count,
-            headers: HeaderMap::new(),
-        }
+        Request::post(self.url.clone(), Bytes::from(body), batch, count)
     }
 
     fn headers(&self) -> &HeaderMap {
@@ -184,6 +178,14 @@ impl Destination for UsersTrack {
     /// `/users/track` identifies a user by external id, alias or Braze id, never by device id.
     fn accepts(&self, ids: &StringArray) -> Result<()> {
         use crate::cohort::identity::{Id, first_tagged, parse};
+        if let Some(key) = first_tagged(ids, |id| matches!(id, Id::Email(_) | Id::Phone(_))) {
+            return Err(crate::destinations::refused_kind(
+                &self.destination,
+                "braze_users_track",
+                key,
+                "user_id or alias",
+            ));
+        }
         let device = first_tagged(ids, |id| matches!(id, Id::Device(_))).map(|k| match parse(k) {
             Id::Device(d) => d,
             _ => k,
@@ -308,6 +310,7 @@ mod tests {
 
     fn ack_of(t: &UsersTrack, status: u16, body: &str, sent: usize) -> Verdict {
         t.acknowledge(&Answer {
+            request: &Request::post("http://x/".into(), Default::default(), 0, 1),
             status: StatusCode::from_u16(status).unwrap(),
             headers: &HeaderMap::new(),
             body: body.as_bytes(),
@@ -435,6 +438,7 @@ mod tests {
         ) {
             let t = track("");
             let verdict = t.acknowledge(&Answer {
+                request: &Request::post("http://x/".into(), Default::default(), 0, 1),
                 status: StatusCode::CREATED,
                 headers: &HeaderMap::new(),
                 body: &body,

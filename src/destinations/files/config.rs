@@ -1,6 +1,7 @@
 //! `kind = "files"`: its keys and their checks (its keys are the object store's, from the
 //! environment).
 
+use crate::state::ids::IDENTITY_COLUMNS;
 use std::collections::BTreeMap;
 
 use crate::config::{self, Credentials, KindConfig};
@@ -19,12 +20,14 @@ pub enum FileFormat {
 }
 
 /// The identifier kinds a run writes a column for, in the files' order.
-pub const COLUMN_KINDS: [&str; 5] = [
+pub const COLUMN_KINDS: [&str; IDENTITY_COLUMNS] = [
     "user_id",
     "alias_name",
     "alias_label",
     "device_id",
     "braze_id",
+    "email",
+    "phone",
 ];
 
 /// `kind = "files"`: its keys (besides the delivery settings, which it does not use).
@@ -61,8 +64,9 @@ impl Config {
         "options",
     ];
 
-    /// The column names of external ids, alias names, alias labels, device ids and Braze ids.
-    pub fn file_columns(&self) -> [String; 5] {
+    /// The column names of external ids, alias names, alias labels, device ids, Braze ids, emails
+    /// and phones.
+    pub fn file_columns(&self) -> [String; IDENTITY_COLUMNS] {
         COLUMN_KINDS.map(|kind| match (kind, self.columns.get(kind)) {
             (_, Some(name)) => name.clone(),
             ("user_id", None) => self.column.clone().unwrap_or_else(|| "external_id".into()),

@@ -60,8 +60,8 @@ pub struct Files {
     csv: bool,
     ext: &'static str,
     /// The columns of each identifier kind: external id, alias name, alias label, device id,
-    /// Braze id.
-    names: [String; 5],
+    /// Braze id, email, phone.
+    names: [String; crate::state::ids::IDENTITY_COLUMNS],
     members: bool,
     cohort_id: String,
     cohort: String,

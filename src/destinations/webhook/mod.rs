@@ -149,11 +149,8 @@ impl Destination for Webhook {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-run-id")),
         );
         Request {
-            url: self.url.clone(),
-            body: Bytes::from(body),
-            batch,
-            ids: count,
             headers,
+            ..Request::post(self.url.clone(), Bytes::from(body), batch, count)
         }
     }
 
@@ -288,6 +285,7 @@ header_env = { "Authorization" = "A" }"#,
                 headers.insert("content-type", HeaderValue::from_str(t).unwrap());
             }
             h.acknowledge(&Answer {
+                request: &Request::post("http://x/".into(), Default::default(), 0, 1),
                 status: reqwest::StatusCode::from_u16(status).unwrap(),
                 headers: &headers,
                 body: body.as_bytes(),
