@@ -28,6 +28,9 @@ pub struct IngestArgs {
     /// most every this many seconds; a run that dies resumes from there. 0: after every file.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     checkpoint_every: u64,
+    /// Never draw a progress bar (it is only drawn on a terminal anyway), as `sync`.
+    #[arg(long)]
+    no_progress: bool,
     #[command(flatten)]
     metrics: MetricsArgs,
 }
@@ -36,7 +39,7 @@ pub struct IngestArgs {
 pub async fn run(config_file: &Path, args: IngestArgs) -> Result<i32> {
     let options = crate::ingest::IngestOptions {
         range: args.from.zip(args.to),
-        progress: true,
+        progress: !args.no_progress,
         checkpoint_every: Some(std::time::Duration::from_secs(args.checkpoint_every)),
     };
     ingest(

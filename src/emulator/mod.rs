@@ -1,6 +1,7 @@
 //! A Braze-compatible partner emulator over real HTTP: the Partner Cohort Import API (see
-//! `/work/shared/partner-api.md`, "Outbound") with auth, a fixed-window rate limit, seeded fault
-//! injection and read-only `/_emulator/...` endpoints for the demo, tests and benchmarks.
+//! `../shared/partner-api.md`, beside the repository, "Outbound") with auth, a fixed-window
+//! rate limit, seeded fault injection and read-only `/_emulator/...` endpoints for the demo,
+//! tests and benchmarks.
 //!
 //! It parses the wire format on its own (`serde_json::Value`) and shares no request types with
 //! the client side. Accepted changes are appended to a per-cohort log under a short lock and

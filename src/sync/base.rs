@@ -76,6 +76,13 @@ impl Run<'_> {
     /// none at all is checked for a lost pointer (`refuse_orphans`).
     async fn own_base(&self) -> Result<Option<Pointer>> {
         Ok(match self.state.pointer().await? {
+            // A dry run changes nothing: it diffs against the committed snapshot whatever
+            // identity it was written under (and runs without keys).
+            Some(p) if p.partner != self.partner && self.options.dry_run => {
+                info!(cohort = %self.cohort.name,
+                    "dry run: the committed snapshot is of another partner identity (or the keys are not set); diffing against it");
+                Some(p)
+            }
             Some(p) if p.partner != self.partner => {
                 if self.options.rebind {
                     Some(self.rebind(p).await?)

@@ -159,3 +159,55 @@ fn completions_load_in_bash_and_the_man_page_and_version() {
     };
     assert!(version.trim_end().ends_with(features), "{version}");
 }
+
+/// The shell lines of the README's block that starts with `cohort-bridge init`, as a new user
+/// pastes them: in a fresh folder, with no partner key in the environment (a dry run sends
+/// nothing and needs none; `check` names the unset keys as warnings).
+#[test]
+fn the_readmes_init_block_runs_verbatim_without_keys() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("the README");
+    let start = readme
+        .find("```sh\ncohort-bridge init ")
+        .expect("the README has a block starting with `cohort-bridge init`");
+    let body = &readme[start + "```sh\n".len()..];
+    let block = &body[..body.find("```").expect("the block ends")];
+    assert!(block.contains("sync --all --dry-run"), "{block}");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(tmp.path())
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{block}"))
+        .env("PATH", path)
+        .env_remove("COHORT_BRIDGE_CONFIG");
+    for (var, _) in std::env::vars() {
+        if var.starts_with("BRAZE_") || var.ends_with("_API_KEY") || var.ends_with("_SECRET") {
+            cmd.env_remove(var);
+        }
+    }
+    let out = cmd.output().expect("bash runs");
+    assert!(
+        out.status.success(),
+        "the README's init block failed ({:?}):\n{block}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let dry_runs = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["outcome"] == "dry_run")
+        .count();
+    assert_eq!(dry_runs, 3, "one dry-run summary per cohort:\n{stdout}");
+    assert!(
+        tmp.path().join("my-project/cohort-bridge.1").is_file(),
+        "the man page was written"
+    );
+}
