@@ -100,10 +100,10 @@ pub async fn check_project(config: &Config, at: DateTime<Utc>, only: &[String]) 
             report.problems.push(e.to_string());
         }
     }
-    if let Err(e) = crate::state::register_tables(&lake, config) {
+    if let Err(e) = crate::state::tables::register_tables(&lake, config) {
         report.problems.push(e.to_string());
     }
-    let params = Params { run_ts: at };
+    let params = Params::at(at);
     for name in config
         .cohorts
         .keys()

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::lake::Location;
 use crate::synth::{IdShape, SynthSpec, generate};
 
-/// The files `init` writes, relative to the project folder.
-pub const FILES: &[(&str, &str)] = &[
+/// The files of its own `init` writes, relative to the project folder.
+const OWN: &[(&str, &str)] = &[
     ("cohort-bridge.toml", include_str!("../cohort-bridge.toml")),
     (
         "queries/cohorts/paid_active_30d.sql",
@@ -34,6 +34,15 @@ pub const FILES: &[(&str, &str)] = &[
     (".gitignore", GITIGNORE),
 ];
 
+/// Every file `init` writes, by path under the project: the project file, the cohorts, the
+/// analyses, the report's sections (`report::sections`) and a `.gitignore`.
+pub fn files() -> Vec<(&'static str, &'static str)> {
+    let mut all = OWN.to_vec();
+    all.push(crate::report::sections::LIFT);
+    all.extend_from_slice(crate::report::sections::SHIPPED);
+    all
+}
+
 /// Local state and the sample lake are not source.
 const GITIGNORE: &str = "\
 # cohort-bridge: the state area (snapshots, journals, run history) and the sample lake are data,
@@ -51,7 +60,7 @@ pub const SAMPLE_USERS: u64 = 10_000;
 pub async fn scaffold(dir: &Path, sample: bool) -> Result<()> {
     refuse_links(dir, sample)?;
     refuse_existing(dir, sample)?;
-    for (rel, text) in FILES {
+    for (rel, text) in files() {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::storage_at(parent.display(), e))?;
@@ -79,9 +88,9 @@ pub async fn scaffold(dir: &Path, sample: bool) -> Result<()> {
 /// points: refused, whether the link is the file itself or a folder above it.
 fn refuse_links(dir: &Path, sample: bool) -> Result<()> {
     let mut links: Vec<PathBuf> = Vec::new();
-    let targets = FILES
-        .iter()
-        .map(|(rel, _)| *rel)
+    let targets = files()
+        .into_iter()
+        .map(|(rel, _)| rel)
         .chain(sample.then_some(SAMPLE_LAKE));
     for rel in targets {
         let mut path = dir.to_path_buf();
@@ -112,7 +121,7 @@ fn refuse_links(dir: &Path, sample: bool) -> Result<()> {
 /// Init never overwrites: any file (or the sample lake) already there refuses the whole.
 fn refuse_existing(dir: &Path, sample: bool) -> Result<()> {
     let lake = dir.join(SAMPLE_LAKE);
-    let mut taken: Vec<PathBuf> = FILES
+    let mut taken: Vec<PathBuf> = files()
         .iter()
         .map(|(rel, _)| dir.join(rel))
         .filter(|p| p.exists())

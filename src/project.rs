@@ -12,7 +12,7 @@ pub async fn open_lake(config: &Config) -> Result<Lake> {
     let location = Lake::locate(config)?;
     let state = crate::state::area(config, &location)?;
     let lake = Lake::open(config, location, state).await?;
-    crate::state::register_tables(&lake, config)?;
+    crate::state::tables::register_tables(&lake, config)?;
     crate::ingest::register_tables(&lake, config)?;
     Ok(lake)
 }

@@ -9,22 +9,21 @@
 -- time (`sync --at`) is at or before the first send.
 -- The interval is the difference's 95% Wald interval; `z` and `p_value` are the two-proportion
 -- z-test (pooled), two-sided, the normal tail by Abramowitz & Stegun 26.2.17 (|error| < 1e-7).
--- Edit `campaign_target` for your campaigns.
-WITH campaign_target(campaign_id, cohort, feature, window_hours) AS (
-  VALUES ('camp-offline', 'sessions_without_offline', 'offline_mode', 24),
-         ('camp-playlists', 'paid_active_30d', 'playlists', 24)
-),
-first_send AS (
+-- Campaigns come from the project file's `[campaigns.<campaign_id>]` sections (cohort,
+-- feature, window), read here as the `campaigns` table (campaign_id, cohort, cohort_id,
+-- destination, feature, window_hours): add a section for each campaign you run.
+WITH first_send AS (
   SELECT campaign_id, MIN(event_time) AS sent_at
   FROM partner_events
   WHERE event_type = 'users.messages.pushnotification.Send'
   GROUP BY campaign_id
 ),
-campaigns AS (
-  SELECT t.campaign_id, t.cohort, t.feature, f.sent_at,
-         f.sent_at + CAST(concat(CAST(t.window_hours AS VARCHAR), ' hours') AS INTERVAL) AS until_ts,
+windows AS (
+  SELECT t.campaign_id, t.cohort, t.cohort_id, t.destination, t.feature, f.sent_at,
+         f.sent_at + CAST(concat(CAST(CAST(t.window_hours * 3600 AS BIGINT) AS VARCHAR), ' seconds')
+           AS INTERVAL) AS until_ts,
          CAST(date_part('epoch', f.sent_at) * 1000 AS BIGINT) AS sent_ms
-  FROM campaign_target t
+  FROM campaigns t
   JOIN first_send f ON f.campaign_id = t.campaign_id
 ),
 changes AS (
@@ -34,7 +33,7 @@ changes AS (
            ORDER BY h.run_at_ms DESC, h.committed_at_ms DESC
          ) AS latest
   FROM cohort_changes h
-  JOIN campaigns c ON h.cohort = c.cohort
+  JOIN windows c ON h.destination = c.destination AND h.cohort_id = c.cohort_id
   WHERE h.run_at_ms <= c.sent_ms
 ),
 arms AS (
@@ -46,7 +45,7 @@ arms AS (
 used AS (
   SELECT DISTINCT a.campaign_id, a.user_id
   FROM arms a
-  JOIN campaigns c ON c.campaign_id = a.campaign_id
+  JOIN windows c ON c.campaign_id = a.campaign_id
   JOIN events e
     ON e.user_id = a.user_id
    AND e.event_name = 'feature_used'
@@ -97,5 +96,5 @@ SELECT x.campaign_id, c.cohort, c.feature,
          * x.k * (0.319381530 + x.k * (-0.356563782 + x.k * (1.781477937
          + x.k * (-1.821255978 + x.k * 1.330274429)))) AS p_value
 FROM tails x
-JOIN campaigns c ON c.campaign_id = x.campaign_id
+JOIN windows c ON c.campaign_id = x.campaign_id
 ORDER BY x.campaign_id

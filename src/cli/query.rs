@@ -77,9 +77,7 @@ pub async fn query(
     }
     let config = crate::destinations::load_config(config_file)?;
     let lake = crate::project::open_lake(&config).await?;
-    let params = Params {
-        run_ts: at.unwrap_or_else(Utc::now),
-    };
+    let params = Params::at(at.unwrap_or_else(Utc::now));
     let df = lake
         .plan_query(
             &SqlSource {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod campaign;
 mod cohort;
 mod conflicts;
 mod destination;
@@ -18,6 +19,7 @@ pub mod kind;
 mod units;
 pub mod url_secrets;
 
+pub use campaign::{Campaign, CampaignConfig};
 pub use cohort::{
     Cohort, CohortConfig, DEFAULT_IDENTIFIERS, HoldoutShare, IdentifierKind, MAX_HOLDOUT_SHARE,
 };
@@ -49,6 +51,10 @@ pub struct Config {
     /// Cohorts, by name.
     #[serde(default)]
     pub cohorts: BTreeMap<String, CohortConfig>,
+    /// Partner campaigns, by `campaign_id`: the cohort each went to and the feature it pointed
+    /// at (the `campaigns` table).
+    #[serde(default)]
+    pub campaigns: BTreeMap<String, CampaignConfig>,
     /// Where snapshots, plans, journals and locks live, and how runs guard themselves.
     #[serde(default)]
     pub state: StateConfig,
@@ -319,6 +325,7 @@ impl Config {
                 out.push(problem);
             }
         }
+        self.campaign_problems(&mut out);
         out.extend(self.url_secrets());
         out
     }

@@ -254,6 +254,18 @@ impl Lake {
         schema: datafusion::arrow::datatypes::SchemaRef,
         partitions: Vec<(String, DataType)>,
     ) -> Result<()> {
+        let table = self.fixed_table(name, url, schema, partitions)?;
+        self.register_view(name, table)
+    }
+
+    /// A Parquet table with a fixed schema, not registered (to build a view on).
+    pub fn fixed_table(
+        &self,
+        name: &str,
+        url: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        partitions: Vec<(String, DataType)>,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
         let fail =
             |e: &dyn std::fmt::Display| Error::storage(format!("table `{name}` at {url}: {e}"));
         let table_url = ListingTableUrl::parse(url).map_err(|e| fail(&e))?;
@@ -264,9 +276,18 @@ impl Lake {
             .with_listing_options(options)
             .with_schema(schema);
         let table = ListingTable::try_new(config).map_err(|e| fail(&e))?;
+        Ok(Arc::new(table))
+    }
+
+    /// Registers `table` (a table or a view) under `name`.
+    pub fn register_view(
+        &self,
+        name: &str,
+        table: Arc<dyn datafusion::catalog::TableProvider>,
+    ) -> Result<()> {
         self.ctx
-            .register_table(name, Arc::new(table))
-            .map_err(|e| fail(&e))?;
+            .register_table(name, table)
+            .map_err(|e| Error::Internal(format!("registering table `{name}`: {e}")))?;
         Ok(())
     }
 

@@ -22,12 +22,22 @@ use super::Lake;
 pub struct Params {
     /// The run's logical time (`--at`, default now), UTC.
     pub run_ts: DateTime<Utc>,
+    /// The start of the window a report looks at (`report --since`); the epoch when unset.
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl Params {
-    pub const NAMES: [&'static str; 2] = ["run_date", "run_ts"];
+    pub const NAMES: [&'static str; 3] = ["run_date", "run_ts", "since"];
 
-    /// `$run_date` (DATE, the UTC day of `run_ts`) and `$run_ts` (TIMESTAMP, UTC).
+    /// The parameters of a run at `run_ts`.
+    pub fn at(run_ts: DateTime<Utc>) -> Params {
+        Params {
+            run_ts,
+            since: None,
+        }
+    }
+
+    /// `$run_date` (DATE, the UTC day of `run_ts`), `$run_ts` and `$since` (TIMESTAMP, UTC).
     fn values(&self) -> HashMap<String, ScalarValue> {
         let epoch_days = (self.run_ts.date_naive() - DateTime::UNIX_EPOCH.date_naive()).num_days();
         HashMap::from([
@@ -39,6 +49,13 @@ impl Params {
                 "run_ts".to_string(),
                 ScalarValue::TimestampMicrosecond(
                     Some(self.run_ts.timestamp_micros()),
+                    Some("UTC".into()),
+                ),
+            ),
+            (
+                "since".to_string(),
+                ScalarValue::TimestampMicrosecond(
+                    Some(self.since.map_or(0, |t| t.timestamp_micros())),
                     Some("UTC".into()),
                 ),
             ),
@@ -78,7 +95,8 @@ impl Lake {
             return Err(Error::Sql {
                 location: src.origin.to_string(),
                 message: format!(
-                    "unknown parameter ${unknown}; available: $run_date (DATE), $run_ts (TIMESTAMP)"
+                    "unknown parameter ${unknown}; available: $run_date (DATE), $run_ts (TIMESTAMP), \
+                     $since (TIMESTAMP: `report --since`, else the epoch)"
                 ),
             });
         }
@@ -263,9 +281,7 @@ mod tests {
 
     #[test]
     fn run_date_is_days_since_epoch() {
-        let p = Params {
-            run_ts: "2026-11-28T10:00:00Z".parse().unwrap(),
-        };
+        let p = Params::at("2026-11-28T10:00:00Z".parse().unwrap());
         let v = p.values();
         // 2026-11-28 is day 20_785 since 1970-01-01.
         assert_eq!(v["run_date"], ScalarValue::Date32(Some(20_785)));

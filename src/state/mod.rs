@@ -66,11 +66,11 @@ pub mod repair;
 pub mod runs;
 pub mod set_aside;
 pub mod show;
+pub mod tables;
 pub mod target;
 pub mod unlock;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::datatypes::DataType;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -599,28 +599,6 @@ pub fn area(config: &crate::config::Config, lake: &Location) -> Result<Location>
 
 /// The state folder under the lake unless `state.url` says otherwise.
 pub const DEFAULT_DIR: &str = "_cohort_bridge";
-
-/// The run history as the `runs` table and what every committed sync changed as
-/// `cohort_changes` (`history`), each unless the project defines a table of that name.
-pub fn register_tables(lake: &crate::lake::Lake, config: &crate::config::Config) -> Result<()> {
-    if !config.tables.contains_key("runs") {
-        lake.register_fixed(
-            "runs",
-            &lake.state.child_url("runs"),
-            runs::schema(),
-            vec![("run_date".to_string(), DataType::Date32)],
-        )?;
-    }
-    if !config.tables.contains_key("cohort_changes") {
-        lake.register_fixed(
-            "cohort_changes",
-            &lake.state.child_url(history::DIR),
-            history::schema(),
-            history::partitions(),
-        )?;
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -87,9 +87,7 @@ impl Run<'_> {
     pub(super) async fn change(&self, lake: &Lake, started: &Instant) -> Result<Change> {
         // The query and the snapshot read overlap: one is CPU on the query runtime, the other
         // mostly I/O and decoding on rayon.
-        let params = Params {
-            run_ts: self.options.at,
-        };
+        let params = Params::at(self.options.at);
         let (members, snapshot) =
             tokio::join!(cohort::members(lake, self.cohort, &params), self.base());
         let (mut members, (base, snapshot)) = (members?, snapshot?);

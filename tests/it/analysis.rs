@@ -180,9 +180,12 @@ impl Fixture {
         std::fs::write(
             dir.path().join("cohort-bridge.toml"),
             "[lake]\nurl = \"lake\"\n\n[tables.users]\npath = \"users\"\n\n[tables.events]\npath = \"events\"\n\
-             partitions = [{ name = \"event_date\", type = \"date\" }]\n\n[sources.currents]\nurl = \"currents\"\n",
+             partitions = [{ name = \"event_date\", type = \"date\" }]\n\n[sources.currents]\nurl = \"currents\"\n\n\
+             [destinations.d]\nkind = \"files\"\nurl = \"out\"\n\n[cohorts.c]\nsql = \"c.sql\"\n\n\
+             [campaigns.camp-offline]\ncohort = \"c\"\nfeature = \"offline_mode\"\n",
         )
         .unwrap();
+        std::fs::write(dir.path().join("c.sql"), "SELECT user_id FROM users").unwrap();
         let f = Fixture { dir };
         let run = f.run(&["ingest"]);
         assert_eq!(run.code(), 0, "{}", run.stderr());
@@ -212,7 +215,7 @@ fn the_analysis_queries_give_the_expected_answers() {
     let f = Fixture::new();
     assert_eq!(
         f.analysis("push_open_to_feature.sql"),
-        "campaign_id,feature,push,users,used_feature_24h,pct_used\n\
+        "campaign_id,feature,push,users,used_feature,pct_used\n\
          camp-offline,offline_mode,opened,2,1,50.0\n\
          camp-offline,offline_mode,not opened,2,1,50.0\n"
     );

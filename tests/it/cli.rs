@@ -33,7 +33,7 @@ fn init_then_check_and_sync_all_and_never_overwrite() {
         "{}",
         text(&out.stderr)
     );
-    for (rel, content) in cohort_bridge::init::FILES {
+    for (rel, content) in cohort_bridge::init::files() {
         assert_eq!(
             &std::fs::read_to_string(project.join(rel)).unwrap(),
             content,

@@ -23,12 +23,13 @@ fn members_as_of(project: &Project, at: &str) -> BTreeSet<String> {
     assert_eq!(run.code(), 0, "{}", run.stderr());
     let out = run.stdout();
     let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("destination,cohort,user_id"));
+    // The cohort by its name and by the partner's id (the fixture names it `active` both ways).
+    assert_eq!(lines.next(), Some("destination,cohort,cohort_id,user_id"));
     lines
         .map(|l| {
             let parts: Vec<&str> = l.split(',').collect();
-            assert_eq!(&parts[..2], ["braze", "active"], "{l}");
-            parts[2].to_string()
+            assert_eq!(&parts[..3], ["braze", "active", "active"], "{l}");
+            parts[3].to_string()
         })
         .collect()
 }

@@ -59,7 +59,9 @@ fn world(lift: Lift) -> (BTreeMap<String, LiftRow>, BTreeMap<String, u64>) {
         .replace(
             "name = \"Cohort paid_active_30d\"\n",
             "name = \"Cohort paid_active_30d\"\nholdout = 0.3\n",
-        );
+        )
+        + "\n[campaigns.camp-offline]\ncohort = \"sessions_without_offline\"\nfeature = \"offline_mode\"\n\
+           \n[campaigns.camp-playlists]\ncohort = \"paid_active_30d\"\nfeature = \"playlists\"\nwindow = \"24h\"\n";
     std::fs::write(&file, toml).unwrap();
     for s in project.run(&["sync", "--all", "--at", AT]).summaries() {
         assert_eq!(s["outcome"], "delivered", "{s}");

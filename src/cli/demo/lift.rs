@@ -102,7 +102,7 @@ async fn analysis(
                 origin: &origin,
                 text: &text,
             },
-            &Params { run_ts: demo_at() },
+            &Params::at(demo_at()),
         )
         .await?;
     lake.collect(df, &origin).await

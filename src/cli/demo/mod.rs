@@ -69,7 +69,14 @@ pub async fn run(config_file: &Path) -> Result<i32> {
             // A lake opened now sees the last runs.
             match crate::project::open_lake(config).await {
                 Ok(lake) => {
-                    crate::report::write(config, &lake, &report_file, Some(demo_at())).await
+                    crate::report::write(
+                        config,
+                        &lake,
+                        &report_file.display().to_string(),
+                        Some(demo_at()),
+                        None,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             }

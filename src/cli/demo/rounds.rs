@@ -119,7 +119,7 @@ async fn sync_both_ways(
     let c = config
         .cohort(name)
         .map_err(|m| Error::config(config.file.clone(), m))?;
-    let members = cohort::members(lake, &c, &Params { run_ts: at }).await?;
+    let members = cohort::members(lake, &c, &Params::at(at)).await?;
     // The partner holds the members outside the cohort's holdout.
     let (treated, _) = crate::cohort::holdout::Holdout::of(&c.holdout).split(&members.ids);
     let expected: BTreeSet<&str> = treated.iter().flatten().collect();

@@ -2,9 +2,9 @@
 //! as CSV from a `data:` link, a few lines of inline script and no request at view time — of
 //! what the lake says about the integration: cohort sizes and changes over runs, delivery
 //! (requests, retries, dead letters, duration), ingest volume by day and event type, the
-//! engagement funnel and the lift against holdouts. Every number comes from SQL over the lake
-//! (the SQL is on the page, under each chart); a section whose tables are missing says why
-//! instead of failing the report.
+//! engagement funnel and the lift against holdouts. Every number comes from SQL over the lake,
+//! one file per section that the analyst edits (`sections`; the SQL is on the page, under each
+//! chart); a section whose tables are missing says why instead of failing the report.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -22,165 +22,10 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::sql::{Params, SqlSource};
 
-/// How a section's rows become a chart.
-enum Chart {
-    /// One bar per `x` and column of `series`; one chart per value of `group` (if any).
-    Columns {
-        group: Option<&'static str>,
-        x: &'static str,
-        series: &'static [&'static str],
-    },
-    /// Rows in long form: the series are the values of `key`, each bar `value`.
-    Pivot {
-        x: &'static str,
-        key: &'static str,
-        value: &'static str,
-    },
-    /// One bar of `value` per `x`, with its interval `low`..`high` as a whisker.
-    Interval {
-        x: &'static str,
-        value: &'static str,
-        low: &'static str,
-        high: &'static str,
-    },
-}
+pub mod sections;
+mod timeline;
 
-struct Section {
-    id: &'static str,
-    title: &'static str,
-    about: &'static str,
-    sql: String,
-    chart: Chart,
-}
-
-const SIZES: &str =
-    "SELECT cohort, to_char(run_at, '%Y-%m-%d %H:%M') AS run_at, members, adds, removes
-FROM runs
-WHERE command = 'sync' AND outcome IN ('delivered', 'unchanged')
-ORDER BY cohort, run_at, ended_at";
-
-const DELIVERY: &str = "SELECT cohort, to_char(run_at, '%Y-%m-%d %H:%M') AS run_at, outcome,
-       requests, retries, dead_letters,
-       ROUND(date_part('epoch', ended_at) - date_part('epoch', started_at), 2) AS seconds
-FROM runs
-WHERE command LIKE 'sync%'
-ORDER BY cohort, ended_at";
-
-const INGEST: &str =
-    "SELECT CAST(event_date AS VARCHAR) AS event_date, event_type, count(*) AS events
-FROM partner_events
-GROUP BY event_date, event_type
-ORDER BY event_date, event_type";
-
-const FUNNEL: &str = "-- Edit `campaign_feature` as in queries/analysis/lift.sql.
-WITH campaign_feature(campaign_id, feature) AS (
-  VALUES ('camp-offline', 'offline_mode'), ('camp-playlists', 'playlists')
-),
-sends AS (
-  SELECT external_user_id AS user_id, campaign_id, MIN(event_time) AS sent_at
-  FROM partner_events
-  WHERE event_type IN ('users.messages.pushnotification.Send', 'users.messages.email.Send')
-    AND external_user_id IS NOT NULL AND campaign_id IS NOT NULL
-  GROUP BY external_user_id, campaign_id
-),
-engaged AS (
-  SELECT DISTINCT external_user_id AS user_id, campaign_id
-  FROM partner_events
-  WHERE event_type IN ('users.messages.pushnotification.Open', 'users.messages.email.Click')
-    AND external_user_id IS NOT NULL
-),
-used AS (
-  SELECT DISTINCT s.user_id, s.campaign_id
-  FROM sends s
-  JOIN campaign_feature f ON f.campaign_id = s.campaign_id
-  JOIN events e
-    ON e.user_id = s.user_id AND e.event_name = 'feature_used' AND e.feature = f.feature
-   AND e.event_time >= s.sent_at AND e.event_time < s.sent_at + INTERVAL '24 hours'
-)
-SELECT s.campaign_id,
-       COUNT(*) AS sent,
-       COUNT(g.user_id) AS opened_or_clicked,
-       COUNT(u.user_id) AS used_feature_24h
-FROM sends s
-LEFT JOIN engaged g ON g.user_id = s.user_id AND g.campaign_id = s.campaign_id
-LEFT JOIN used u ON u.user_id = s.user_id AND u.campaign_id = s.campaign_id
-GROUP BY s.campaign_id
-ORDER BY s.campaign_id";
-
-fn sections(config: &Config) -> Vec<Section> {
-    // The project's own lift analysis (its `campaign_target`), else the shipped one.
-    let lift = std::fs::read_to_string(config.base_dir().join("queries/analysis/lift.sql"))
-        .unwrap_or_else(|_| include_str!("../queries/analysis/lift.sql").to_string());
-    vec![
-        Section {
-            id: "sizes",
-            title: "Cohort size and change per run",
-            about: "Members the partner holds after each sync (the holdout excluded), and the adds and removes sent.",
-            sql: SIZES.into(),
-            chart: Chart::Columns {
-                group: Some("cohort"),
-                x: "run_at",
-                series: &["members", "adds", "removes"],
-            },
-        },
-        Section {
-            id: "delivery",
-            title: "Delivery per run",
-            about: "Requests (retries included), retried requests and dead letters of every sync, failed ones too.",
-            sql: DELIVERY.into(),
-            chart: Chart::Columns {
-                group: Some("cohort"),
-                x: "run_at",
-                series: &["requests", "retries", "dead_letters"],
-            },
-        },
-        Section {
-            id: "duration",
-            title: "Duration per run",
-            about: "Seconds from start to end of each sync.",
-            sql: DELIVERY.into(),
-            chart: Chart::Columns {
-                group: Some("cohort"),
-                x: "run_at",
-                series: &["seconds"],
-            },
-        },
-        Section {
-            id: "ingest",
-            title: "Ingested partner events by day and type",
-            about: "Rows of partner_events per event_date (the event's own day) and event type.",
-            sql: INGEST.into(),
-            chart: Chart::Pivot {
-                x: "event_date",
-                key: "event_type",
-                value: "events",
-            },
-        },
-        Section {
-            id: "funnel",
-            title: "Engagement funnel",
-            about: "Per campaign: members sent a message, those who opened (push) or clicked (email), and those who used the campaign's feature within 24 hours of their send.",
-            sql: FUNNEL.into(),
-            chart: Chart::Columns {
-                group: None,
-                x: "campaign_id",
-                series: &["sent", "opened_or_clicked", "used_feature_24h"],
-            },
-        },
-        Section {
-            id: "lift",
-            title: "Lift against the holdout",
-            about: "Per campaign: the share of treated members who used the feature minus the share of held-out members, in points, with its 95% interval (queries/analysis/lift.sql).",
-            sql: lift,
-            chart: Chart::Interval {
-                x: "campaign_id",
-                value: "lift_points",
-                low: "ci95_low",
-                high: "ci95_high",
-            },
-        },
-    ]
-}
+use sections::{Chart, Section};
 
 /// A query's result as text cells (NULL is empty), with its column names.
 struct Rows {
@@ -268,14 +113,18 @@ struct Bars {
     values: Vec<Vec<f64>>,
     /// Whiskers per x (interval charts).
     intervals: Option<Vec<(f64, f64)>>,
+    /// Each x's time, in seconds since the epoch (timelines: x placed by time; `None` for an x
+    /// that is no time).
+    times: Option<Vec<Option<f64>>>,
 }
 
 fn charts(chart: &Chart, rows: &Rows) -> Result<Vec<Bars>> {
     Ok(match chart {
-        Chart::Columns { group, x, series } => {
+        Chart::None => Vec::new(),
+        Chart::Columns { group, x, series } | Chart::Timeline { group, x, series } => {
             let xi = rows.col(x)?;
             let si: Vec<usize> = series.iter().map(|s| rows.col(s)).collect::<Result<_>>()?;
-            let gi = group.map(|g| rows.col(g)).transpose()?;
+            let gi = group.as_deref().map(|g| rows.col(g)).transpose()?;
             let mut groups: Vec<(Option<String>, Vec<usize>)> = Vec::new();
             for r in 0..rows.cells.len() {
                 let g = gi.map(|g| rows.text(r, g).to_string());
@@ -295,6 +144,11 @@ fn charts(chart: &Chart, rows: &Rows) -> Result<Vec<Bars>> {
                         .map(|&c| rs.iter().map(|&r| rows.num(r, c)).collect())
                         .collect(),
                     intervals: None,
+                    times: matches!(chart, Chart::Timeline { .. }).then(|| {
+                        rs.iter()
+                            .map(|&r| timeline::seconds(rows.text(r, xi)))
+                            .collect()
+                    }),
                 })
                 .collect()
         }
@@ -325,6 +179,7 @@ fn charts(chart: &Chart, rows: &Rows) -> Result<Vec<Bars>> {
                 series: keys,
                 values,
                 intervals: None,
+                times: None,
             }]
         }
         Chart::Interval {
@@ -346,6 +201,7 @@ fn charts(chart: &Chart, rows: &Rows) -> Result<Vec<Bars>> {
                 series: vec![value.to_string()],
                 values: vec![(0..n).map(|r| rows.num(r, vi)).collect()],
                 intervals: Some((0..n).map(|r| (rows.num(r, li), rows.num(r, hi))).collect()),
+                times: None,
             }]
         }
     })
@@ -377,7 +233,7 @@ fn legend_layout(series: &[String]) -> (Vec<(f64, f64)>, f64) {
     let mut legend = Vec::new();
     let (mut lx, mut ly) = (60.0, 6.0);
     for name in series {
-        let width = 34.0 + 6.8 * name.chars().count() as f64;
+        let width = 34.0 + 7.6 * name.chars().count() as f64;
         if lx + width > 890.0 && lx > 60.0 {
             (lx, ly) = (60.0, ly + 18.0);
         }
@@ -427,6 +283,12 @@ fn whisker(s: &mut String, label: &str, (l, u): (f64, f64), cx: f64, y: impl Fn(
 }
 
 fn svg(chart_id: &str, b: &Bars) -> String {
+    if b.times
+        .as_ref()
+        .is_some_and(|t| t.iter().all(Option::is_some))
+    {
+        return timeline::svg(chart_id, b);
+    }
     let (legend, ly) = legend_layout(&b.series);
     let (w, left, bottom, top) = (900.0, 60.0, 64.0, ly + 20.0);
     let h = top + 120.0 + bottom;
@@ -506,7 +368,7 @@ fn svg(chart_id: &str, b: &Bars) -> String {
 }
 
 fn table(rows: &Rows) -> String {
-    let mut s = String::from("<table><thead><tr>");
+    let mut s = String::from(r#"<div class="table"><table><thead><tr>"#);
     for c in &rows.columns {
         let _ = write!(s, "<th>{}</th>", esc(c));
     }
@@ -518,13 +380,14 @@ fn table(rows: &Rows) -> String {
         }
         s.push_str("</tr>");
     }
-    s.push_str("</tbody></table>");
+    s.push_str("</tbody></table></div>");
     s
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:960px;color:#111;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2.5rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
 h3{font-size:1rem;margin:1rem 0 .2rem}p.about{color:#444}.missing{color:#a00}
+div.table{max-width:100%;overflow-x:auto}svg.chart{max-width:100%;height:auto}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}details{margin:.3rem 0}pre{background:#f7f7f7;padding:.5rem;overflow:auto;font-size:.8rem}
 a.csv{font-size:.85rem}";
@@ -532,21 +395,25 @@ a.csv{font-size:.85rem}";
 /// Counts the page's sections and tables once loaded, so a browser test (or a reader's
 /// console) sees that the page's own code ran.
 const SCRIPT: &str = "window.addEventListener('error',function(e){document.documentElement.dataset.errors=(document.documentElement.dataset.errors||'')+e.message+';'});
-document.addEventListener('DOMContentLoaded',function(){var s=document.querySelectorAll('section').length,b=document.querySelectorAll('rect.bar').length;
-document.documentElement.dataset.ready='1';document.getElementById('summary').textContent=s+' sections, '+b+' bars';});";
+document.addEventListener('DOMContentLoaded',function(){var s=document.querySelectorAll('section').length,b=document.querySelectorAll('rect.bar').length,p=document.querySelectorAll('circle.point').length;
+var r=document.documentElement;r.dataset.wide=r.scrollWidth>r.clientWidth?'1':'0';r.dataset.ready='1';document.getElementById('summary').textContent=s+' sections, '+b+' bars, '+p+' points';});";
 
-/// Writes the report of `lake` to `out` (replaced whole); returns what it wrote, as JSON.
+/// Writes the report of `lake` to `out` (a local path, or an object-store URL like the lake's,
+/// with the lake's options), replaced whole; its sections look at what happened since `since`
+/// (`$since`). Returns what it wrote, as JSON.
 pub async fn write(
     config: &Config,
     lake: &Lake,
-    out: &Path,
+    out: &str,
     at: Option<DateTime<Utc>>,
+    since: Option<DateTime<Utc>>,
 ) -> Result<serde_json::Value> {
     let started = std::time::Instant::now();
     let params = Params {
         run_ts: at.unwrap_or_else(Utc::now),
+        since,
     };
-    let sections = sections(config);
+    let sections = sections::load(config)?;
     let count = sections.len();
     let (body, missing) = render_sections(lake, &params, sections).await?;
     let generated = Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
@@ -561,9 +428,9 @@ pub async fn write(
 "#,
         esc(lake.location.url.as_str())
     );
-    write_file(out, &html)?;
+    write_out(config, out, &html).await?;
     Ok(serde_json::json!({
-        "out": out.display().to_string(),
+        "out": crate::config::url_secrets::shown(out),
         "sections": count,
         "sections_without_data": missing,
         "bytes": html.len(),
@@ -586,11 +453,11 @@ async fn render_sections(
         let _ = write!(
             body,
             r#"<section id="{}"><h2>{}</h2><p class="about">{}</p>"#,
-            section.id,
-            esc(section.title),
-            esc(section.about)
+            esc(&section.id),
+            esc(&section.title),
+            esc(&section.about)
         );
-        let origin = format!("report section `{}`", section.id);
+        let origin = section.origin.clone();
         if !results.contains_key(&section.sql) {
             let result = section_rows(lake, &origin, &section.sql, params).await;
             results.insert(
@@ -619,13 +486,14 @@ async fn render_sections(
             }
             Err(e) => {
                 missing += 1;
-                tracing::warn!(section = section.id, error = %e, "report section left empty");
+                tracing::warn!(section = %section.id, error = %e, "report section left empty");
                 let _ = write!(body, r#"<p class="missing">Not available: {}</p>"#, esc(e));
             }
         }
         let _ = write!(
             body,
-            "<details><summary>SQL</summary><pre>{}</pre></details></section>",
+            "<details><summary>SQL ({})</summary><pre>{}</pre></details></section>",
+            esc(&section.origin),
             esc(&section.sql)
         );
     }
@@ -645,6 +513,47 @@ async fn section_rows(lake: &Lake, origin: &str, sql: &str, params: &Params) -> 
         .collect();
     let batches = lake.collect(df, origin).await?;
     Rows::from_batches(&batches, &columns)
+}
+
+/// Writes the page to `out`: an object-store URL (one put: the object appears whole), or a
+/// local path.
+async fn write_out(config: &Config, out: &str, html: &str) -> Result<()> {
+    if !out.contains("://") {
+        return write_file(Path::new(out), html);
+    }
+    if let Some(problem) = crate::config::url_secrets::problem(
+        "--out",
+        out,
+        "object stores read their keys from the environment",
+    ) {
+        return Err(Error::config(None, problem));
+    }
+    let (folder, name) = out
+        .rsplit_once('/')
+        .filter(|(_, n)| !n.is_empty())
+        .ok_or_else(|| {
+            Error::config(
+                None,
+                format!(
+                    "--out {}: name the file, e.g. s3://bucket/reports/report.html",
+                    crate::config::url_secrets::shown(out)
+                ),
+            )
+        })?;
+    let location = crate::storage::location::Location::parse(
+        folder,
+        &config.base_dir(),
+        &config.lake.options,
+    )?;
+    let path = location.child(name);
+    object_store::ObjectStoreExt::put(
+        location.store.as_ref(),
+        &path,
+        bytes::Bytes::from(html.to_string()).into(),
+    )
+    .await
+    .map_err(|e| Error::storage_at(crate::config::url_secrets::shown(out), e))?;
+    Ok(())
 }
 
 /// Writes the page to `out` whole (a staging file renamed over it), its folder created.

@@ -1,0 +1,4 @@
+-- title: Duration per run
+-- about: Seconds from start to end of each sync.
+-- chart: timeline group=cohort x=run_at series=seconds
+-- sql: 20-delivery.sql

@@ -1,0 +1,4 @@
+-- title: Lift against the holdout
+-- about: Per campaign: the share of treated members who used the feature minus the share of held-out members, in points, with its 95% interval (queries/analysis/lift.sql).
+-- chart: interval x=campaign_id value=lift_points low=ci95_low high=ci95_high
+-- sql: ../analysis/lift.sql
