@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Ingest(a) => cli::ingest::run(config, a).await,
         Command::Query(a) => cli::query::run(config, a).await,
         Command::Report(a) => cli::report::run(config, a).await,
-        Command::ExportEngagement(a) => cli::export_engagement::run(a).await,
+        Command::ExportEngagement(a) => cli::export_engagement::run(config, a).await,
         Command::Runs(a) => cli::runs::run(config, a).await,
         Command::Check(a) => cli::check::run(config, a).await,
         Command::Init(a) => cli::init::run(a).await,
