@@ -89,10 +89,7 @@ impl KindConfig for Config {
             &format!("{key}.api_key_env"),
             &self.api_key_env,
         ));
-        out.extend(revision_problem(
-            &format!("{key}.revision"),
-            &self.revision,
-        ));
+        out.extend(revision_problem(&format!("{key}.revision"), &self.revision));
         if let Some(p) = &self.poll_interval {
             match config::parse_duration(p) {
                 Ok(d) if d >= Duration::from_millis(10) && d <= Duration::from_secs(60) => {}
@@ -108,7 +105,11 @@ impl KindConfig for Config {
     }
 
     fn workspace(&self, http: &dyn Fn(&str) -> String, key: &dyn Fn(&str) -> String) -> String {
-        format!("klaviyo {} {}", http(&self.base_url), key(&self.api_key_env))
+        format!(
+            "klaviyo {} {}",
+            http(&self.base_url),
+            key(&self.api_key_env)
+        )
     }
 }
 

@@ -135,11 +135,28 @@ struct Removal {
 /// Where a request stands in its batch's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stage {
-    Import { imports: u32 },
-    Poll { job: String, polls: u32, imports: u32 },
-    Errors { job: String, failed: u64, read: u64, page: u32, imports: u32 },
-    Lookup { chunk: usize, page: usize },
-    Delete { chunk: usize },
+    Import {
+        imports: u32,
+    },
+    Poll {
+        job: String,
+        polls: u32,
+        imports: u32,
+    },
+    Errors {
+        job: String,
+        failed: u64,
+        read: u64,
+        page: u32,
+        imports: u32,
+    },
+    Lookup {
+        chunk: usize,
+        page: usize,
+    },
+    Delete {
+        chunk: usize,
+    },
 }
 
 struct State {
@@ -181,8 +198,8 @@ impl FromSettings for Klaviyo {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_API));
         let base = dest.base_url.trim_end_matches('/');
         let list = url_segment(&cohort.cohort_id);
-        let mut list_tail = b"]}},\"relationships\":{\"lists\":{\"data\":[{\"type\":\"list\",\"id\":"
-            .to_vec();
+        let mut list_tail =
+            b"]}},\"relationships\":{\"lists\":{\"data\":[{\"type\":\"list\",\"id\":".to_vec();
         push_json_str(&mut list_tail, &cohort.cohort_id);
         list_tail.extend_from_slice(b"}]}}}}");
         Ok(Klaviyo {
@@ -259,7 +276,11 @@ impl Klaviyo {
     }
 
     fn job_url(&self, job: &str) -> String {
-        format!("{}/api/profile-bulk-import-jobs/{}", self.base, url_segment(job))
+        format!(
+            "{}/api/profile-bulk-import-jobs/{}",
+            self.base,
+            url_segment(job)
+        )
     }
 
     fn lookup_url(&self, field: Field, values: &[&str]) -> String {
@@ -364,7 +385,7 @@ impl Klaviyo {
             (Stage::Import { imports }, Batch::Add { .. }) => match response::job(answer.body) {
                 Ok(job) => Verdict::Continue {
                     after: self.poll_wait(0),
-                    next: self.get(
+                    next: Box::new(self.get(
                         self.job_url(&job.id),
                         req,
                         LANE_JOB,
@@ -376,12 +397,19 @@ impl Klaviyo {
                                 imports: *imports,
                             },
                         },
-                    ),
+                    )),
                     refused: Vec::new(),
                 },
                 Err(why) => unreadable(why),
             },
-            (Stage::Poll { job: id, polls, imports }, Batch::Add { members, .. }) => {
+            (
+                Stage::Poll {
+                    job: id,
+                    polls,
+                    imports,
+                },
+                Batch::Add { members, .. },
+            ) => {
                 let job = match response::job(answer.body) {
                     Ok(job) => job,
                     Err(why) => return unreadable(why),
@@ -389,7 +417,7 @@ impl Klaviyo {
                 match job.status.as_str() {
                     "queued" | "processing" => Verdict::Continue {
                         after: self.poll_wait(polls + 1),
-                        next: self.get(
+                        next: Box::new(self.get(
                             self.job_url(id),
                             req,
                             LANE_JOB,
@@ -401,7 +429,7 @@ impl Klaviyo {
                                     imports: *imports,
                                 },
                             },
-                        ),
+                        )),
                         refused: Vec::new(),
                     },
                     "complete" => {
@@ -422,7 +450,7 @@ impl Klaviyo {
                         }
                         Verdict::Continue {
                             after: Duration::ZERO,
-                            next: self.get(
+                            next: Box::new(self.get(
                                 format!(
                                     "{}/import-errors?page%5Bsize%5D={ERRORS_PAGE}",
                                     self.job_url(id)
@@ -439,11 +467,16 @@ impl Klaviyo {
                                         imports: *imports,
                                     },
                                 },
-                            ),
+                            )),
                             refused: Vec::new(),
                         }
                     }
-                    other => self.reimport(batch, *imports, req, &format!("import job {id} is `{other}`")),
+                    other => self.reimport(
+                        batch,
+                        *imports,
+                        req,
+                        &format!("import job {id} is `{other}`"),
+                    ),
                 }
             }
             (
@@ -487,7 +520,7 @@ impl Klaviyo {
                     Some(link) if read < *failed => match self.follow(&link) {
                         Ok(url) => Verdict::Continue {
                             after: Duration::ZERO,
-                            next: self.get(
+                            next: Box::new(self.get(
                                 url,
                                 req,
                                 LANE_ERRORS,
@@ -501,7 +534,7 @@ impl Klaviyo {
                                         imports: *imports,
                                     },
                                 },
-                            ),
+                            )),
                             refused,
                         },
                         Err(why) => unreadable(why),
@@ -538,12 +571,15 @@ impl Klaviyo {
                         found.push((i, p.id));
                     }
                 }
-                r.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert((*chunk, *page), found);
+                r.found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert((*chunk, *page), found);
                 if let Some(link) = next {
                     return match self.follow(&link) {
                         Ok(url) => Verdict::Continue {
                             after: Duration::ZERO,
-                            next: self.get(
+                            next: Box::new(self.get(
                                 url,
                                 req,
                                 LANE_LOOKUP,
@@ -554,7 +590,7 @@ impl Klaviyo {
                                         page: page + 1,
                                     },
                                 },
-                            ),
+                            )),
                             refused: Vec::new(),
                         },
                         Err(why) => unreadable(why),
@@ -563,12 +599,15 @@ impl Klaviyo {
                 if chunk + 1 < r.chunks.len() {
                     return Verdict::Continue {
                         after: Duration::ZERO,
-                        next: self.lookup(batch, r, chunk + 1, req),
+                        next: Box::new(self.lookup(batch, r, chunk + 1, req)),
                         refused: Vec::new(),
                     };
                 }
                 // Every lookup answered: who has no profile, and the removals.
-                let found = r.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let found = r
+                    .found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let mut ids_of: Vec<Option<&str>> = vec![None; r.members.len()];
                 for (i, id) in found.values().flatten() {
                     ids_of[*i] = Some(id);
@@ -586,7 +625,8 @@ impl Klaviyo {
                         no_profile: true,
                     })
                     .collect();
-                let mut ids: Vec<String> = ids_of.iter().flatten().map(|s| (*s).to_owned()).collect();
+                let mut ids: Vec<String> =
+                    ids_of.iter().flatten().map(|s| (*s).to_owned()).collect();
                 drop(found);
                 ids.sort_unstable();
                 ids.dedup();
@@ -597,7 +637,7 @@ impl Klaviyo {
                     None => Verdict::Partial(refused),
                     Some(first) => Verdict::Continue {
                         after: Duration::ZERO,
-                        next: self.delete(batch, first, 0, req),
+                        next: Box::new(self.delete(batch, first, 0, req)),
                         refused,
                     },
                 }
@@ -607,7 +647,7 @@ impl Klaviyo {
                 match deletes.get(chunk + 1) {
                     Some(ids) => Verdict::Continue {
                         after: Duration::ZERO,
-                        next: self.delete(batch, ids, chunk + 1, req),
+                        next: Box::new(self.delete(batch, ids, chunk + 1, req)),
                         refused: Vec::new(),
                     },
                     None => Verdict::Success,
@@ -631,10 +671,14 @@ impl Klaviyo {
                 asked: None,
             };
         }
-        tracing::warn!(batch = like.batch, reason = why, "importing the batch again");
+        tracing::warn!(
+            batch = like.batch,
+            reason = why,
+            "importing the batch again"
+        );
         Verdict::Continue {
             after: self.poll,
-            next: self.import(batch, imports + 1),
+            next: Box::new(self.import(batch, imports + 1)),
             refused: Vec::new(),
         }
     }
@@ -649,7 +693,10 @@ fn fold(field: Field, v: &str) -> String {
 }
 
 /// The batch index of the member an import error's `original_payload` names.
-fn row_of(members: &Members, payload: &serde_json::Map<String, serde_json::Value>) -> Option<usize> {
+fn row_of(
+    members: &Members,
+    payload: &serde_json::Map<String, serde_json::Value>,
+) -> Option<usize> {
     for field in [Field::ExternalId, Field::Email, Field::Phone] {
         let Some(v) = payload.get(field.name()).and_then(|v| v.as_str()) else {
             continue;
@@ -745,15 +792,13 @@ impl Destination for Klaviyo {
         let said = response::error_message(answer.body);
         match (&state.stage, answer.status.as_u16()) {
             // The job is gone (expired, or never kept): import again.
-            (
-                Stage::Poll { job, imports, .. } | Stage::Errors { job, imports, .. },
-                404,
-            ) => self.reimport(
-                &state.batch,
-                *imports,
-                answer.request,
-                &format!("import job {job} is not found"),
-            ),
+            (Stage::Poll { job, imports, .. } | Stage::Errors { job, imports, .. }, 404) => self
+                .reimport(
+                    &state.batch,
+                    *imports,
+                    answer.request,
+                    &format!("import job {job} is not found"),
+                ),
             (Stage::Import { .. }, 413) => Verdict::Reject {
                 status: 413,
                 message: format!(
@@ -781,27 +826,18 @@ impl Destination for Klaviyo {
 
     /// Klaviyo identifies a profile by external id, email or phone number only.
     fn accepts(&self, ids: &StringArray) -> Result<()> {
-        use crate::cohort::identity::{Id, first_tagged, parse};
-        let other = first_tagged(ids, |id| {
+        use crate::cohort::identity::{Id, first_tagged};
+        match first_tagged(ids, |id| {
             !matches!(id, Id::External(_) | Id::Email(_) | Id::Phone(_))
-        });
-        let Some(key) = other else { return Ok(()) };
-        let what = match parse(key) {
-            Id::Alias { name, label } => format!("user alias `{name}`/`{label}`"),
-            Id::Device(d) => format!("device id `{d}`"),
-            Id::Braze(b) => format!("Braze id `{b}`"),
-            _ => "a malformed identity".to_owned(),
-        };
-        Err(Error::config(
-            None,
-            format!(
-                "destination `{}` (klaviyo) identifies profiles by external id (user_id), email \
-                 or phone only, and the cohort has members known only by another identifier \
-                 (e.g. {what}): select their user_id, email or phone in the cohort's SQL, and \
-                 list only those in `identifiers`",
-                self.destination
-            ),
-        ))
+        }) {
+            None => Ok(()),
+            Some(key) => Err(super::refused_kind(
+                &self.destination,
+                "klaviyo",
+                key,
+                "user_id, email or phone",
+            )),
+        }
     }
 
     fn explain(&self, e: Error) -> Error {

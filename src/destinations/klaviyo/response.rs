@@ -76,8 +76,7 @@ pub(super) fn import_errors(body: &[u8]) -> Result<(Vec<ImportError>, Option<Str
                     None => p.clone(),
                 });
             ImportError {
-                reason: redact::scrub(&reason.chars().take(200).collect::<String>())
-                    .into_owned(),
+                reason: redact::scrub(&reason.chars().take(200).collect::<String>()).into_owned(),
                 payload,
             }
         })
@@ -154,7 +153,13 @@ mod tests {
     fn jobs_errors_and_profiles_are_read_or_refused_with_a_reason() {
         let j = job(br#"{"data":{"type":"profile-bulk-import-job","id":"J1","attributes":{"status":"complete","total_count":3,"completed_count":2,"failed_count":1}}}"#).unwrap();
         assert_eq!(
-            (j.id.as_str(), j.status.as_str(), j.total, j.completed, j.failed),
+            (
+                j.id.as_str(),
+                j.status.as_str(),
+                j.total,
+                j.completed,
+                j.failed
+            ),
             ("J1", "complete", 3, 2, 1)
         );
         assert!(job(br#"{"data":{"type":"list","id":"x"}}"#).is_err());
