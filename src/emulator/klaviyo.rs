@@ -1268,6 +1268,40 @@ fn parse_relationships(body: &[u8]) -> Result<Vec<String>, Resp> {
         .collect()
 }
 
+/// `GET /_emulator/klaviyo/stats`: jobs accepted, profiles, each list's size, and per endpoint
+/// the requests allowed and refused (429) and when the first and last allowed one arrived
+/// (epoch seconds), for benchmarks that measure a client's pace.
+pub(super) fn stats(shared: &Shared) -> Resp {
+    let k = &shared.klaviyo;
+    let (jobs, lists, profiles) = {
+        let mut store = lock(&k.store);
+        store.advance(Instant::now(), shared.config.klaviyo.job_delay);
+        let lists: BTreeMap<String, usize> =
+            store.lists.iter().map(|(id, m)| (id.clone(), m.len())).collect();
+        (store.jobs.len(), lists, store.profiles.len())
+    };
+    let mut endpoints: BTreeMap<&str, Value> = BTreeMap::new();
+    for e in lock(&k.log).iter() {
+        let at = e.at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let v = endpoints.entry(e.endpoint).or_insert_with(
+            || json!({"allowed": 0, "limited": 0, "first": Value::Null, "last": Value::Null}),
+        );
+        if e.allowed {
+            v["allowed"] = json!(v["allowed"].as_u64().unwrap_or(0) + 1);
+            if v["first"].is_null() {
+                v["first"] = json!(at);
+            }
+            v["last"] = json!(at);
+        } else {
+            v["limited"] = json!(v["limited"].as_u64().unwrap_or(0) + 1);
+        }
+    }
+    api_response(
+        StatusCode::OK,
+        Some(&json!({"jobs": jobs, "profiles": profiles, "lists": lists, "endpoints": endpoints})),
+    )
+}
+
 /// `GET /_emulator/klaviyo/lists/{id}`: the list's member profiles (404 if never written).
 pub(super) fn report(shared: &Shared, list_id: &str) -> Resp {
     match shared
@@ -1691,6 +1725,9 @@ mod tests {
         let (status, _, v) = call(&h, Method::GET, "/_emulator/klaviyo/lists/L", None).await;
         assert_eq!(status, 200);
         assert_eq!(v["members"][0]["external_id"], "u");
+        let (_, _, v) = call(&h, Method::GET, "/_emulator/klaviyo/stats", None).await;
+        assert_eq!((v["jobs"].as_u64(), v["lists"]["L"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(v["endpoints"]["import"]["allowed"], 1);
     }
 
     #[test]

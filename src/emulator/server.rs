@@ -138,6 +138,7 @@ enum Route {
     },
     /// Klaviyo's `/api/…`: its own routing and methods.
     Klaviyo,
+    KlaviyoStats,
     KlaviyoList {
         list_id: String,
     },
@@ -164,6 +165,7 @@ impl Route {
                 cohort_id: percent_decode(id),
             },
             ["api", ..] => Route::Klaviyo,
+            ["_emulator", "klaviyo", "stats"] => Route::KlaviyoStats,
             ["_emulator", "klaviyo", "lists", id] => Route::KlaviyoList {
                 list_id: percent_decode(id),
             },
@@ -183,6 +185,7 @@ impl Route {
             | Route::Members { .. }
             | Route::Profiles
             | Route::KlaviyoList { .. }
+            | Route::KlaviyoStats
             | Route::WebhookReport => Some(Method::GET),
             Route::NotFound | Route::Klaviyo => None,
         }
@@ -223,6 +226,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
         Route::ListCohorts => Ok(list_cohorts(&shared.state)),
         Route::Members { cohort_id } => Ok(cohort_members(&shared.state, &cohort_id)),
         Route::KlaviyoList { list_id } => Ok(klaviyo::report(shared, &list_id)),
+        Route::KlaviyoStats => Ok(klaviyo::stats(shared)),
         Route::NotFound | Route::Klaviyo => Ok(message(StatusCode::NOT_FOUND, "not found")),
     }
 }
