@@ -859,3 +859,264 @@ impl Destination for Klaviyo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cohort::identity;
+    use crate::config::Secret;
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+
+    fn klaviyo() -> Klaviyo {
+        let dest: Config = toml::from_str(
+            "base_url = \"http://h:1/\"\napi_key_env = \"K\"\npoll_interval = \"100ms\"",
+        )
+        .unwrap();
+        let cohort = Cohort {
+            name: "c".into(),
+            sql_file: "c.sql".into(),
+            destination: "kl".into(),
+            cohort_id: "Li st".into(),
+            display_name: "VIPs".into(),
+            holdout: crate::config::HoldoutShare {
+                share: 0.0,
+                salt: "vip".into(),
+            },
+            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
+        };
+        Klaviyo::new(&dest, &credentials(Secret::new("pk_secret")), &cohort).unwrap()
+    }
+
+    fn keys() -> StringArray {
+        let mut keys = vec![
+            identity::email("a@x.io"),
+            identity::phone("+15005550006"),
+            "u\"1".to_owned(),
+            "u2".to_owned(),
+        ];
+        keys.sort();
+        StringArray::from(keys)
+    }
+
+    fn answer(k: &Klaviyo, req: &Request, status: u16, body: &Value) -> Verdict {
+        let bytes = serde_json::to_vec(body).unwrap();
+        k.acknowledge(&Answer {
+            request: req,
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: &HeaderMap::new(),
+            body: &bytes,
+            sent: req.ids,
+        })
+    }
+
+    fn next(v: Verdict) -> (Request, Duration, Vec<Refused>) {
+        match v {
+            Verdict::Continue {
+                next,
+                after,
+                refused,
+            } => (*next, after, refused),
+            other => panic!("expected a next step, got {other:?}"),
+        }
+    }
+
+    fn job(status: &str, total: u64, completed: u64, failed: u64) -> Value {
+        json!({"data": {"type": "profile-bulk-import-job", "id": "J/1", "attributes": {
+            "status": status, "total_count": total, "completed_count": completed,
+            "failed_count": failed}}})
+    }
+
+    #[test]
+    fn an_add_batch_imports_mixed_identifiers_into_the_list_and_carries_the_headers() {
+        let k = klaviyo();
+        let ids = keys();
+        let req = k.batch("run", 7, &ids, 0..4, Op::Add);
+        assert_eq!(
+            (&*req.url, req.method.as_str(), req.lane, req.batch, req.ids),
+            ("http://h:1/api/profile-bulk-import-jobs", "POST", LANE_IMPORT, 7, 4)
+        );
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        let rows: Vec<Value> = body["data"]["attributes"]["profiles"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["attributes"].clone())
+            .collect();
+        let mut want = vec![
+            json!({"email": "a@x.io"}),
+            json!({"phone_number": "+15005550006"}),
+            json!({"external_id": "u\"1"}),
+            json!({"external_id": "u2"}),
+        ];
+        want.sort_by_key(|v| v.to_string());
+        let mut got = rows.clone();
+        got.sort_by_key(|v| v.to_string());
+        assert_eq!(got, want);
+        assert_eq!(body["data"]["type"], "profile-bulk-import-job");
+        assert_eq!(
+            body["data"]["relationships"]["lists"]["data"],
+            json!([{"type": "list", "id": "Li st"}])
+        );
+        let h = k.headers();
+        assert_eq!(h[AUTHORIZATION], "Klaviyo-API-Key pk_secret");
+        assert!(h[AUTHORIZATION].is_sensitive());
+        assert_eq!(h["revision"], "2026-10-15");
+        assert_eq!(h[CONTENT_TYPE], JSON_API);
+        assert_eq!(k.lanes(), LANES);
+    }
+
+    #[test]
+    fn an_import_is_polled_until_complete_and_its_errors_become_refusals_of_their_rows() {
+        let k = klaviyo();
+        let ids = keys();
+        let post = k.batch("run", 1, &ids, 0..4, Op::Add);
+        let rows: Value = serde_json::from_slice(&post.body).unwrap();
+        let row = |i: usize| rows["data"]["attributes"]["profiles"]["data"][i]["attributes"].clone();
+        let (poll, after, _) = next(answer(&k, &post, 202, &job("queued", 4, 0, 0)));
+        assert_eq!(after, Duration::from_millis(100));
+        assert_eq!(
+            (&*poll.url, poll.method.as_str(), poll.lane, poll.batch, poll.ids),
+            ("http://h:1/api/profile-bulk-import-jobs/J%2F1", "GET", LANE_JOB, 1, 4)
+        );
+        let (poll, after, _) = next(answer(&k, &poll, 200, &job("processing", 4, 1, 0)));
+        assert_eq!(after, Duration::from_millis(200));
+        // Counts that do not add up acknowledge nothing.
+        assert!(matches!(
+            answer(&k, &poll, 200, &job("complete", 4, 2, 1)),
+            Verdict::Retry { .. }
+        ));
+        assert_eq!(answer(&k, &poll, 200, &job("complete", 4, 4, 0)), Verdict::Success);
+        let (errors, _, _) = next(answer(&k, &poll, 200, &job("complete", 4, 2, 2)));
+        assert_eq!(errors.lane, LANE_ERRORS);
+        assert!(errors.url.ends_with("/J%2F1/import-errors?page%5Bsize%5D=100"));
+        let error = |payload: Value| {
+            json!({"type": "import-error", "id": "e", "attributes": {
+                "code": "invalid", "title": "Invalid input.", "detail": "Bad.",
+                "source": {"pointer": "/x"}, "original_payload": payload}})
+        };
+        let page1 = json!({"data": [error(row(2))], "links": {"next": "/api/next?page%5Bcursor%5D=c1"}});
+        let (page2, _, refused) = next(answer(&k, &errors, 200, &page1));
+        assert_eq!(&*page2.url, "http://h:1/api/next?page%5Bcursor%5D=c1");
+        assert_eq!(
+            refused,
+            [Refused {
+                index: 2,
+                reason: "invalid: Bad.".into(),
+                no_profile: false
+            }]
+        );
+        let last = json!({"data": [error(json!({"type": "profile", "attributes": row(0)}))], "links": {"next": null}});
+        assert_eq!(
+            answer(&k, &page2, 200, &last),
+            Verdict::Partial(vec![Refused {
+                index: 0,
+                reason: "invalid: Bad.".into(),
+                no_profile: false
+            }])
+        );
+        // Fewer errors than failed_count, or one naming no row: nothing acknowledged.
+        let short = json!({"data": [], "links": {"next": null}});
+        assert!(matches!(answer(&k, &page2, 200, &short), Verdict::Retry { .. }));
+        let stranger = json!({"data": [error(json!({"email": "nobody@x.io"}))]});
+        assert!(matches!(answer(&k, &page2, 200, &stranger), Verdict::Retry { .. }));
+        // A next link to another host is not followed.
+        let away = json!({"data": [error(row(2))], "links": {"next": "https://evil.example/x"}});
+        assert!(matches!(answer(&k, &errors, 200, &away), Verdict::Retry { .. }));
+        // A cancelled or vanished job is imported again, a few times.
+        let (again, _, _) = next(answer(&k, &poll, 200, &job("cancelled", 4, 0, 0)));
+        assert_eq!(again, post);
+        let (poll2, _, _) = next(answer(&k, &again, 202, &job("queued", 4, 0, 0)));
+        let (again2, _, _) = next(answer(&k, &poll2, 404, &json!({"errors": []})));
+        assert_eq!(again2, post);
+        let (poll3, _, _) = next(answer(&k, &again2, 202, &job("queued", 4, 0, 0)));
+        assert!(matches!(
+            answer(&k, &poll3, 200, &job("cancelled", 4, 0, 0)),
+            Verdict::Retry { .. }
+        ));
+        // An HTML 200 acknowledges nothing; a 401 is refused with Klaviyo's words.
+        let html = k.acknowledge(&Answer {
+            request: &post,
+            status: StatusCode::OK,
+            headers: &HeaderMap::new(),
+            body: b"<html>",
+            sent: 4,
+        });
+        assert!(matches!(html, Verdict::Retry { .. }));
+        let denied = json!({"errors": [{"id": "1", "code": "not_authenticated", "title": "T", "detail": "Bad key."}]});
+        assert_eq!(
+            answer(&k, &post, 401, &denied),
+            Verdict::Reject {
+                status: 401,
+                message: "not_authenticated: Bad key.".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_remove_batch_resolves_profile_ids_then_removes_them_and_the_unknown_are_gone() {
+        let k = klaviyo();
+        let ids = keys();
+        let first = k.batch("run", 3, &ids, 0..4, Op::Remove);
+        // Lookups by field, in field order: external ids first.
+        assert_eq!((first.method.as_str(), first.lane), ("GET", LANE_LOOKUP));
+        let query = |r: &Request| {
+            let u = url::Url::parse(&r.url).unwrap();
+            u.query_pairs()
+                .find(|(k, _)| k == "filter")
+                .unwrap()
+                .1
+                .into_owned()
+        };
+        assert_eq!(query(&first), r#"any(external_id,["u\"1","u2"])"#);
+        let found = json!({"data": [
+            {"type": "profile", "id": "P1", "attributes": {"external_id": "u\"1"}},
+            {"type": "profile", "id": "P9", "attributes": {"external_id": "someone else"}},
+        ], "links": {"next": null}});
+        let (emails, _, refused) = next(answer(&k, &first, 200, &found));
+        assert!(refused.is_empty());
+        assert_eq!(query(&emails), r#"any(email,["a@x.io"])"#);
+        let found = json!({"data": [{"type": "profile", "id": "P2", "attributes": {"email": "A@x.io"}}]});
+        let (phones, _, _) = next(answer(&k, &emails, 200, &found));
+        assert_eq!(query(&phones), r#"any(phone_number,["+15005550006"])"#);
+        // Read twice (a repeated answer), counted once.
+        let none = json!({"data": []});
+        let _ = answer(&k, &phones, 200, &none);
+        let (delete, _, refused) = next(answer(&k, &phones, 200, &none));
+        let index = |key: &str| (0..4).find(|&i| ids.value(i) == key).unwrap();
+        let mut gone: Vec<usize> = refused.iter().map(|r| r.index).collect();
+        gone.sort();
+        let mut want = vec![index("u2"), index(&identity::phone("+15005550006"))];
+        want.sort();
+        assert_eq!(gone, want);
+        assert!(refused.iter().all(|r| r.no_profile), "{refused:?}");
+        assert_eq!(
+            (&*delete.url, delete.method.as_str(), delete.lane),
+            ("http://h:1/api/lists/Li%20st/relationships/profiles", "DELETE", LANE_REMOVE)
+        );
+        let body: Value = serde_json::from_slice(&delete.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"data": [{"type": "profile", "id": "P1"}, {"type": "profile", "id": "P2"}]})
+        );
+        assert_eq!(
+            k.acknowledge(&Answer {
+                request: &delete,
+                status: StatusCode::NO_CONTENT,
+                headers: &HeaderMap::new(),
+                body: b"",
+                sent: 4,
+            }),
+            Verdict::Success
+        );
+    }
+
+    #[test]
+    fn kinds_klaviyo_cannot_identify_are_refused_by_name() {
+        let k = klaviyo();
+        assert!(k.accepts(&keys()).is_ok());
+        let ids = StringArray::from(vec![identity::device("d-1"), "u".to_owned()]);
+        let e = k.accepts(&ids).unwrap_err().to_string();
+        assert!(e.contains("(klaviyo) cannot identify users by device_id") && e.contains("d-1"), "{e}");
+    }
+}
