@@ -111,6 +111,9 @@ fn member(key: &str) -> (Field, &str) {
 /// A batch's members, in batch order.
 type Members = Vec<(Field, String)>;
 
+/// What one lookup page found: (batch index, profile id).
+type Found = Vec<(usize, String)>;
+
 /// What every step of one batch shares.
 enum Batch {
     Add {
@@ -127,7 +130,7 @@ struct Removal {
     chunks: Vec<(Field, Vec<usize>)>,
     /// What each lookup page found: (chunk, page) → (batch index, profile id). Keyed, so an
     /// answer read twice counts once.
-    found: Mutex<BTreeMap<(usize, usize), Vec<(usize, String)>>>,
+    found: Mutex<BTreeMap<(usize, usize), Found>>,
     /// The profile ids to remove, in chunks of 1,000, once every lookup is answered.
     deletes: OnceLock<Vec<Vec<String>>>,
 }
@@ -934,7 +937,13 @@ mod tests {
         let req = k.batch("run", 7, &ids, 0..4, Op::Add);
         assert_eq!(
             (&*req.url, req.method.as_str(), req.lane, req.batch, req.ids),
-            ("http://h:1/api/profile-bulk-import-jobs", "POST", LANE_IMPORT, 7, 4)
+            (
+                "http://h:1/api/profile-bulk-import-jobs",
+                "POST",
+                LANE_IMPORT,
+                7,
+                4
+            )
         );
         let body: Value = serde_json::from_slice(&req.body).unwrap();
         let rows: Vec<Value> = body["data"]["attributes"]["profiles"]["data"]
@@ -972,12 +981,25 @@ mod tests {
         let ids = keys();
         let post = k.batch("run", 1, &ids, 0..4, Op::Add);
         let rows: Value = serde_json::from_slice(&post.body).unwrap();
-        let row = |i: usize| rows["data"]["attributes"]["profiles"]["data"][i]["attributes"].clone();
+        let row =
+            |i: usize| rows["data"]["attributes"]["profiles"]["data"][i]["attributes"].clone();
         let (poll, after, _) = next(answer(&k, &post, 202, &job("queued", 4, 0, 0)));
         assert_eq!(after, Duration::from_millis(100));
         assert_eq!(
-            (&*poll.url, poll.method.as_str(), poll.lane, poll.batch, poll.ids),
-            ("http://h:1/api/profile-bulk-import-jobs/J%2F1", "GET", LANE_JOB, 1, 4)
+            (
+                &*poll.url,
+                poll.method.as_str(),
+                poll.lane,
+                poll.batch,
+                poll.ids
+            ),
+            (
+                "http://h:1/api/profile-bulk-import-jobs/J%2F1",
+                "GET",
+                LANE_JOB,
+                1,
+                4
+            )
         );
         let (poll, after, _) = next(answer(&k, &poll, 200, &job("processing", 4, 1, 0)));
         assert_eq!(after, Duration::from_millis(200));
@@ -986,16 +1008,24 @@ mod tests {
             answer(&k, &poll, 200, &job("complete", 4, 2, 1)),
             Verdict::Retry { .. }
         ));
-        assert_eq!(answer(&k, &poll, 200, &job("complete", 4, 4, 0)), Verdict::Success);
+        assert_eq!(
+            answer(&k, &poll, 200, &job("complete", 4, 4, 0)),
+            Verdict::Success
+        );
         let (errors, _, _) = next(answer(&k, &poll, 200, &job("complete", 4, 2, 2)));
         assert_eq!(errors.lane, LANE_ERRORS);
-        assert!(errors.url.ends_with("/J%2F1/import-errors?page%5Bsize%5D=100"));
+        assert!(
+            errors
+                .url
+                .ends_with("/J%2F1/import-errors?page%5Bsize%5D=100")
+        );
         let error = |payload: Value| {
             json!({"type": "import-error", "id": "e", "attributes": {
                 "code": "invalid", "title": "Invalid input.", "detail": "Bad.",
                 "source": {"pointer": "/x"}, "original_payload": payload}})
         };
-        let page1 = json!({"data": [error(row(2))], "links": {"next": "/api/next?page%5Bcursor%5D=c1"}});
+        let page1 =
+            json!({"data": [error(row(2))], "links": {"next": "/api/next?page%5Bcursor%5D=c1"}});
         let (page2, _, refused) = next(answer(&k, &errors, 200, &page1));
         assert_eq!(&*page2.url, "http://h:1/api/next?page%5Bcursor%5D=c1");
         assert_eq!(
@@ -1017,12 +1047,21 @@ mod tests {
         );
         // Fewer errors than failed_count, or one naming no row: nothing acknowledged.
         let short = json!({"data": [], "links": {"next": null}});
-        assert!(matches!(answer(&k, &page2, 200, &short), Verdict::Retry { .. }));
+        assert!(matches!(
+            answer(&k, &page2, 200, &short),
+            Verdict::Retry { .. }
+        ));
         let stranger = json!({"data": [error(json!({"email": "nobody@x.io"}))]});
-        assert!(matches!(answer(&k, &page2, 200, &stranger), Verdict::Retry { .. }));
+        assert!(matches!(
+            answer(&k, &page2, 200, &stranger),
+            Verdict::Retry { .. }
+        ));
         // A next link to another host is not followed.
         let away = json!({"data": [error(row(2))], "links": {"next": "https://evil.example/x"}});
-        assert!(matches!(answer(&k, &errors, 200, &away), Verdict::Retry { .. }));
+        assert!(matches!(
+            answer(&k, &errors, 200, &away),
+            Verdict::Retry { .. }
+        ));
         // A cancelled or vanished job is imported again, a few times.
         let (again, _, _) = next(answer(&k, &poll, 200, &job("cancelled", 4, 0, 0)));
         assert_eq!(again, post);
@@ -1076,7 +1115,8 @@ mod tests {
         let (emails, _, refused) = next(answer(&k, &first, 200, &found));
         assert!(refused.is_empty());
         assert_eq!(query(&emails), r#"any(email,["a@x.io"])"#);
-        let found = json!({"data": [{"type": "profile", "id": "P2", "attributes": {"email": "A@x.io"}}]});
+        let found =
+            json!({"data": [{"type": "profile", "id": "P2", "attributes": {"email": "A@x.io"}}]});
         let (phones, _, _) = next(answer(&k, &emails, 200, &found));
         assert_eq!(query(&phones), r#"any(phone_number,["+15005550006"])"#);
         // Read twice (a repeated answer), counted once.
@@ -1092,7 +1132,11 @@ mod tests {
         assert!(refused.iter().all(|r| r.no_profile), "{refused:?}");
         assert_eq!(
             (&*delete.url, delete.method.as_str(), delete.lane),
-            ("http://h:1/api/lists/Li%20st/relationships/profiles", "DELETE", LANE_REMOVE)
+            (
+                "http://h:1/api/lists/Li%20st/relationships/profiles",
+                "DELETE",
+                LANE_REMOVE
+            )
         );
         let body: Value = serde_json::from_slice(&delete.body).unwrap();
         assert_eq!(
@@ -1117,6 +1161,9 @@ mod tests {
         assert!(k.accepts(&keys()).is_ok());
         let ids = StringArray::from(vec![identity::device("d-1"), "u".to_owned()]);
         let e = k.accepts(&ids).unwrap_err().to_string();
-        assert!(e.contains("(klaviyo) cannot identify users by device_id") && e.contains("d-1"), "{e}");
+        assert!(
+            e.contains("(klaviyo) cannot identify users by device_id") && e.contains("d-1"),
+            "{e}"
+        );
     }
 }
