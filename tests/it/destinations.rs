@@ -1,9 +1,9 @@
 //! The sync core's guarantees, run the same way over every destination kind — Cohort Import,
 //! `/users/track`, webhook, Klaviyo, files: `--dry-run` sends and writes nothing, a query that
 //! suddenly returns nobody holds back its removals until allowed, shards together deliver
-//! exactly what one run does, a damaged snapshot is refused by name and repaired, and (for the kinds that
-//! deliver paced requests) a second run is refused while one delivers, and a stale lock is
-//! taken over. Each kind is observed through its own partner: the emulator's cohort, the
+//! exactly what one run does, a damaged snapshot is refused by name and repaired, and (for the
+//! kinds that deliver paced requests) a second run is refused while one delivers, and a stale
+//! lock is taken over. Each kind is observed through its own partner: the emulator's cohort, the
 //! emulator's profiles, the test receiver, the files read back with the Parquet reader.
 
 use std::collections::BTreeSet;
