@@ -136,7 +136,7 @@ enum Route {
     Members {
         cohort_id: String,
     },
-    /// Klaviyo's `/api/…`: its own routing and methods.
+    /// Klaviyo's endpoints: their own routing and methods.
     Klaviyo,
     KlaviyoStats,
     KlaviyoList {
@@ -164,7 +164,10 @@ impl Route {
             ["_emulator", "cohorts", id, "members"] => Route::Members {
                 cohort_id: percent_decode(id),
             },
-            ["api", ..] => Route::Klaviyo,
+            // Klaviyo's own paths only (other partners serve `/api/…` too).
+            ["api", "profile-bulk-import-jobs", ..]
+            | ["api", "profiles"]
+            | ["api", "lists", _, "relationships", "profiles"] => Route::Klaviyo,
             ["_emulator", "klaviyo", "stats"] => Route::KlaviyoStats,
             ["_emulator", "klaviyo", "lists", id] => Route::KlaviyoList {
                 list_id: percent_decode(id),
