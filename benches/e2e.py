@@ -24,6 +24,10 @@ alike. Cases:
   t  full sync of (a)'s cohort through `/users/track` (kind braze_users_track, 75 users per
      request) at its default 1,000 requests/s against the emulator limiting to 3,000 per 3 s
      (~134 s; ours only; not in the default set)
+  k  full sync of (e)'s ~1M cohort to Klaviyo (kind klaviyo: bulk import jobs of 10,000
+     profiles, each polled to completion) at its default rate, 2.45 requests/s per endpoint,
+     against the emulator enforcing Klaviyo's documented burst 10/s and steady 150/min per
+     endpoint (~45 s; ours only; not in the default set)
   f  full sync of (a)'s cohort to the `files` destination (Parquet, a fresh folder; ours only)
   w  full sync of (a)'s cohort to the `webhook` destination: the emulator's signed-webhook
      receiver (`POST /_webhook`), 1,000 ids a batch, the default (ours only)
@@ -100,7 +104,7 @@ LAKES = {
     "scale": LakeSpec(f"bench-lake-{size(SCALE_USERS)}-uuid", SCALE_USERS, "uuid", "half.sql"),
 }
 CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale",
-              "t": "uuid", "f": "uuid", "w": "uuid", "W": "uuid"}
+              "t": "uuid", "k": "small", "f": "uuid", "w": "uuid", "W": "uuid"}
 
 # Targets of issue 14 on this machine class (2 cores, 24 GiB): the peer's wall ÷ ours, our CPU
 # against the peer's, our peak RSS.
@@ -159,6 +163,7 @@ class Emulator:
              "--client-secret-env", "BENCH_CLIENT_SECRET",
              "--rest-api-key-env", "BENCH_REST_API_KEY",
              "--webhook-secret-env", "BENCH_WEBHOOK_SECRET",
+             "--klaviyo-api-key-env", "BENCH_KLAVIYO_API_KEY",
              "--rate-limit", limit[0], "--rate-window", limit[1]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
@@ -464,6 +469,48 @@ max_in_flight = 16
                 f"{lake.label()}, 1,000 requests/s", runs, s["members"], s["requests"], None)]
 
 
+def case_k(work, lake, n_runs):
+    """A full sync of (e)'s cohort to Klaviyo at the kind's default rate (2.45 requests/s per
+    endpoint) against the emulator enforcing the documented burst 10/s, steady 150/min per
+    endpoint: the bulk import's pace as a share of 150/min (2.5/s), and the 429s."""
+    project = Project(Path(work) / "ours-k", lake)
+    text = project.config.read_text()
+    start = text.index("[destinations.emulator]")
+    end = text.index("[cohorts.half]")
+    project.config.write_text(text[:start] + f"""[destinations.emulator]
+kind = "klaviyo"
+base_url = "http://127.0.0.1:{PORT}"
+api_key_env = "BENCH_KLAVIYO_API_KEY"
+
+""" + text[end:])
+    runs = []
+    for i in range(n_runs):
+        project.reset_state()
+        emu = Emulator()
+        try:
+            wall, cpu, rss, s = project.sync(FULL_DAY)
+            k = emu.get("/_emulator/klaviyo/stats")
+        finally:
+            emu.stop()
+        assert k["lists"].get("half") == s["members"], (k["lists"], s["members"])
+        imports = k["endpoints"]["import"]
+        limited = sum(e["limited"] for e in k["endpoints"].values())
+        # Requests per second of the import endpoint, first to last (n requests, n - 1 gaps).
+        span = imports["last"] - imports["first"]
+        rate = (imports["allowed"] - 1) / span if span > 0 else 0.0
+        log(f"k run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
+            f"{s['members']:,} members in {k['jobs']} import jobs ({s['requests']:,} requests "
+            f"with the polls); imports at {rate:.3f}/s = {rate / 2.5 * 100:.1f}% of 150/min, "
+            f"{limited} answered 429")
+        if limited:
+            raise AssertionError(f"{limited} requests answered 429")
+        runs.append((wall, cpu, rss, s))
+    s = runs[-1][3]
+    return [row("k", f"full sync to Klaviyo (bulk import), {s['members']:,} members of "
+                f"{lake.label()}, 2.45 requests/s per endpoint", runs, s["members"],
+                s["requests"], None)]
+
+
 def case_c(n_runs):
     runs = []
     for i in range(n_runs):
@@ -575,6 +622,7 @@ def main():
     os.environ.setdefault("BENCH_PARTNER_API_KEY", f"bench-key-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_CLIENT_SECRET", f"bench-secret-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_REST_API_KEY", f"bench-rest-{os.getpid()}-{time.time_ns()}")
+    os.environ.setdefault("BENCH_KLAVIYO_API_KEY", f"bench-kl-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_WEBHOOK_SECRET", f"bench-hook-{os.getpid()}-{time.time_ns()}")
     if not args.no_build:
         build()
@@ -601,6 +649,8 @@ def main():
             return case_d(work, LAKES["uuid"], n)
         if case == "t":
             return case_t(work, LAKES["uuid"], n)
+        if case == "k":
+            return case_k(work, LAKES["small"], n)
         if case in ("f", "w", "W"):
             return case_files_or_webhook(case, work, LAKES["uuid"], n)
         sys.exit(f"unknown case {case}")

@@ -64,6 +64,25 @@ pub struct EmulatorArgs {
     /// (unset: the endpoint answers 404).
     #[arg(long, default_value = "COHORT_BRIDGE_WEBHOOK_SECRET")]
     webhook_secret_env: String,
+    /// Environment variable holding the private key Klaviyo's `/api/…` accepts (unset: it
+    /// refuses every key).
+    #[arg(long, default_value = "KLAVIYO_API_KEY")]
+    klaviyo_api_key_env: String,
+    /// Klaviyo: requests per second and per minute each endpoint allows (bulk import, job,
+    /// import errors, list relationships; documented: 10 and 150).
+    #[arg(long, default_value_t = 10)]
+    klaviyo_burst: u64,
+    #[arg(long, default_value_t = 150)]
+    klaviyo_steady: u64,
+    /// Klaviyo: how long an import job takes from `queued` to `complete`.
+    #[arg(long, default_value = "200ms", value_parser = super::args::parse_duration)]
+    klaviyo_job_delay: std::time::Duration,
+    /// Klaviyo: import rows whose identifier contains this text fail with an import error.
+    #[arg(long)]
+    klaviyo_invalid_marker: Option<String>,
+    /// Klaviyo: probability that an import job ends `cancelled`.
+    #[arg(long, default_value_t = 0.0)]
+    klaviyo_cancel_jobs: f64,
 }
 
 /// `emulator` with its flags: serves until the process ends.
@@ -103,6 +122,19 @@ pub async fn run(a: EmulatorArgs) -> Result<i32> {
                     .unwrap_or_else(|_| "\0unset".into()),
                 unknown_id_marker: a.unknown_id_marker,
                 webhook_secret: std::env::var(&a.webhook_secret_env).ok(),
+                klaviyo: crate::emulator::KlaviyoConfig {
+                    api_key: std::env::var(&a.klaviyo_api_key_env)
+                        .unwrap_or_else(|_| "\0unset".into()),
+                    rate: crate::emulator::KlaviyoRate {
+                        burst: a.klaviyo_burst,
+                        steady: a.klaviyo_steady,
+                    },
+                    job_delay: a.klaviyo_job_delay,
+                    invalid_marker: a.klaviyo_invalid_marker,
+                    cancel_jobs: a.klaviyo_cancel_jobs,
+                    seed: a.fault_seed,
+                    ..crate::emulator::KlaviyoConfig::default()
+                },
             };
             crate::emulator::serve_forever((a.host, a.port).into(), config)
                 .await

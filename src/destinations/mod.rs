@@ -19,6 +19,7 @@ pub mod braze_cohorts;
 pub mod braze_users_track;
 pub mod files;
 pub mod json;
+pub mod klaviyo;
 pub mod webhook;
 
 use std::path::Path;
@@ -75,6 +76,19 @@ pub static REGISTRY: Registry = Registry(&[
         },
         open: requests::<braze_users_track::UsersTrack>,
         identity: braze_users_track::identity,
+    },
+    Kind {
+        spec: KindSpec {
+            name: "klaviyo",
+            keys: klaviyo::Config::KEYS,
+            hints: &[("list_id", "the list is the cohort's `cohort_id`")],
+            max_batch: klaviyo::MAX_BATCH,
+            default_batch: klaviyo::DEFAULT_BATCH,
+            default_rps: klaviyo::DEFAULT_RPS,
+            parse: config::parse_as::<klaviyo::Config>,
+        },
+        open: requests::<klaviyo::Klaviyo>,
+        identity: klaviyo::identity,
     },
     Kind {
         spec: KindSpec {

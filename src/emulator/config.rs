@@ -24,6 +24,8 @@ pub struct EmulatorConfig {
     pub unknown_id_marker: Option<String>,
     /// `POST /_webhook` verifies signatures with this secret; `None`: the endpoint is off.
     pub webhook_secret: Option<String>,
+    /// The Klaviyo endpoints (`/api/…`): key, limits, job processing time, faults.
+    pub klaviyo: super::KlaviyoConfig,
 }
 
 impl Default for EmulatorConfig {
@@ -38,6 +40,7 @@ impl Default for EmulatorConfig {
             rest_api_key: "emulator-rest-api-key".to_owned(),
             unknown_id_marker: None,
             webhook_secret: None,
+            klaviyo: super::KlaviyoConfig::default(),
         }
     }
 }
@@ -52,6 +55,7 @@ impl fmt::Debug for EmulatorConfig {
             .field("rest_api_key", &"<redacted>")
             .field("rate_limit", &self.rate_limit)
             .field("faults", &self.faults)
+            .field("klaviyo", &self.klaviyo)
             .finish()
     }
 }

@@ -12,6 +12,7 @@ mod cohorts;
 mod config;
 pub mod currents;
 mod faults;
+pub mod klaviyo;
 mod server;
 mod state;
 mod users_track;
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 
 pub use config::{EmulatorConfig, FaultConfig, RateLimitConfig};
 use faults::{FaultInjector, RateLimiter};
+pub use klaviyo::{KlaviyoConfig, KlaviyoProfile, KlaviyoRate};
 use server::accept_loop;
 use state::State;
 
@@ -69,6 +71,7 @@ struct Shared {
     state: State,
     profiles: users_track::Profiles,
     webhook: webhook::Receiver,
+    klaviyo: klaviyo::Klaviyo,
     limiter: RateLimiter,
     faults: FaultInjector,
     shutdown: watch::Sender<bool>,
@@ -148,6 +151,32 @@ impl EmulatorHandle {
         self.shared.limiter.log()
     }
 
+    /// Klaviyo: the profiles in list `list_id`, sorted by profile id (import jobs whose
+    /// processing time has passed applied first); `None` if nothing was ever added to it.
+    pub fn klaviyo_members(&self, list_id: &str) -> Option<Vec<KlaviyoProfile>> {
+        self.shared
+            .klaviyo
+            .members(list_id, self.shared.config.klaviyo.job_delay)
+    }
+
+    /// Klaviyo: every profile, sorted by id.
+    pub fn klaviyo_profiles(&self) -> Vec<KlaviyoProfile> {
+        self.shared
+            .klaviyo
+            .profiles(self.shared.config.klaviyo.job_delay)
+    }
+
+    /// Klaviyo: every authenticated request with a known revision, in arrival order: when,
+    /// which endpoint, and whether its limits let it through (false: answered 429).
+    pub fn klaviyo_rate_log(&self) -> Vec<klaviyo::RateEntry> {
+        self.shared.klaviyo.rate_log()
+    }
+
+    /// Klaviyo: import jobs accepted, and requests applied (jobs created, list changes).
+    pub fn klaviyo_counts(&self) -> (usize, u64) {
+        self.shared.klaviyo.counts()
+    }
+
     /// Stops accepting connections and closes idle keep-alive connections (best effort).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
@@ -163,6 +192,7 @@ pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<
         state: State::default(),
         profiles: users_track::Profiles::default(),
         webhook: webhook::Receiver::default(),
+        klaviyo: klaviyo::Klaviyo::new(&config.klaviyo),
         limiter: RateLimiter::new(&config.rate_limit),
         faults: FaultInjector::new(config.faults.clone()),
         config,

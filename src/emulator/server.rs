@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::cohorts::{Endpoint, cohort_members, list_cohorts, partner_request};
-use super::{Shared, users_track, webhook};
+use super::{Shared, klaviyo, users_track, webhook};
 
 /// Bodies above this are refused with 413 before parsing.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -121,15 +121,27 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Abo
 /// The endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
-    Cohorts { partner: String },
-    CohortUsers { partner: String },
+    Cohorts {
+        partner: String,
+    },
+    CohortUsers {
+        partner: String,
+    },
     UsersTrack,
     Profiles,
     Webhook,
     WebhookReport,
     Stats,
     ListCohorts,
-    Members { cohort_id: String },
+    Members {
+        cohort_id: String,
+    },
+    /// Klaviyo's endpoints: their own routing and methods.
+    Klaviyo,
+    KlaviyoStats,
+    KlaviyoList {
+        list_id: String,
+    },
     NotFound,
 }
 
@@ -152,6 +164,14 @@ impl Route {
             ["_emulator", "cohorts", id, "members"] => Route::Members {
                 cohort_id: percent_decode(id),
             },
+            // Klaviyo's own paths only (other partners serve `/api/…` too).
+            ["api", "profile-bulk-import-jobs", ..]
+            | ["api", "profiles"]
+            | ["api", "lists", _, "relationships", "profiles"] => Route::Klaviyo,
+            ["_emulator", "klaviyo", "stats"] => Route::KlaviyoStats,
+            ["_emulator", "klaviyo", "lists", id] => Route::KlaviyoList {
+                list_id: percent_decode(id),
+            },
             _ => Route::NotFound,
         }
     }
@@ -167,14 +187,19 @@ impl Route {
             | Route::ListCohorts
             | Route::Members { .. }
             | Route::Profiles
+            | Route::KlaviyoList { .. }
+            | Route::KlaviyoStats
             | Route::WebhookReport => Some(Method::GET),
-            Route::NotFound => None,
+            Route::NotFound | Route::Klaviyo => None,
         }
     }
 }
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
     let route = Route::parse(req.uri().path());
+    if route == Route::Klaviyo {
+        return klaviyo::handle(shared, req).await;
+    }
     let Some(allowed) = route.method() else {
         return Ok(message(StatusCode::NOT_FOUND, "not found"));
     };
@@ -203,7 +228,9 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
         Route::Stats => Ok(json_response(StatusCode::OK, &shared.state.stats())),
         Route::ListCohorts => Ok(list_cohorts(&shared.state)),
         Route::Members { cohort_id } => Ok(cohort_members(&shared.state, &cohort_id)),
-        Route::NotFound => Ok(message(StatusCode::NOT_FOUND, "not found")),
+        Route::KlaviyoList { list_id } => Ok(klaviyo::report(shared, &list_id)),
+        Route::KlaviyoStats => Ok(klaviyo::stats(shared)),
+        Route::NotFound | Route::Klaviyo => Ok(message(StatusCode::NOT_FOUND, "not found")),
     }
 }
 

@@ -1,9 +1,9 @@
 //! The sync core's guarantees, run the same way over every destination kind — Cohort Import,
-//! `/users/track`, webhook, files: `--dry-run` sends and writes nothing, a query that suddenly
-//! returns nobody holds back its removals until allowed, shards together deliver exactly what
-//! one run does, a damaged snapshot is refused by name and repaired, and (for the kinds that
-//! deliver paced requests) a second run is refused while one delivers, and a stale lock is
-//! taken over. Each kind is observed through its own partner: the emulator's cohort, the
+//! `/users/track`, webhook, Klaviyo, files: `--dry-run` sends and writes nothing, a query that
+//! suddenly returns nobody holds back its removals until allowed, shards together deliver
+//! exactly what one run does, a damaged snapshot is refused by name and repaired, and (for the
+//! kinds that deliver paced requests) a second run is refused while one delivers, and a stale
+//! lock is taken over. Each kind is observed through its own partner: the emulator's cohort, the
 //! emulator's profiles, the test receiver, the files read back with the Parquet reader.
 
 use std::collections::BTreeSet;
@@ -21,6 +21,7 @@ enum Kind {
     CohortImport(Partner),
     UsersTrack(Partner),
     Webhook(Receiver),
+    Klaviyo(Partner),
     /// Files in this folder.
     Files(tempfile::TempDir),
 }
@@ -38,6 +39,7 @@ impl Kind {
             Kind::CohortImport(Partner::plain()),
             Kind::UsersTrack(Partner::plain()),
             Kind::Webhook(Receiver::start(1_000_000)),
+            Kind::Klaviyo(crate::klaviyo::partner(crate::klaviyo::fast())),
         ]
     }
 
@@ -46,6 +48,7 @@ impl Kind {
             Kind::CohortImport(_) => "braze",
             Kind::UsersTrack(_) => "braze_users_track",
             Kind::Webhook(_) => "webhook",
+            Kind::Klaviyo(_) => "klaviyo",
             Kind::Files(_) => "files",
         }
     }
@@ -70,6 +73,11 @@ impl Kind {
                 ),
                 &cohorts,
             ),
+            Kind::Klaviyo(p) => Project::with_destination(
+                lake(),
+                &crate::klaviyo::destination(&p.handle.base_url(), delivery),
+                &cohorts,
+            ),
             Kind::Files(dir) => Project::with_destination(
                 lake(),
                 &format!("kind = \"files\"\nurl = \"{}\"", dir.path().display()),
@@ -89,6 +97,7 @@ impl Kind {
                 .into_iter()
                 .collect(),
             Kind::Webhook(r) => r.seen.lock().unwrap().members.clone(),
+            Kind::Klaviyo(p) => crate::klaviyo::held(p, "active"),
             Kind::Files(dir) => {
                 let runs = super::files::run_folders(&dir.path().join("active"));
                 let ids = |path: std::path::PathBuf| {
@@ -115,6 +124,8 @@ impl Kind {
     fn seen(&self) -> u64 {
         match self {
             Kind::CohortImport(p) | Kind::UsersTrack(p) => p.handle.stats().requests,
+            // A batch is several requests (an import and its polls): about a batch per three.
+            Kind::Klaviyo(p) => p.handle.stats().requests.div_ceil(3),
             Kind::Webhook(r) => r.seen.lock().unwrap().requests,
             Kind::Files(dir) => std::fs::read_dir(dir.path().join("active"))
                 .map(|d| d.count() as u64)
@@ -131,6 +142,10 @@ impl Kind {
                 (REST_VAR, Some(REST_KEY)),
                 (SECRET_VAR_HOOK, Some(HOOK_SECRET)),
                 (AUTH_VAR, Some(AUTH)),
+                (
+                    crate::klaviyo::KLAVIYO_VAR,
+                    Some(crate::klaviyo::KLAVIYO_KEY),
+                ),
             ],
         )
     }
@@ -140,6 +155,7 @@ impl Kind {
             .command(args)
             .env(SECRET_VAR_HOOK, HOOK_SECRET)
             .env(AUTH_VAR, AUTH)
+            .env(crate::klaviyo::KLAVIYO_VAR, crate::klaviyo::KLAVIYO_KEY)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -253,6 +253,7 @@ enum Kind {
     CohortImport,
     UsersTrack,
     Webhook,
+    Klaviyo,
 }
 
 impl Kind {
@@ -270,6 +271,11 @@ impl Kind {
                 ),
                 &cohorts,
             ),
+            Kind::Klaviyo => Project::with_destination(
+                lake(),
+                &crate::klaviyo::destination(proxy, DEST),
+                &cohorts,
+            ),
         }
     }
 
@@ -283,6 +289,9 @@ impl Kind {
                 Secret::new(crate::webhook::HOOK_SECRET),
                 Vec::new(),
             ),
+            Kind::Klaviyo => {
+                destinations::klaviyo::credentials(Secret::new(crate::klaviyo::KLAVIYO_KEY))
+            }
         }
     }
 
@@ -292,6 +301,7 @@ impl Kind {
             Kind::CohortImport => return partner.members("c"),
             Kind::UsersTrack => partner.handle.attribute_true("cohort_c"),
             Kind::Webhook => partner.handle.webhook_members("c"),
+            Kind::Klaviyo => return crate::klaviyo::held(partner, "c"),
         };
         held.into_iter().collect()
     }
@@ -314,9 +324,15 @@ fn random_fault_schedules_on_a_webhook() {
     schedules(Kind::Webhook, 150);
 }
 
+#[test]
+fn random_fault_schedules_on_klaviyo() {
+    schedules(Kind::Klaviyo, 100);
+}
+
 fn schedules(kind: Kind, default_cases: u32) {
     let partner = Partner::start(cohort_bridge::emulator::EmulatorConfig {
         webhook_secret: Some(crate::webhook::HOOK_SECRET.into()),
+        klaviyo: crate::klaviyo::fast(),
         ..Default::default()
     });
     let sink = Sink::start();

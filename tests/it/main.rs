@@ -28,6 +28,7 @@ mod incremental;
 mod ingest;
 mod ingest_hostile;
 mod ingest_lock;
+mod klaviyo;
 mod lift;
 mod metrics;
 mod packaging;

@@ -129,6 +129,8 @@ struct Shared {
 
 /// One parsed request.
 struct Req {
+    /// As the client sent it (GET and DELETE steps of a batch travel too).
+    method: String,
     path: String,
     /// The request's headers but those of the hop (host, length, connection): auth,
     /// signatures and idempotency keys travel on.
@@ -141,6 +143,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> 
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let method = head.split_whitespace().next()?.to_string();
             let path = head.split_whitespace().nth(1)?.to_string();
             let len: usize = head
                 .lines()
@@ -173,6 +176,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> 
             let body = buf[end + 4..end + 4 + len].to_vec();
             buf.drain(..end + 4 + len);
             return Some(Req {
+                method,
                 path,
                 headers,
                 body,
@@ -200,7 +204,9 @@ fn response_bytes(c: &Canned) -> Vec<u8> {
 
 async fn forward(shared: &Shared, req: &Req) -> Canned {
     let url = format!("{}{}", shared.upstream, req.path);
-    let mut request = shared.client.post(&url).body(req.body.clone());
+    let method =
+        reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut request = shared.client.request(method, &url).body(req.body.clone());
     for (k, v) in &req.headers {
         request = request.header(k, v);
     }
@@ -212,7 +218,10 @@ async fn forward(shared: &Shared, req: &Req) -> Canned {
                 .iter()
                 .filter(|(k, _)| {
                     let k = k.as_str();
-                    k.starts_with("x-ratelimit") || k == "retry-after" || k == "content-type"
+                    k.starts_with("x-ratelimit")
+                        || k.starts_with("ratelimit")
+                        || k == "retry-after"
+                        || k == "content-type"
                 })
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                 .collect();
