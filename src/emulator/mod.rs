@@ -10,6 +10,7 @@ mod admission;
 mod cohorts;
 mod config;
 pub mod currents;
+pub mod customerio;
 mod faults;
 mod server;
 mod state;
@@ -24,7 +25,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{EmulatorConfig, FaultConfig, RateLimitConfig};
+pub use config::{
+    CustomerioConfig, CustomerioFaults, EmulatorConfig, FaultConfig, RateLimitConfig,
+};
+pub use customerio::CustomerioStats;
 use faults::{FaultInjector, RateLimiter};
 use server::accept_loop;
 use state::State;
@@ -68,6 +72,7 @@ struct Shared {
     state: State,
     profiles: users_track::Profiles,
     webhook: webhook::Receiver,
+    customerio: customerio::Workspace,
     limiter: RateLimiter,
     faults: FaultInjector,
     shutdown: watch::Sender<bool>,
@@ -147,6 +152,23 @@ impl EmulatorHandle {
         self.shared.limiter.log()
     }
 
+    /// Customer.io: the members of segment `segment_id`, sorted (ids as they are,
+    /// `email:ADDRESS`, `cio_id:ID`); `None` if the workspace has no such segment.
+    pub fn customerio_members(&self, segment_id: i32) -> Option<Vec<String>> {
+        self.shared.customerio.members(segment_id)
+    }
+
+    /// Customer.io: what its segment endpoints saw and did.
+    pub fn customerio_stats(&self) -> CustomerioStats {
+        self.shared.customerio.stats()
+    }
+
+    /// Customer.io: every authenticated request's arrival and whether its rate limit let it
+    /// through (false: answered 429).
+    pub fn customerio_rate_log(&self) -> Vec<(std::time::SystemTime, bool)> {
+        self.shared.customerio.rate_log()
+    }
+
     /// Stops accepting connections and closes idle keep-alive connections (best effort).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
@@ -162,6 +184,7 @@ pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<
         state: State::default(),
         profiles: users_track::Profiles::default(),
         webhook: webhook::Receiver::default(),
+        customerio: customerio::Workspace::new(&config.customerio),
         limiter: RateLimiter::new(&config.rate_limit),
         faults: FaultInjector::new(config.faults.clone()),
         config,

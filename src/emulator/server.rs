@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::cohorts::{Endpoint, cohort_members, list_cohorts, partner_request};
-use super::{Shared, users_track, webhook};
+use super::{Shared, customerio, users_track, webhook};
 
 /// Bodies above this are refused with 413 before parsing.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -130,6 +130,10 @@ enum Route {
     Stats,
     ListCohorts,
     Members { cohort_id: String },
+    CustomerioAdd { segment: String },
+    CustomerioRemove { segment: String },
+    CustomerioReport,
+    CustomerioSegment { segment: String },
     NotFound,
 }
 
@@ -152,6 +156,16 @@ impl Route {
             ["_emulator", "cohorts", id, "members"] => Route::Members {
                 cohort_id: percent_decode(id),
             },
+            ["api", "v1", "segments", id, "add_customers"] => Route::CustomerioAdd {
+                segment: percent_decode(id),
+            },
+            ["api", "v1", "segments", id, "remove_customers"] => Route::CustomerioRemove {
+                segment: percent_decode(id),
+            },
+            ["_emulator", "customerio"] => Route::CustomerioReport,
+            ["_emulator", "customerio", "segments", id] => Route::CustomerioSegment {
+                segment: percent_decode(id),
+            },
             _ => Route::NotFound,
         }
     }
@@ -162,12 +176,16 @@ impl Route {
             Route::Cohorts { .. }
             | Route::CohortUsers { .. }
             | Route::UsersTrack
-            | Route::Webhook => Some(Method::POST),
+            | Route::Webhook
+            | Route::CustomerioAdd { .. }
+            | Route::CustomerioRemove { .. } => Some(Method::POST),
             Route::Stats
             | Route::ListCohorts
             | Route::Members { .. }
             | Route::Profiles
-            | Route::WebhookReport => Some(Method::GET),
+            | Route::WebhookReport
+            | Route::CustomerioReport
+            | Route::CustomerioSegment { .. } => Some(Method::GET),
             Route::NotFound => None,
         }
     }
@@ -203,6 +221,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
         Route::Stats => Ok(json_response(StatusCode::OK, &shared.state.stats())),
         Route::ListCohorts => Ok(list_cohorts(&shared.state)),
         Route::Members { cohort_id } => Ok(cohort_members(&shared.state, &cohort_id)),
+        Route::CustomerioAdd { segment } => {
+            customerio::handle(shared, req, &segment, customerio::Op::Add).await
+        }
+        Route::CustomerioRemove { segment } => {
+            customerio::handle(shared, req, &segment, customerio::Op::Remove).await
+        }
+        Route::CustomerioReport => Ok(customerio::report(shared)),
+        Route::CustomerioSegment { segment } => Ok(customerio::segment_members(shared, &segment)),
         Route::NotFound => Ok(message(StatusCode::NOT_FOUND, "not found")),
     }
 }
