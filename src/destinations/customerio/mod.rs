@@ -22,7 +22,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::StringArray;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
 mod config;
@@ -64,7 +64,6 @@ impl IdType {
 struct Part {
     url: Arc<str>,
     body: Bytes,
-    ids: usize,
 }
 
 /// Where a request is in its batch's chain: the batch's parts, and which one it sends.
@@ -98,8 +97,11 @@ impl FromSettings for Customerio {
                 "customerio needs a Site ID and a Track API key".into(),
             ));
         };
-        let basic = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", site_id.expose(), api_key.expose()));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            site_id.expose(),
+            api_key.expose()
+        ));
         let mut auth = HeaderValue::from_str(&format!("Basic {basic}"))
             .map_err(|_| Error::Internal("a base64 header value is ASCII".into()))?;
         auth.set_sensitive(true);
@@ -109,7 +111,10 @@ impl FromSettings for Customerio {
         let url = |op: &str, t: &str| -> Arc<str> { format!("{base}/{op}?id_type={t}").into() };
         Ok(Customerio {
             add: [url("add_customers", "id"), url("add_customers", "email")],
-            remove: [url("remove_customers", "id"), url("remove_customers", "email")],
+            remove: [
+                url("remove_customers", "id"),
+                url("remove_customers", "email"),
+            ],
             headers,
             segment_id: dest.segment_id,
             site_var: dest.site_id_env.clone(),
@@ -129,10 +134,10 @@ impl Customerio {
         urls[usize::from(t == IdType::Email)].clone()
     }
 
-    /// The request sending `chain`'s part at `index`.
-    fn request(&self, batch: u64, parts: Arc<[Part]>, index: usize) -> Request {
+    /// The request sending `chain`'s part at `index` (every part says the batch's count).
+    fn request(&self, batch: u64, ids: usize, parts: Arc<[Part]>, index: usize) -> Request {
         let part = &parts[index];
-        let mut request = Request::post(part.url.clone(), part.body.clone(), batch, part.ids);
+        let mut request = Request::post(part.url.clone(), part.body.clone(), batch, ids);
         request.step = Some(Step::new(Chain { parts, index }));
         request
     }
@@ -194,15 +199,15 @@ impl Destination for Customerio {
         range: Range<usize>,
         op: Op,
     ) -> Request {
+        let count = range.len();
         let parts: Arc<[Part]> = runs(ids, range)
             .into_iter()
             .map(|(t, r)| Part {
                 url: self.url(op, t),
-                ids: r.len(),
                 body: body(ids, r, t),
             })
             .collect();
-        self.request(batch, parts, 0)
+        self.request(batch, count, parts, 0)
     }
 
     fn headers(&self) -> &HeaderMap {
@@ -233,7 +238,12 @@ impl Destination for Customerio {
         let chain = answer.request.step.as_ref().and_then(|s| s.get::<Chain>());
         match chain {
             Some(c) if c.index + 1 < c.parts.len() => Verdict::Continue {
-                next: self.request(answer.request.batch, c.parts.clone(), c.index + 1),
+                next: Box::new(self.request(
+                    answer.request.batch,
+                    answer.request.ids,
+                    c.parts.clone(),
+                    c.index + 1,
+                )),
                 after: Duration::ZERO,
                 refused: Vec::new(),
             },
@@ -245,26 +255,15 @@ impl Destination for Customerio {
     /// phone numbers (the Track v1 docs send those to v2), and Braze's aliases, device ids and
     /// Braze ids mean nothing there.
     fn accepts(&self, ids: &StringArray) -> Result<()> {
-        let Some(key) = first_tagged(ids, |id| !matches!(id, Id::External(_) | Id::Email(_)))
-        else {
-            return Ok(());
-        };
-        let (kind, value) = match parse(key) {
-            Id::Alias { name, .. } => ("a user alias", name),
-            Id::Device(d) => ("a device id", d),
-            Id::Braze(b) => ("a Braze id", b),
-            Id::Phone(p) => ("a phone number", p),
-            _ => ("an identifier it does not know", ""),
-        };
-        Err(Error::config(
-            None,
-            format!(
-                "destination `{}` (customerio) adds people to a manual segment by id or email \
-                 only, and the cohort has members known only by {kind} (e.g. `{value}`): select \
-                 their user_id or email (cohorts.<name>.identifiers)",
-                self.destination
-            ),
-        ))
+        match first_tagged(ids, |id| !matches!(id, Id::External(_) | Id::Email(_))) {
+            None => Ok(()),
+            Some(key) => Err(super::refused_kind(
+                &self.destination,
+                "customerio",
+                key,
+                "user_id or email",
+            )),
+        }
     }
 
     fn explain(&self, e: Error) -> Error {
@@ -305,10 +304,7 @@ impl Destination for Customerio {
                 };
                 Error::Config {
                     file,
-                    message: format!(
-                        "{message} (destination `{}`: {region})",
-                        self.destination
-                    ),
+                    message: format!("{message} (destination `{}`: {region})", self.destination),
                 }
             }
             other => other,
@@ -362,7 +358,12 @@ mod tests {
         StringArray::from(keys)
     }
 
-    fn answer<'a>(status: u16, body: &'a [u8], headers: &'a HeaderMap, request: &'a Request) -> Answer<'a> {
+    fn answer<'a>(
+        status: u16,
+        body: &'a [u8],
+        headers: &'a HeaderMap,
+        request: &'a Request,
+    ) -> Answer<'a> {
         Answer {
             status: StatusCode::from_u16(status).unwrap(),
             headers,
@@ -407,8 +408,11 @@ mod tests {
         );
         assert_eq!(json(&first), serde_json::json!({"ids": ["a@b.c", "d@e.f"]}));
         let h = HeaderMap::new();
-        let Verdict::Continue { next, after, refused } =
-            d.acknowledge(&answer(200, b"{ }", &h, &first))
+        let Verdict::Continue {
+            next,
+            after,
+            refused,
+        } = d.acknowledge(&answer(200, b"{ }", &h, &first))
         else {
             panic!("the first part continues");
         };
@@ -418,13 +422,16 @@ mod tests {
             "https://track-eu.customer.io/api/v1/segments/7/remove_customers?id_type=id"
         );
         assert_eq!(json(&next), serde_json::json!({"ids": ["u1", "u2"]}));
-        assert_eq!(next.batch, 1);
+        assert_eq!((next.batch, next.ids), (1, 4));
         // A retried part is the same request; the last part settles the batch.
         assert!(matches!(
             d.acknowledge(&answer(503, b"", &h, &next)),
             Verdict::Retry { .. }
         ));
-        assert_eq!(d.acknowledge(&answer(200, b"{}", &h, &next)), Verdict::Success);
+        assert_eq!(
+            d.acknowledge(&answer(200, b"{}", &h, &next)),
+            Verdict::Success
+        );
     }
 
     #[test]
@@ -460,7 +467,10 @@ mod tests {
             Verdict::Retry { .. }
         ));
         let mut loc = HeaderMap::new();
-        loc.insert("location", HeaderValue::from_static("https://track-eu.customer.io/x"));
+        loc.insert(
+            "location",
+            HeaderValue::from_static("https://track-eu.customer.io/x"),
+        );
         assert!(matches!(
             d.acknowledge(&answer(302, b"", &loc, &r)),
             Verdict::Redirect { status: 302, .. }
@@ -472,9 +482,10 @@ mod tests {
         let d = cio("region = \"us\"");
         assert!(d.accepts(&keys(&["u1", "email:a@b.c"])).is_ok());
         for (key, named) in [
-            (identity::phone("+14155552671"), "a phone number"),
-            (identity::device("dev-1"), "a device id"),
-            (identity::alias("n", "l"), "a user alias"),
+            (identity::phone("+14155552671"), "by phone"),
+            (identity::device("dev-1"), "by device_id"),
+            (identity::alias("n", "l"), "by alias"),
+            (identity::braze("b1"), "by braze_id"),
         ] {
             let ids = StringArray::from(vec![key, "u1".to_owned()]);
             let err = d.accepts(&ids).unwrap_err().to_string();
@@ -497,7 +508,10 @@ mod tests {
         });
         let text = e.to_string();
         assert!(text.contains(" S ") && text.contains(" K "), "{text}");
-        assert!(!text.contains("site-1") && !text.contains("key-1"), "{text}");
+        assert!(
+            !text.contains("site-1") && !text.contains("key-1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -518,6 +532,11 @@ mod tests {
         let mut out = Vec::new();
         crate::config::KindConfig::problems(&bad, "destinations.cio", &mut out);
         assert!(out[0].contains("destinations.cio.segment_id"), "{out:?}");
-        assert!(toml::from_str::<Config>("region = \"mars\"\nsite_id_env = \"S\"\napi_key_env = \"K\"\nsegment_id = 1").is_err());
+        assert!(
+            toml::from_str::<Config>(
+                "region = \"mars\"\nsite_id_env = \"S\"\napi_key_env = \"K\"\nsegment_id = 1"
+            )
+            .is_err()
+        );
     }
 }
