@@ -20,6 +20,7 @@ const T2: &str = "2026-12-02T00:00:00Z";
 enum Kind {
     CohortImport(Partner),
     UsersTrack(Partner),
+    Customerio(Partner),
     Webhook(Receiver),
     /// Files in this folder.
     Files(tempfile::TempDir),
@@ -37,6 +38,15 @@ impl Kind {
         vec![
             Kind::CohortImport(Partner::plain()),
             Kind::UsersTrack(Partner::plain()),
+            Kind::Customerio(Partner::start(crate::customerio::config(
+                cohort_bridge::emulator::CustomerioConfig {
+                    rate_limit: cohort_bridge::emulator::RateLimitConfig {
+                        requests: 1_000_000,
+                        window: std::time::Duration::from_secs(1),
+                    },
+                    ..Default::default()
+                },
+            ))),
             Kind::Webhook(Receiver::start(1_000_000)),
         ]
     }
@@ -45,6 +55,7 @@ impl Kind {
         match self {
             Kind::CohortImport(_) => "braze",
             Kind::UsersTrack(_) => "braze_users_track",
+            Kind::Customerio(_) => "customerio",
             Kind::Webhook(_) => "webhook",
             Kind::Files(_) => "files",
         }
@@ -61,6 +72,11 @@ impl Kind {
         match self {
             Kind::CohortImport(p) => Project::new(&p.handle.base_url(), delivery, &cohorts),
             Kind::UsersTrack(p) => Project::users_track(&p.handle.base_url(), delivery, &cohorts),
+            Kind::Customerio(p) => Project::with_destination(
+                lake(),
+                &crate::customerio::destination(&p.handle.base_url(), delivery),
+                &cohorts,
+            ),
             Kind::Webhook(r) => Project::with_destination(
                 lake(),
                 &format!(
@@ -86,6 +102,12 @@ impl Kind {
             Kind::UsersTrack(p) => p
                 .handle
                 .attribute_true("cohort_active")
+                .into_iter()
+                .collect(),
+            Kind::Customerio(p) => p
+                .handle
+                .customerio_members(crate::customerio::SEGMENT)
+                .unwrap_or_default()
                 .into_iter()
                 .collect(),
             Kind::Webhook(r) => r.seen.lock().unwrap().members.clone(),
@@ -114,7 +136,9 @@ impl Kind {
     /// Requests (or file runs) the partner has seen.
     fn seen(&self) -> u64 {
         match self {
-            Kind::CohortImport(p) | Kind::UsersTrack(p) => p.handle.stats().requests,
+            Kind::CohortImport(p) | Kind::UsersTrack(p) | Kind::Customerio(p) => {
+                p.handle.stats().requests
+            }
             Kind::Webhook(r) => r.seen.lock().unwrap().requests,
             Kind::Files(dir) => std::fs::read_dir(dir.path().join("active"))
                 .map(|d| d.count() as u64)
@@ -131,6 +155,8 @@ impl Kind {
                 (REST_VAR, Some(REST_KEY)),
                 (SECRET_VAR_HOOK, Some(HOOK_SECRET)),
                 (AUTH_VAR, Some(AUTH)),
+                (crate::customerio::SITE_VAR, Some(crate::customerio::SITE)),
+                (crate::customerio::KEY_VAR, Some(crate::customerio::CIO_KEY)),
             ],
         )
     }
@@ -140,6 +166,8 @@ impl Kind {
             .command(args)
             .env(SECRET_VAR_HOOK, HOOK_SECRET)
             .env(AUTH_VAR, AUTH)
+            .env(crate::customerio::SITE_VAR, crate::customerio::SITE)
+            .env(crate::customerio::KEY_VAR, crate::customerio::CIO_KEY)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
