@@ -355,7 +355,7 @@ async fn answer(
     }
     let request = match parse(segment, query.as_deref(), &body, ws) {
         Ok(r) => r,
-        Err(resp) => return Ok(resp),
+        Err((status, message)) => return Ok(error(status, &message)),
     };
     apply(ws, &request, op);
     if fault.kind == FaultKind::ErrorAfterApply {
@@ -374,21 +374,27 @@ struct Parsed {
     ids: Vec<String>,
 }
 
-/// The segment, the `id_type` and the ids of a request, or the error answer.
-fn parse(segment: &str, query: Option<&str>, body: &[u8], ws: &Workspace) -> Result<Parsed, Resp> {
-    let bad = |m: &str| error(StatusCode::BAD_REQUEST, m);
+/// The segment, the `id_type` and the ids of a request, or the error answer's status and
+/// message.
+fn parse(
+    segment: &str,
+    query: Option<&str>,
+    body: &[u8],
+    ws: &Workspace,
+) -> Result<Parsed, (StatusCode, String)> {
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
     // The docs list no status for an unknown segment or one that is not an int32: 404.
     let Some(segment_id) = segment.parse::<i32>().ok().filter(|id| *id > 0) else {
-        return Err(error(
+        return Err((
             StatusCode::NOT_FOUND,
-            &format!("segment `{segment}` not found"),
+            format!("segment `{segment}` not found"),
         ));
     };
     match lock(&ws.segments).get(&segment_id) {
         None => {
-            return Err(error(
+            return Err((
                 StatusCode::NOT_FOUND,
-                &format!("segment {segment_id} not found"),
+                format!("segment {segment_id} not found"),
             ));
         }
         Some(s) if s.data_driven => {
@@ -540,7 +546,32 @@ fn apply(ws: &Workspace, request: &Parsed, op: Op) {
     });
 }
 
-/// `GET /_emulator/customerio`: the counters and every segment's size.
+/// What the rate log says of the pace: requests admitted and refused, the first and last
+/// admitted (epoch milliseconds), and the most admitted in any rolling window.
+fn pace(ws: &Workspace) -> Value {
+    let log = lock(&ws.limiter.log);
+    let admitted: Vec<SystemTime> = log.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
+    let ms = |t: &SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let (mut busiest, mut from) = (0usize, 0usize);
+    for (to, t) in admitted.iter().enumerate() {
+        while t.duration_since(admitted[from]).unwrap_or_default() >= ws.limiter.window {
+            from += 1;
+        }
+        busiest = busiest.max(to + 1 - from);
+    }
+    json!({
+        "admitted": admitted.len(),
+        "refused": log.len() - admitted.len(),
+        "first_ms": admitted.first().map(ms),
+        "last_ms": admitted.last().map(ms),
+        "busiest_window": busiest,
+    })
+}
+
+/// `GET /_emulator/customerio`: the counters, the pace and every segment's size.
 pub(super) fn report(shared: &Shared) -> Resp {
     let ws = &shared.customerio;
     let segments: BTreeMap<String, Value> = lock(&ws.segments)
@@ -554,7 +585,7 @@ pub(super) fn report(shared: &Shared) -> Resp {
         .collect();
     json_response(
         StatusCode::OK,
-        &json!({"stats": ws.stats(), "segments": segments}),
+        &json!({"stats": ws.stats(), "pace": pace(ws), "segments": segments}),
     )
 }
 
@@ -710,6 +741,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report["segments"]["1"]["members"], 2);
+        assert_eq!(report["pace"]["admitted"], 6);
+        assert_eq!(report["pace"]["busiest_window"], 6);
         assert_eq!(report["stats"]["applied"], 6);
         assert_eq!(h.customerio_members(9), None);
     }

@@ -206,7 +206,7 @@ fn full_and_incremental_syncs_of_ids_and_emails_are_exact_under_faults() {
     );
     // The faults were met (and a 500 after applying makes some changes count twice).
     assert!(
-        stats.by_status.get(&500).is_some() && stats.dropped > 0,
+        stats.by_status.contains_key(&500) && stats.dropped > 0,
         "{stats:?}"
     );
 }
@@ -452,4 +452,24 @@ fn partner_with_limit(per_second: u64) -> Partner {
         },
         ..CustomerioConfig::default()
     })
+}
+
+#[test]
+fn two_cohorts_on_one_segment_are_refused_before_anything_is_sent() {
+    let partner = partner(CustomerioConfig::default());
+    let project = cio_project(
+        &partner.handle.base_url(),
+        FAST,
+        &[("one", ACTIVE_30D), ("two", ACTIVE_30D)],
+    );
+    let out = run(&project, &["sync", "one", "--at", AT, "--no-progress"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr());
+    let err = out.stderr();
+    assert!(
+        err.contains("cohorts.one and cohorts.two")
+            && err.contains("manual segment 1")
+            && err.contains("a destination of its own"),
+        "{err}"
+    );
+    assert_eq!(partner.handle.customerio_stats().requests, 0);
 }
