@@ -292,17 +292,21 @@ async fn answer(
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     let query = req.uri().query().map(str::to_owned);
+    // Auth and the rate limit need only the headers: counted as the request arrives, before
+    // its body is read (as an edge would).
+    let authorized = ws.authorized(auth.as_deref());
+    let admitted = authorized && ws.limiter.check();
     let body = match read_body(req.into_body()).await? {
         Ok(body) => body,
         Err(reject) => return Ok(reject.into_response()),
     };
-    if !ws.authorized(auth.as_deref()) {
+    if !authorized {
         return Ok(error(
             StatusCode::UNAUTHORIZED,
             "Unauthorized request. Make sure that you provided the right credentials.",
         ));
     }
-    if !ws.limiter.check() {
+    if !admitted {
         ws.count(|s| s.rate_limited += 1);
         return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"));
     }
