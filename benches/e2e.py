@@ -28,6 +28,10 @@ alike. Cases:
      profiles, each polled to completion) at its default rate, 2.45 requests/s per endpoint,
      against the emulator enforcing Klaviyo's documented burst 10/s and steady 150/min per
      endpoint (~45 s; ours only; not in the default set)
+  cio  full sync of (e)'s ~1M cohort to a Customer.io manual segment (kind customerio, 1,000
+     ids a request) at its default pace, 97 requests/s, against the emulator enforcing the
+     Track API's 100 requests in any second (~11 s of sending; ours only; not in the default
+     set): requests/s as a share of 100, and the 429s
   f  full sync of (a)'s cohort to the `files` destination (Parquet, a fresh folder; ours only)
   w  full sync of (a)'s cohort to the `webhook` destination: the emulator's signed-webhook
      receiver (`POST /_webhook`), 1,000 ids a batch, the default (ours only)
@@ -60,7 +64,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/cohort-bridge/target"))
-BIN = TARGET / "release" / "cohort-bridge"
+# BENCH_BIN: another build to measure (e.g. a debug one, labelled so in what you report).
+BIN = Path(os.environ.get("BENCH_BIN", TARGET / "release" / "cohort-bridge"))
 # The partner emulator's binary: the one under test, also when --before swaps BIN for a case.
 EMU_BIN = BIN
 PEER = ROOT.parent / "shared" / "peers" / "sync_baseline.py"
@@ -104,7 +109,7 @@ LAKES = {
     "scale": LakeSpec(f"bench-lake-{size(SCALE_USERS)}-uuid", SCALE_USERS, "uuid", "half.sql"),
 }
 CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale",
-              "t": "uuid", "k": "small", "f": "uuid", "w": "uuid", "W": "uuid"}
+              "t": "uuid", "k": "small", "f": "uuid", "w": "uuid", "W": "uuid", "cio": "small"}
 
 # Targets of issue 14 on this machine class (2 cores, 24 GiB): the peer's wall ÷ ours, our CPU
 # against the peer's, our peak RSS.
@@ -156,7 +161,7 @@ def ensure_inputs(cases):
 class Emulator:
     """`cohort-bridge emulator` in its own process, started fresh (empty) each time."""
 
-    def __init__(self, limit=("1000000000", "1h")):
+    def __init__(self, limit=("1000000000", "1h"), extra=()):
         self.proc = subprocess.Popen(
             [str(EMU_BIN), "emulator", "--port", str(PORT),
              "--partner-api-key-env", "BENCH_PARTNER_API_KEY",
@@ -164,7 +169,9 @@ class Emulator:
              "--rest-api-key-env", "BENCH_REST_API_KEY",
              "--webhook-secret-env", "BENCH_WEBHOOK_SECRET",
              "--klaviyo-api-key-env", "BENCH_KLAVIYO_API_KEY",
-             "--rate-limit", limit[0], "--rate-window", limit[1]],
+             "--customerio-site-id-env", "BENCH_CIO_SITE_ID",
+             "--customerio-api-key-env", "BENCH_CIO_API_KEY",
+             "--rate-limit", limit[0], "--rate-window", limit[1], *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
             try:
@@ -511,6 +518,51 @@ api_key_env = "BENCH_KLAVIYO_API_KEY"
                 s["requests"], None)]
 
 
+def case_cio(work, lake, n_runs):
+    """A full sync of (e)'s ~1M cohort to a Customer.io manual segment at the destination's
+    default pace (97 requests/s, 1,000 ids a request) against the emulator enforcing 100
+    requests in any second (a sliding window, the Track API's limit as third parties state it)."""
+    project = Project(Path(work) / "ours-cio", lake)
+    text = project.config.read_text()
+    start = text.index("[destinations.emulator]")
+    end = text.index("[cohorts.half]")
+    project.config.write_text(text[:start] + f"""[destinations.emulator]
+kind = "customerio"
+base_url = "http://127.0.0.1:{PORT}"
+site_id_env = "BENCH_CIO_SITE_ID"
+api_key_env = "BENCH_CIO_API_KEY"
+segment_id = 1
+
+""" + text[end:])
+    runs = []
+    for i in range(n_runs):
+        project.reset_state()
+        emu = Emulator(extra=("--customerio-segments", "1", "--customerio-rate-limit", "100",
+                              "--customerio-rate-window", "1s"))
+        try:
+            wall, cpu, rss, s = project.sync(FULL_DAY)
+            report = emu.get("/_emulator/customerio")
+        finally:
+            emu.stop()
+        stats, pace = report["stats"], report["pace"]
+        assert report["segments"]["1"]["members"] == s["members"], report
+        sending = s["seconds"] - s["query_seconds"]
+        rate = s["requests"] / sending
+        # At the partner: from the first request admitted to the last.
+        span = (pace["last_ms"] - pace["first_ms"]) / 1000
+        at_partner = (pace["admitted"] - 1) / span
+        limited = stats["by_status"].get("429", 0)
+        log(f"cio run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
+            f"{s['members']:,} members, {s['requests']:,} requests in {sending:.1f} s after the "
+            f"query ({rate:.1f}/s); at the partner {pace['admitted']:,} in {span:.2f} s = "
+            f"{at_partner:.1f}/s, {at_partner:.1f}% of 100/s, at most {pace['busiest_window']} "
+            f"in any second; {limited} answered 429")
+        runs.append((wall, cpu, rss, s))
+    s = runs[-1][3]
+    return [row("cio", f"full sync to a Customer.io manual segment, {s['members']:,} members of "
+                f"{lake.label()}, 97 requests/s against 100 in any second", runs, s["members"],
+                s["requests"], None)]
+
 def case_c(n_runs):
     runs = []
     for i in range(n_runs):
@@ -624,6 +676,8 @@ def main():
     os.environ.setdefault("BENCH_REST_API_KEY", f"bench-rest-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_KLAVIYO_API_KEY", f"bench-kl-{os.getpid()}-{time.time_ns()}")
     os.environ.setdefault("BENCH_WEBHOOK_SECRET", f"bench-hook-{os.getpid()}-{time.time_ns()}")
+    os.environ.setdefault("BENCH_CIO_SITE_ID", f"bench-site-{os.getpid()}-{time.time_ns()}")
+    os.environ.setdefault("BENCH_CIO_API_KEY", f"bench-cio-{os.getpid()}-{time.time_ns()}")
     if not args.no_build:
         build()
     ensure_inputs(cases)
@@ -651,6 +705,8 @@ def main():
             return case_t(work, LAKES["uuid"], n)
         if case == "k":
             return case_k(work, LAKES["small"], n)
+        if case == "cio":
+            return case_cio(work, LAKES["small"], n)
         if case in ("f", "w", "W"):
             return case_files_or_webhook(case, work, LAKES["uuid"], n)
         sys.exit(f"unknown case {case}")

@@ -94,7 +94,7 @@ enum Command {
     /// Write a deterministic synthetic lake (users, and events partitioned by event_date).
     Generate(cli::generate::GenerateArgs),
     /// Run a Braze-compatible partner emulator over HTTP (for demos, tests and benchmarks).
-    Emulator(cli::emulator::EmulatorArgs),
+    Emulator(Box<cli::emulator::EmulatorArgs>),
     /// From a fresh clone: generate a small lake, start the emulator, sync the example cohorts
     /// and check the partner holds exactly what each cohort query returns.
     Demo,
@@ -142,7 +142,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Completions(a) => cli::completions::run(a, Cli::command()),
         Command::Man => cli::man::run(Cli::command()),
         Command::Generate(a) => cli::generate::run(a).await,
-        Command::Emulator(a) => cli::emulator::run(a).await,
+        Command::Emulator(a) => cli::emulator::run(*a).await,
         Command::Demo => cli::demo::run(config).await,
         Command::HttpFloor { cohort, ids } => {
             cli::http_floor::http_floor(config, &cohort, ids).await

@@ -83,6 +83,27 @@ pub struct EmulatorArgs {
     /// Klaviyo: probability that an import job ends `cancelled`.
     #[arg(long, default_value_t = 0.0)]
     klaviyo_cancel_jobs: f64,
+    /// Customer.io: environment variable holding the workspace's Site ID (the HTTP Basic user
+    /// name of `/api/v1/segments/…`; unset: every request is refused).
+    #[arg(long, default_value = "CUSTOMERIO_SITE_ID")]
+    customerio_site_id_env: String,
+    /// Customer.io: environment variable holding its Track API key (the Basic password).
+    #[arg(long, default_value = "CUSTOMERIO_API_KEY")]
+    customerio_api_key_env: String,
+    /// Customer.io: the manual segments that exist, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    customerio_segments: Vec<i32>,
+    /// Customer.io: requests allowed per sliding window (the Track API's 100 a second is a
+    /// third-party figure; see docs/partners/customerio.md).
+    #[arg(long, default_value_t = 100)]
+    customerio_rate_limit: u64,
+    /// Customer.io: the sliding window, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = super::args::parse_duration)]
+    customerio_rate_window: std::time::Duration,
+    /// Customer.io: people whose id or email contains this text are not in the workspace (adds
+    /// naming them are ignored silently).
+    #[arg(long)]
+    customerio_unknown_marker: Option<String>,
 }
 
 /// `emulator` with its flags: serves until the process ends.
@@ -99,6 +120,30 @@ pub async fn run(a: EmulatorArgs) -> Result<i32> {
     };
     match (secret(&a.partner_api_key_env), secret(&a.client_secret_env)) {
         (Ok(partner_api_key), Ok(client_secret)) => {
+            let faults = crate::emulator::FaultConfig {
+                seed: a.fault_seed,
+                error_before_apply: a.fault_error_before,
+                error_after_apply: a.fault_error_after,
+                locked: a.fault_locked,
+                slow: a.fault_slow,
+                slow_delay: a.fault_slow_delay,
+                drop_connection: a.fault_drop,
+            };
+            // Unset: a key no client can send (a header value has no NUL).
+            let unset = |var: &str| std::env::var(var).unwrap_or_else(|_| "\0unset".into());
+            let customerio = crate::emulator::CustomerioConfig {
+                site_id: unset(&a.customerio_site_id_env),
+                api_key: unset(&a.customerio_api_key_env),
+                manual_segments: a.customerio_segments,
+                data_driven_segments: Vec::new(),
+                rate_limit: crate::emulator::RateLimitConfig {
+                    requests: a.customerio_rate_limit,
+                    window: a.customerio_rate_window,
+                },
+                unknown_marker: a.customerio_unknown_marker,
+                faults: faults.clone(),
+                own_faults: crate::emulator::CustomerioFaults::default(),
+            };
             let config = crate::emulator::EmulatorConfig {
                 partner: a.partner,
                 partner_api_key,
@@ -107,15 +152,7 @@ pub async fn run(a: EmulatorArgs) -> Result<i32> {
                     requests: a.rate_limit,
                     window: a.rate_window,
                 },
-                faults: crate::emulator::FaultConfig {
-                    seed: a.fault_seed,
-                    error_before_apply: a.fault_error_before,
-                    error_after_apply: a.fault_error_after,
-                    locked: a.fault_locked,
-                    slow: a.fault_slow,
-                    slow_delay: a.fault_slow_delay,
-                    drop_connection: a.fault_drop,
-                },
+                faults,
                 invalid_id_marker: a.invalid_id_marker,
                 // Unset: a key no client can send (a header value has no NUL).
                 rest_api_key: std::env::var(&a.rest_api_key_env)
@@ -135,6 +172,7 @@ pub async fn run(a: EmulatorArgs) -> Result<i32> {
                     seed: a.fault_seed,
                     ..crate::emulator::KlaviyoConfig::default()
                 },
+                customerio,
             };
             crate::emulator::serve_forever((a.host, a.port).into(), config)
                 .await

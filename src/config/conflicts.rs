@@ -94,6 +94,7 @@ impl Config {
                     )
                 }
                 Claim::CohortId => format!("cohort_id `{}`", c.cohort_id),
+                Claim::Named(what) => what,
             };
             claims
                 .entry(ClaimAt { workspace, what })
@@ -111,12 +112,14 @@ impl Config {
                 };
                 out.push(format!(
                     "cohorts.{a} and cohorts.{b}: both write {} on {place}, so each run would \
-                     remove the other's members; give each cohort its own `cohort_id`{}",
+                     remove the other's members; {}",
                     claim.what,
                     if claim.what.contains("attribute") {
-                        " (or its own destination `attribute`)"
+                        "give each cohort its own `cohort_id` (or its own destination `attribute`)"
+                    } else if claim.what.starts_with("cohort_id") {
+                        "give each cohort its own `cohort_id`"
                     } else {
-                        ""
+                        "give each cohort a destination of its own"
                     }
                 ));
             }

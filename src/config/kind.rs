@@ -57,6 +57,9 @@ pub enum Claim {
     Boolean(String),
     /// The cohort's value in an array attribute of that name.
     ArrayValue(String),
+    /// A thing the destination's own keys name whatever the cohort (e.g. a partner's list or
+    /// segment id), as messages name it.
+    Named(String),
 }
 
 /// A kind's own keys, parsed: the configuration's view of a destination.

@@ -55,6 +55,13 @@ pub trait Destination: Send + Sync {
         1
     }
 
+    /// How many requests may leave back to back (each pacer's burst); `None`: `max_in_flight`.
+    /// A partner that limits requests per second and sends no rate-limit headers to steer by
+    /// wants a small burst, or the first second of a run (a burst, then the rate) overdraws it.
+    fn burst(&self) -> Option<usize> {
+        None
+    }
+
     /// Headers every request carries besides `Content-Type: application/json`.
     fn headers(&self) -> &HeaderMap;
 

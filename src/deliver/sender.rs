@@ -98,7 +98,9 @@ impl Sender {
             .map(|_| {
                 Pacer::new(
                     dest.requests_per_second,
-                    dest.max_in_flight,
+                    destination
+                        .burst()
+                        .map_or(dest.max_in_flight, |b| b.clamp(1, dest.max_in_flight)),
                     dest.retry.max_backoff,
                 )
             })

@@ -17,6 +17,7 @@
 
 pub mod braze_cohorts;
 pub mod braze_users_track;
+pub mod customerio;
 pub mod files;
 pub mod json;
 pub mod klaviyo;
@@ -89,6 +90,19 @@ pub static REGISTRY: Registry = Registry(&[
         },
         open: requests::<klaviyo::Klaviyo>,
         identity: klaviyo::identity,
+    },
+    Kind {
+        spec: KindSpec {
+            name: "customerio",
+            keys: customerio::Config::KEYS,
+            hints: &[],
+            max_batch: customerio::MAX_BATCH,
+            default_batch: customerio::MAX_BATCH,
+            default_rps: customerio::DEFAULT_RPS,
+            parse: config::parse_as::<customerio::Config>,
+        },
+        open: requests::<customerio::Customerio>,
+        identity: customerio::identity,
     },
     Kind {
         spec: KindSpec {

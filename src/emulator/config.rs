@@ -26,6 +26,8 @@ pub struct EmulatorConfig {
     pub webhook_secret: Option<String>,
     /// The Klaviyo endpoints (`/api/…`): key, limits, job processing time, faults.
     pub klaviyo: super::KlaviyoConfig,
+    /// Customer.io's Track API manual segments (`customerio` module): its one workspace.
+    pub customerio: CustomerioConfig,
 }
 
 impl Default for EmulatorConfig {
@@ -41,6 +43,7 @@ impl Default for EmulatorConfig {
             unknown_id_marker: None,
             webhook_secret: None,
             klaviyo: super::KlaviyoConfig::default(),
+            customerio: CustomerioConfig::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl fmt::Debug for EmulatorConfig {
             .field("rate_limit", &self.rate_limit)
             .field("faults", &self.faults)
             .field("klaviyo", &self.klaviyo)
+            .field("customerio", &self.customerio)
             .finish()
     }
 }
@@ -106,4 +110,81 @@ impl Default for FaultConfig {
             drop_connection: 0.0,
         }
     }
+}
+
+/// Customer.io's Track API v1 manual segments (`docs/partners/customerio.md`): the one
+/// workspace the emulator serves, its segments, its rate limit and its faults.
+#[derive(Clone)]
+pub struct CustomerioConfig {
+    /// The workspace's Site ID: the HTTP Basic user name.
+    pub site_id: String,
+    /// Its Track API key: the HTTP Basic password.
+    pub api_key: String,
+    /// Manual segments that exist (made in the dashboard or through the App API, which the
+    /// emulator does not serve).
+    pub manual_segments: Vec<i32>,
+    /// Data-driven segments: they exist, but the Track API may not change them.
+    pub data_driven_segments: Vec<i32>,
+    /// At most `requests` per sliding `window`, per workspace. Default: 100 a second, a figure
+    /// only third-party summaries give (see the contract), so it is configurable.
+    pub rate_limit: RateLimitConfig,
+    /// People whose `id` or email contains this text are not in the workspace: adding them is
+    /// ignored silently (200, nothing applied, no report), as the contract says.
+    pub unknown_marker: Option<String>,
+    /// The faults every endpoint has: a dropped connection, a 500 before or after applying, a
+    /// slow answer. `locked` is not used: Customer.io documents no 423.
+    pub faults: FaultConfig,
+    /// This API's own faults.
+    pub own_faults: CustomerioFaults,
+}
+
+impl Default for CustomerioConfig {
+    fn default() -> Self {
+        Self {
+            site_id: "emulator-site-id".to_owned(),
+            api_key: "emulator-track-api-key".to_owned(),
+            manual_segments: vec![1, 2, 3],
+            data_driven_segments: vec![4],
+            rate_limit: RateLimitConfig {
+                requests: 100,
+                window: Duration::from_secs(1),
+            },
+            unknown_marker: None,
+            faults: FaultConfig::default(),
+            own_faults: CustomerioFaults::default(),
+        }
+    }
+}
+
+/// Keys are secrets: `Debug` never prints them.
+impl fmt::Debug for CustomerioConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomerioConfig")
+            .field("site_id", &"<redacted>")
+            .field("api_key", &"<redacted>")
+            .field("manual_segments", &self.manual_segments)
+            .field("data_driven_segments", &self.data_driven_segments)
+            .field("rate_limit", &self.rate_limit)
+            .field("unknown_marker", &self.unknown_marker)
+            .field("faults", &self.faults)
+            .field("own_faults", &self.own_faults)
+            .finish()
+    }
+}
+
+/// Customer.io's own seeded faults, drawn per authenticated request in arrival order, before
+/// anything is applied. Precedence when several hit: redirect, 401, HTML 200, 429.
+#[derive(Clone, Debug, Default)]
+pub struct CustomerioFaults {
+    pub seed: u64,
+    /// Answer 302 to `https://track-eu.customer.io` (an EU workspace called on the US host).
+    pub redirect: f64,
+    /// Answer 401, as when the key is revoked mid-run.
+    pub unauthorized: f64,
+    /// Answer 200 with an HTML page (a proxy's maintenance page).
+    pub html: f64,
+    /// Answer 429 whatever the rate, with `retry_after` as `Retry-After` when set (the
+    /// contract documents no header: this tests a client that meets one, sane or not).
+    pub too_many: f64,
+    pub retry_after: Option<String>,
 }

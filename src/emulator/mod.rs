@@ -11,6 +11,7 @@ mod admission;
 mod cohorts;
 mod config;
 pub mod currents;
+pub mod customerio;
 mod faults;
 pub mod klaviyo;
 mod server;
@@ -26,7 +27,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{EmulatorConfig, FaultConfig, RateLimitConfig};
+pub use config::{
+    CustomerioConfig, CustomerioFaults, EmulatorConfig, FaultConfig, RateLimitConfig,
+};
+pub use customerio::CustomerioStats;
 use faults::{FaultInjector, RateLimiter};
 pub use klaviyo::{KlaviyoConfig, KlaviyoProfile, KlaviyoRate};
 use server::accept_loop;
@@ -72,6 +76,7 @@ struct Shared {
     profiles: users_track::Profiles,
     webhook: webhook::Receiver,
     klaviyo: klaviyo::Klaviyo,
+    customerio: customerio::Workspace,
     limiter: RateLimiter,
     faults: FaultInjector,
     shutdown: watch::Sender<bool>,
@@ -177,6 +182,23 @@ impl EmulatorHandle {
         self.shared.klaviyo.counts()
     }
 
+    /// Customer.io: the members of segment `segment_id`, sorted (ids as they are,
+    /// `email:ADDRESS`, `cio_id:ID`); `None` if the workspace has no such segment.
+    pub fn customerio_members(&self, segment_id: i32) -> Option<Vec<String>> {
+        self.shared.customerio.members(segment_id)
+    }
+
+    /// Customer.io: what its segment endpoints saw and did.
+    pub fn customerio_stats(&self) -> CustomerioStats {
+        self.shared.customerio.stats()
+    }
+
+    /// Customer.io: every authenticated request's arrival and whether its rate limit let it
+    /// through (false: answered 429).
+    pub fn customerio_rate_log(&self) -> Vec<(std::time::SystemTime, bool)> {
+        self.shared.customerio.rate_log()
+    }
+
     /// Stops accepting connections and closes idle keep-alive connections (best effort).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
@@ -193,6 +215,7 @@ pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<
         profiles: users_track::Profiles::default(),
         webhook: webhook::Receiver::default(),
         klaviyo: klaviyo::Klaviyo::new(&config.klaviyo),
+        customerio: customerio::Workspace::new(&config.customerio),
         limiter: RateLimiter::new(&config.rate_limit),
         faults: FaultInjector::new(config.faults.clone()),
         config,

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::cohorts::{Endpoint, cohort_members, list_cohorts, partner_request};
-use super::{Shared, klaviyo, users_track, webhook};
+use super::{Shared, customerio, klaviyo, users_track, webhook};
 
 /// Bodies above this are refused with 413 before parsing.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -142,6 +142,16 @@ enum Route {
     KlaviyoList {
         list_id: String,
     },
+    CustomerioAdd {
+        segment: String,
+    },
+    CustomerioRemove {
+        segment: String,
+    },
+    CustomerioReport,
+    CustomerioSegment {
+        segment: String,
+    },
     NotFound,
 }
 
@@ -172,6 +182,16 @@ impl Route {
             ["_emulator", "klaviyo", "lists", id] => Route::KlaviyoList {
                 list_id: percent_decode(id),
             },
+            ["api", "v1", "segments", id, "add_customers"] => Route::CustomerioAdd {
+                segment: percent_decode(id),
+            },
+            ["api", "v1", "segments", id, "remove_customers"] => Route::CustomerioRemove {
+                segment: percent_decode(id),
+            },
+            ["_emulator", "customerio"] => Route::CustomerioReport,
+            ["_emulator", "customerio", "segments", id] => Route::CustomerioSegment {
+                segment: percent_decode(id),
+            },
             _ => Route::NotFound,
         }
     }
@@ -182,14 +202,18 @@ impl Route {
             Route::Cohorts { .. }
             | Route::CohortUsers { .. }
             | Route::UsersTrack
-            | Route::Webhook => Some(Method::POST),
+            | Route::Webhook
+            | Route::CustomerioAdd { .. }
+            | Route::CustomerioRemove { .. } => Some(Method::POST),
             Route::Stats
             | Route::ListCohorts
             | Route::Members { .. }
             | Route::Profiles
             | Route::KlaviyoList { .. }
             | Route::KlaviyoStats
-            | Route::WebhookReport => Some(Method::GET),
+            | Route::WebhookReport
+            | Route::CustomerioReport
+            | Route::CustomerioSegment { .. } => Some(Method::GET),
             Route::NotFound | Route::Klaviyo => None,
         }
     }
@@ -230,6 +254,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
         Route::Members { cohort_id } => Ok(cohort_members(&shared.state, &cohort_id)),
         Route::KlaviyoList { list_id } => Ok(klaviyo::report(shared, &list_id)),
         Route::KlaviyoStats => Ok(klaviyo::stats(shared)),
+        Route::CustomerioAdd { segment } => {
+            customerio::handle(shared, req, &segment, customerio::Op::Add).await
+        }
+        Route::CustomerioRemove { segment } => {
+            customerio::handle(shared, req, &segment, customerio::Op::Remove).await
+        }
+        Route::CustomerioReport => Ok(customerio::report(shared)),
+        Route::CustomerioSegment { segment } => Ok(customerio::segment_members(shared, &segment)),
         Route::NotFound | Route::Klaviyo => Ok(message(StatusCode::NOT_FOUND, "not found")),
     }
 }

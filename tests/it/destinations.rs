@@ -1,5 +1,5 @@
 //! The sync core's guarantees, run the same way over every destination kind — Cohort Import,
-//! `/users/track`, webhook, Klaviyo, files: `--dry-run` sends and writes nothing, a query that
+//! `/users/track`, webhook, Klaviyo, Customer.io, files: `--dry-run` sends and writes nothing, a query that
 //! suddenly returns nobody holds back its removals until allowed, shards together deliver
 //! exactly what one run does, a damaged snapshot is refused by name and repaired, and (for the
 //! kinds that deliver paced requests) a second run is refused while one delivers, and a stale
@@ -20,6 +20,7 @@ const T2: &str = "2026-12-02T00:00:00Z";
 enum Kind {
     CohortImport(Partner),
     UsersTrack(Partner),
+    Customerio(Partner),
     Webhook(Receiver),
     Klaviyo(Partner),
     /// Files in this folder.
@@ -38,6 +39,15 @@ impl Kind {
         vec![
             Kind::CohortImport(Partner::plain()),
             Kind::UsersTrack(Partner::plain()),
+            Kind::Customerio(Partner::start(crate::customerio::config(
+                cohort_bridge::emulator::CustomerioConfig {
+                    rate_limit: cohort_bridge::emulator::RateLimitConfig {
+                        requests: 1_000_000,
+                        window: std::time::Duration::from_secs(1),
+                    },
+                    ..Default::default()
+                },
+            ))),
             Kind::Webhook(Receiver::start(1_000_000)),
             Kind::Klaviyo(crate::klaviyo::partner(crate::klaviyo::fast())),
         ]
@@ -47,6 +57,7 @@ impl Kind {
         match self {
             Kind::CohortImport(_) => "braze",
             Kind::UsersTrack(_) => "braze_users_track",
+            Kind::Customerio(_) => "customerio",
             Kind::Webhook(_) => "webhook",
             Kind::Klaviyo(_) => "klaviyo",
             Kind::Files(_) => "files",
@@ -64,6 +75,11 @@ impl Kind {
         match self {
             Kind::CohortImport(p) => Project::new(&p.handle.base_url(), delivery, &cohorts),
             Kind::UsersTrack(p) => Project::users_track(&p.handle.base_url(), delivery, &cohorts),
+            Kind::Customerio(p) => Project::with_destination(
+                lake(),
+                &crate::customerio::destination(&p.handle.base_url(), delivery),
+                &cohorts,
+            ),
             Kind::Webhook(r) => Project::with_destination(
                 lake(),
                 &format!(
@@ -96,6 +112,12 @@ impl Kind {
                 .attribute_true("cohort_active")
                 .into_iter()
                 .collect(),
+            Kind::Customerio(p) => p
+                .handle
+                .customerio_members(crate::customerio::SEGMENT)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             Kind::Webhook(r) => r.seen.lock().unwrap().members.clone(),
             Kind::Klaviyo(p) => crate::klaviyo::held(p, "active"),
             Kind::Files(dir) => {
@@ -123,9 +145,11 @@ impl Kind {
     /// Requests (or file runs) the partner has seen.
     fn seen(&self) -> u64 {
         match self {
-            Kind::CohortImport(p) | Kind::UsersTrack(p) => p.handle.stats().requests,
             // A batch is several requests (an import and its polls): about a batch per three.
             Kind::Klaviyo(p) => p.handle.stats().requests.div_ceil(3),
+            Kind::CohortImport(p) | Kind::UsersTrack(p) | Kind::Customerio(p) => {
+                p.handle.stats().requests
+            }
             Kind::Webhook(r) => r.seen.lock().unwrap().requests,
             Kind::Files(dir) => std::fs::read_dir(dir.path().join("active"))
                 .map(|d| d.count() as u64)
@@ -146,6 +170,8 @@ impl Kind {
                     crate::klaviyo::KLAVIYO_VAR,
                     Some(crate::klaviyo::KLAVIYO_KEY),
                 ),
+                (crate::customerio::SITE_VAR, Some(crate::customerio::SITE)),
+                (crate::customerio::KEY_VAR, Some(crate::customerio::CIO_KEY)),
             ],
         )
     }
@@ -156,6 +182,8 @@ impl Kind {
             .env(SECRET_VAR_HOOK, HOOK_SECRET)
             .env(AUTH_VAR, AUTH)
             .env(crate::klaviyo::KLAVIYO_VAR, crate::klaviyo::KLAVIYO_KEY)
+            .env(crate::customerio::SITE_VAR, crate::customerio::SITE)
+            .env(crate::customerio::KEY_VAR, crate::customerio::CIO_KEY)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -7,7 +7,7 @@
 //! receives a byte.
 //!
 //! The same schedules run over Cohort Import (500 by default), `/users/track` and a webhook (the
-//! emulator's signed receiver; 150 each).
+//! emulator's signed receiver; 150 each), and Customer.io's manual segments (100).
 //!
 //! Schedules also hold an operator's actions, taken while the run delivers (the request that
 //! meets one is held back while it happens): `state unlock --force` (the run is fenced off), a
@@ -162,6 +162,8 @@ fn operate(dir: &Path, op: Op) -> Option<std::thread::JoinHandle<String>> {
     let run = move |dir: &Path, args: &[&str]| {
         command_in(dir, args)
             .env(crate::webhook::SECRET_VAR_HOOK, crate::webhook::HOOK_SECRET)
+            .env(crate::customerio::SITE_VAR, crate::customerio::SITE)
+            .env(crate::customerio::KEY_VAR, crate::customerio::CIO_KEY)
             .output()
             .expect("run cohort-bridge")
     };
@@ -254,6 +256,7 @@ enum Kind {
     UsersTrack,
     Webhook,
     Klaviyo,
+    Customerio,
 }
 
 impl Kind {
@@ -276,6 +279,11 @@ impl Kind {
                 &crate::klaviyo::destination(proxy, DEST),
                 &cohorts,
             ),
+            Kind::Customerio => Project::with_destination(
+                lake(),
+                &crate::customerio::destination(proxy, DEST),
+                &cohorts,
+            ),
         }
     }
 
@@ -292,6 +300,10 @@ impl Kind {
             Kind::Klaviyo => {
                 destinations::klaviyo::credentials(Secret::new(crate::klaviyo::KLAVIYO_KEY))
             }
+            Kind::Customerio => destinations::customerio::credentials(
+                Secret::new(crate::customerio::SITE),
+                Secret::new(crate::customerio::CIO_KEY),
+            ),
         }
     }
 
@@ -302,6 +314,10 @@ impl Kind {
             Kind::UsersTrack => partner.handle.attribute_true("cohort_c"),
             Kind::Webhook => partner.handle.webhook_members("c"),
             Kind::Klaviyo => return crate::klaviyo::held(partner, "c"),
+            Kind::Customerio => partner
+                .handle
+                .customerio_members(crate::customerio::SEGMENT)
+                .unwrap_or_default(),
         };
         held.into_iter().collect()
     }
@@ -329,11 +345,23 @@ fn random_fault_schedules_on_klaviyo() {
     schedules(Kind::Klaviyo, 100);
 }
 
+#[test]
+fn random_fault_schedules_on_customerio() {
+    schedules(Kind::Customerio, 100);
+}
+
 fn schedules(kind: Kind, default_cases: u32) {
     let partner = Partner::start(cohort_bridge::emulator::EmulatorConfig {
         webhook_secret: Some(crate::webhook::HOOK_SECRET.into()),
         klaviyo: crate::klaviyo::fast(),
-        ..Default::default()
+        // The schedules test faults, not pacing: no rate limit to speak of.
+        ..crate::customerio::config(cohort_bridge::emulator::CustomerioConfig {
+            rate_limit: cohort_bridge::emulator::RateLimitConfig {
+                requests: 1_000_000,
+                window: Duration::from_secs(1),
+            },
+            ..Default::default()
+        })
     });
     let sink = Sink::start();
     let schedule: Arc<Mutex<VecDeque<Fault>>> = Arc::default();

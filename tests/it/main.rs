@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod cli_guards;
 mod conflicts;
+mod customerio;
 mod deltas;
 mod demo;
 mod destinations;
