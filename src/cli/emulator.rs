@@ -104,6 +104,23 @@ pub struct EmulatorArgs {
     /// naming them are ignored silently).
     #[arg(long)]
     customerio_unknown_marker: Option<String>,
+    /// Environment variable holding the Iterable API key the emulator accepts (unset: every
+    /// Iterable request is refused as a bad key).
+    #[arg(long, default_value = "ITERABLE_API_KEY")]
+    iterable_api_key_env: String,
+    /// Iterable: requests per second each list endpoint's leaky bucket drains (Iterable
+    /// documents none for these endpoints; the default is ours).
+    #[arg(long, default_value_t = crate::emulator::iterable::DEFAULT_RATE)]
+    iterable_rate: f64,
+    /// Iterable: requests each bucket holds (default: two seconds' worth).
+    #[arg(long)]
+    iterable_burst: Option<f64>,
+    /// Iterable: subscribers per request at most (undocumented; the default is ours).
+    #[arg(long, default_value_t = crate::emulator::iterable::DEFAULT_MAX_SUBSCRIBERS)]
+    iterable_max_subscribers: usize,
+    /// Iterable: the project type (`hybrid`, `user_id` or `email`).
+    #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "user_id", "email"])]
+    iterable_project_type: String,
 }
 
 /// `emulator` with its flags: serves until the process ends.
@@ -173,6 +190,19 @@ pub async fn run(a: EmulatorArgs) -> Result<i32> {
                     ..crate::emulator::KlaviyoConfig::default()
                 },
                 customerio,
+                iterable: crate::emulator::IterableConfig {
+                    api_key: std::env::var(&a.iterable_api_key_env)
+                        .unwrap_or_else(|_| "\0unset".into()),
+                    project_type: match a.iterable_project_type.as_str() {
+                        "user_id" => crate::emulator::iterable::ProjectType::UserId,
+                        "email" => crate::emulator::iterable::ProjectType::Email,
+                        _ => crate::emulator::iterable::ProjectType::Hybrid,
+                    },
+                    max_subscribers: a.iterable_max_subscribers,
+                    rate: a.iterable_rate,
+                    burst: a.iterable_burst.unwrap_or(2.0 * a.iterable_rate),
+                    ..crate::emulator::IterableConfig::default()
+                },
             };
             crate::emulator::serve_forever((a.host, a.port).into(), config)
                 .await

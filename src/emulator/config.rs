@@ -28,6 +28,8 @@ pub struct EmulatorConfig {
     pub klaviyo: super::KlaviyoConfig,
     /// Customer.io's Track API manual segments (`customerio` module): its one workspace.
     pub customerio: CustomerioConfig,
+    /// The emulated Iterable project (`/api/lists/subscribe`, `/api/lists/unsubscribe`).
+    pub iterable: super::IterableConfig,
 }
 
 impl Default for EmulatorConfig {
@@ -44,6 +46,7 @@ impl Default for EmulatorConfig {
             webhook_secret: None,
             klaviyo: super::KlaviyoConfig::default(),
             customerio: CustomerioConfig::default(),
+            iterable: super::IterableConfig::default(),
         }
     }
 }
@@ -60,6 +63,7 @@ impl fmt::Debug for EmulatorConfig {
             .field("faults", &self.faults)
             .field("klaviyo", &self.klaviyo)
             .field("customerio", &self.customerio)
+            .field("iterable", &self.iterable)
             .finish()
     }
 }

@@ -13,6 +13,7 @@ mod config;
 pub mod currents;
 pub mod customerio;
 mod faults;
+pub mod iterable;
 pub mod klaviyo;
 mod server;
 mod state;
@@ -32,6 +33,7 @@ pub use config::{
 };
 pub use customerio::CustomerioStats;
 use faults::{FaultInjector, RateLimiter};
+pub use iterable::{IterableConfig, IterableMembers, IterableStats};
 pub use klaviyo::{KlaviyoConfig, KlaviyoProfile, KlaviyoRate};
 use server::accept_loop;
 use state::State;
@@ -77,6 +79,7 @@ struct Shared {
     webhook: webhook::Receiver,
     klaviyo: klaviyo::Klaviyo,
     customerio: customerio::Workspace,
+    iterable: iterable::Project,
     limiter: RateLimiter,
     faults: FaultInjector,
     shutdown: watch::Sender<bool>,
@@ -199,6 +202,40 @@ impl EmulatorHandle {
         self.shared.customerio.rate_log()
     }
 
+    /// Iterable: the members of static list `list_id`, sorted by kind; `None` if no request
+    /// ever named the list.
+    pub fn iterable_members(&self, list_id: u64) -> Option<IterableMembers> {
+        self.shared.iterable.members(list_id)
+    }
+
+    /// Iterable: counters since start.
+    pub fn iterable_stats(&self) -> IterableStats {
+        self.shared.iterable.stats()
+    }
+
+    /// Iterable: whether any list request carried this identifier, as `email:ADDRESS` (as
+    /// sent) or `userId:ID`.
+    pub fn iterable_saw(&self, tagged: &str) -> bool {
+        self.shared.iterable.seen(tagged)
+    }
+
+    /// Iterable: GDPR-forgets these users (off every list; refused as `forgotten…` from now
+    /// on), as a project does on a deletion request.
+    pub fn iterable_forget(&self, emails: &[String], user_ids: &[String]) {
+        self.shared.iterable.forget(emails, user_ids);
+    }
+
+    /// Iterable: forgotten users may be created again.
+    pub fn iterable_unforget(&self) {
+        self.shared.iterable.unforget();
+    }
+
+    /// Iterable: every list request that reached the rate limit, in arrival order: when, and
+    /// whether its endpoint's bucket let it through (false: answered 429).
+    pub fn iterable_rate_log(&self) -> Vec<(std::time::SystemTime, bool)> {
+        self.shared.iterable.rate_log()
+    }
+
     /// Stops accepting connections and closes idle keep-alive connections (best effort).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
@@ -216,6 +253,7 @@ pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<
         webhook: webhook::Receiver::default(),
         klaviyo: klaviyo::Klaviyo::new(&config.klaviyo),
         customerio: customerio::Workspace::new(&config.customerio),
+        iterable: iterable::Project::default(),
         limiter: RateLimiter::new(&config.rate_limit),
         faults: FaultInjector::new(config.faults.clone()),
         config,

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::cohorts::{Endpoint, cohort_members, list_cohorts, partner_request};
-use super::{Shared, customerio, klaviyo, users_track, webhook};
+use super::{Shared, customerio, iterable, klaviyo, users_track, webhook};
 
 /// Bodies above this are refused with 413 before parsing.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -152,6 +152,12 @@ enum Route {
     CustomerioSegment {
         segment: String,
     },
+    IterableSubscribe,
+    IterableUnsubscribe,
+    IterableList {
+        list_id: String,
+    },
+    IterableStats,
     NotFound,
 }
 
@@ -166,6 +172,12 @@ impl Route {
                 partner: percent_decode(p),
             },
             ["users", "track"] => Route::UsersTrack,
+            ["api", "lists", "subscribe"] => Route::IterableSubscribe,
+            ["api", "lists", "unsubscribe"] => Route::IterableUnsubscribe,
+            ["_emulator", "iterable", "lists", id] => Route::IterableList {
+                list_id: percent_decode(id),
+            },
+            ["_emulator", "iterable", "stats"] => Route::IterableStats,
             ["_emulator", "profiles"] => Route::Profiles,
             ["_webhook"] => Route::Webhook,
             ["_emulator", "webhook"] => Route::WebhookReport,
@@ -203,6 +215,8 @@ impl Route {
             | Route::CohortUsers { .. }
             | Route::UsersTrack
             | Route::Webhook
+            | Route::IterableSubscribe
+            | Route::IterableUnsubscribe
             | Route::CustomerioAdd { .. }
             | Route::CustomerioRemove { .. } => Some(Method::POST),
             Route::Stats
@@ -211,6 +225,8 @@ impl Route {
             | Route::Profiles
             | Route::KlaviyoList { .. }
             | Route::KlaviyoStats
+            | Route::IterableList { .. }
+            | Route::IterableStats
             | Route::WebhookReport
             | Route::CustomerioReport
             | Route::CustomerioSegment { .. } => Some(Method::GET),
@@ -246,6 +262,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Abort> {
             partner_request(shared, req, &partner, Endpoint::Users).await
         }
         Route::UsersTrack => users_track::handle(shared, req).await,
+        Route::IterableSubscribe => {
+            iterable::handle(shared, req, iterable::Endpoint::Subscribe).await
+        }
+        Route::IterableUnsubscribe => {
+            iterable::handle(shared, req, iterable::Endpoint::Unsubscribe).await
+        }
+        Route::IterableList { list_id } => Ok(iterable::members_route(shared, &list_id)),
+        Route::IterableStats => Ok(iterable::stats_route(shared)),
         Route::Profiles => Ok(users_track::list(shared)),
         Route::Webhook => webhook::handle(shared, req).await,
         Route::WebhookReport => Ok(webhook::report(shared)),
