@@ -32,6 +32,11 @@ alike. Cases:
      ids a request) at its default pace, 97 requests/s, against the emulator enforcing the
      Track API's 100 requests in any second (~11 s of sending; ours only; not in the default
      set): requests/s as a share of 100, and the 429s
+  i  full sync of (e)'s ~1M cohort to an Iterable static list (kind iterable, userId project,
+     1,000 subscribers a request, the default) at its default 5 requests/s against the emulator
+     draining 5/s per endpoint (~200 s; ours only; not in the default set). Iterable documents
+     no rate for its list endpoints: 5/s is OUR default, so the figure is % of the emulator's
+     configured rate, not of a documented one
   f  full sync of (a)'s cohort to the `files` destination (Parquet, a fresh folder; ours only)
   w  full sync of (a)'s cohort to the `webhook` destination: the emulator's signed-webhook
      receiver (`POST /_webhook`), 1,000 ids a batch, the default (ours only)
@@ -109,7 +114,8 @@ LAKES = {
     "scale": LakeSpec(f"bench-lake-{size(SCALE_USERS)}-uuid", SCALE_USERS, "uuid", "half.sql"),
 }
 CASE_LAKES = {"a": "uuid", "b": "uuid", "d": "uuid", "e": "small", "s": "sorted", "x": "scale",
-              "t": "uuid", "k": "small", "f": "uuid", "w": "uuid", "W": "uuid", "cio": "small"}
+              "t": "uuid", "k": "small", "f": "uuid", "w": "uuid", "W": "uuid", "cio": "small",
+              "i": "small"}
 
 # Targets of issue 14 on this machine class (2 cores, 24 GiB): the peer's wall ÷ ours, our CPU
 # against the peer's, our peak RSS.
@@ -171,6 +177,7 @@ class Emulator:
              "--klaviyo-api-key-env", "BENCH_KLAVIYO_API_KEY",
              "--customerio-site-id-env", "BENCH_CIO_SITE_ID",
              "--customerio-api-key-env", "BENCH_CIO_API_KEY",
+             "--iterable-api-key-env", "BENCH_REST_API_KEY",
              "--rate-limit", limit[0], "--rate-window", limit[1], *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
@@ -563,6 +570,51 @@ segment_id = 1
                 f"{lake.label()}, 97 requests/s against 100 in any second", runs, s["members"],
                 s["requests"], None)]
 
+ITERABLE_RATE = 5.0  # ours: Iterable documents no rate for /api/lists/subscribe
+
+
+def case_i(work, lake, n_runs):
+    """A full sync of (e)'s ~1M cohort to an Iterable static list at the destination's default
+    rate (5 requests/s per endpoint, ours), against the emulator draining 5/s per endpoint."""
+    project = Project(Path(work) / "ours-i", lake)
+    text = project.config.read_text()
+    start = text.index("[destinations.emulator]")
+    end = text.index("[cohorts.half]")
+    project.config.write_text(text[:start] + f"""[destinations.emulator]
+kind = "iterable"
+base_url = "http://127.0.0.1:{PORT}"
+api_key_env = "BENCH_REST_API_KEY"
+list_id = 1
+project_type = "user_id"
+update_existing_only = false
+
+""" + text[end:])
+    runs = []
+    for i in range(n_runs):
+        project.reset_state()
+        emu = Emulator(extra=("--iterable-rate", str(ITERABLE_RATE),
+                              "--iterable-project-type", "user_id"))
+        try:
+            wall, cpu, rss, s = project.sync(FULL_DAY)
+            stats = emu.get("/_emulator/iterable/stats")
+            held = len(emu.get("/_emulator/iterable/lists/1")["userIds"])
+        finally:
+            emu.stop()
+        assert held == s["members"] and stats["failed"] == 0, (held, s["members"], stats)
+        sending = s["seconds"] - s["query_seconds"]
+        rate = s["requests"] / sending
+        limited = stats["rate_limited"]
+        log(f"i run {i + 1}: {wall:.2f} s wall, {cpu:.2f} CPU-s, {rss / 2**20:.0f} MiB, "
+            f"{s['members']:,} members, {s['requests']:,} requests in {sending:.1f} s after the "
+            f"query ({rate:.2f}/s, {100 * rate / ITERABLE_RATE:.1f}% of the emulator's "
+            f"{ITERABLE_RATE:g}/s, our default: Iterable documents none), {limited} answered 429")
+        runs.append((wall, cpu, rss, s))
+    s = runs[-1][3]
+    return [row("i", f"full sync to an Iterable list, {s['members']:,} members of "
+                f"{lake.label()}, 5 requests/s (ours; undocumented)", runs, s["members"],
+                s["requests"], None)]
+
+
 def case_c(n_runs):
     runs = []
     for i in range(n_runs):
@@ -703,6 +755,8 @@ def main():
             return case_d(work, LAKES["uuid"], n)
         if case == "t":
             return case_t(work, LAKES["uuid"], n)
+        if case == "i":
+            return case_i(work, LAKES["small"], n)
         if case == "k":
             return case_k(work, LAKES["small"], n)
         if case == "cio":

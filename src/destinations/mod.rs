@@ -19,6 +19,7 @@ pub mod braze_cohorts;
 pub mod braze_users_track;
 pub mod customerio;
 pub mod files;
+pub mod iterable;
 pub mod json;
 pub mod klaviyo;
 pub mod webhook;
@@ -116,6 +117,19 @@ pub static REGISTRY: Registry = Registry(&[
         },
         open: requests::<webhook::Webhook>,
         identity: webhook::identity,
+    },
+    Kind {
+        spec: KindSpec {
+            name: "iterable",
+            keys: iterable::Config::KEYS,
+            hints: &[],
+            max_batch: iterable::MAX_BATCH,
+            default_batch: iterable::DEFAULT_BATCH,
+            default_rps: iterable::DEFAULT_RPS,
+            parse: config::parse_as::<iterable::Config>,
+        },
+        open: requests::<iterable::Iterable>,
+        identity: iterable::identity,
     },
     Kind {
         spec: KindSpec {

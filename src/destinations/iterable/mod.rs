@@ -1,0 +1,398 @@
+//! Iterable static lists (`docs/partners/iterable.md`): a cohort is the membership of one list,
+//! adds are `POST /api/lists/subscribe`, removes `POST /api/lists/unsubscribe`, each with
+//! `{"listId": N, "subscribers": [{"email": …} | {"userId": …}]}` and the project's key in an
+//! `Api-Key` header.
+//!
+//! One identifier per subscriber, never both (Iterable lets `email` win, which would re-key a
+//! hybrid project's user): a `user_id` member is sent as `userId`, an `email` member as `email`,
+//! as the project type allows. A `userId` Iterable would call malformed is not sent: it is a
+//! dead letter with the reason. The answer counts successes and failures and lists the failed
+//! identifiers by cause (`failedUpdates`); those are item-level refusals, mapped back to their
+//! place in the batch, and the batch is acknowledged only when the answer accounts for every
+//! subscriber sent.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::StringArray;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+mod config;
+
+pub use config::{
+    Config, DEFAULT_BATCH, DEFAULT_RPS, EU_URL, MAX_BATCH, ProjectType, Region, US_URL,
+    credentials,
+};
+
+use super::{Destination, FromSettings, Op, Refused, base_of, own, push_json_str};
+use crate::cohort::identity::{Id, parse};
+use crate::config::{Cohort, Credentials, DestinationConfig};
+use crate::deliver::retry::{self, Answer, Verdict};
+use crate::deliver::{Request, Step};
+use crate::error::{Error, Result};
+use crate::redact;
+
+/// The longest `userId` Iterable accepts.
+pub const MAX_USER_ID_CHARS: usize = 52;
+
+/// The registry's identity: the host, the list and the key's fingerprint.
+pub fn identity(dest: &DestinationConfig, key: &str) -> String {
+    let c: &Config = own(dest);
+    format!("{}/api/lists#{}@project-{key}", base_of(dest), c.list_id)
+}
+
+/// Why Iterable would refuse this `userId` (its reference: empty, too long, non-ASCII or
+/// non-printable characters, a trailing space), if it would.
+pub fn user_id_problem(id: &str) -> Option<String> {
+    let chars = id.chars().count();
+    if chars > MAX_USER_ID_CHARS {
+        Some(format!(
+            "userId of {chars} characters: Iterable takes at most {MAX_USER_ID_CHARS}"
+        ))
+    } else if id.is_empty() {
+        Some("empty userId".into())
+    } else if !id.chars().all(|c| c.is_ascii() && !c.is_ascii_control()) {
+        Some("userId with non-ASCII or non-printable characters: Iterable refuses them".into())
+    } else if id.ends_with(' ') {
+        Some("userId with a trailing space: Iterable refuses it".into())
+    } else {
+        None
+    }
+}
+
+/// A cohort's list requests, with the constant parts encoded once.
+pub struct Iterable {
+    subscribe_url: Arc<str>,
+    unsubscribe_url: Arc<str>,
+    headers: HeaderMap,
+    /// `{"listId":N,"subscribers":[`
+    head: Vec<u8>,
+    /// `]` plus `,"updateExistingUsersOnly":…` on subscribe, then `}`.
+    tail_subscribe: Vec<u8>,
+    project_type: ProjectType,
+    key_var: String,
+    destination: String,
+}
+
+/// What one batch's request carried, for reading its answer: where each identifier sent sits
+/// in the batch, and the members not sent (refused here).
+#[derive(Debug, Default)]
+struct Sent {
+    emails: HashMap<String, usize>,
+    user_ids: HashMap<String, usize>,
+    withheld: Vec<Refused>,
+}
+
+impl Sent {
+    fn count(&self) -> usize {
+        self.emails.len() + self.user_ids.len()
+    }
+}
+
+impl FromSettings for Iterable {
+    type Settings = Config;
+
+    fn new(dest: &Config, creds: &Credentials, cohort: &Cohort) -> Result<Self> {
+        let Some(api_key) = creds.secret("api_key_env") else {
+            return Err(Error::Internal("Iterable needs an API key".into()));
+        };
+        let mut key = HeaderValue::from_str(api_key.expose()).map_err(|_| {
+            Error::config(
+                None,
+                format!(
+                    "destinations.{}.api_key_env: the key in {} is not a valid header value \
+                     (control characters or non-ASCII)",
+                    cohort.destination, dest.api_key_env
+                ),
+            )
+        })?;
+        key.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("api-key"), key);
+        let base = dest.url().trim_end_matches('/');
+        let mut head = Vec::with_capacity(64);
+        head.extend_from_slice(format!("{{\"listId\":{},\"subscribers\":[", dest.list_id).as_bytes());
+        let mut tail_subscribe = b"]".to_vec();
+        if dest.update_existing_only {
+            tail_subscribe.extend_from_slice(b",\"updateExistingUsersOnly\":true");
+        }
+        tail_subscribe.push(b'}');
+        Ok(Iterable {
+            subscribe_url: format!("{base}/api/lists/subscribe").into(),
+            unsubscribe_url: format!("{base}/api/lists/unsubscribe").into(),
+            headers,
+            head,
+            tail_subscribe,
+            project_type: dest.project_type,
+            key_var: dest.api_key_env.clone(),
+            destination: cohort.destination.clone(),
+        })
+    }
+}
+
+impl Destination for Iterable {
+    fn setup(&self, _at: DateTime<Utc>) -> Option<Request> {
+        None
+    }
+
+    fn batch(
+        &self,
+        _run_id: &str,
+        batch: u64,
+        ids: &StringArray,
+        range: Range<usize>,
+        op: Op,
+    ) -> Request {
+        let count = range.len();
+        let mut body = super::body_for(ids, &range, self.head.len() + 48, 12);
+        body.extend_from_slice(&self.head);
+        let mut sent = Sent::default();
+        let mut first = true;
+        for (index, i) in range.enumerate() {
+            let key = ids.value(i);
+            let (field, value) = match parse(key) {
+                Id::External(id) => match user_id_problem(id) {
+                    None => ("userId", id),
+                    Some(why) => {
+                        sent.withheld.push(Refused {
+                            index,
+                            reason: redact::scrub(&why).into_owned(),
+                            no_profile: false,
+                        });
+                        continue;
+                    }
+                },
+                Id::Email(email) => ("email", email),
+                // Refused before planning (`accepts`); a plan edited to hold one is not sent.
+                _ => {
+                    sent.withheld.push(Refused {
+                        index,
+                        reason: "Iterable identifies users by userId or email only".into(),
+                        no_profile: false,
+                    });
+                    continue;
+                }
+            };
+            if !std::mem::take(&mut first) {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"");
+            body.extend_from_slice(field.as_bytes());
+            body.extend_from_slice(b"\":");
+            push_json_str(&mut body, value);
+            body.push(b'}');
+            match field {
+                "email" => sent.emails.insert(value.to_owned(), index),
+                _ => sent.user_ids.insert(value.to_owned(), index),
+            };
+        }
+        let url = match op {
+            Op::Add => {
+                body.extend_from_slice(&self.tail_subscribe);
+                self.subscribe_url.clone()
+            }
+            Op::Remove => {
+                body.extend_from_slice(b"]}");
+                self.unsubscribe_url.clone()
+            }
+        };
+        let mut request = Request::post(url, Bytes::from(body), batch, count);
+        // Iterable limits each endpoint on its own: one pacer each.
+        request.lane = match op {
+            Op::Add => 0,
+            Op::Remove => 1,
+        };
+        request.step = Some(Step::new(sent));
+        request
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    fn lanes(&self) -> usize {
+        2
+    }
+
+    /// A 200 `UserBulkUpdateListResponse` that accounts for every subscriber sent acknowledges,
+    /// its listed failures as refusals; anything else acknowledges nothing (see the module).
+    fn acknowledge(&self, answer: &Answer<'_>) -> Verdict {
+        if !answer.status.is_success() {
+            return retry::classify(answer);
+        }
+        let Some(sent) = answer.request.step.as_ref().and_then(|s| s.get::<Sent>()) else {
+            return Verdict::Retry {
+                reason: "an answer to a request this destination did not build".into(),
+                asked: None,
+            };
+        };
+        match accounted(answer.body, sent) {
+            Ok(mut refused) => {
+                refused.extend(sent.withheld.iter().cloned());
+                refused.sort_by_key(|r| r.index);
+                if refused.is_empty() {
+                    Verdict::Success
+                } else {
+                    Verdict::Partial(refused)
+                }
+            }
+            Err(why) => Verdict::Retry {
+                reason: format!(
+                    "HTTP {} that does not account for the {} subscribers sent ({why}), so it \
+                     acknowledges nothing: {}",
+                    answer.status.as_u16(),
+                    sent.count(),
+                    retry::first_bytes(answer.body)
+                ),
+                asked: None,
+            },
+        }
+    }
+
+    /// Iterable identifies users by `userId` or `email`, as the project type allows.
+    fn accepts(&self, ids: &StringArray) -> Result<()> {
+        use crate::cohort::identity::first_tagged;
+        let unfit = |id: Id<'_>| match id {
+            Id::External(_) => self.project_type == ProjectType::Email,
+            Id::Email(_) => self.project_type == ProjectType::UserId,
+            _ => true,
+        };
+        // External ids are untagged: find one only when the project refuses them.
+        let first = if self.project_type == ProjectType::Email {
+            (0..ids.len())
+                .map(|i| ids.value(i))
+                .find(|k| unfit(parse(k)))
+        } else {
+            first_tagged(ids, unfit)
+        };
+        let Some(key) = first else { return Ok(()) };
+        let (kind, value) = describe(parse(key));
+        let allowed = match self.project_type {
+            ProjectType::Hybrid => "user_id or email",
+            ProjectType::UserId => "user_id",
+            ProjectType::Email => "email",
+        };
+        Err(Error::config(
+            None,
+            format!(
+                "destination `{}` (iterable, project_type = \"{}\") cannot identify users by \
+                 {kind}, and the cohort has members known only by one (e.g. `{value}`): select \
+                 their {allowed} (cohorts.<name>.identifiers)",
+                self.destination,
+                match self.project_type {
+                    ProjectType::Hybrid => "hybrid",
+                    ProjectType::UserId => "user_id",
+                    ProjectType::Email => "email",
+                },
+            ),
+        ))
+    }
+
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::PartnerRejected {
+                what,
+                status: status @ (401 | 403),
+                message,
+            } => Error::PartnerRejected {
+                what,
+                status,
+                message: format!(
+                    "{message} (check {} for destination `{}`: a server-side API key of the \
+                     project, in its data center)",
+                    self.key_var, self.destination
+                ),
+            },
+            other => other,
+        }
+    }
+}
+
+/// A member's kind and value, for messages.
+fn describe(id: Id<'_>) -> (&'static str, String) {
+    match id {
+        Id::External(v) => ("user_id", v.to_owned()),
+        Id::Email(v) => ("email", v.to_owned()),
+        Id::Phone(v) => ("phone", v.to_owned()),
+        Id::Alias { name, label } => ("alias", format!("{name}:{label}")),
+        Id::Device(v) => ("device_id", v.to_owned()),
+        Id::Braze(v) => ("braze_id", v.to_owned()),
+        Id::Malformed(v) => ("a malformed key", v.escape_debug().to_string()),
+    }
+}
+
+/// The refusals a 200 lists, once it accounts for the batch: `successCount + failCount` is the
+/// number sent, and the identifiers listed (`failedUpdates`, else the deprecated top-level
+/// `invalidEmails` / `invalidUserIds`) are `failCount` subscribers of the batch. `Err` says why
+/// it does not.
+fn accounted(body: &[u8], sent: &Sent) -> std::result::Result<Vec<Refused>, String> {
+    use serde_json::Value;
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let count = |field: &str| {
+        v.get(field)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("no `{field}` count"))
+    };
+    let (ok, failed) = (count("successCount")?, count("failCount")?);
+    if ok.saturating_add(failed) != sent.count() as u64 {
+        return Err(format!(
+            "successCount {ok} + failCount {failed} for {} sent",
+            sent.count()
+        ));
+    }
+    let mut lists: Vec<(String, &Value)> = Vec::new();
+    match v.get("failedUpdates") {
+        Some(Value::Object(f)) => lists.extend(f.iter().map(|(k, l)| (format!("failedUpdates.{k}"), l))),
+        None | Some(Value::Null) => {
+            for k in ["invalidEmails", "invalidUserIds"] {
+                if let Some(l) = v.get(k) {
+                    lists.push((k.to_owned(), l));
+                }
+            }
+        }
+        Some(_) => return Err("`failedUpdates` is not an object".into()),
+    }
+    let mut refused: Vec<Refused> = Vec::new();
+    for (field, list) in lists {
+        let by_email = field.ends_with("Emails");
+        if !by_email && !field.ends_with("UserIds") {
+            continue;
+        }
+        let Value::Array(items) = list else {
+            return Err(format!("`{field}` is not a list"));
+        };
+        for item in items {
+            let Some(id) = item.as_str() else {
+                return Err(format!("`{field}` holds a non-string"));
+            };
+            let index = if by_email {
+                sent.emails
+                    .get(id)
+                    .or_else(|| sent.emails.get(&id.to_lowercase()))
+            } else {
+                sent.user_ids.get(id)
+            };
+            let Some(&index) = index else {
+                return Err(format!("`{field}` names an identifier the batch did not carry"));
+            };
+            let cause = field.rsplit('.').next().unwrap_or(&field);
+            refused.push(Refused {
+                index,
+                reason: format!("Iterable {field}"),
+                no_profile: cause.starts_with("notFound") || cause.starts_with("forgotten"),
+            });
+        }
+    }
+    refused.sort_by_key(|r| r.index);
+    refused.dedup_by_key(|r| r.index);
+    if refused.len() as u64 != failed {
+        return Err(format!(
+            "failCount {failed} but {} subscribers listed as failed",
+            refused.len()
+        ));
+    }
+    Ok(refused)
+}
