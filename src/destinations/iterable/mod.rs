@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::StringArray;
+use datafusion::arrow::array::{Array, StringArray};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 mod config;
@@ -255,39 +255,29 @@ impl Destination for Iterable {
     /// Iterable identifies users by `userId` or `email`, as the project type allows.
     fn accepts(&self, ids: &StringArray) -> Result<()> {
         use crate::cohort::identity::first_tagged;
+        let project = self.project_type;
         let unfit = |id: Id<'_>| match id {
-            Id::External(_) => self.project_type == ProjectType::Email,
-            Id::Email(_) => self.project_type == ProjectType::UserId,
+            Id::External(_) => project == ProjectType::Email,
+            Id::Email(_) => project == ProjectType::UserId,
             _ => true,
         };
-        // External ids are untagged: find one only when the project refuses them.
-        let first = if self.project_type == ProjectType::Email {
-            (0..ids.len())
-                .map(|i| ids.value(i))
-                .find(|k| unfit(parse(k)))
+        // External ids are untagged: look at every member only when the project refuses them.
+        let first = if project == ProjectType::Email {
+            (0..ids.len()).map(|i| ids.value(i)).find(|k| unfit(parse(k)))
         } else {
             first_tagged(ids, unfit)
         };
         let Some(key) = first else { return Ok(()) };
-        let (kind, value) = describe(parse(key));
-        let allowed = match self.project_type {
-            ProjectType::Hybrid => "user_id or email",
-            ProjectType::UserId => "user_id",
-            ProjectType::Email => "email",
+        let (name, takes) = match project {
+            ProjectType::Hybrid => ("hybrid", "user_id or email"),
+            ProjectType::UserId => ("user_id", "user_id"),
+            ProjectType::Email => ("email", "email"),
         };
-        Err(Error::config(
-            None,
-            format!(
-                "destination `{}` (iterable, project_type = \"{}\") cannot identify users by \
-                 {kind}, and the cohort has members known only by one (e.g. `{value}`): select \
-                 their {allowed} (cohorts.<name>.identifiers)",
-                self.destination,
-                match self.project_type {
-                    ProjectType::Hybrid => "hybrid",
-                    ProjectType::UserId => "user_id",
-                    ProjectType::Email => "email",
-                },
-            ),
+        Err(super::refused_kind(
+            &self.destination,
+            &format!("iterable, project_type = \"{name}\""),
+            key,
+            takes,
         ))
     }
 
@@ -308,19 +298,6 @@ impl Destination for Iterable {
             },
             other => other,
         }
-    }
-}
-
-/// A member's kind and value, for messages.
-fn describe(id: Id<'_>) -> (&'static str, String) {
-    match id {
-        Id::External(v) => ("user_id", v.to_owned()),
-        Id::Email(v) => ("email", v.to_owned()),
-        Id::Phone(v) => ("phone", v.to_owned()),
-        Id::Alias { name, label } => ("alias", format!("{name}:{label}")),
-        Id::Device(v) => ("device_id", v.to_owned()),
-        Id::Braze(v) => ("braze_id", v.to_owned()),
-        Id::Malformed(v) => ("a malformed key", v.escape_debug().to_string()),
     }
 }
 
@@ -395,4 +372,197 @@ fn accounted(body: &[u8], sent: &Sent) -> std::result::Result<Vec<Refused>, Stri
         ));
     }
     Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cohort::identity::{alias, email, phone};
+    use crate::config::Secret;
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+
+    fn dest(extra: &str) -> Config {
+        toml::from_str(&format!(
+            "base_url = \"http://h:1/\"\napi_key_env = \"K\"\nlist_id = 42\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn cohort() -> Cohort {
+        Cohort {
+            name: "c".into(),
+            sql_file: "c.sql".into(),
+            destination: "it".into(),
+            cohort_id: "c".into(),
+            display_name: "C".into(),
+            holdout: crate::config::HoldoutShare {
+                share: 0.0,
+                salt: "c".into(),
+            },
+            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
+        }
+    }
+
+    fn iterable(extra: &str) -> Iterable {
+        let creds = credentials(Secret::new("it-key"));
+        Iterable::new(&dest(extra), &creds, &cohort()).unwrap()
+    }
+
+    fn request(t: &Iterable, ids: &[&str], op: Op) -> Request {
+        let array = StringArray::from(ids.to_vec());
+        t.batch("run", 3, &array, 0..ids.len(), op)
+    }
+
+    fn ack(t: &Iterable, req: &Request, status: u16, body: Value) -> Verdict {
+        let body = body.to_string();
+        t.acknowledge(&Answer {
+            request: req,
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: &HeaderMap::new(),
+            body: body.as_bytes(),
+            sent: req.ids,
+        })
+    }
+
+    #[test]
+    fn members_are_sent_by_one_identifier_each_on_the_lane_of_their_endpoint() {
+        let t = iterable("project_type = \"hybrid\"");
+        let long = "u".repeat(53);
+        let ids = [
+            email("a@x.io"),
+            "u\"1".to_owned(),
+            long.clone(),
+            "u2".to_owned(),
+        ];
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let add = request(&t, &ids, Op::Add);
+        assert_eq!(&*add.url, "http://h:1/api/lists/subscribe");
+        assert_eq!((add.batch, add.ids, add.lane), (3, 4, 0));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&add.body).unwrap(),
+            json!({"listId": 42, "subscribers": [{"email": "a@x.io"}, {"userId": "u\"1"}, {"userId": "u2"}],
+                   "updateExistingUsersOnly": true})
+        );
+        assert_eq!(t.headers()["api-key"], "it-key");
+        assert!(t.headers()["api-key"].is_sensitive());
+        let remove = request(&t, &ids[..2], Op::Remove);
+        assert_eq!(&*remove.url, "http://h:1/api/lists/unsubscribe");
+        assert_eq!(remove.lane, 1);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&remove.body).unwrap(),
+            json!({"listId": 42, "subscribers": [{"email": "a@x.io"}, {"userId": "u\"1"}]})
+        );
+        assert_eq!(t.lanes(), 2);
+        // The long userId was not sent: a dead letter with the reason, even on a clean answer.
+        let ok = json!({"successCount": 3, "failCount": 0, "failedUpdates": {}});
+        match ack(&t, &add, 200, ok) {
+            Verdict::Partial(r) => {
+                assert_eq!(r.len(), 1);
+                assert_eq!(r[0].index, 2);
+                assert!(r[0].reason.contains("53 characters"), "{}", r[0].reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_update_only = iterable("project_type = \"hybrid\"\nupdate_existing_only = false");
+        let body: Value = serde_json::from_slice(&request(&no_update_only, &["u"], Op::Add).body).unwrap();
+        assert_eq!(body, json!({"listId": 42, "subscribers": [{"userId": "u"}]}));
+    }
+
+    #[test]
+    fn listed_failures_are_refusals_at_their_place_and_unaccounted_answers_retry() {
+        let t = iterable("project_type = \"hybrid\"");
+        let ids = [email("a@x.io"), email("b@x.io"), "u1".to_owned(), "u2".to_owned()];
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let add = request(&t, &ids, Op::Remove);
+        assert_eq!(
+            ack(&t, &add, 200, json!({"successCount": 4, "failCount": 0, "invalidEmails": [], "invalidUserIds": []})),
+            Verdict::Success
+        );
+        assert_eq!(
+            ack(&t, &add, 200, json!({"successCount": 2, "failCount": 2, "failedUpdates": {
+                "notFoundUserIds": ["u2"], "invalidEmails": ["B@x.io"], "conflictEmails": []},
+                "invalidEmails": ["B@x.io"], "invalidUserIds": ["u2"]})),
+            Verdict::Partial(vec![
+                Refused { index: 1, reason: "Iterable failedUpdates.invalidEmails".into(), no_profile: false },
+                Refused { index: 3, reason: "Iterable failedUpdates.notFoundUserIds".into(), no_profile: true },
+            ])
+        );
+        // Without `failedUpdates`, the deprecated lists.
+        assert_eq!(
+            ack(&t, &add, 200, json!({"successCount": 3, "failCount": 1, "invalidUserIds": ["u1"]})),
+            Verdict::Partial(vec![Refused { index: 2, reason: "Iterable invalidUserIds".into(), no_profile: false }])
+        );
+        for (bad, why) in [
+            (json!({"successCount": 3, "failCount": 0}), "for 4 sent"),
+            (json!({"successCount": 3, "failCount": 1, "failedUpdates": {}}), "failCount 1 but 0"),
+            (json!({"successCount": 3, "failCount": 1, "failedUpdates": {"notFoundUserIds": ["u9"]}}), "did not carry"),
+            (json!({"successCount": 3, "failCount": 1, "failedUpdates": {"notFoundUserIds": "u1"}}), "not a list"),
+            (json!({"failCount": 0}), "successCount"),
+            (json!({"msg": "", "code": "Success", "params": null}), "successCount"),
+        ] {
+            match ack(&t, &add, 200, bad.clone()) {
+                Verdict::Retry { reason, .. } => assert!(reason.contains(why), "{bad}: {reason}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            t.acknowledge(&Answer {
+                request: &add,
+                status: StatusCode::OK,
+                headers: &HeaderMap::new(),
+                body: b"<html>",
+                sent: 4
+            }),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            ack(&t, &add, 401, json!({"msg": "Invalid API key", "code": "BadApiKey", "params": null})),
+            Verdict::Reject { status: 401, .. }
+        ));
+        assert!(matches!(
+            ack(&t, &add, 429, json!({"msg": "Exceeded rate limit", "code": "RateLimitExceeded", "params": {}})),
+            Verdict::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn kinds_the_project_type_does_not_take_are_refused_by_name() {
+        let ids = |v: &[String]| StringArray::from(v.iter().map(String::as_str).collect::<Vec<_>>());
+        let mixed = ids(&[email("a@x.io"), "u1".into()]);
+        assert!(iterable("project_type = \"hybrid\"").accepts(&mixed).is_ok());
+        let err = iterable("project_type = \"user_id\"").accepts(&mixed).unwrap_err().to_string();
+        assert!(err.contains("by email") && err.contains("a@x.io"), "{err}");
+        let err = iterable("project_type = \"email\"").accepts(&mixed).unwrap_err().to_string();
+        assert!(err.contains("by user_id") && err.contains("u1"), "{err}");
+        for other in [alias("n", "l"), phone("+14155550100")] {
+            let err = iterable("project_type = \"hybrid\"")
+                .accepts(&ids(&[other, "u1".into()]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cannot identify users by"), "{err}");
+        }
+    }
+
+    #[test]
+    fn config_checks_the_list_the_region_and_the_project_type() {
+        use crate::config::KindConfig;
+        let problems = |toml: &str| {
+            let c: Config = toml::from_str(&format!("api_key_env = \"K\"\n{toml}")).unwrap();
+            let mut out = Vec::new();
+            c.problems("destinations.it", &mut out);
+            (c, out)
+        };
+        let (c, out) = problems("list_id = 1\nproject_type = \"hybrid\"");
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(c.url(), US_URL);
+        let (c, _) = problems("list_id = 1\nproject_type = \"hybrid\"\nregion = \"eu\"");
+        assert_eq!(c.url(), EU_URL);
+        let (_, out) = problems("list_id = 0\nproject_type = \"email\"\nregion = \"eu\"");
+        assert!(out.iter().any(|p| p.starts_with("destinations.it.list_id")), "{out:?}");
+        assert!(out.iter().any(|p| p.starts_with("destinations.it.project_type")), "{out:?}");
+        assert!(toml::from_str::<Config>("api_key_env = \"K\"\nlist_id = 1").is_err());
+        assert_eq!(user_id_problem(&"u".repeat(52)), None);
+        assert!(user_id_problem("é").is_some() && user_id_problem("a ").is_some());
+    }
 }
