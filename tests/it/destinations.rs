@@ -21,6 +21,8 @@ enum Kind {
     CohortImport(Partner),
     UsersTrack(Partner),
     Customerio(Partner),
+    /// An Iterable static list (the emulator's project, unthrottled).
+    Iterable(Partner),
     Webhook(Receiver),
     Klaviyo(Partner),
     /// Files in this folder.
@@ -48,6 +50,10 @@ impl Kind {
                     ..Default::default()
                 },
             ))),
+            Kind::Iterable(crate::iterable::partner_with(
+                crate::iterable::fast(),
+                Default::default(),
+            )),
             Kind::Webhook(Receiver::start(1_000_000)),
             Kind::Klaviyo(crate::klaviyo::partner(crate::klaviyo::fast())),
         ]
@@ -58,6 +64,7 @@ impl Kind {
             Kind::CohortImport(_) => "braze",
             Kind::UsersTrack(_) => "braze_users_track",
             Kind::Customerio(_) => "customerio",
+            Kind::Iterable(_) => "iterable",
             Kind::Webhook(_) => "webhook",
             Kind::Klaviyo(_) => "klaviyo",
             Kind::Files(_) => "files",
@@ -78,6 +85,11 @@ impl Kind {
             Kind::Customerio(p) => Project::with_destination(
                 lake(),
                 &crate::customerio::destination(&p.handle.base_url(), delivery),
+                &cohorts,
+            ),
+            Kind::Iterable(p) => Project::with_destination(
+                lake(),
+                &crate::iterable::destination(&p.handle.base_url(), delivery),
                 &cohorts,
             ),
             Kind::Webhook(r) => Project::with_destination(
@@ -107,6 +119,13 @@ impl Kind {
     fn held(&self) -> BTreeSet<String> {
         match self {
             Kind::CohortImport(p) => p.members("active"),
+            Kind::Iterable(p) => p
+                .handle
+                .iterable_members(crate::iterable::LIST)
+                .unwrap_or_default()
+                .user_ids
+                .into_iter()
+                .collect(),
             Kind::UsersTrack(p) => p
                 .handle
                 .attribute_true("cohort_active")
@@ -147,9 +166,10 @@ impl Kind {
         match self {
             // A batch is several requests (an import and its polls): about a batch per three.
             Kind::Klaviyo(p) => p.handle.stats().requests.div_ceil(3),
-            Kind::CohortImport(p) | Kind::UsersTrack(p) | Kind::Customerio(p) => {
-                p.handle.stats().requests
-            }
+            Kind::CohortImport(p)
+            | Kind::UsersTrack(p)
+            | Kind::Customerio(p)
+            | Kind::Iterable(p) => p.handle.stats().requests,
             Kind::Webhook(r) => r.seen.lock().unwrap().requests,
             Kind::Files(dir) => std::fs::read_dir(dir.path().join("active"))
                 .map(|d| d.count() as u64)

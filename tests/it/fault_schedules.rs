@@ -257,6 +257,7 @@ enum Kind {
     Webhook,
     Klaviyo,
     Customerio,
+    Iterable,
 }
 
 impl Kind {
@@ -266,6 +267,11 @@ impl Kind {
         match self {
             Kind::CohortImport => Project::new(proxy, DEST, &cohorts),
             Kind::UsersTrack => Project::users_track(proxy, DEST, &cohorts),
+            Kind::Iterable => Project::with_destination(
+                lake(),
+                &crate::iterable::destination(proxy, DEST),
+                &cohorts,
+            ),
             Kind::Webhook => Project::with_destination(
                 lake(),
                 &format!(
@@ -293,6 +299,7 @@ impl Kind {
                 destinations::braze_cohorts::credentials(Secret::new(KEY), Secret::new(SECRET))
             }
             Kind::UsersTrack => destinations::braze_users_track::credentials(Secret::new(REST_KEY)),
+            Kind::Iterable => destinations::iterable::credentials(Secret::new(REST_KEY)),
             Kind::Webhook => destinations::webhook::credentials(
                 Secret::new(crate::webhook::HOOK_SECRET),
                 Vec::new(),
@@ -318,6 +325,13 @@ impl Kind {
                 .handle
                 .customerio_members(crate::customerio::SEGMENT)
                 .unwrap_or_default(),
+            Kind::Iterable => {
+                partner
+                    .handle
+                    .iterable_members(crate::iterable::LIST)
+                    .unwrap_or_default()
+                    .user_ids
+            }
         };
         held.into_iter().collect()
     }
@@ -333,6 +347,11 @@ fn random_fault_schedules_never_commit_what_the_partner_did_not_apply() {
 #[test]
 fn random_fault_schedules_on_users_track() {
     schedules(Kind::UsersTrack, 150);
+}
+
+#[test]
+fn random_fault_schedules_on_iterable() {
+    schedules(Kind::Iterable, 100);
 }
 
 #[test]
@@ -354,6 +373,10 @@ fn schedules(kind: Kind, default_cases: u32) {
     let partner = Partner::start(cohort_bridge::emulator::EmulatorConfig {
         webhook_secret: Some(crate::webhook::HOOK_SECRET.into()),
         klaviyo: crate::klaviyo::fast(),
+        iterable: cohort_bridge::emulator::IterableConfig {
+            api_key: REST_KEY.into(),
+            ..crate::iterable::fast()
+        },
         // The schedules test faults, not pacing: no rate limit to speak of.
         ..crate::customerio::config(cohort_bridge::emulator::CustomerioConfig {
             rate_limit: cohort_bridge::emulator::RateLimitConfig {

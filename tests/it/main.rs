@@ -29,6 +29,7 @@ mod incremental;
 mod ingest;
 mod ingest_hostile;
 mod ingest_lock;
+mod iterable;
 mod klaviyo;
 mod lift;
 mod metrics;

@@ -23,8 +23,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 mod config;
 
 pub use config::{
-    Config, DEFAULT_BATCH, DEFAULT_RPS, EU_URL, MAX_BATCH, ProjectType, Region, US_URL,
-    credentials,
+    Config, DEFAULT_BATCH, DEFAULT_RPS, EU_URL, MAX_BATCH, ProjectType, Region, US_URL, credentials,
 };
 
 use super::{Destination, FromSettings, Op, Refused, base_of, own, push_json_str};
@@ -114,7 +113,9 @@ impl FromSettings for Iterable {
         headers.insert(HeaderName::from_static("api-key"), key);
         let base = dest.url().trim_end_matches('/');
         let mut head = Vec::with_capacity(64);
-        head.extend_from_slice(format!("{{\"listId\":{},\"subscribers\":[", dest.list_id).as_bytes());
+        head.extend_from_slice(
+            format!("{{\"listId\":{},\"subscribers\":[", dest.list_id).as_bytes(),
+        );
         let mut tail_subscribe = b"]".to_vec();
         if dest.update_existing_only {
             tail_subscribe.extend_from_slice(b",\"updateExistingUsersOnly\":true");
@@ -263,7 +264,9 @@ impl Destination for Iterable {
         };
         // External ids are untagged: look at every member only when the project refuses them.
         let first = if project == ProjectType::Email {
-            (0..ids.len()).map(|i| ids.value(i)).find(|k| unfit(parse(k)))
+            (0..ids.len())
+                .map(|i| ids.value(i))
+                .find(|k| unfit(parse(k)))
         } else {
             first_tagged(ids, unfit)
         };
@@ -322,7 +325,9 @@ fn accounted(body: &[u8], sent: &Sent) -> std::result::Result<Vec<Refused>, Stri
     }
     let mut lists: Vec<(String, &Value)> = Vec::new();
     match v.get("failedUpdates") {
-        Some(Value::Object(f)) => lists.extend(f.iter().map(|(k, l)| (format!("failedUpdates.{k}"), l))),
+        Some(Value::Object(f)) => {
+            lists.extend(f.iter().map(|(k, l)| (format!("failedUpdates.{k}"), l)))
+        }
         None | Some(Value::Null) => {
             for k in ["invalidEmails", "invalidUserIds"] {
                 if let Some(l) = v.get(k) {
@@ -353,7 +358,9 @@ fn accounted(body: &[u8], sent: &Sent) -> std::result::Result<Vec<Refused>, Stri
                 sent.user_ids.get(id)
             };
             let Some(&index) = index else {
-                return Err(format!("`{field}` names an identifier the batch did not carry"));
+                return Err(format!(
+                    "`{field}` names an identifier the batch did not carry"
+                ));
             };
             let cause = field.rsplit('.').next().unwrap_or(&field);
             refused.push(Refused {
@@ -465,41 +472,89 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let no_update_only = iterable("project_type = \"hybrid\"\nupdate_existing_only = false");
-        let body: Value = serde_json::from_slice(&request(&no_update_only, &["u"], Op::Add).body).unwrap();
-        assert_eq!(body, json!({"listId": 42, "subscribers": [{"userId": "u"}]}));
+        let body: Value =
+            serde_json::from_slice(&request(&no_update_only, &["u"], Op::Add).body).unwrap();
+        assert_eq!(
+            body,
+            json!({"listId": 42, "subscribers": [{"userId": "u"}]})
+        );
     }
 
     #[test]
     fn listed_failures_are_refusals_at_their_place_and_unaccounted_answers_retry() {
         let t = iterable("project_type = \"hybrid\"");
-        let ids = [email("a@x.io"), email("b@x.io"), "u1".to_owned(), "u2".to_owned()];
+        let ids = [
+            email("a@x.io"),
+            email("b@x.io"),
+            "u1".to_owned(),
+            "u2".to_owned(),
+        ];
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let add = request(&t, &ids, Op::Remove);
         assert_eq!(
-            ack(&t, &add, 200, json!({"successCount": 4, "failCount": 0, "invalidEmails": [], "invalidUserIds": []})),
+            ack(
+                &t,
+                &add,
+                200,
+                json!({"successCount": 4, "failCount": 0, "invalidEmails": [], "invalidUserIds": []})
+            ),
             Verdict::Success
         );
         assert_eq!(
-            ack(&t, &add, 200, json!({"successCount": 2, "failCount": 2, "failedUpdates": {
+            ack(
+                &t,
+                &add,
+                200,
+                json!({"successCount": 2, "failCount": 2, "failedUpdates": {
                 "notFoundUserIds": ["u2"], "invalidEmails": ["B@x.io"], "conflictEmails": []},
-                "invalidEmails": ["B@x.io"], "invalidUserIds": ["u2"]})),
+                "invalidEmails": ["B@x.io"], "invalidUserIds": ["u2"]})
+            ),
             Verdict::Partial(vec![
-                Refused { index: 1, reason: "Iterable failedUpdates.invalidEmails".into(), no_profile: false },
-                Refused { index: 3, reason: "Iterable failedUpdates.notFoundUserIds".into(), no_profile: true },
+                Refused {
+                    index: 1,
+                    reason: "Iterable failedUpdates.invalidEmails".into(),
+                    no_profile: false
+                },
+                Refused {
+                    index: 3,
+                    reason: "Iterable failedUpdates.notFoundUserIds".into(),
+                    no_profile: true
+                },
             ])
         );
         // Without `failedUpdates`, the deprecated lists.
         assert_eq!(
-            ack(&t, &add, 200, json!({"successCount": 3, "failCount": 1, "invalidUserIds": ["u1"]})),
-            Verdict::Partial(vec![Refused { index: 2, reason: "Iterable invalidUserIds".into(), no_profile: false }])
+            ack(
+                &t,
+                &add,
+                200,
+                json!({"successCount": 3, "failCount": 1, "invalidUserIds": ["u1"]})
+            ),
+            Verdict::Partial(vec![Refused {
+                index: 2,
+                reason: "Iterable invalidUserIds".into(),
+                no_profile: false
+            }])
         );
         for (bad, why) in [
             (json!({"successCount": 3, "failCount": 0}), "for 4 sent"),
-            (json!({"successCount": 3, "failCount": 1, "failedUpdates": {}}), "failCount 1 but 0"),
-            (json!({"successCount": 3, "failCount": 1, "failedUpdates": {"notFoundUserIds": ["u9"]}}), "did not carry"),
-            (json!({"successCount": 3, "failCount": 1, "failedUpdates": {"notFoundUserIds": "u1"}}), "not a list"),
+            (
+                json!({"successCount": 3, "failCount": 1, "failedUpdates": {}}),
+                "failCount 1 but 0",
+            ),
+            (
+                json!({"successCount": 3, "failCount": 1, "failedUpdates": {"notFoundUserIds": ["u9"]}}),
+                "did not carry",
+            ),
+            (
+                json!({"successCount": 3, "failCount": 1, "failedUpdates": {"notFoundUserIds": "u1"}}),
+                "not a list",
+            ),
             (json!({"failCount": 0}), "successCount"),
-            (json!({"msg": "", "code": "Success", "params": null}), "successCount"),
+            (
+                json!({"msg": "", "code": "Success", "params": null}),
+                "successCount",
+            ),
         ] {
             match ack(&t, &add, 200, bad.clone()) {
                 Verdict::Retry { reason, .. } => assert!(reason.contains(why), "{bad}: {reason}"),
@@ -517,23 +572,44 @@ mod tests {
             Verdict::Retry { .. }
         ));
         assert!(matches!(
-            ack(&t, &add, 401, json!({"msg": "Invalid API key", "code": "BadApiKey", "params": null})),
+            ack(
+                &t,
+                &add,
+                401,
+                json!({"msg": "Invalid API key", "code": "BadApiKey", "params": null})
+            ),
             Verdict::Reject { status: 401, .. }
         ));
         assert!(matches!(
-            ack(&t, &add, 429, json!({"msg": "Exceeded rate limit", "code": "RateLimitExceeded", "params": {}})),
+            ack(
+                &t,
+                &add,
+                429,
+                json!({"msg": "Exceeded rate limit", "code": "RateLimitExceeded", "params": {}})
+            ),
             Verdict::Retry { .. }
         ));
     }
 
     #[test]
     fn kinds_the_project_type_does_not_take_are_refused_by_name() {
-        let ids = |v: &[String]| StringArray::from(v.iter().map(String::as_str).collect::<Vec<_>>());
+        let ids =
+            |v: &[String]| StringArray::from(v.iter().map(String::as_str).collect::<Vec<_>>());
         let mixed = ids(&[email("a@x.io"), "u1".into()]);
-        assert!(iterable("project_type = \"hybrid\"").accepts(&mixed).is_ok());
-        let err = iterable("project_type = \"user_id\"").accepts(&mixed).unwrap_err().to_string();
+        assert!(
+            iterable("project_type = \"hybrid\"")
+                .accepts(&mixed)
+                .is_ok()
+        );
+        let err = iterable("project_type = \"user_id\"")
+            .accepts(&mixed)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("by email") && err.contains("a@x.io"), "{err}");
-        let err = iterable("project_type = \"email\"").accepts(&mixed).unwrap_err().to_string();
+        let err = iterable("project_type = \"email\"")
+            .accepts(&mixed)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("by user_id") && err.contains("u1"), "{err}");
         for other in [alias("n", "l"), phone("+14155550100")] {
             let err = iterable("project_type = \"hybrid\"")
@@ -559,8 +635,15 @@ mod tests {
         let (c, _) = problems("list_id = 1\nproject_type = \"hybrid\"\nregion = \"eu\"");
         assert_eq!(c.url(), EU_URL);
         let (_, out) = problems("list_id = 0\nproject_type = \"email\"\nregion = \"eu\"");
-        assert!(out.iter().any(|p| p.starts_with("destinations.it.list_id")), "{out:?}");
-        assert!(out.iter().any(|p| p.starts_with("destinations.it.project_type")), "{out:?}");
+        assert!(
+            out.iter().any(|p| p.starts_with("destinations.it.list_id")),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|p| p.starts_with("destinations.it.project_type")),
+            "{out:?}"
+        );
         assert!(toml::from_str::<Config>("api_key_env = \"K\"\nlist_id = 1").is_err());
         assert_eq!(user_id_problem(&"u".repeat(52)), None);
         assert!(user_id_problem("é").is_some() && user_id_problem("a ").is_some());
