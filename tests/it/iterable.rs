@@ -417,3 +417,22 @@ fn answers_429_are_honoured_and_a_run_paced_at_the_partners_rate_meets_none() {
     let requests = summary["requests"].as_u64().unwrap();
     assert!(requests > 20, "{requests}");
 }
+
+#[test]
+fn two_cohorts_on_one_list_are_refused_by_name() {
+    let partner = partner_with(fast(), FaultConfig::default());
+    let project = Project::with_destination(
+        lake(),
+        &destination(&partner.handle.base_url(), FAST),
+        &[("active", ACTIVE_30D), ("other", ACTIVE_30D)],
+    );
+    let run = project.run(&["sync", "active", "--at", AT, "--no-progress"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains("cohorts.active and cohorts.other")
+            && err.contains(&format!("the static list {LIST}")),
+        "{err}"
+    );
+    assert_eq!(partner.handle.iterable_members(LIST), None, "nothing sent");
+}
