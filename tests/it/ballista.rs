@@ -102,6 +102,12 @@ fn every_query_gives_the_same_rows_on_ballista_and_locally() {
     );
     project.own_lake_with_source();
     project.export_and_ingest(3000, "2026-11-20T10:00:00Z");
+    // The export's campaign, as the project file declares campaigns (the `campaigns` table the
+    // analyses join).
+    let file = project.dir.path().join("cohort-bridge.toml");
+    let toml = std::fs::read_to_string(&file).unwrap()
+        + "\n[campaigns.camp-offline]\ncohort = \"active\"\nfeature = \"offline_mode\"\n";
+    std::fs::write(&file, toml).unwrap();
     project
         .run(&["sync", "active", "--at", crate::incremental::T1])
         .summary();
