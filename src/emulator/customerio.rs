@@ -82,7 +82,42 @@ pub struct CustomerioStats {
 #[derive(Debug, Default)]
 struct Segment {
     data_driven: bool,
-    members: HashSet<String>,
+    members: Members,
+}
+
+/// A segment's members in 64 sets by the key's hash: growing one set of a million rehashes it
+/// under the workspace's lock, holding back every request meanwhile (they would then reach the
+/// rate limit together, which a real edge, timing requests as they arrive, never does).
+#[derive(Debug)]
+struct Members(Vec<HashSet<String>>);
+
+impl Default for Members {
+    fn default() -> Self {
+        Members((0..64).map(|_| HashSet::new()).collect())
+    }
+}
+
+impl Members {
+    fn shard(&mut self, key: &str) -> &mut HashSet<String> {
+        let h = crate::hash::fnv1a64(key.as_bytes());
+        &mut self.0[(h % 64) as usize]
+    }
+
+    fn insert(&mut self, key: String) -> bool {
+        self.shard(&key).insert(key)
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        self.shard(key).remove(key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().flatten()
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(HashSet::len).sum()
+    }
 }
 
 /// The one workspace: its segments, rate limit, faults and counters.
