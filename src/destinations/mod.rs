@@ -258,6 +258,27 @@ pub fn refused_kind(destination: &str, what: &str, key: &str, takes: &str) -> cr
     )
 }
 
+/// `e` with `hint` after the partner's message when it is a refusal with one of `statuses` (a
+/// refused key: 401, 403): what the user can do about it (`Destination::explain`).
+pub fn explained(
+    e: crate::error::Error,
+    statuses: &[u16],
+    hint: impl FnOnce() -> String,
+) -> crate::error::Error {
+    match e {
+        crate::error::Error::PartnerRejected {
+            what,
+            status,
+            message,
+        } if statuses.contains(&status) => crate::error::Error::PartnerRejected {
+            what,
+            status,
+            message: format!("{message} ({})", hint()),
+        },
+        other => other,
+    }
+}
+
 /// A section's own settings, as the kind whose row read it knows them.
 pub fn own<T: 'static>(dest: &DestinationConfig) -> &T {
     dest.settings::<T>()

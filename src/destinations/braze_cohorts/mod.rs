@@ -229,21 +229,12 @@ impl Destination for Braze {
 
     /// A 401 names the environment variables that hold the keys, so the fix is obvious.
     fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::PartnerRejected {
-                what,
-                status: 401,
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status: 401,
-                message: format!(
-                    "{message} (check {} and {} for destination `{}`)",
-                    self.key_vars.0, self.key_vars.1, self.destination
-                ),
-            },
-            other => other,
-        }
+        super::explained(e, &[401], || {
+            format!(
+                "check {} and {} for destination `{}`",
+                self.key_vars.0, self.key_vars.1, self.destination
+            )
+        })
     }
 }
 

@@ -206,22 +206,13 @@ impl Destination for UsersTrack {
     }
 
     fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::PartnerRejected {
-                what,
-                status: status @ (401 | 403),
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status,
-                message: format!(
-                    "{message} (check {} for destination `{}`: a workspace REST API key with \
-                     the users.track permission)",
-                    self.key_var, self.destination
-                ),
-            },
-            other => other,
-        }
+        super::explained(e, &[401, 403], || {
+            format!(
+                "check {} for destination `{}`: a workspace REST API key with \
+                     the users.track permission",
+                self.key_var, self.destination
+            )
+        })
     }
 }
 

@@ -267,34 +267,22 @@ impl Destination for Customerio {
     }
 
     fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::PartnerRejected {
-                what,
-                status: 401,
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status: 401,
-                message: format!(
-                    "{message} (check {} and {} for destination `{}`: the workspace's Site ID \
+        let e = super::explained(e, &[401], || {
+            format!(
+                "check {} and {} for destination `{}`: the workspace's Site ID \
                      and a Track API key of it, from Workspace Settings > API and webhook \
-                     credentials)",
-                    self.site_var, self.key_var, self.destination
-                ),
-            },
-            Error::PartnerRejected {
-                what,
-                status: 404,
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status: 404,
-                message: format!(
-                    "{message} (destination `{}`: segment_id {} must be a manual segment of \
-                     this workspace; create it in Segments first)",
-                    self.destination, self.segment_id
-                ),
-            },
+                     credentials",
+                self.site_var, self.key_var, self.destination
+            )
+        });
+        let e = super::explained(e, &[404], || {
+            format!(
+                "destination `{}`: segment_id {} must be a manual segment of this workspace; \
+                 create it in Segments first",
+                self.destination, self.segment_id
+            )
+        });
+        match e {
             Error::Config { file, message } if message.contains("redirecting to") => {
                 let region = if self.eu {
                     "the workspace may be in the US region: set `region = \"us\"`"

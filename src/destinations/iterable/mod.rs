@@ -285,22 +285,13 @@ impl Destination for Iterable {
     }
 
     fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::PartnerRejected {
-                what,
-                status: status @ (401 | 403),
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status,
-                message: format!(
-                    "{message} (check {} for destination `{}`: a server-side API key of the \
-                     project, in its data center)",
-                    self.key_var, self.destination
-                ),
-            },
-            other => other,
-        }
+        super::explained(e, &[401, 403], || {
+            format!(
+                "check {} for destination `{}`: a server-side API key of the \
+                     project, in its data center",
+                self.key_var, self.destination
+            )
+        })
     }
 }
 

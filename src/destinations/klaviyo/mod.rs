@@ -844,22 +844,13 @@ impl Destination for Klaviyo {
     }
 
     fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::PartnerRejected {
-                what,
-                status: status @ (401 | 403),
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status,
-                message: format!(
-                    "{message} (check {} for destination `{}`: a Klaviyo private API key with \
-                     the scopes lists:write, profiles:write, lists:read and profiles:read)",
-                    self.key_var, self.destination
-                ),
-            },
-            other => other,
-        }
+        super::explained(e, &[401, 403], || {
+            format!(
+                "check {} for destination `{}`: a Klaviyo private API key with \
+                     the scopes lists:write, profiles:write, lists:read and profiles:read",
+                self.key_var, self.destination
+            )
+        })
     }
 }
 

@@ -181,22 +181,13 @@ impl Destination for Webhook {
     }
 
     fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::PartnerRejected {
-                what,
-                status: status @ (401 | 403),
-                message,
-            } => Error::PartnerRejected {
-                what,
-                status,
-                message: format!(
-                    "{message} (the receiver refused the request: check destination `{}`'s \
-                     header_env variables and the signing secret in {})",
-                    self.destination, self.secret_var
-                ),
-            },
-            other => other,
-        }
+        super::explained(e, &[401, 403], || {
+            format!(
+                "the receiver refused the request: check destination `{}`'s \
+                     header_env variables and the signing secret in {}",
+                self.destination, self.secret_var
+            )
+        })
     }
 }
 
