@@ -98,6 +98,13 @@ enum Command {
     /// From a fresh clone: generate a small lake, start the emulator, sync the example cohorts
     /// and check the partner holds exactly what each cohort query returns.
     Demo,
+    /// A Ballista cluster's roles from this binary (feature `ballista`): `cluster scheduler`,
+    /// `cluster executor --scheduler HOST:PORT`.
+    #[cfg(feature = "ballista")]
+    Cluster {
+        #[command(subcommand)]
+        role: cli::cluster::ClusterRole,
+    },
     /// The HTTP floor of a sync (benchmarks): a cohort's requests for IDS synthetic members,
     /// bodies encoded before the clock starts.
     #[command(hide = true)]
@@ -111,10 +118,13 @@ fn main() -> ExitCode {
     if let Some(engine) = &cli.engine {
         cohort_bridge::config::override_engine(engine.clone());
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(feature = "ballista")]
+    if matches!(cli.command, Command::Cluster { .. }) {
+        builder.thread_stack_size(cli::cluster::STACK);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -136,6 +146,8 @@ async fn run(cli: Cli) -> i32 {
         Command::Query(a) => cli::query::run(config, a).await,
         Command::Report(a) => cli::report::run(config, a).await,
         Command::ExportEngagement(a) => cli::export_engagement::run(config, a).await,
+        #[cfg(feature = "ballista")]
+        Command::Cluster { role } => cli::cluster::run(role).await,
         Command::Runs(a) => cli::runs::run(config, a).await,
         Command::Check(a) => cli::check::run(config, a).await,
         Command::Init(a) => cli::init::run(a).await,

@@ -5,6 +5,8 @@
 
 pub mod args;
 pub mod check;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod completions;
 pub mod demo;
 pub mod emulator;

@@ -90,6 +90,12 @@ fn rows(run: &Run, what: &str) -> Vec<String> {
 #[test]
 fn every_query_gives_the_same_rows_on_ballista_and_locally() {
     let cluster = Cluster::start();
+    every_query_on(&cluster.engine());
+}
+
+/// Every query in `queries/` through `engine` and locally over one lake (with partner events
+/// and a synced cohort): the rows must be the same.
+pub(crate) fn every_query_on(engine: &str) {
     // A copy of the shared test lake (ingest writes into the lake, and the other tests must not
     // see these events) plus partner events: the emulator's engagement export for the first
     // 3,000 users, ingested.
@@ -138,9 +144,8 @@ fn every_query_gives_the_same_rows_on_ballista_and_locally() {
             &project.run(&[&["--engine", "local"][..], &args].concat()),
             &name,
         );
-        let engine = cluster.engine();
         let remote = rows(
-            &project.run(&[&["--engine", engine.as_str()][..], &args].concat()),
+            &project.run(&[&["--engine", engine][..], &args].concat()),
             &name,
         );
         assert!(local.len() > 1, "{name}: the fixture gives no rows");

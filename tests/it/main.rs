@@ -10,6 +10,8 @@ mod ballista;
 mod check;
 mod cli;
 mod cli_guards;
+#[cfg(feature = "ballista")]
+mod cluster;
 mod conflicts;
 mod customerio;
 mod deltas;
