@@ -12,7 +12,7 @@
 -- Campaigns come from the project file's `[campaigns.<campaign_id>]` sections (cohort,
 -- feature, window), read here as the `campaigns` table (campaign_id, cohort, cohort_id,
 -- destination, feature, window_hours): add a section for each campaign you run.
--- Kept shallow: a Ballista 55 scheduler refuses a plan nested more than 49 operators deep
+-- Kept shallow: a Ballista 55 scheduler refuses a plan nested about 48 operators deep
 -- (docs/upstream/ballista-deep-plan-stack.md); this one is 39, so add steps to a CTE rather
 -- than another CTE.
 WITH windows AS (

@@ -109,13 +109,10 @@ fn every_query_gives_the_same_rows_on_ballista_and_locally() {
     );
     project.own_lake_with_source();
     let file = project.dir.path().join("cohort-bridge.toml");
-    let toml = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace(
-            "name = \"Cohort active\"\n",
-            "name = \"Cohort active\"\nholdout = 0.3\n",
-        )
-        + "\n[campaigns.camp-offline]\ncohort = \"active\"\nfeature = \"offline_mode\"\n";
+    let toml = std::fs::read_to_string(&file).unwrap().replace(
+        "name = \"Cohort active\"\n",
+        "name = \"Cohort active\"\nholdout = 0.3\n",
+    ) + "\n[campaigns.camp-offline]\ncohort = \"active\"\nfeature = \"offline_mode\"\n";
     std::fs::write(&file, toml).unwrap();
     let summary = project
         .run(&["sync", "active", "--at", crate::incremental::T1])
