@@ -12,29 +12,30 @@
 -- Campaigns come from the project file's `[campaigns.<campaign_id>]` sections (cohort,
 -- feature, window), read here as the `campaigns` table (campaign_id, cohort, cohort_id,
 -- destination, feature, window_hours): add a section for each campaign you run.
-WITH first_send AS (
-  SELECT campaign_id, MIN(event_time) AS sent_at
-  FROM partner_events
-  WHERE event_type = 'users.messages.pushnotification.Send'
-  GROUP BY campaign_id
-),
-windows AS (
-  SELECT t.campaign_id, t.cohort, t.cohort_id, t.destination, t.feature, f.sent_at,
-         f.sent_at + CAST(concat(CAST(CAST(t.window_hours * 3600 AS BIGINT) AS VARCHAR), ' seconds')
-           AS INTERVAL) AS until_ts,
-         CAST(date_part('epoch', f.sent_at) * 1000 AS BIGINT) AS sent_ms
+-- Kept shallow: a Ballista 55 scheduler refuses a plan nested about 48 operators deep
+-- (docs/upstream/ballista-deep-plan-stack.md); this one is 39, so add steps to a CTE rather
+-- than another CTE.
+WITH windows AS (
+  -- Each campaign's first send, and the window after it.
+  SELECT t.campaign_id, t.cohort, t.cohort_id, t.destination, t.feature,
+         MIN(p.event_time) AS sent_at,
+         MIN(p.event_time) + CAST(concat(CAST(CAST(t.window_hours * 3600 AS BIGINT) AS VARCHAR),
+           ' seconds') AS INTERVAL) AS until_ts,
+         CAST(date_part('epoch', MIN(p.event_time)) * 1000 AS BIGINT) AS sent_ms
   FROM campaigns t
-  JOIN first_send f ON f.campaign_id = t.campaign_id
+  JOIN partner_events p ON p.campaign_id = t.campaign_id
+  WHERE p.event_type = 'users.messages.pushnotification.Send'
+  GROUP BY t.campaign_id, t.cohort, t.cohort_id, t.destination, t.feature, t.window_hours
 ),
 changes AS (
-  SELECT c.campaign_id, h.user_id, h.op,
+  SELECT w.campaign_id, h.user_id, h.op,
          row_number() OVER (
-           PARTITION BY c.campaign_id, h.destination, h.user_id, h.op IN ('add', 'remove')
+           PARTITION BY w.campaign_id, h.destination, h.user_id, h.op IN ('add', 'remove')
            ORDER BY h.run_at_ms DESC, h.committed_at_ms DESC
          ) AS latest
   FROM cohort_changes h
-  JOIN windows c ON h.destination = c.destination AND h.cohort_id = c.cohort_id
-  WHERE h.run_at_ms <= c.sent_ms
+  JOIN windows w ON h.destination = w.destination AND h.cohort_id = w.cohort_id
+  WHERE h.run_at_ms <= w.sent_ms
 ),
 arms AS (
   SELECT DISTINCT campaign_id, user_id,
@@ -42,26 +43,24 @@ arms AS (
   FROM changes
   WHERE latest = 1 AND op IN ('add', 'held_out')
 ),
-used AS (
-  SELECT DISTINCT a.campaign_id, a.user_id
+counts AS (
+  -- Each arm's members, and those of them who used the feature within the window.
+  SELECT a.campaign_id, w.cohort, w.feature,
+         COUNT(DISTINCT CASE WHEN a.arm = 'treated' THEN a.user_id END) AS n_t,
+         COUNT(DISTINCT CASE WHEN a.arm = 'treated' AND e.user_id IS NOT NULL THEN a.user_id END)
+           AS x_t,
+         COUNT(DISTINCT CASE WHEN a.arm = 'held_out' THEN a.user_id END) AS n_h,
+         COUNT(DISTINCT CASE WHEN a.arm = 'held_out' AND e.user_id IS NOT NULL THEN a.user_id END)
+           AS x_h
   FROM arms a
-  JOIN windows c ON c.campaign_id = a.campaign_id
-  JOIN events e
+  JOIN windows w ON w.campaign_id = a.campaign_id
+  LEFT JOIN events e
     ON e.user_id = a.user_id
    AND e.event_name = 'feature_used'
-   AND e.feature = c.feature
-   AND e.event_time >= c.sent_at
-   AND e.event_time < c.until_ts
-),
-counts AS (
-  SELECT a.campaign_id,
-         SUM(CASE WHEN a.arm = 'treated' THEN 1 ELSE 0 END) AS n_t,
-         SUM(CASE WHEN a.arm = 'treated' AND u.user_id IS NOT NULL THEN 1 ELSE 0 END) AS x_t,
-         SUM(CASE WHEN a.arm = 'held_out' THEN 1 ELSE 0 END) AS n_h,
-         SUM(CASE WHEN a.arm = 'held_out' AND u.user_id IS NOT NULL THEN 1 ELSE 0 END) AS x_h
-  FROM arms a
-  LEFT JOIN used u ON u.campaign_id = a.campaign_id AND u.user_id = a.user_id
-  GROUP BY a.campaign_id
+   AND e.feature = w.feature
+   AND e.event_time >= w.sent_at
+   AND e.event_time < w.until_ts
+  GROUP BY a.campaign_id, w.cohort, w.feature
 ),
 rates AS (
   SELECT *,
@@ -81,20 +80,19 @@ tests AS (
 tails AS (
   SELECT *, 1.0 / (1.0 + 0.2316419 * abs(z)) AS k FROM tests
 )
-SELECT x.campaign_id, c.cohort, c.feature,
-       x.n_t AS treated,
-       x.x_t AS treated_used,
-       ROUND(100 * x.p_t, 2) AS treated_pct,
-       x.n_h AS held_out,
-       x.x_h AS held_out_used,
-       ROUND(100 * x.p_h, 2) AS held_out_pct,
-       ROUND(100 * x.diff, 2) AS lift_points,
-       ROUND(100 * (x.diff - 1.96 * x.se), 2) AS ci95_low,
-       ROUND(100 * (x.diff + 1.96 * x.se), 2) AS ci95_high,
-       ROUND(x.z, 2) AS z,
-       2 * exp(-x.z * x.z / 2) / sqrt(2 * pi())
-         * x.k * (0.319381530 + x.k * (-0.356563782 + x.k * (1.781477937
-         + x.k * (-1.821255978 + x.k * 1.330274429)))) AS p_value
-FROM tails x
-JOIN windows c ON c.campaign_id = x.campaign_id
-ORDER BY x.campaign_id
+SELECT campaign_id, cohort, feature,
+       n_t AS treated,
+       x_t AS treated_used,
+       ROUND(100 * p_t, 2) AS treated_pct,
+       n_h AS held_out,
+       x_h AS held_out_used,
+       ROUND(100 * p_h, 2) AS held_out_pct,
+       ROUND(100 * diff, 2) AS lift_points,
+       ROUND(100 * (diff - 1.96 * se), 2) AS ci95_low,
+       ROUND(100 * (diff + 1.96 * se), 2) AS ci95_high,
+       ROUND(z, 2) AS z,
+       2 * exp(-z * z / 2) / sqrt(2 * pi())
+         * k * (0.319381530 + k * (-0.356563782 + k * (1.781477937
+         + k * (-1.821255978 + k * 1.330274429)))) AS p_value
+FROM tails
+ORDER BY campaign_id

@@ -138,7 +138,11 @@ fn a_cluster_of_separate_processes_runs_every_query_plans_every_cohort_and_syncs
     );
     let check = project.run(&["--engine", &engine, "check"]);
     assert_eq!(check.code(), 0, "{}", check.stderr());
-    assert!(check.stdout().contains("\"problems\":0"), "{}", check.stdout());
+    assert!(
+        check.stdout().contains("\"problems\":0"),
+        "{}",
+        check.stdout()
+    );
 
     // A cohort synced through the cluster reaches the partner exactly.
     let summary = project
@@ -193,7 +197,9 @@ fn an_executor_killed_mid_query_gives_the_right_rows_or_a_clear_error() {
                 local.stdout(),
                 "the cluster answered after losing an executor, with other rows than the local engine"
             );
-            eprintln!("an executor killed mid-query: the scheduler ran its tasks again; rows equal");
+            eprintln!(
+                "an executor killed mid-query: the scheduler ran its tasks again; rows equal"
+            );
         }
         code => {
             assert!(
