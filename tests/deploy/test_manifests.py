@@ -469,6 +469,11 @@ def _():
     assert sorted(p["containerPort"] for p in e["ports"]) == [flight, flight + 1]
     work = flag(e["args"], "--work-dir")
     assert any(m["mountPath"] == work for m in e["volumeMounts"]), work
+    for d in k8s_docs:  # USER in the Dockerfile is a name; runAsNonRoot needs a number
+        if pod_spec(d) is not None:
+            sc = pod_spec(d)["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532, d["metadata"]
+    assert "USER nonroot" in DOCKERFILE
     cron = by_kind["CronJob"]["cohort-bridge-sync"]
     assert len(cron["spec"]["schedule"].split()) == 5
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
