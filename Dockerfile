@@ -5,6 +5,10 @@
 #   docker run --rm -v "$PWD":/work -e BRAZE_PARTNER_API_KEY -e BRAZE_CLIENT_SECRET \
 #       cohort-bridge sync --all
 #
+# `--build-arg FEATURES=ballista` builds the image a Ballista cluster runs: the client
+# (`--engine ballista://…`) and `cohort-bridge cluster scheduler|executor`, one binary for every
+# role (deploy/docker-compose.yml, deploy/k8s/). The default builds no optional feature.
+#
 # The project folder is mounted at /work (the working directory): cohort-bridge.toml, queries/,
 # and a local lake or state area if they are folders. Checked by tests/it/packaging.rs.
 
@@ -20,7 +24,9 @@ COPY . .
 # `--version` names the commit; the build context carries no .git.
 ARG COHORT_BRIDGE_COMMIT=unknown
 ENV COHORT_BRIDGE_COMMIT=${COHORT_BRIDGE_COMMIT}
-RUN cargo build --release --locked --bin cohort-bridge \
+# Cargo features, comma-separated (e.g. `ballista`); empty: the default build.
+ARG FEATURES=""
+RUN cargo build --release --locked --bin cohort-bridge ${FEATURES:+--features "$FEATURES"} \
     && strip target/release/cohort-bridge
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -137,16 +137,33 @@ def parse_summaries(stdout_lines: Iterable[str]) -> list:
 
 
 def sync_argv(cohort: str, at: str, shard: Optional[tuple] = None, *, binary: str = None,
-              project: str = None) -> list:
-    """`cohort-bridge --config P sync COHORT [--shard K/N] --at AT`."""
+              project: str = None, engine: Optional[str] = None) -> list:
+    """`cohort-bridge [--engine E] --config P sync COHORT [--shard K/N] --at AT`; `engine` is
+    `local` or `ballista://HOST:PORT` (a cluster's scheduler), else the project's `engine.url`."""
     binary, project = _binary_and_project(binary, project)
-    argv = [binary, "--config", project, "sync", cohort]
+    argv = [binary]
+    if engine is not None:
+        argv += ["--engine", check_engine(engine)]
+    argv += ["--config", project, "sync", cohort]
     if shard is not None:
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
             raise ValueError(f"shard must be K/N with 0 <= K < N, not {k}/{n}")
         argv += ["--shard", f"{k}/{n}"]
     return argv + ["--at", at]
+
+
+def check_engine(engine: str) -> str:
+    """`local` or `ballista://HOST:PORT`, as `--engine` takes it; anything else is a ValueError
+    when the DAG file is parsed rather than exit 2 in every task."""
+    if engine == "local":
+        return engine
+    scheme = "ballista://"
+    host, sep, port = engine[len(scheme):].rpartition(":")
+    if not engine.startswith(scheme) or not sep or not host or "/" in host \
+            or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"engine must be `local` or `ballista://HOST:PORT`, not {engine!r}")
+    return engine
 
 
 def ingest_argv(source: str, date_range: Optional[tuple] = None, *, binary: str = None,

@@ -7,7 +7,7 @@ the ingest mode decision, and `run()` against fake commands (`sh -c 'echo {json}
 When `airflow` is importable (tests/airflow/run.sh installs it into a venv), also:
 - DagBag: the folder loads without import errors; dag ids, task ids, the mapped shards,
   schedules, catchup, max_active_runs, retries, timeouts and params are as documented;
-- `dag.test()` runs both DAGs against a fake `cohort-bridge` (a shell script that records its
+- `dag.test()` runs the DAGs against a fake `cohort-bridge` (a shell script that records its
   arguments and exits with the code it is told) on a throw-away sqlite database: the argv each
   task passes, the secrets arriving from Airflow Variables, and that exit 2 fails a task with
   no retry while exit 1 and 5 are retried. Set COHORT_BRIDGE_AIRFLOW_DAG_TEST=0 to skip these.
@@ -38,7 +38,7 @@ os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "examples" / "airflow"
-DAG_FILES = ["cohort_bridge_sync.py", "cohort_bridge_ingest.py"]
+DAG_FILES = ["cohort_bridge_sync.py", "cohort_bridge_ingest.py", "cohort_bridge_sync_cluster.py"]
 UTC = dt.timezone.utc
 
 # Airflow, if present, must never touch a real installation: a temporary home, no examples.
@@ -165,6 +165,15 @@ def _():
         ["cb", "--config", "p.toml", "sync", "big", "--shard", "3/4", "--at", at]
     for bad in [(4, 4), (-1, 4), (0, 0), ("1", 4)]:
         expect_raises(ValueError, cb.sync_argv, "big", at, shard=bad)
+    assert cb.sync_argv("big", at, shard=(1, 4), binary="cb", project="p.toml",
+                        engine="ballista://sched.internal:50050") == \
+        ["cb", "--engine", "ballista://sched.internal:50050", "--config", "p.toml", "sync", "big",
+         "--shard", "1/4", "--at", at]
+    assert cb.sync_argv("c", at, binary="cb", project="p.toml", engine="local")[1:3] == \
+        ["--engine", "local"]
+    for bad in ["ballista://sched", "ballista://:50050", "http://sched:50050", "sched:50050",
+                "ballista://sched:0", "ballista://sched:port", "ballista://a/b:1", ""]:
+        expect_raises(ValueError, cb.sync_argv, "c", at, engine=bad)
     assert cb.ingest_argv("currents", binary="cb", project="p.toml") == \
         ["cb", "--config", "p.toml", "ingest", "--source", "currents"]
     assert cb.ingest_argv("currents", (dt.date(2026, 11, 1), dt.date(2026, 11, 3)),
@@ -369,10 +378,17 @@ code=0
 for kv in $(echo "$FAKE_CODES" | tr ',' ' '); do
   case " $* " in *" ${kv%%=*} "*) code=${kv#*=};; esac
 done
-if [ "$3" = sync ]; then
-  echo "{\\"cohort\\":\\"$4\\",\\"outcome\\":\\"delivered\\",\\"members\\":10,\\"adds\\":2,\\"removes\\":1,\\"requests\\":2,\\"dead_letters\\":0}"
+# The subcommand and its cohort or source, wherever the global flags put them.
+cmd= prev= name=
+for a in "$@"; do
+  case "$prev" in sync|--source) [ -z "$name" ] && name=$a;; esac
+  case "$a" in sync|ingest) [ -z "$cmd" ] && cmd=$a;; esac
+  prev=$a
+done
+if [ "$cmd" = sync ]; then
+  echo "{\\"cohort\\":\\"$name\\",\\"outcome\\":\\"delivered\\",\\"members\\":10,\\"adds\\":2,\\"removes\\":1,\\"requests\\":2,\\"dead_letters\\":0}"
 else
-  echo "{\\"source\\":\\"$5\\",\\"outcome\\":\\"ingested\\",\\"events_added\\":3,\\"quarantined_records\\":0,\\"broken_files\\":0}"
+  echo "{\\"source\\":\\"$name\\",\\"outcome\\":\\"ingested\\",\\"events_added\\":3,\\"quarantined_records\\":0,\\"broken_files\\":0}"
 fi
 [ "$code" = 0 ] || echo "error: fake failure $code" >&2
 exit $code
@@ -402,10 +418,34 @@ if airflow is not None:
         tt = dag.timetable
         return getattr(tt, "expression", None) or getattr(tt, "_expression", None)
 
-    @check("DagBag: no import errors, the two DAGs")
+    @check("DagBag: no import errors, the three DAGs")
     def _():
         assert not bag.import_errors, bag.import_errors
-        assert sorted(bag.dag_ids) == ["cohort_bridge_ingest", "cohort_bridge_sync"], bag.dag_ids
+        assert sorted(bag.dag_ids) == ["cohort_bridge_ingest", "cohort_bridge_sync",
+                                       "cohort_bridge_sync_cluster"], bag.dag_ids
+
+    @check("DagBag: the cluster DAG (every cohort in shards, paused on creation)")
+    def _():
+        import cohort_bridge_sync_cluster as m
+        dag = bag.dags["cohort_bridge_sync_cluster"]
+        assert sorted(t.task_id for t in dag.tasks) == sorted(
+            f"sync_{c}.{t}" for c in m.COHORTS for t in ("shard", "total"))
+        assert len(m.COHORTS) >= 2 and m.SHARDS >= 2
+        assert m.ENGINE.startswith("ballista://") and cb.check_engine(m.ENGINE) == m.ENGINE
+        assert cron(dag) == "5 * * * *", cron(dag)
+        assert dag.catchup is False and dag.max_active_runs == 1
+        # Not both sync DAGs on the same cohorts: this one starts paused.
+        assert dag.is_paused_upon_creation is True
+        for c in m.COHORTS:
+            shard = dag.get_task(f"sync_{c}.shard")
+            assert type(shard).__name__ == "DecoratedMappedOperator", type(shard)
+            assert shard.op_kwargs_expand_input.value == {"shard": list(range(m.SHARDS))}
+            assert shard.partial_kwargs["op_kwargs"] == {"cohort": c, "shards": m.SHARDS}
+            assert dag.get_task(f"sync_{c}.total").upstream_task_ids == {f"sync_{c}.shard"}
+        for t in dag.tasks:
+            want = 0 if t.task_id.endswith(".total") else 3
+            assert t.retries == want, (t.task_id, t.retries)
+            assert t.execution_timeout == dt.timedelta(minutes=45), t.task_id
 
     @check("DagBag: the sync DAG (tasks, shards, schedule, retries)")
     def _():
@@ -489,6 +529,22 @@ if airflow is not None:
                 + [f"--config /srv/cohorts/cohort-bridge.toml sync {c} --shard {k}/{n} "
                    f"--at {AT.isoformat()}" for c in sync_module.SHARDED_COHORTS
                    for k in range(n)])
+            got = sorted(c.split(" key=")[0] for c in calls)
+            assert got == want, (got, want)
+            assert all(c.endswith("key=pk-from-variable secret=cs-from-variable")
+                       for c in calls), calls
+
+        @check("dag.test: the cluster DAG, every cohort in shards through --engine ballista://")
+        def _():
+            import cohort_bridge_sync_cluster as m
+            os.environ["FAKE_CODES"] = ""
+            dr, states, calls = dag_test(bag.dags["cohort_bridge_sync_cluster"], AT)
+            assert str(getattr(dr.state, "value", dr.state)) == "success", (dr.state, states)
+            assert set(states.values()) == {"success"}, states
+            n = m.SHARDS
+            want = sorted(
+                f"--engine {m.ENGINE} --config /srv/cohorts/cohort-bridge.toml sync {c} "
+                f"--shard {k}/{n} --at {AT.isoformat()}" for c in m.COHORTS for k in range(n))
             got = sorted(c.split(" key=")[0] for c in calls)
             assert got == want, (got, want)
             assert all(c.endswith("key=pk-from-variable secret=cs-from-variable")
