@@ -24,6 +24,15 @@ pub struct EngineConfig {
     pub spill_dir: Option<PathBuf>,
     /// Partitions (threads) a query runs in. Default: one per core.
     pub target_partitions: Option<usize>,
+    /// The longest a query may take on a Ballista cluster before it is abandoned with an error
+    /// (an executor lost at the wrong moment can leave Ballista 55's scheduler waiting
+    /// forever). Default 1 h. Local queries are not bounded.
+    #[serde(default = "default_query_timeout", deserialize_with = "super::units::de_duration")]
+    pub query_timeout: std::time::Duration,
+}
+
+fn default_query_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
 }
 
 fn default_memory_limit() -> u64 {
@@ -105,6 +114,7 @@ impl Default for EngineConfig {
             memory_limit: default_memory_limit(),
             spill_dir: None,
             target_partitions: None,
+            query_timeout: default_query_timeout(),
         }
     }
 }

@@ -296,6 +296,12 @@ impl Config {
             self.state.lock_ttl,
             Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
         );
+        within(
+            &mut out,
+            "engine.query_timeout",
+            self.engine.query_timeout,
+            Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600),
+        );
         if self.engine.target_partitions.is_some_and(|n| n > 1024) {
             out.push("engine.target_partitions: must be between 1 and 1024".to_string());
         }

@@ -139,6 +139,19 @@ impl Lake {
             .engine
             .engine()
             .map_err(|e| Error::config(config.file.clone(), format!("engine.url: {e}")))?;
+        let cpu = match &engine {
+            Engine::Local => CpuRuntime::new(),
+            Engine::Ballista { host, port } => CpuRuntime::new().bounded(
+                config.engine.query_timeout,
+                format!(
+                    "the Ballista cluster at {host}:{port} did not finish the query within \
+                     engine.query_timeout ({}); it was abandoned. An executor lost mid-query can \
+                     leave the scheduler waiting forever (docs/upstream/): look at the \
+                     scheduler's log, and rerun",
+                    crate::config::human_duration(config.engine.query_timeout)
+                ),
+            ),
+        };
         let ctx = match engine {
             Engine::Local => SessionContext::new_with_config_rt(session, runtime),
             #[cfg(feature = "ballista")]
@@ -154,7 +167,7 @@ impl Lake {
             location,
             state,
             ctx,
-            cpu: Arc::new(CpuRuntime::new()),
+            cpu: Arc::new(cpu),
             memory_hint: format!(
                 "the query needs more memory than `engine.memory_limit` ({} MiB) in {} allows \
                  (operators that cannot spill, such as a hash join's build side, must fit in \

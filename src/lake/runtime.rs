@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 
 pub struct CpuRuntime {
     runtime: Option<tokio::runtime::Runtime>,
+    /// The longest a query may run (`engine.query_timeout`, on a Ballista cluster), with what
+    /// to say when it is reached.
+    bound: Option<(std::time::Duration, String)>,
 }
 
 impl CpuRuntime {
@@ -21,7 +24,14 @@ impl CpuRuntime {
             .expect("cannot start the query runtime (out of threads?)");
         CpuRuntime {
             runtime: Some(runtime),
+            bound: None,
         }
+    }
+
+    /// Every `run` fails with `why` after `limit` (the task is abandoned).
+    pub fn bounded(mut self, limit: std::time::Duration, why: String) -> Self {
+        self.bound = Some((limit, why));
+        self
     }
 
     /// Runs `fut` on the query runtime and waits for it from any runtime.
@@ -35,9 +45,19 @@ impl CpuRuntime {
             .as_ref()
             .ok_or_else(|| Error::Internal("query runtime already shut down".into()))?
             .spawn(fut);
-        handle
-            .await
-            .map_err(|e| Error::Internal(format!("query task failed: {e}")))
+        let Some((limit, why)) = &self.bound else {
+            return handle
+                .await
+                .map_err(|e| Error::Internal(format!("query task failed: {e}")));
+        };
+        let abort = handle.abort_handle();
+        match tokio::time::timeout(*limit, handle).await {
+            Ok(done) => done.map_err(|e| Error::Internal(format!("query task failed: {e}"))),
+            Err(_) => {
+                abort.abort();
+                Err(Error::query(why.clone()))
+            }
+        }
     }
 }
 
