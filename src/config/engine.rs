@@ -27,7 +27,10 @@ pub struct EngineConfig {
     /// The longest a query may take on a Ballista cluster before it is abandoned with an error
     /// (an executor lost at the wrong moment can leave Ballista 55's scheduler waiting
     /// forever). Default 1 h. Local queries are not bounded.
-    #[serde(default = "default_query_timeout", deserialize_with = "super::units::de_duration")]
+    #[serde(
+        default = "default_query_timeout",
+        deserialize_with = "super::units::de_duration"
+    )]
     pub query_timeout: std::time::Duration,
 }
 
