@@ -258,6 +258,24 @@ pub fn refused_kind(destination: &str, what: &str, key: &str, takes: &str) -> cr
     )
 }
 
+/// A cohort for the kinds' unit tests: `c` (its SQL `c.sql`), delivered to `destination` as
+/// `cohort_id` named `display_name`, the default identifiers, no holdout.
+#[cfg(test)]
+pub(crate) fn test_cohort(destination: &str, cohort_id: &str, display_name: &str) -> Cohort {
+    Cohort {
+        name: "c".into(),
+        sql_file: "c.sql".into(),
+        destination: destination.into(),
+        cohort_id: cohort_id.into(),
+        display_name: display_name.into(),
+        holdout: crate::config::HoldoutShare {
+            share: 0.0,
+            salt: cohort_id.into(),
+        },
+        identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
+    }
+}
+
 /// `e` with `hint` after the partner's message when it is a refusal with one of `statuses` (a
 /// refused key: 401, 403): what the user can do about it (`Destination::explain`).
 pub fn explained(

@@ -315,18 +315,7 @@ mod tests {
     }
 
     fn cohort() -> Cohort {
-        Cohort {
-            name: "c".into(),
-            sql_file: "c.sql".into(),
-            destination: "cio".into(),
-            cohort_id: "c".into(),
-            display_name: "C".into(),
-            holdout: crate::config::HoldoutShare {
-                share: 0.0,
-                salt: "c".into(),
-            },
-            identifiers: identity::DEFAULT_PRIORITY.to_vec(),
-        }
+        crate::destinations::test_cohort("cio", "c", "C")
     }
 
     fn cio(extra: &str) -> Customerio {

@@ -388,18 +388,7 @@ mod tests {
     }
 
     fn cohort() -> Cohort {
-        Cohort {
-            name: "c".into(),
-            sql_file: "c.sql".into(),
-            destination: "it".into(),
-            cohort_id: "c".into(),
-            display_name: "C".into(),
-            holdout: crate::config::HoldoutShare {
-                share: 0.0,
-                salt: "c".into(),
-            },
-            identifiers: crate::cohort::identity::DEFAULT_PRIORITY.to_vec(),
-        }
+        crate::destinations::test_cohort("it", "c", "C")
     }
 
     fn iterable(extra: &str) -> Iterable {
