@@ -1,7 +1,10 @@
 //! Plain objects: created only if absent, deleted if there, copied byte for byte.
 
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::ids::Sink;
 
 use crate::error::{Error, Result};
 
@@ -34,17 +37,25 @@ pub async fn delete_if_exists(store: &dyn ObjectStore, path: &Path) -> Result<()
 
 /// Copies an object (read, then write; every store can). Not `ObjectStore::copy`: on a local
 /// filesystem that is a hard link, and a replica sharing the snapshot's inode protects nothing.
+/// The bytes stream through in parts (a multipart upload past `ids::PART`), so copying a
+/// 10M-id snapshot holds a part or two, not the object.
 pub async fn copy(store: &dyn ObjectStore, from: &Path, to: &Path) -> Result<()> {
-    let bytes = store
+    let mut chunks = store
         .get(from)
         .await
         .map_err(|e| Error::storage_at(from, e))?
-        .bytes()
-        .await
-        .map_err(|e| Error::storage_at(from, e))?;
-    store
-        .put(to, bytes.into())
-        .await
-        .map_err(|e| Error::storage_at(to, e))?;
-    Ok(())
+        .into_stream();
+    let mut sink = Sink::new(to.clone(), super::ids::PART);
+    let copied = async {
+        while let Some(chunk) = chunks.next().await {
+            sink.push(store, chunk.map_err(|e| Error::storage_at(from, e))?)
+                .await?;
+        }
+        sink.finish(store).await
+    }
+    .await;
+    if copied.is_err() {
+        sink.abort().await;
+    }
+    copied
 }
