@@ -154,6 +154,7 @@ pub async fn members_of(
             }
             e => lake.query_error(&origin, e),
         })?;
+    tracing::debug!(origin = %origin, "query read; sorting its ids");
     let contacts = identifiers
         .iter()
         .any(|k| matches!(k, identity::Kind::Email | identity::Kind::Phone));
