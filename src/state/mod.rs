@@ -367,13 +367,21 @@ impl CohortState {
         &self,
         pointer: Option<&Pointer>,
     ) -> Result<Arc<datafusion::arrow::array::StringArray>> {
+        let base = self.base(pointer).await?;
+        Ok(crate::parallel::on_rayon(move || base.materialize()).await)
+    }
+
+    /// The committed membership as its snapshot and the net change of the pointer's deltas,
+    /// not applied (`diff::Base`), its member count checked against the pointer's.
+    pub async fn base(&self, pointer: Option<&Pointer>) -> Result<crate::cohort::diff::Base> {
+        use crate::cohort::diff::Base;
         let Some(p) = pointer else {
-            return Ok(Arc::new(datafusion::arrow::array::StringArray::from(
-                Vec::<&str>::new(),
+            return Ok(Base::whole(Arc::new(
+                datafusion::arrow::array::StringArray::from(Vec::<&str>::new()),
             )));
         };
         if p.deltas.is_empty() {
-            return self.ids(&p.snapshot).await;
+            return Ok(Base::whole(self.ids(&p.snapshot).await?));
         }
         let (base, changes) = futures::try_join!(self.ids(&p.snapshot), async {
             let mut changes = Vec::with_capacity(p.deltas.len());
@@ -384,10 +392,9 @@ impl CohortState {
         })?;
         let members = crate::parallel::on_rayon(move || {
             let (adds, removes) = crate::cohort::diff::net(&changes);
-            crate::cohort::diff::apply(&base, &adds, &removes)
+            Base::with_changes(base, Arc::new(adds), Arc::new(removes))
         })
         .await;
-        use datafusion::arrow::array::Array as _;
         if members.len() as u64 != p.members {
             return Err(self.unreadable(
                 &self.path(paths::POINTER),
@@ -400,7 +407,7 @@ impl CohortState {
                 "repair",
             ));
         }
-        Ok(Arc::new(members))
+        Ok(members)
     }
 
     /// Runs with a full snapshot (file stems, replicas folded in), with the newest

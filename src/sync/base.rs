@@ -1,13 +1,11 @@
 //! The base of a change: the committed membership this run diffs against, its own (under the
 //! current partner identity) or the one it adopts from another layout (`layout`).
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::StringArray;
 use tracing::info;
 
 use super::Run;
 use super::layout::Layout;
+use crate::cohort::diff::Base;
 use crate::error::Result;
 use crate::state::Pointer;
 
@@ -22,7 +20,7 @@ impl Run<'_> {
     /// anything else touched the cohort (commit times come from the machines' clocks: keep
     /// them in sync). Otherwise, or while another layout is running or has an unfinished run,
     /// what the partner holds is unknown for some ids, and the run is refused with what to do.
-    pub(super) async fn base(&self) -> Result<(Option<Pointer>, Arc<StringArray>)> {
+    pub(super) async fn base(&self) -> Result<(Option<Pointer>, Base)> {
         let own = self.own_base().await?;
         let own_at = own.as_ref().map(|p| p.committed_at);
         let layouts = self.other_layouts().await?;
@@ -45,8 +43,8 @@ impl Run<'_> {
             .filter(|l| l.latest() > own_at)
             .max_by_key(|l| l.latest())
         else {
-            let ids = self.state.snapshot(own.as_ref()).await?;
-            return Ok((own, ids));
+            let base = self.state.base(own.as_ref()).await?;
+            return Ok((own, base));
         };
         let others = layouts
             .iter()
@@ -62,7 +60,7 @@ impl Run<'_> {
                 } else {
                     self.state.pointer().await?
                 };
-                Ok((pointer, ids))
+                Ok((pointer, Base::whole(ids)))
             }
             _ => Err(self.layout_refusal(
                 newest,

@@ -156,7 +156,7 @@ impl Run<'_> {
     async fn diff(
         &self,
         base: Option<&Pointer>,
-        snapshot: Arc<StringArray>,
+        snapshot: diff::Base,
         now: Arc<StringArray>,
     ) -> (Arc<StringArray>, Arc<StringArray>) {
         let repaired = base.is_some_and(|p| p.resend_all);
@@ -171,7 +171,7 @@ impl Run<'_> {
             (now, Arc::new(StringArray::from(Vec::<&str>::new())))
         } else {
             on_rayon(move || {
-                let d = diff::diff(&snapshot, &now);
+                let d = snapshot.diff(&now);
                 let adds = if full { now } else { Arc::new(d.adds) };
                 (adds, Arc::new(d.removes))
             })
