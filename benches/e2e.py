@@ -217,7 +217,8 @@ class Emulator:
         raise RuntimeError("the emulator did not start")
 
     def get(self, path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=60) as r:
+        # Long: at 100M members the emulator folds its log into its set when first asked.
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=900) as r:
             return json.load(r)
 
     def members(self, cohort):
