@@ -218,15 +218,12 @@ impl Collector {
     /// Sorts and de-duplicates everything the collectors hold into one array in byte order.
     /// `parts` are in partition order (an input already sorted across them is only checked).
     pub fn finish(parts: Vec<Collector>) -> Result<Sorted, String> {
-        Self::finish_split_above(parts, PARTITION_ABOVE)
+        Self::finish_split_above(parts, SPLIT_ABOVE)
     }
 
-    /// [`Collector::finish`], splitting groups of more than `partition_above` ids by their
-    /// keys' top bits before sorting them (the tests split every group).
-    fn finish_split_above(
-        mut parts: Vec<Collector>,
-        partition_above: usize,
-    ) -> Result<Sorted, String> {
+    /// [`Collector::finish`], splitting groups of more than `split_above` ids before sorting
+    /// them ([`split_group`]; the tests split every group).
+    fn finish_split_above(mut parts: Vec<Collector>, split_above: usize) -> Result<Sorted, String> {
         let rows = parts.iter().map(|p| p.rows).sum();
         let nulls = parts.iter().map(|p| p.nulls).sum();
         let empty = parts.iter().map(|p| p.empty).sum();
@@ -258,10 +255,11 @@ impl Collector {
                 n += g.iter().map(Arena::len).sum::<usize>();
                 window.push(g);
             }
-            let sorted: Vec<SortedGroup> = window
-                .into_par_iter()
-                .map(|g| sort_group_split_above(g, partition_above))
+            let window: Vec<Vec<Arena>> = window
+                .into_iter()
+                .flat_map(|g| split_group(g, split_above))
                 .collect();
+            let sorted: Vec<SortedGroup> = window.into_par_iter().map(sort_group).collect();
             duplicates += sorted.iter().map(|g| g.duplicates).sum::<usize>();
             let (byte_start, id_start) = (values.len(), offsets.len());
             values.resize(
@@ -339,43 +337,47 @@ fn key(id: &[u8], from: usize) -> u64 {
     u64::from_be_bytes(k)
 }
 
-/// Entries above which a group is split by the top bits of its keys before it is sorted.
-const PARTITION_ABOVE: usize = 1 << 16;
+/// Ids above which a group is split into smaller ones before it is sorted ([`split_group`]).
+const SPLIT_ABOVE: usize = 1 << 16;
 
-/// Reorders `entries` by the top 16 bits of their keys (a counting sort: stable, one pass to
-/// count and one to place) and returns the runs of equal top bits, in order.
-fn partition(entries: &mut Vec<(u64, u64)>) -> Vec<&mut [(u64, u64)]> {
-    const BUCKETS: usize = 1 << 16;
-    let top = |e: &(u64, u64)| (e.0 >> 48) as usize;
-    let mut starts = vec![0usize; BUCKETS + 1];
-    for e in entries.iter() {
-        starts[top(e) + 1] += 1;
+/// Splits a group of more than `above` ids into groups by the two bytes after the prefix all
+/// its ids share (a missing byte as 0, as [`group_of`]), so the groups stay ranges of byte
+/// order. Ids that share their first two bytes — `u` + digits: ten groups of 10M ids at 100M
+/// members — otherwise sort and, worse, are copied out in sorted order from 110 MB of arena
+/// each, a cache miss per id (7 s of a 13 s cohort). The copy here reads the arenas in order.
+fn split_group(group: Vec<Arena>, above: usize) -> Vec<Vec<Arena>> {
+    let len: usize = group.iter().map(Arena::len).sum();
+    if len <= above || len == 0 {
+        return vec![group];
     }
-    for b in 0..BUCKETS {
-        starts[b + 1] += starts[b];
+    let ids = || {
+        group
+            .iter()
+            .flat_map(|arena| (0..arena.len()).map(move |i| arena.get(i)))
+    };
+    let first = group.iter().find(|a| a.len() > 0).map(|a| a.get(0));
+    let first = first.unwrap_or_default();
+    let common = ids().fold(first.len(), |n, id| {
+        n.min(
+            id.iter()
+                .zip(&first[..n])
+                .take_while(|(a, b)| a == b)
+                .count(),
+        )
+    });
+    let mut parts: Vec<Option<Arena>> = (0..GROUPS).map(|_| None).collect();
+    for id in ids() {
+        let at = |k: usize| id.get(common + k).copied().unwrap_or(0) as usize;
+        parts[at(0) << 8 | at(1)]
+            .get_or_insert_with(Arena::default)
+            .push(id)
+            .expect("an id of the group it came from");
     }
-    let mut next = starts.clone();
-    let mut placed = vec![(0u64, 0u64); entries.len()];
-    for e in entries.iter() {
-        let b = top(e);
-        placed[next[b]] = *e;
-        next[b] += 1;
-    }
-    *entries = placed;
-    let mut pieces = Vec::new();
-    let mut rest = entries.as_mut_slice();
-    for b in 0..BUCKETS {
-        let len = starts[b + 1] - starts[b];
-        if len > 0 {
-            let (piece, tail) = rest.split_at_mut(len);
-            pieces.push(piece);
-            rest = tail;
-        }
-    }
-    pieces
+    drop(group);
+    parts.into_iter().flatten().map(|a| vec![a]).collect()
 }
 
-fn sort_group_split_above(arenas: Vec<Arena>, partition_above: usize) -> SortedGroup {
+fn sort_group(arenas: Vec<Arena>) -> SortedGroup {
     let before: usize = arenas.iter().map(Arena::len).sum();
     let locs = || {
         arenas
@@ -413,17 +415,7 @@ fn sort_group_split_above(arenas: Vec<Arena>, partition_above: usize) -> SortedG
             a.0.cmp(&b.0)
                 .then_with(|| id(a.1)[common..].cmp(&id(b.1)[common..]))
         };
-        if entries.len() > partition_above {
-            // A big group (ids sharing their first two bytes, as `u` + digits do: ten groups
-            // of a 100M cohort held 10M ids each, and one sort of 160 MB of entries ran out of
-            // cache, 6 s of the 13): split it by the key's top 16 bits first, then sort the
-            // pieces, each in cache, in parallel. Pieces are in key order, so the result is the
-            // same order.
-            let mut pieces = partition(&mut entries);
-            pieces
-                .par_iter_mut()
-                .for_each(|p| p.sort_unstable_by(order));
-        } else if entries.len() > WINDOW / 8 {
+        if entries.len() > WINDOW / 8 {
             entries.par_sort_unstable_by(order);
         } else {
             entries.sort_unstable_by(order);
@@ -480,8 +472,8 @@ mod tests {
 
     fn check(columns: &[StringArray]) {
         let (want, empty, dups) = reference(columns);
-        // As a cohort sorts, and with every group split by its keys' top bits first (the path
-        // of groups over `PARTITION_ABOVE` ids).
+        // As a cohort sorts, and with every group split first (the path of groups over
+        // `SPLIT_ABOVE` ids).
         let split_all = || {
             let mut collector = Collector::new();
             for c in columns {
