@@ -217,13 +217,7 @@ impl Collector {
 
     /// Sorts and de-duplicates everything the collectors hold into one array in byte order.
     /// `parts` are in partition order (an input already sorted across them is only checked).
-    pub fn finish(parts: Vec<Collector>) -> Result<Sorted, String> {
-        Self::finish_split_above(parts, SPLIT_ABOVE)
-    }
-
-    /// [`Collector::finish`], splitting groups of more than `split_above` ids before sorting
-    /// them ([`split_group`]; the tests split every group).
-    fn finish_split_above(mut parts: Vec<Collector>, split_above: usize) -> Result<Sorted, String> {
+    pub fn finish(mut parts: Vec<Collector>) -> Result<Sorted, String> {
         let rows = parts.iter().map(|p| p.rows).sum();
         let nulls = parts.iter().map(|p| p.nulls).sum();
         let empty = parts.iter().map(|p| p.empty).sum();
@@ -255,10 +249,6 @@ impl Collector {
                 n += g.iter().map(Arena::len).sum::<usize>();
                 window.push(g);
             }
-            let window: Vec<Vec<Arena>> = window
-                .into_iter()
-                .flat_map(|g| split_group(g, split_above))
-                .collect();
             let sorted: Vec<SortedGroup> = window.into_par_iter().map(sort_group).collect();
             duplicates += sorted.iter().map(|g| g.duplicates).sum::<usize>();
             let (byte_start, id_start) = (values.len(), offsets.len());
@@ -335,46 +325,6 @@ fn key(id: &[u8], from: usize) -> u64 {
         k[..n].copy_from_slice(&rest[..n]);
     }
     u64::from_be_bytes(k)
-}
-
-/// Ids above which a group is split into smaller ones before it is sorted ([`split_group`]).
-const SPLIT_ABOVE: usize = 1 << 16;
-
-/// Splits a group of more than `above` ids into groups by the two bytes after the prefix all
-/// its ids share (a missing byte as 0, as [`group_of`]), so the groups stay ranges of byte
-/// order. Ids that share their first two bytes — `u` + digits: ten groups of 10M ids at 100M
-/// members — otherwise sort and, worse, are copied out in sorted order from 110 MB of arena
-/// each, a cache miss per id (7 s of a 13 s cohort). The copy here reads the arenas in order.
-fn split_group(group: Vec<Arena>, above: usize) -> Vec<Vec<Arena>> {
-    let len: usize = group.iter().map(Arena::len).sum();
-    if len <= above || len == 0 {
-        return vec![group];
-    }
-    let ids = || {
-        group
-            .iter()
-            .flat_map(|arena| (0..arena.len()).map(move |i| arena.get(i)))
-    };
-    let first = group.iter().find(|a| a.len() > 0).map(|a| a.get(0));
-    let first = first.unwrap_or_default();
-    let common = ids().fold(first.len(), |n, id| {
-        n.min(
-            id.iter()
-                .zip(&first[..n])
-                .take_while(|(a, b)| a == b)
-                .count(),
-        )
-    });
-    let mut parts: Vec<Option<Arena>> = (0..GROUPS).map(|_| None).collect();
-    for id in ids() {
-        let at = |k: usize| id.get(common + k).copied().unwrap_or(0) as usize;
-        parts[at(0) << 8 | at(1)]
-            .get_or_insert_with(Arena::default)
-            .push(id)
-            .expect("an id of the group it came from");
-    }
-    drop(group);
-    parts.into_iter().flatten().map(|a| vec![a]).collect()
 }
 
 fn sort_group(arenas: Vec<Arena>) -> SortedGroup {
@@ -472,21 +422,11 @@ mod tests {
 
     fn check(columns: &[StringArray]) {
         let (want, empty, dups) = reference(columns);
-        // As a cohort sorts, and with every group split first (the path of groups over
-        // `SPLIT_ABOVE` ids).
-        let split_all = || {
-            let mut collector = Collector::new();
-            for c in columns {
-                collector.push(c).unwrap();
-            }
-            Collector::finish_split_above(vec![collector], 0).unwrap()
-        };
-        for got in [distinct_sorted_ids(columns), split_all()] {
-            let ids: Vec<&str> = got.ids.iter().flatten().collect();
-            assert_eq!(ids, want);
-            assert_eq!((got.empty, got.duplicates), (empty, dups));
-            assert_eq!(got.ids.null_count(), 0);
-        }
+        let got = distinct_sorted_ids(columns);
+        let ids: Vec<&str> = got.ids.iter().flatten().collect();
+        assert_eq!(ids, want);
+        assert_eq!((got.empty, got.duplicates), (empty, dups));
+        assert_eq!(got.ids.null_count(), 0);
     }
 
     fn split(ids: &[Option<String>], cuts: &[usize]) -> Vec<StringArray> {
