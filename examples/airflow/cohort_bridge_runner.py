@@ -153,6 +153,27 @@ def sync_argv(cohort: str, at: str, shard: Optional[tuple] = None, *, binary: st
     return argv + ["--at", at]
 
 
+# A sync DAG's `default_args`. Exit 1 (transient) and 5 (lock held) are retried; 2 and 4 never
+# are (AirflowFailException). A constant delay: `retry_exponential_backoff` is a flag in Airflow 2
+# but a multiplier in 3.3 (True = 1 = constant). Three tries 5 minutes apart outlast a dead run's
+# lock (10 min). A killed run resumes at its next try; the whole slot stays under the hour.
+SYNC_DEFAULT_ARGS = {
+    "owner": "data-platform",
+    "retries": 3,
+    "retry_delay": _dt.timedelta(minutes=5),
+    "execution_timeout": _dt.timedelta(minutes=45),
+}
+
+
+def logical_time(context: Mapping) -> str:
+    """A task's `--at`: the slot's data_interval_end, else its logical date, else now (UTC)."""
+    for key in ("data_interval_end", "logical_date"):
+        t = context.get(key)
+        if t is not None:
+            return t.isoformat()
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
 def check_engine(engine: str) -> str:
     """`local` or `ballista://HOST:PORT`, as `--engine` takes it; anything else is a ValueError
     when the DAG file is parsed rather than exit 2 in every task."""

@@ -33,25 +33,7 @@ COHORTS = ["paid_active_30d", "sessions_without_offline"]
 SHARDED_COHORTS = ["active_30d"]
 SHARDS = 4  # change it only after an hour in which every shard succeeded (README.md)
 
-DEFAULT_ARGS = {
-    "owner": "data-platform",
-    # Exit 1 (transient) and 5 (lock held) are retried; 2 and 4 never are (AirflowFailException).
-    # A constant delay: `retry_exponential_backoff` is a flag in Airflow 2 but a multiplier in
-    # 3.3 (True = 1 = constant). Three tries 5 minutes apart outlast a dead run's lock (10 min).
-    "retries": 3,
-    "retry_delay": timedelta(minutes=5),
-    # A killed run resumes at its next try; keep the whole slot under the hour.
-    "execution_timeout": timedelta(minutes=45),
-}
-
-
-def _at(context) -> str:
-    """The slot's logical time: data_interval_end, else the logical date, else now."""
-    for key in ("data_interval_end", "logical_date"):
-        t = context.get(key)
-        if t is not None:
-            return t.isoformat()
-    return datetime.now(timezone.utc).isoformat()
+DEFAULT_ARGS = dict(cb.SYNC_DEFAULT_ARGS)
 
 
 def _secrets() -> dict:
@@ -61,14 +43,14 @@ def _secrets() -> dict:
 @task
 def sync(cohort: str, **context):
     """One cohort, unsharded."""
-    return cb.run(cb.sync_argv(cohort, _at(context)), env=_secrets(),
+    return cb.run(cb.sync_argv(cohort, cb.logical_time(context)), env=_secrets(),
                   extra={"cohort": cohort, "shard": None})
 
 
 @task
 def sync_shard(cohort: str, shard: int, shards: int, **context):
     """Shard `shard` of `shards` of a big cohort; one mapped task instance per shard."""
-    return cb.run(cb.sync_argv(cohort, _at(context), shard=(shard, shards)), env=_secrets(),
+    return cb.run(cb.sync_argv(cohort, cb.logical_time(context), shard=(shard, shards)), env=_secrets(),
                   extra={"cohort": cohort, "shard": shard})
 
 

@@ -35,29 +35,14 @@ ENGINE = cb.check_engine("ballista://cohort-bridge-scheduler:50050")
 COHORTS = ["paid_active_30d", "sessions_without_offline", "active_30d"]
 SHARDS = 4  # change it only after an hour in which every shard succeeded (README.md)
 
-DEFAULT_ARGS = {
-    "owner": "data-platform",
-    # As cohort_bridge_sync.py: exit 1 and 5 retried, 2 and 4 never (AirflowFailException).
-    "retries": 3,
-    "retry_delay": timedelta(minutes=5),
-    "execution_timeout": timedelta(minutes=45),
-}
-
-
-def _at(context) -> str:
-    """The slot's logical time: data_interval_end, else the logical date, else now."""
-    for key in ("data_interval_end", "logical_date"):
-        t = context.get(key)
-        if t is not None:
-            return t.isoformat()
-    return datetime.now(timezone.utc).isoformat()
+DEFAULT_ARGS = dict(cb.SYNC_DEFAULT_ARGS)  # as cohort_bridge_sync.py
 
 
 @task
 def sync_shard(cohort: str, shard: int, shards: int, **context):
     """Shard `shard` of `shards` of a cohort, its query on the cluster."""
     env = cb.secret_env(lambda name: Variable.get(name, None))
-    argv = cb.sync_argv(cohort, _at(context), shard=(shard, shards), engine=ENGINE)
+    argv = cb.sync_argv(cohort, cb.logical_time(context), shard=(shard, shards), engine=ENGINE)
     return cb.run(argv, env=env, extra={"cohort": cohort, "shard": shard})
 
 

@@ -15,28 +15,36 @@ pub struct Diff {
 
 /// Both inputs must be sorted by bytes and distinct (as `Members::ids` and snapshots are).
 pub fn diff(before: &StringArray, now: &StringArray) -> Diff {
+    diff_walk((0..before.len()).map(|i| before.value(i)), now)
+}
+
+/// [`diff`] of a membership given as ids in order (`Base` walks its deltas unapplied).
+fn diff_walk<'a>(before: impl Iterator<Item = &'a str>, now: &StringArray) -> Diff {
     let mut adds = StringBuilder::new();
     let mut removes = StringBuilder::new();
-    let (mut i, mut j) = (0, 0);
-    while i < before.len() && j < now.len() {
-        let (b, n) = (before.value(i), now.value(j));
+    let mut before = before.peekable();
+    let mut j = 0;
+    while j < now.len()
+        && let Some(&b) = before.peek()
+    {
+        let n = now.value(j);
         match b.cmp(n) {
             Ordering::Less => {
                 removes.append_value(b);
-                i += 1;
+                before.next();
             }
             Ordering::Greater => {
                 adds.append_value(n);
                 j += 1;
             }
             Ordering::Equal => {
-                i += 1;
+                before.next();
                 j += 1;
             }
         }
     }
-    for k in i..before.len() {
-        removes.append_value(before.value(k));
+    for b in before {
+        removes.append_value(b);
     }
     for k in j..now.len() {
         adds.append_value(now.value(k));
@@ -185,43 +193,7 @@ impl Base {
 
     /// The change from this membership to `now` (sorted, distinct), as [`diff`].
     pub fn diff(&self, now: &StringArray) -> Diff {
-        if !self.has_changes() {
-            return diff(&self.snapshot, now);
-        }
-        let mut adds = StringBuilder::new();
-        let mut removes = StringBuilder::new();
-        let mut before = Applied::new(&self.snapshot, &self.adds, &self.removes).peekable();
-        let mut j = 0;
-        while let Some(&b) = before.peek() {
-            if j == now.len() {
-                break;
-            }
-            let n = now.value(j);
-            match b.cmp(n) {
-                Ordering::Less => {
-                    removes.append_value(b);
-                    before.next();
-                }
-                Ordering::Greater => {
-                    adds.append_value(n);
-                    j += 1;
-                }
-                Ordering::Equal => {
-                    before.next();
-                    j += 1;
-                }
-            }
-        }
-        for b in before {
-            removes.append_value(b);
-        }
-        for k in j..now.len() {
-            adds.append_value(now.value(k));
-        }
-        Diff {
-            adds: adds.finish(),
-            removes: removes.finish(),
-        }
+        diff_walk(Applied::new(&self.snapshot, &self.adds, &self.removes), now)
     }
 }
 

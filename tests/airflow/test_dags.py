@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # leave no __pycache__ in examples/airflow/
@@ -54,23 +53,8 @@ sys.path.insert(0, str(DAGS))
 
 import cohort_bridge_runner as cb  # noqa: E402
 
-PASSED, FAILED = [], []
-
-
-def check(name):
-    def wrap(fn):
-        started = time.monotonic()
-        try:
-            fn()
-        except Exception:
-            FAILED.append(name)
-            print(f"FAIL {name}\n" + "".join("    " + line for line in
-                                             traceback.format_exc().splitlines(True)))
-        else:
-            PASSED.append(name)
-            print(f"ok   {name} ({time.monotonic() - started:.1f}s)")
-        return fn
-    return wrap
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checks import check, finish  # noqa: E402  (tests/checks.py)
 
 
 def expect_raises(exc_type, fn, *args, **kwargs):
@@ -600,5 +584,4 @@ else:
           "run, only the Airflow-free ones (tests/airflow/run.sh installs Airflow in a venv)")
 
 shutil.rmtree(TMP, ignore_errors=True)
-print(f"{len(PASSED)} passed, {len(FAILED)} failed")
-sys.exit(1 if FAILED else 0)
+finish()

@@ -18,9 +18,8 @@ tests/deploy/test_manifests.py` (needs PyYAML; tests/deploy/run.sh finds a pytho
 
 The binary: $COHORT_BRIDGE_TEST_BIN, else $CARGO_TARGET_DIR/debug/cohort-bridge, else
 ~/.cache/cohort-bridge/target/debug/cohort-bridge (CI runs this after `cargo test
---all-features`, which builds it). Its `cluster` subcommand is read from `--help` when the
-binary has it; a binary without it is checked against the flags announced for it (CLUSTER
-below) and says so. Prints `N passed, M failed` last; exits non-zero on any failure.
+--all-features`, which builds it); its `cluster` subcommands are read from their `--help`.
+Prints `N passed, M failed` last; exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -33,9 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
-import traceback
 from pathlib import Path
 
 import yaml
@@ -48,30 +45,8 @@ PROJECT = DEPLOY / "project"
 AIRFLOW = ROOT / "examples" / "airflow"
 TMP = Path(tempfile.mkdtemp(prefix="cohort-bridge-deploy-test-"))
 
-# `cohort-bridge cluster …` as announced for issue 30, used only while the binary lacks it.
-CLUSTER = {
-    "scheduler": {"--bind": True, "--port": True},
-    "executor": {"--scheduler": True, "--bind": True, "--port": True, "--concurrency": True,
-                 "--work-dir": True},
-}
-
-PASSED, FAILED = [], []
-
-
-def check(name):
-    def wrap(fn):
-        started = time.monotonic()
-        try:
-            fn()
-        except Exception:
-            FAILED.append(name)
-            print(f"FAIL {name}\n" + "".join("    " + line for line in
-                                             traceback.format_exc().splitlines(True)))
-        else:
-            PASSED.append(name)
-            print(f"ok   {name} ({time.monotonic() - started:.1f}s)")
-        return fn
-    return wrap
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checks import check, finish  # noqa: E402  (tests/checks.py)
 
 
 def load_all(path):
@@ -227,7 +202,6 @@ def find_binary():
 
 BIN = find_binary()
 _HELP = {}
-ANNOUNCED_CLUSTER = []  # non-empty: the binary has no `cluster`; CLUSTER stands in for it
 
 
 def help_of(path):
@@ -236,15 +210,9 @@ def help_of(path):
     key = tuple(path)
     if key in _HELP:
         return _HELP[key]
-    if path[:1] == ["cluster"] and ANNOUNCED_CLUSTER:
-        spec = announced_cluster(path)
-    else:
-        out = subprocess.run([BIN, *path, "--help"], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, (path, out.stderr)
-        spec = parse_help(out.stdout)
-        if not path and "cluster" not in spec["commands"]:
-            ANNOUNCED_CLUSTER.append(True)
-            spec["commands"].add("cluster")
+    out = subprocess.run([BIN, *path, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (path, out.stderr)
+    spec = parse_help(out.stdout)
     _HELP[key] = spec
     return spec
 
@@ -271,16 +239,6 @@ def parse_help(text):
                 if m.group(1):
                     flags[m.group(1)] = (takes, values)
     return {"commands": commands, "flags": flags, "positionals": positionals}
-
-
-def announced_cluster(path):
-    top = help_of([])["flags"]
-    globals_ = {f: top[f] for f in ("--config", "--log-format", "--engine") if f in top}
-    base = {"--help": (False, None), "-h": (False, None), **globals_}
-    if path == ["cluster"]:
-        return {"commands": set(CLUSTER), "flags": base, "positionals": False}
-    flags = {f: (v, None) for f, v in CLUSTER[path[1]].items()}
-    return {"commands": set(), "flags": {**base, **flags}, "positionals": False}
 
 
 ENGINE_RE = re.compile(r"local|ballista://[A-Za-z0-9.-]+:\d{1,5}")
@@ -359,9 +317,7 @@ def dag_constant(path, name):
 if BIN:
     version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()
     help_of([])
-    print(f"binary: {BIN} ({version}); `cluster` "
-          + ("read from its --help" if not ANNOUNCED_CLUSTER else
-             "NOT in this binary: checked against the announced flags (CLUSTER)"))
+    print(f"binary: {BIN} ({version})")
 
     @check("the binary is built with the ballista feature, like the image")
     def _():
@@ -601,5 +557,4 @@ if BIN:
 
 
 shutil.rmtree(TMP, ignore_errors=True)
-print(f"{len(PASSED)} passed, {len(FAILED)} failed")
-sys.exit(1 if FAILED else 0)
+finish()

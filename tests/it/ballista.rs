@@ -159,17 +159,20 @@ pub(crate) fn every_query_on(engine: &str) {
     }
 }
 
-#[test]
-fn a_cohort_synced_through_ballista_reaches_the_partner_exactly() {
-    let cluster = Cluster::start();
-    let partner = Partner::plain();
-    let project = Project::new(
+/// A project whose one cohort, `active`, is `ACTIVE_7D`, delivering to `partner`.
+pub fn active_project(partner: &Partner) -> Project {
+    Project::new(
         &partner.handle.base_url(),
         "batch_size = 500\nrequests_per_second = 5000",
         &[("active", ACTIVE_7D)],
-    );
+    )
+}
+
+/// Syncs `active_project`'s cohort with its query on `engine`: the partner holds exactly its
+/// members.
+pub fn sync_is_exact_on(engine: &str, project: &Project, partner: &Partner) {
     let summary = project
-        .run(&["--engine", &cluster.engine(), "sync", "active", "--at", T1])
+        .run(&["--engine", engine, "sync", "active", "--at", T1])
         .summary();
     let expected = active_7d(T1);
     assert_eq!(summary["members"], expected.len() as u64);
@@ -177,6 +180,13 @@ fn a_cohort_synced_through_ballista_reaches_the_partner_exactly() {
         partner.members("active") == expected,
         "the partner holds a different set"
     );
+}
+
+#[test]
+fn a_cohort_synced_through_ballista_reaches_the_partner_exactly() {
+    let cluster = Cluster::start();
+    let partner = Partner::plain();
+    sync_is_exact_on(&cluster.engine(), &active_project(&partner), &partner);
 }
 
 #[test]

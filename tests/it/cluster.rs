@@ -9,7 +9,6 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::incremental::{ACTIVE_7D, T1, active_7d};
 use crate::support::*;
 
 /// A free loopback port (and the next one, an executor's task port), as far as one can tell.
@@ -131,11 +130,7 @@ fn a_cluster_of_separate_processes_runs_every_query_plans_every_cohort_and_syncs
 
     // `check` plans every cohort through the cluster.
     let partner = Partner::plain();
-    let project = Project::new(
-        &partner.handle.base_url(),
-        "batch_size = 500\nrequests_per_second = 5000",
-        &[("active", ACTIVE_7D)],
-    );
+    let project = crate::ballista::active_project(&partner);
     let check = project.run(&["--engine", &engine, "check"]);
     assert_eq!(check.code(), 0, "{}", check.stderr());
     assert!(
@@ -145,15 +140,7 @@ fn a_cluster_of_separate_processes_runs_every_query_plans_every_cohort_and_syncs
     );
 
     // A cohort synced through the cluster reaches the partner exactly.
-    let summary = project
-        .run(&["--engine", &engine, "sync", "active", "--at", T1])
-        .summary();
-    let expected = active_7d(T1);
-    assert_eq!(summary["members"], expected.len() as u64);
-    assert!(
-        partner.members("active") == expected,
-        "the partner holds a different set"
-    );
+    crate::ballista::sync_is_exact_on(&engine, &project, &partner);
 }
 
 /// A query heavy enough to be running when an executor dies (~1.5 s on two cores, debug): every
