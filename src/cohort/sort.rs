@@ -217,7 +217,97 @@ impl Collector {
 
     /// Sorts and de-duplicates everything the collectors hold into one array in byte order.
     /// `parts` are in partition order (an input already sorted across them is only checked).
-    pub fn finish(mut parts: Vec<Collector>) -> Result<Sorted, String> {
+    pub fn finish(parts: Vec<Collector>) -> Result<Sorted, String> {
+        // Sized once (duplicates included): no doubling copies of hundreds of megabytes.
+        let arenas = || parts.iter().flat_map(|p| p.groups.iter().flatten());
+        let bytes: usize = arenas().map(|a| a.bytes()).sum();
+        let total: usize = arenas().map(|a| a.len()).sum();
+        if i32::try_from(bytes).is_err() {
+            return Err("the ids of a cohort exceed 2 GiB".into());
+        }
+        let mut values: Vec<u8> = Vec::with_capacity(bytes);
+        let mut offsets: Vec<i32> = Vec::with_capacity(total + 1);
+        offsets.push(0);
+        let counts = Self::sort_windows(parts, |sorted| {
+            let pieces = pieces(sorted, usize::MAX);
+            let bytes: usize = pieces.iter().map(|p| p.bytes).sum();
+            let (byte_start, id_start) = (values.len(), offsets.len());
+            let ids: usize = pieces.iter().map(|p| p.order.len()).sum();
+            values.resize(byte_start + bytes, 0);
+            offsets.resize(id_start + ids, 0);
+            copy_out(
+                &pieces,
+                &mut values[byte_start..],
+                &mut offsets[id_start..],
+                byte_start,
+            );
+            Ok(())
+        })?;
+        let ids = StringArray::try_new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(values),
+            None,
+        )
+        .map_err(|e| format!("ids: {e}"))?;
+        Ok(Sorted {
+            ids,
+            rows: counts.rows,
+            nulls: counts.nulls,
+            empty: counts.empty,
+            duplicates: counts.duplicates,
+        })
+    }
+
+    /// Sorts and de-duplicates as [`Collector::finish`], handing the ids to `emit` as they are
+    /// ready, in byte order, as arrays of at most `part_ids` ids (each window of groups gives
+    /// one or more): the first part is out once the first window is sorted, not the last.
+    /// Returns the counts (`Sorted::ids` empty); stops at the first error `emit` returns.
+    pub fn finish_in_parts(
+        parts: Vec<Collector>,
+        part_ids: usize,
+        mut emit: impl FnMut(StringArray) -> Result<(), String>,
+    ) -> Result<Sorted, String> {
+        let part_ids = part_ids.max(1);
+        let counts = Self::sort_windows(parts, |sorted| {
+            let pieces = pieces(sorted, part_ids);
+            // Pieces never straddle a part: cut where each part's ids reach `part_ids`.
+            let mut from = 0;
+            while from < pieces.len() {
+                let (mut n, mut to) = (0, from);
+                while to < pieces.len() && n + pieces[to].order.len() <= part_ids {
+                    n += pieces[to].order.len();
+                    to += 1;
+                }
+                let part = &pieces[from..to];
+                let bytes: usize = part.iter().map(|p| p.bytes).sum();
+                if i32::try_from(bytes).is_err() {
+                    return Err("a part of the cohort's ids exceeds 2 GiB".into());
+                }
+                // Zeroed allocations come from fresh pages, faulted in by the parallel copy.
+                let mut values = vec![0u8; bytes];
+                let mut offsets = vec![0i32; n + 1];
+                copy_out(part, &mut values, &mut offsets[1..], 0);
+                let ids = StringArray::try_new(
+                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                    Buffer::from_vec(values),
+                    None,
+                )
+                .map_err(|e| format!("ids: {e}"))?;
+                emit(ids)?;
+                from = to;
+            }
+            Ok(())
+        })?;
+        Ok(counts)
+    }
+
+    /// Gathers the collectors' groups, sorts them a window (about [`WINDOW`] ids) at a time in
+    /// parallel, and hands each window's sorted groups, in byte order, to `out` before the next
+    /// is sorted (the window's arenas are freed after). Returns the counts.
+    fn sort_windows(
+        mut parts: Vec<Collector>,
+        mut out: impl FnMut(&[SortedGroup]) -> Result<(), String>,
+    ) -> Result<Sorted, String> {
         let rows = parts.iter().map(|p| p.rows).sum();
         let nulls = parts.iter().map(|p| p.nulls).sum();
         let empty = parts.iter().map(|p| p.empty).sum();
@@ -231,18 +321,10 @@ impl Collector {
             .filter(|g| !g.is_empty())
             .collect();
         drop(parts);
-        let total: usize = groups.iter().flatten().map(Arena::len).sum();
-        let bytes: usize = groups.iter().flatten().map(Arena::bytes).sum();
-        if i32::try_from(bytes).is_err() {
-            return Err("the ids of a cohort exceed 2 GiB".into());
-        }
-        let mut values: Vec<u8> = Vec::with_capacity(bytes);
-        let mut offsets: Vec<i32> = Vec::with_capacity(total + 1);
-        offsets.push(0);
         let mut duplicates = 0;
         let mut groups = groups.into_iter().peekable();
         while groups.peek().is_some() {
-            // A window of groups: sorted in parallel, written, then freed.
+            // A window of groups: sorted in parallel, handed out, then freed.
             let mut window = Vec::new();
             let mut n = 0;
             while let Some(g) = groups.next_if(|_| n < WINDOW) {
@@ -251,45 +333,10 @@ impl Collector {
             }
             let sorted: Vec<SortedGroup> = window.into_par_iter().map(sort_group).collect();
             duplicates += sorted.iter().map(|g| g.duplicates).sum::<usize>();
-            let (byte_start, id_start) = (values.len(), offsets.len());
-            values.resize(
-                byte_start + sorted.iter().map(|g| g.bytes).sum::<usize>(),
-                0,
-            );
-            offsets.resize(
-                id_start + sorted.iter().map(|g| g.order.len()).sum::<usize>(),
-                0,
-            );
-            // Each group's slice of the output, then the copies in parallel.
-            let mut pieces = Vec::with_capacity(sorted.len());
-            let (mut v_rest, mut o_rest) = (&mut values[byte_start..], &mut offsets[id_start..]);
-            let mut at = byte_start;
-            for g in &sorted {
-                let (v, v_tail) = v_rest.split_at_mut(g.bytes);
-                let (o, o_tail) = o_rest.split_at_mut(g.order.len());
-                pieces.push((g, at, v, o));
-                (v_rest, o_rest) = (v_tail, o_tail);
-                at += g.bytes;
-            }
-            pieces.into_par_iter().for_each(|(g, start, out, ends)| {
-                let mut pos = 0;
-                for (&loc, end) in g.order.iter().zip(ends) {
-                    let id = g.id(loc);
-                    out[pos..pos + id.len()].copy_from_slice(id);
-                    pos += id.len();
-                    // Below 2 GiB: checked above.
-                    *end = (start + pos) as i32;
-                }
-            });
+            out(&sorted)?;
         }
-        let ids = StringArray::try_new(
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
-            Buffer::from_vec(values),
-            None,
-        )
-        .map_err(|e| format!("ids: {e}"))?;
         Ok(Sorted {
-            ids,
+            ids: StringArray::from(Vec::<&str>::new()),
             rows,
             nulls,
             empty,
@@ -298,11 +345,72 @@ impl Collector {
     }
 }
 
+/// Ids copied out per task: a group of a cohort of short ids (`u` + 10 digits: ten groups of a
+/// 10M cohort) is 1M ids, and copied by one thread it was most of the time after the query.
+const PIECE: usize = 1 << 15;
+
+/// A run of one sorted group's ids, copied out by one task.
+struct Piece<'a> {
+    group: &'a SortedGroup,
+    order: &'a [u64],
+    bytes: usize,
+}
+
+/// The sorted groups' ids as pieces of at most [`PIECE`] ids, none straddling a multiple of
+/// `part_ids` ids (counted from the first group), their bytes counted in parallel.
+fn pieces(sorted: &[SortedGroup], part_ids: usize) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut done = 0usize;
+    for group in sorted {
+        let mut order = group.order.as_slice();
+        while !order.is_empty() {
+            let to_part_end = part_ids - done % part_ids;
+            let n = order.len().min(PIECE).min(to_part_end);
+            let (head, rest) = order.split_at(n);
+            pieces.push(Piece {
+                group,
+                order: head,
+                bytes: 0,
+            });
+            order = rest;
+            done += n;
+        }
+    }
+    pieces.par_iter_mut().for_each(|p| {
+        p.bytes = p.order.iter().map(|&loc| p.group.id(loc).len()).sum();
+    });
+    pieces
+}
+
+/// Copies `pieces` in parallel into `values` (their bytes back to back) and `ends` (each id's
+/// end, counted from `start`, the position of `values[0]` in the whole array).
+fn copy_out(pieces: &[Piece<'_>], values: &mut [u8], ends: &mut [i32], start: usize) {
+    let mut jobs = Vec::with_capacity(pieces.len());
+    let (mut v_rest, mut e_rest) = (values, ends);
+    let mut at = start;
+    for p in pieces {
+        let (v, v_tail) = v_rest.split_at_mut(p.bytes);
+        let (e, e_tail) = e_rest.split_at_mut(p.order.len());
+        jobs.push((p, at, v, e));
+        (v_rest, e_rest) = (v_tail, e_tail);
+        at += p.bytes;
+    }
+    jobs.into_par_iter().for_each(|(p, at, out, ends)| {
+        let mut pos = 0;
+        for (&loc, end) in p.order.iter().zip(ends) {
+            let id = p.group.id(loc);
+            out[pos..pos + id.len()].copy_from_slice(id);
+            pos += id.len();
+            // Below 2 GiB: the callers check the total first.
+            *end = (at + pos) as i32;
+        }
+    });
+}
+
 /// One group, its ids' order (`arena << 32 | index`), de-duplicated.
 struct SortedGroup {
     arenas: Vec<Arena>,
     order: Vec<u64>,
-    bytes: usize,
     duplicates: usize,
 }
 
@@ -378,10 +486,8 @@ fn sort_group(arenas: Vec<Arena>) -> SortedGroup {
     if in_order {
         order.dedup_by(|b, a| id(*a) == id(*b));
     }
-    let bytes = order.iter().map(|&loc| id(loc).len()).sum();
     SortedGroup {
         duplicates: before - order.len(),
-        bytes,
         order,
         arenas,
     }
@@ -427,6 +533,27 @@ mod tests {
         assert_eq!(ids, want);
         assert_eq!((got.empty, got.duplicates), (empty, dups));
         assert_eq!(got.ids.null_count(), 0);
+        for part_ids in [1, 7, 1_000, usize::MAX] {
+            check_parts(columns, part_ids, &want, (empty, dups));
+        }
+    }
+
+    /// `finish_in_parts`: the same ids in the same order, in parts of at most `part_ids`.
+    fn check_parts(columns: &[StringArray], part_ids: usize, want: &[String], counts: (usize, usize)) {
+        let mut collector = Collector::new();
+        for c in columns {
+            collector.push(c).unwrap();
+        }
+        let mut parts = Vec::new();
+        let got = Collector::finish_in_parts(vec![collector], part_ids, |p| {
+            parts.push(p);
+            Ok(())
+        })
+        .unwrap();
+        assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= part_ids));
+        let ids: Vec<&str> = parts.iter().flat_map(|p| p.iter().flatten()).collect();
+        assert_eq!(ids, want, "parts of {part_ids}");
+        assert_eq!((got.empty, got.duplicates), counts);
     }
 
     fn split(ids: &[Option<String>], cuts: &[usize]) -> Vec<StringArray> {
