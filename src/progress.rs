@@ -29,6 +29,13 @@ impl Progress {
         Progress { bar }
     }
 
+    /// `n` more to do (work whose total is learned as it goes).
+    pub fn add_total(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc_length(n);
+        }
+    }
+
     pub fn inc(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);

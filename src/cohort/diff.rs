@@ -20,38 +20,86 @@ pub fn diff(before: &StringArray, now: &StringArray) -> Diff {
 
 /// [`diff`] of a membership given as ids in order (`Base` walks its deltas unapplied).
 fn diff_walk<'a>(before: impl Iterator<Item = &'a str>, now: &StringArray) -> Diff {
-    let mut adds = StringBuilder::new();
-    let mut removes = StringBuilder::new();
-    let mut before = before.peekable();
-    let mut j = 0;
-    while j < now.len()
-        && let Some(&b) = before.peek()
-    {
-        let n = now.value(j);
-        match b.cmp(n) {
-            Ordering::Less => {
-                removes.append_value(b);
-                before.next();
-            }
-            Ordering::Greater => {
-                adds.append_value(n);
-                j += 1;
-            }
-            Ordering::Equal => {
-                before.next();
-                j += 1;
-            }
+    let mut walk = Walk::new(before);
+    let adds = walk.part(now);
+    Diff {
+        adds,
+        removes: walk.removes(),
+    }
+}
+
+/// A diff fed the members in parts, in order (every id of a part after every id of the
+/// parts before): each part's adds as soon as it is in, the removes once every part is (an id
+/// of `before` between two parts may still be in a later one). A pipelined sync plans and
+/// sends each part's adds while the next part is still being sorted.
+pub struct Walk<'a, I: Iterator<Item = &'a str>> {
+    before: std::iter::Peekable<I>,
+    removes: StringBuilder,
+}
+
+impl<'a, I: Iterator<Item = &'a str>> Walk<'a, I> {
+    pub fn new(before: I) -> Self {
+        Walk {
+            before: before.peekable(),
+            removes: StringBuilder::new(),
         }
     }
-    for b in before {
-        removes.append_value(b);
+
+    /// The ids of `now` (the next part, sorted and distinct) not in `before`.
+    pub fn part(&mut self, now: &StringArray) -> StringArray {
+        let mut adds = StringBuilder::new();
+        let mut j = 0;
+        while j < now.len()
+            && let Some(&b) = self.before.peek()
+        {
+            let n = now.value(j);
+            match b.cmp(n) {
+                Ordering::Less => {
+                    self.removes.append_value(b);
+                    self.before.next();
+                }
+                Ordering::Greater => {
+                    adds.append_value(n);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    self.before.next();
+                    j += 1;
+                }
+            }
+        }
+        for k in j..now.len() {
+            adds.append_value(now.value(k));
+        }
+        adds.finish()
     }
-    for k in j..now.len() {
-        adds.append_value(now.value(k));
+
+    /// The ids of `before` in no part: call once every part is in.
+    pub fn removes(mut self) -> StringArray {
+        for b in self.before {
+            self.removes.append_value(b);
+        }
+        self.removes.finish()
     }
-    Diff {
-        adds: adds.finish(),
-        removes: removes.finish(),
+}
+
+/// Parts of a list (each part's ids after the previous part's) as one array.
+pub fn concat(parts: &[StringArray]) -> StringArray {
+    match parts {
+        [] => StringArray::from(Vec::<&str>::new()),
+        [one] => one.clone(),
+        _ => {
+            let mut out = StringBuilder::with_capacity(
+                parts.iter().map(Array::len).sum(),
+                parts.iter().map(|p| p.value_data().len()).sum(),
+            );
+            for p in parts {
+                for i in 0..p.len() {
+                    out.append_value(p.value(i));
+                }
+            }
+            out.finish()
+        }
     }
 }
 
@@ -193,7 +241,17 @@ impl Base {
 
     /// The change from this membership to `now` (sorted, distinct), as [`diff`].
     pub fn diff(&self, now: &StringArray) -> Diff {
-        diff_walk(Applied::new(&self.snapshot, &self.adds, &self.removes), now)
+        diff_walk(self.ids(), now)
+    }
+
+    /// The change from this membership to members given in parts ([`Walk`]).
+    pub fn walk(&self) -> Walk<'_, impl Iterator<Item = &str>> {
+        Walk::new(self.ids())
+    }
+
+    /// The members in order.
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        Applied::new(&self.snapshot, &self.adds, &self.removes)
     }
 }
 
@@ -318,6 +376,7 @@ mod tests {
             adds in proptest::collection::btree_set("[a-f]{1,2}", 0..10),
             removes in proptest::collection::btree_set("[a-f]{1,2}", 0..10),
             now in proptest::collection::btree_set("[a-f]{1,2}", 0..20),
+            cut in 1usize..8,
         ) {
             let sorted = |s: &BTreeSet<String>| StringArray::from(s.iter().map(String::as_str).collect::<Vec<_>>());
             let removes: BTreeSet<String> = removes.difference(&adds).cloned().collect();
@@ -333,6 +392,17 @@ mod tests {
             let (ours, theirs) = (base.diff(&sorted(&now)), diff(&applied, &sorted(&now)));
             proptest::prop_assert_eq!(vals(&ours.adds), vals(&theirs.adds));
             proptest::prop_assert_eq!(vals(&ours.removes), vals(&theirs.removes));
+            // Walked in parts (cut every `cut` members): the adds of the parts in turn, then
+            // the same removes.
+            let now: Vec<&str> = now.iter().map(String::as_str).collect();
+            let mut walk = base.walk();
+            let mut adds = Vec::new();
+            for part in now.chunks(cut) {
+                adds.extend(vals(&walk.part(&StringArray::from(part.to_vec()))).into_iter().map(str::to_string));
+            }
+            let removes = walk.removes();
+            proptest::prop_assert_eq!(adds, vals(&theirs.adds));
+            proptest::prop_assert_eq!(vals(&removes), vals(&theirs.removes));
         }
     }
 }

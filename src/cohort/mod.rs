@@ -91,6 +91,67 @@ pub async fn members_of(
     origin: &str,
     identifiers: &[identity::Kind],
 ) -> Result<Members> {
+    let parts = collect(lake, df, origin, identifiers).await?;
+    tracing::debug!(origin = %origin, "query read; sorting its ids");
+    let contacts = identifiers
+        .iter()
+        .any(|k| matches!(k, identity::Kind::Email | identity::Kind::Phone));
+    let members = on_rayon(move || {
+        sort::Collector::finish(parts).map(|sorted| {
+            let members = from_sorted(sorted);
+            if contacts {
+                normalised(members)
+            } else {
+                members
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::query(format!("{origin}: {e}")))?;
+    Ok(members)
+}
+
+/// Whether the members of a planned cohort query can come in parts ([`members_in_parts`]):
+/// when they are its `user_id`s as they are (the query returns no other identifier the cohort
+/// uses). Other identifiers make keys that contact normalisation orders again after the sort,
+/// or that the destination checks whole before planning (`Destination::accepts`).
+pub fn comes_in_parts(df: &DataFrame, identifiers: &[identity::Kind]) -> bool {
+    matches!(identity::key_expr(df.schema().as_arrow(), identifiers), Ok(None))
+}
+
+/// Executes a planned cohort query that [`comes_in_parts`] and hands its members to `out` in
+/// parts, in byte order, each of at most `part_ids` ids, as the sort finishes them
+/// (`sort::Collector::finish_in_parts`); returns the counts (`ids` empty). An error of `out`
+/// (the receiver gone) stops the sort.
+pub async fn members_in_parts(
+    lake: &Lake,
+    df: DataFrame,
+    origin: &str,
+    part_ids: usize,
+    out: tokio::sync::mpsc::Sender<StringArray>,
+) -> Result<Members> {
+    let origin = origin.to_string();
+    let parts = collect(lake, df, &origin, &[identity::Kind::UserId]).await?;
+    tracing::debug!(origin = %origin, "query read; sorting its ids in parts");
+    let sorted = tokio::task::spawn_blocking(move || {
+        sort::Collector::finish_in_parts(parts, part_ids, |part| {
+            out.blocking_send(part)
+                .map_err(|_| "the parts' receiver stopped".to_string())
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("sorting the cohort's ids: {e}")))?
+    .map_err(|e| Error::query(format!("{origin}: {e}")))?;
+    Ok(from_sorted(sorted))
+}
+
+/// Executes a planned cohort query and copies its ids into collectors, one per partition.
+async fn collect(
+    lake: &Lake,
+    df: DataFrame,
+    origin: &str,
+    identifiers: &[identity::Kind],
+) -> Result<Vec<Collector>> {
     let origin = origin.to_string();
     // The member of each row: `user_id` itself, or the first identifier present (aliases,
     // device ids) as one tagged string.
@@ -154,23 +215,7 @@ pub async fn members_of(
             }
             e => lake.query_error(&origin, e),
         })?;
-    tracing::debug!(origin = %origin, "query read; sorting its ids");
-    let contacts = identifiers
-        .iter()
-        .any(|k| matches!(k, identity::Kind::Email | identity::Kind::Phone));
-    let members = on_rayon(move || {
-        sort::Collector::finish(parts).map(|sorted| {
-            let members = from_sorted(sorted);
-            if contacts {
-                normalised(members)
-            } else {
-                members
-            }
-        })
-    })
-    .await
-    .map_err(|e| Error::query(format!("{origin}: {e}")))?;
-    Ok(members)
+    Ok(parts)
 }
 
 /// `members` with their emails and phones normalised and the malformed ones taken out.

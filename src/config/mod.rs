@@ -107,10 +107,20 @@ pub struct StateConfig {
     /// snapshot. Default 24.
     #[serde(default = "default_max_deltas")]
     pub max_deltas: u32,
+    /// A sync sends while its cohort is still being sorted: the members come in parts of at
+    /// most this many ids, each planned (its adds written) and sent while the next is sorted.
+    /// Smaller parts start sending sooner; each part is one more object written. Default
+    /// 1,048,576.
+    #[serde(default = "default_part_ids")]
+    pub part_ids: usize,
 }
 
 fn default_max_deltas() -> u32 {
     24
+}
+
+fn default_part_ids() -> usize {
+    1 << 20
 }
 
 fn default_lock_ttl() -> Duration {
@@ -127,6 +137,7 @@ impl Default for StateConfig {
             lock_ttl: default_lock_ttl(),
             max_removal_share: default_max_removal_share(),
             max_deltas: default_max_deltas(),
+            part_ids: default_part_ids(),
         }
     }
 }
@@ -271,6 +282,9 @@ impl Config {
                 "state.max_removal_share: must be between 0 and 1, got {}",
                 self.state.max_removal_share
             ));
+        }
+        if self.state.part_ids == 0 {
+            out.push("state.part_ids: must be at least 1".to_string());
         }
         if self.state.max_deltas > 1000 {
             out.push(format!(

@@ -83,9 +83,13 @@ use crate::storage::Location;
 pub use crate::storage::json::{Read, try_read_json, write_json};
 pub use crate::storage::objects::delete_if_exists;
 
-/// The newest state format this binary reads (and writes, when a pointer or plan names lists
-/// of member keys the release before would misread: [`FORMAT_KEYS`]).
-pub const FORMAT: u32 = 4;
+/// The newest state format this binary reads (and writes, for a plan sent in parts:
+/// [`FORMAT_PARTS`]).
+pub const FORMAT: u32 = 5;
+/// The format of a plan sent while its cohort was still being sorted (`PlanMeta::open`,
+/// `PlanMeta::add_parts`): a release before it would number its batches otherwise, so it
+/// refuses such a plan. Pointers never need it (their lists are the same).
+pub const FORMAT_PARTS: u32 = 5;
 /// The format of state whose lists hold member keys of the injective encoding that releases
 /// before it would read as other members (`cohort::identity`; such a list carries
 /// `ids::KEY_FORMAT`). Those releases refuse it.
@@ -96,7 +100,8 @@ pub const FORMAT_DELTAS: u32 = 3;
 pub const FORMAT_NO_DELTAS: u32 = 2;
 
 /// The format of a plan: [`FORMAT_KEYS`] when `keys` (its lists, or the membership it commits,
-/// hold keys the release before would misread), else by whether it commits deltas.
+/// hold keys the release before would misread), else by whether it commits deltas. (A plan in
+/// parts is [`FORMAT_PARTS`] whatever it holds.)
 pub fn plan_format(deltas: bool, keys: bool) -> u32 {
     if keys {
         FORMAT_KEYS
@@ -240,6 +245,38 @@ pub struct PlanMeta {
     /// (dead letters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<Chain>,
+    /// A plan sent while its cohort was still being sorted (format 5), its parts still being
+    /// planned: the adds planned so far are the lists under `pending/parts/` (each durable
+    /// before any of its batches was sent), and the totals and lists above are not set yet. A
+    /// run that resumes it closes it with those parts alone (`sync::resume`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
+    /// The ids of each part of `adds_file`, in order, when the plan was made in parts: each
+    /// part's batches are numbered after the previous part's (its last batch may be short).
+    /// Empty: one part (`add_batches` batches of `batch_size`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_parts: Vec<u64>,
+}
+
+impl PlanMeta {
+    /// The plan's add batches: (number, range of `adds_file`), numbered from 1, part by part.
+    pub fn add_batches_by_part(&self) -> Vec<(u64, std::ops::Range<usize>)> {
+        let parts = if self.add_parts.is_empty() {
+            vec![self.adds]
+        } else {
+            self.add_parts.clone()
+        };
+        let mut out = Vec::with_capacity(self.add_batches as usize);
+        let (mut start, mut next) = (0usize, 1u64);
+        for n in parts.into_iter().map(|n| n as usize) {
+            for from in (0..n).step_by(self.batch_size.max(1)) {
+                out.push((next, start + from..start + (from + self.batch_size).min(n)));
+                next += 1;
+            }
+            start += n;
+        }
+        out
+    }
 }
 
 impl CohortState {

@@ -15,6 +15,14 @@ pub const PENDING_ADDS: &str = "pending/adds.parquet";
 /// A plan's ids to remove, when they are not a delta's.
 pub const PENDING_REMOVES: &str = "pending/removes.parquet";
 
+/// The folder of the parts of an open plan (`PlanMeta::open`): each the adds of one part.
+pub const PARTS: &str = "pending/parts";
+
+/// Part `k` of an open plan (numbered from 0, in the order of the ids).
+pub fn part(k: usize) -> String {
+    format!("{PARTS}/{k:06}.parquet")
+}
+
 /// The folder of the journal of acknowledged batches.
 pub const JOURNAL: &str = "pending/journal";
 

@@ -117,9 +117,19 @@ async fn repair_locked(t: &Target, force: bool, partner: PartnerNow<'_>) -> Resu
         }
         Read::Ok(plan) => {
             let mut unreadable = None;
-            for file in [&plan.adds_file, &plan.removes_file] {
-                if let Err(why) = ids::try_read(&state.store, &state.path(file)).await? {
-                    unreadable = Some(format!("{}: {why}", state.path(file)));
+            // An open plan's lists are its parts (`PlanMeta::open`).
+            let files = if plan.open {
+                let listed: Vec<_> = store
+                    .list(Some(&state.path(super::paths::PARTS)))
+                    .try_collect()
+                    .await?;
+                listed.into_iter().map(|m| m.location).collect()
+            } else {
+                vec![state.path(&plan.adds_file), state.path(&plan.removes_file)]
+            };
+            for path in files {
+                if let Err(why) = ids::try_read(&state.store, &path).await? {
+                    unreadable = Some(format!("{path}: {why}"));
                 }
             }
             if let Some(why) = unreadable {

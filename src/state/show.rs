@@ -184,6 +184,23 @@ async fn unfinished(state: &CohortState, problems: &mut Vec<String>) -> Result<V
     for b in bad.iter().chain(&dead_bad) {
         problems.push(format!("{b}: run {}", state.fix("repair")));
     }
+    if plan.open {
+        // Sent in parts and interrupted while they were planned: its totals are not known.
+        let parts: Vec<_> = state
+            .store
+            .list(Some(&state.path(super::paths::PARTS)))
+            .try_collect()
+            .await?;
+        return Ok(json!({
+            "run_id": plan.run_id, "format": plan.format, "partner": plan.partner,
+            "base_run_id": plan.base_run_id, "created_at": plan.created_at,
+            "open": true, "parts_planned": parts.len(),
+            "batches_acknowledged": acked.len(),
+            "unreadable_journal_objects": bad,
+            "pending_dead_letters": dead_ok, "unreadable_dead_letter_objects": dead_bad,
+            "resume": format!("cohort-bridge sync {} (closes the plan with the parts it planned)", state.label),
+        }));
+    }
     let total = plan.add_batches + plan.remove_batches;
     Ok(json!({
         "run_id": plan.run_id, "format": plan.format, "partner": plan.partner,

@@ -145,7 +145,7 @@ const ROW_GROUPS_AT_ONCE: usize = 4;
 /// 10M-id plan is on the critical path of a first sync (nothing is sent before it is durable),
 /// and on one thread it took ~0.3 s of 10M short ids.
 pub fn encode(
-    ids: &StringArray,
+    ids: &[StringArray],
     fields: Vec<Field>,
     columns: impl Fn(StringArray) -> Vec<ArrayRef> + Sync,
     marks: Option<Vec<KeyValue>>,
@@ -162,7 +162,9 @@ pub fn encode(
     let schema = Arc::new(Schema::new(fields));
     let mut props = WriterProperties::builder()
         .set_key_value_metadata(marks)
-        .set_compression(compression_for(ids))
+        .set_compression(compression_for(
+            ids.iter().find(|p| !p.is_empty()).unwrap_or(&ids[0]),
+        ))
         // Ids are distinct: a dictionary only costs time before it falls back.
         .set_dictionary_enabled(false)
         // Nothing prunes an id list: min/max statistics only cost byte comparisons.
@@ -185,16 +187,20 @@ pub fn encode(
         let bytes = std::mem::take(writer.inner_mut());
         Ok(bytes.is_empty() || emit(Bytes::from(bytes)))
     };
-    let starts: Vec<usize> = (0..ids.len()).step_by(row_group.max(1)).collect();
+    // Row groups: each part's ids cut every `row_group` (a part's last one may be short).
+    let starts: Vec<(&StringArray, usize)> = ids
+        .iter()
+        .flat_map(|part| (0..part.len()).step_by(row_group.max(1)).map(move |s| (part, s)))
+        .collect();
     for (round, chunk) in starts.chunks(ROW_GROUPS_AT_ONCE).enumerate() {
         let encoded: Vec<Result<Vec<ArrowColumnChunk>>> = chunk
             .par_iter()
             .enumerate()
-            .map(|(k, &start)| {
-                let len = row_group.min(ids.len() - start);
+            .map(|(k, &(part, start))| {
+                let len = row_group.min(part.len() - start);
                 let index = round * ROW_GROUPS_AT_ONCE + k;
                 let mut writers = factory.create_column_writers(index)?;
-                let arrays = columns(ids.slice(start, len));
+                let arrays = columns(part.slice(start, len));
                 for ((writer, array), field) in writers.iter_mut().zip(&arrays).zip(schema.fields())
                 {
                     for leaf in compute_leaves(field, array)? {

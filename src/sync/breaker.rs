@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// would see a dense cluster as "everything"), or once isolation spent its budget (200
 /// requests plus 20 per batch of the plan).
 pub(super) struct Breaker {
-    budget: u64,
+    budget: AtomicU64,
     spent: AtomicU64,
     /// Ids the partner refused so far (by item, or isolated).
     pub(super) refused_ids: AtomicU64,
@@ -26,11 +26,16 @@ impl Breaker {
 
     pub(super) fn new(batches: u64) -> Self {
         Breaker {
-            budget: 200 + 20 * batches,
+            budget: AtomicU64::new(200 + 20 * batches),
             spent: AtomicU64::new(0),
             refused_ids: AtomicU64::new(0),
             delivered_ids: AtomicU64::new(0),
         }
+    }
+
+    /// The plan has `batches` more (a plan made in parts learns its batches part by part).
+    pub(super) fn planned(&self, batches: u64) {
+        self.budget.fetch_add(20 * batches, Ordering::Relaxed);
     }
 
     /// `ids` were accepted.
@@ -43,8 +48,9 @@ impl Breaker {
         let spent = self.spent.fetch_add(1, Ordering::Relaxed) + 1;
         let refused = self.refused_ids.load(Ordering::Relaxed);
         let delivered = self.delivered_ids.load(Ordering::Relaxed);
-        let why = if spent > self.budget {
-            format!("isolation spent its budget of {} requests", self.budget)
+        let budget = self.budget.load(Ordering::Relaxed);
+        let why = if spent > budget {
+            format!("isolation spent its budget of {budget} requests")
         } else if spent > Self::MIN_SAMPLE && refused > 4 * delivered {
             format!("{refused} ids refused and only {delivered} accepted so far")
         } else {

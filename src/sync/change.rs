@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, StringArray};
+use datafusion::dataframe::DataFrame;
 use tracing::{info, warn};
 
 use super::Run;
@@ -57,7 +58,7 @@ pub(super) struct Counts {
 /// Why a change's removals look more like a bug (an empty partition, a broken filter) than a
 /// real exodus: the query returned nobody, or more than `max_share` of the snapshot would
 /// leave. `None` when they look real.
-fn suspicious_removals(
+pub(super) fn suspicious_removals(
     removes: usize,
     query_members: usize,
     snapshot_members: u64,
@@ -83,13 +84,27 @@ fn suspicious_removals(
 }
 
 impl Run<'_> {
-    /// Runs the query and diffs it against the committed snapshot.
-    pub(super) async fn change(&self, lake: &Lake, started: &Instant) -> Result<Change> {
+    /// Runs the query (`planned`, when it is planned already) and diffs it against the
+    /// committed snapshot.
+    pub(super) async fn change(
+        &self,
+        lake: &Lake,
+        started: &Instant,
+        planned: Option<DataFrame>,
+    ) -> Result<Change> {
         // The query and the snapshot read overlap: one is CPU on the query runtime, the other
         // mostly I/O and decoding on rayon.
         let params = Params::at(self.options.at);
-        let (members, snapshot) =
-            tokio::join!(cohort::members(lake, self.cohort, &params), self.base());
+        let members = async {
+            match planned {
+                Some(df) => {
+                    let origin = self.cohort.sql_file.display().to_string();
+                    cohort::members_of(lake, df, &origin, &self.cohort.identifiers).await
+                }
+                None => cohort::members(lake, self.cohort, &params).await,
+            }
+        };
+        let (members, snapshot) = tokio::join!(members, self.base());
         let (mut members, (base, snapshot)) = (members?, snapshot?);
         if let Some(shard) = self.options.shard {
             let all = members.ids.clone();
@@ -159,12 +174,7 @@ impl Run<'_> {
         snapshot: diff::Base,
         now: Arc<StringArray>,
     ) -> (Arc<StringArray>, Arc<StringArray>) {
-        let repaired = base.is_some_and(|p| p.resend_all);
-        if repaired && !self.options.full {
-            warn!(cohort = %self.cohort.name,
-                "`state repair` set aside an unfinished run it could not read: re-sending every member and removing every snapshot id not in the cohort (as --full)");
-        }
-        let full = self.options.full || repaired;
+        let full = self.sends_everyone(base);
         // `adds` is the members array itself (not a copy) when everything is sent: the plan
         // then stores it once, as the target snapshot.
         if snapshot.is_empty() {
@@ -177,6 +187,17 @@ impl Run<'_> {
             })
             .await
         }
+    }
+
+    /// Whether this run adds every member, not only the new ones: `--full`, or after `state
+    /// repair` set aside an unfinished run it could not read (warned).
+    pub(super) fn sends_everyone(&self, base: Option<&Pointer>) -> bool {
+        let repaired = base.is_some_and(|p| p.resend_all);
+        if repaired && !self.options.full {
+            warn!(cohort = %self.cohort.name,
+                "`state repair` set aside an unfinished run it could not read: re-sending every member and removing every snapshot id not in the cohort (as --full)");
+        }
+        self.options.full || repaired
     }
 
     /// The removals to send and the target membership: suspicious removals (see

@@ -152,56 +152,29 @@ impl Run<'_> {
         let total = plan.add_batches + plan.remove_batches;
         let todo = total - acked.iter().filter(|&&n| n >= 1 && n <= total).count() as u64;
         let progress = Progress::new(self.options.progress, todo, &self.cohort.name);
-        let window = (self.dest.delivery.max_in_flight * 2).max(16);
         let breaker = Breaker::new(total);
-        let out = &Outgoing {
+        let out = Outgoing {
             sender,
-            to: to.as_ref(),
+            to,
             breaker: &breaker,
             run_id: &plan.run_id,
+            journal: &journal,
+            progress: &progress,
+            window: self.window(),
         };
+        let removes = batches(lists[1].len(), plan.batch_size)
+            .into_iter()
+            .map(|(n, range)| (n + plan.add_batches, range));
         let mut result = Ok(());
-        for (k, op, offset) in [(0, Op::Add, 0), (1, Op::Remove, plan.add_batches)] {
-            if crate::signals::received().is_some() {
-                break;
-            }
-            let ids = lists[k].clone();
-            let batches: Vec<_> = batches(ids.len(), plan.batch_size)
+        for (k, op, batches) in [
+            (0, Op::Add, plan.add_batches_by_part()),
+            (1, Op::Remove, removes.collect()),
+        ] {
+            let batches: Vec<_> = batches
                 .into_iter()
-                .map(|(n, range)| (n + offset, range))
                 .filter(|(n, _)| !acked.contains(n))
                 .collect();
-            if batches.is_empty() {
-                continue;
-            }
-            // After a signal no new request is pulled; those in flight finish and are journaled.
-            let requests = crate::signals::until_signalled(encode_in_background(
-                to.clone(),
-                plan.run_id.as_str().into(),
-                ids.clone(),
-                batches,
-                op,
-                window,
-            ));
-            let (journal, progress) = (&journal, &progress);
-            result = sender
-                .for_each(requests, |request| {
-                    let ids = ids.clone();
-                    async move {
-                        if crate::signals::received().is_some() {
-                            return Ok(());
-                        }
-                        let start = (request.batch - offset - 1) as usize * plan.batch_size;
-                        let range = start..start + request.ids;
-                        let dead = out.send(&request, &ids, range, op).await?;
-                        self.record_dead(request.batch, &dead).await?;
-                        journal.ack(request.batch);
-                        progress.inc();
-                        Ok(())
-                    }
-                })
-                .await
-                .map_err(|e| to.explain(e));
+            result = self.send_list(&out, lists[k].clone(), batches, op).await;
             if result.is_err() {
                 break;
             }
@@ -217,6 +190,59 @@ impl Run<'_> {
             skipped: total - todo,
             dead_letters: 0,
         })
+    }
+
+    /// Requests encoded ahead of the sender: enough to keep every request slot busy.
+    pub(super) fn window(&self) -> usize {
+        (self.dest.delivery.max_in_flight * 2).max(16)
+    }
+
+    /// Sends `batches` (number, range of `ids`, in order) as `op`, journaling each acknowledged
+    /// one, until done, a signal (no new request is taken; those in flight finish and are
+    /// journaled), or an error.
+    pub(super) async fn send_list(
+        &self,
+        out: &Outgoing<'_>,
+        ids: Arc<StringArray>,
+        batches: Vec<(u64, Range<usize>)>,
+        op: Op,
+    ) -> Result<()> {
+        if batches.is_empty() || crate::signals::received().is_some() {
+            return Ok(());
+        }
+        let ranges: Vec<(u64, usize)> = batches.iter().map(|(n, r)| (*n, r.start)).collect();
+        let requests = crate::signals::until_signalled(encode_in_background(
+            out.to.clone(),
+            out.run_id.into(),
+            ids.clone(),
+            batches,
+            op,
+            out.window,
+        ));
+        let ranges = &ranges;
+        out.sender
+            .for_each(requests, |request| {
+                let ids = ids.clone();
+                async move {
+                    if crate::signals::received().is_some() {
+                        return Ok(());
+                    }
+                    let at = ranges
+                        .binary_search_by_key(&request.batch, |(n, _)| *n)
+                        .map_err(|_| {
+                            Error::Internal(format!("batch {} was not planned", request.batch))
+                        })?;
+                    let start = ranges[at].1;
+                    let range = start..start + request.ids;
+                    let dead = out.send(&request, &ids, range, op).await?;
+                    self.record_dead(request.batch, &dead).await?;
+                    out.journal.ack(request.batch);
+                    out.progress.inc();
+                    Ok(())
+                }
+            })
+            .await
+            .map_err(|e| out.to.explain(e))
     }
 
     /// Logs and records the dead letters of batch `batch` (nothing when there are none).
@@ -277,11 +303,15 @@ impl Run<'_> {
 }
 
 /// What sending a plan's batches needs besides the batch.
-struct Outgoing<'a> {
-    sender: &'a Sender,
-    to: &'a dyn Destination,
-    breaker: &'a Breaker,
-    run_id: &'a str,
+pub(super) struct Outgoing<'a> {
+    pub(super) sender: &'a Sender,
+    pub(super) to: &'a Arc<dyn Destination>,
+    pub(super) breaker: &'a Breaker,
+    pub(super) run_id: &'a str,
+    pub(super) journal: &'a Journal,
+    pub(super) progress: &'a Progress,
+    /// Requests encoded ahead (`Run::window`).
+    pub(super) window: usize,
 }
 
 impl Outgoing<'_> {
@@ -310,7 +340,7 @@ impl Outgoing<'_> {
             }) if request.ids > 0 => {
                 isolate(
                     sender,
-                    self.to,
+                    self.to.as_ref(),
                     breaker,
                     self.run_id,
                     ids,

@@ -19,6 +19,7 @@ mod finish;
 mod holdout;
 mod identity;
 mod layout;
+mod pipeline;
 mod plan;
 mod refusals;
 mod resume;
@@ -359,8 +360,29 @@ impl Run<'_> {
         // 2. Time going backwards would roll the partner back to an older cohort.
         self.refuse_rewind().await?;
 
+        // 3–6 in parts when the cohort's members are its user ids and the destination takes
+        // requests: each part is planned and sent while the next is sorted (`pipeline`).
+        let params = crate::lake::sql::Params::at(self.options.at);
+        let df = crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params))
+            .await?;
+        if let (Delivery::Requests(to), Some(sender)) = (delivery, sender)
+            && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers)
+        {
+            let piped = self
+                .pipeline(lake, df, run_id, started, to, sender)
+                .await?;
+            // 7. The control group, which never reaches the partner.
+            self.record_holdout(piped.held).await?;
+            return Ok(Done {
+                resumed,
+                counts: piped.counts,
+                delivered: piped.delivered,
+                stats: sender.stats(),
+            });
+        }
+
         // 3. This run's change (a signal during the query stops here: nothing was planned).
-        let change = crate::signals::interruptible(self.change(lake, started)).await?;
+        let change = crate::signals::interruptible(self.change(lake, started, Some(df))).await?;
         // Members the destination cannot identify are refused before anything is planned.
         match delivery {
             Delivery::Requests(d) => d.accepts(&change.adds)?,
@@ -394,7 +416,7 @@ impl Run<'_> {
         started: &Instant,
         head: SyncSummary,
     ) -> Result<SyncSummary> {
-        let change = self.change(lake, started).await?;
+        let change = self.change(lake, started, None).await?;
         let batches = (change.adds.len().div_ceil(self.dest.delivery.batch_size)
             + change.removes.len().div_ceil(self.dest.delivery.batch_size))
             as u64;

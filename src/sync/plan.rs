@@ -10,7 +10,18 @@ use super::Run;
 use super::change::Change;
 use crate::error::Result;
 use crate::state::dead::{self, DeadLetter};
-use crate::state::{self, Chain, PlanMeta, ids, paths};
+use crate::state::{self, Chain, PlanMeta, Pointer, ids, paths};
+
+/// How big a change is, for the choice of a delta commit (`Run::chain_of`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sizes {
+    pub(super) adds: u64,
+    pub(super) removes: u64,
+    /// Members once the change is delivered.
+    pub(super) target: u64,
+    /// The adds are the whole target (a first sync, `--full`): one file serves as both.
+    pub(super) adds_are_target: bool,
+}
 
 impl Run<'_> {
     /// Plans `change` as run `run_id` and writes the plan. Nothing is sent before the plan is
@@ -87,26 +98,35 @@ impl Run<'_> {
             add_batches: change.adds.len().div_ceil(size) as u64,
             remove_batches: change.removes.len().div_ceil(size) as u64,
             chain,
+            open: false,
+            add_parts: Vec::new(),
         }
     }
 
     /// An incremental change commits as a delta while the chain stays short and small (see
     /// `state`): the chain it commits. `None`: the run writes a full snapshot (compaction).
     fn chain(&self, change: &Change, run_id: &str) -> Option<Chain> {
-        change.base.as_ref().and_then(|base| {
-            let change_ids = (change.adds.len() + change.removes.len()) as u64;
-            let fits = !Arc::ptr_eq(&change.adds, &change.target)
+        let sizes = Sizes {
+            adds: change.adds.len() as u64,
+            removes: change.removes.len() as u64,
+            target: change.target.len() as u64,
+            adds_are_target: Arc::ptr_eq(&change.adds, &change.target),
+        };
+        self.chain_of(change.base.as_ref(), sizes, run_id)
+    }
+
+    /// [`Run::chain`] of a change of `sizes` over `base`.
+    pub(super) fn chain_of(&self, base: Option<&Pointer>, sizes: Sizes, run_id: &str) -> Option<Chain> {
+        base.and_then(|base| {
+            let change_ids = sizes.adds + sizes.removes;
+            let fits = !sizes.adds_are_target
                 && !self.options.full
                 && !base.resend_all
                 && base.deltas.len() < self.config.state.max_deltas as usize
-                && (base.delta_ids() + change_ids) * 10 <= change.target.len() as u64;
+                && (base.delta_ids() + change_ids) * 10 <= sizes.target;
             fits.then(|| {
                 let mut deltas = base.deltas.clone();
-                deltas.push(state::Delta::of(
-                    run_id,
-                    change.adds.len() as u64,
-                    change.removes.len() as u64,
-                ));
+                deltas.push(state::Delta::of(run_id, sizes.adds, sizes.removes));
                 Chain {
                     snapshot: base.snapshot.clone(),
                     deltas,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::StringArray;
+use datafusion::arrow::array::{Array, StringArray};
 use tracing::info;
 
 use super::Run;
@@ -14,7 +14,8 @@ use crate::destinations::Delivery;
 use crate::error::{Error, Result};
 use crate::parallel::on_rayon;
 use crate::state::dead;
-use crate::state::{PlanMeta, Pointer, ids};
+use crate::state::{self, PlanMeta, Pointer, ids, paths};
+use futures::TryStreamExt;
 
 impl Run<'_> {
     /// Finishes exactly the plan of an interrupted run, if there is one: delivers what its
@@ -46,12 +47,127 @@ impl Run<'_> {
             self.state.clean_up(&p.files()).await?;
         } else {
             info!(cohort = %self.cohort.name, run = %plan.run_id, "resuming an interrupted run");
+            if plan.open {
+                match self.close_open_plan(&plan, pointer.as_ref()).await? {
+                    Some(closed) => plan = closed,
+                    None => return Ok(None),
+                }
+            }
             // Everything the commit will need must be readable before anything is sent.
             dead::pending(self.state).await?;
             let sent = self.deliver(&plan, delivery, sender, None).await?;
             return Ok(Some(self.commit(&plan, sent).await?));
         }
         Ok(None)
+    }
+
+    /// Closes the open plan of a run that died while its parts were being planned
+    /// (`pipeline`): with the parts it planned alone — their adds, no removals (those were
+    /// never sent), the membership the base plus those adds — as the plan a run that stopped
+    /// there would have made. Later parts were never sent: the next change diffs them. `None`
+    /// when no part was planned (nothing was sent): the plan is dropped.
+    async fn close_open_plan(
+        &self,
+        plan: &PlanMeta,
+        pointer: Option<&Pointer>,
+    ) -> Result<Option<PlanMeta>> {
+        let store = self.state.store.as_ref();
+        let listed: Vec<_> = self
+            .state
+            .store
+            .list(Some(&self.state.path(paths::PARTS)))
+            .try_collect()
+            .await?;
+        let mut names: Vec<String> = listed
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        for (k, name) in names.iter().enumerate() {
+            if paths::part(k) != format!("{}/{name}", paths::PARTS) {
+                return Err(self.state.unreadable(
+                    &self.state.path(paths::PARTS),
+                    &format!("part {k} of the open plan is missing (found {name})"),
+                    "repair",
+                ));
+            }
+        }
+        if names.is_empty() {
+            info!(cohort = %self.cohort.name, run = %plan.run_id,
+                "the interrupted run had planned no part: nothing was sent; dropping its plan");
+            let keep = pointer.map(Pointer::files).unwrap_or_default();
+            self.hold().await?;
+            self.state.clean_up(&keep).await?;
+            return Ok(None);
+        }
+        let mut parts = Vec::with_capacity(names.len());
+        for k in 0..names.len() {
+            parts.push(self.state.ids(&paths::part(k)).await?.as_ref().clone());
+        }
+        let base = match (&plan.base_run_id, pointer) {
+            (None, _) => None,
+            (Some(run), Some(p)) if &p.run_id == run => Some(self.state.snapshot(Some(p)).await?),
+            (Some(run), _) => return Err(self.base_gone(run)),
+        };
+        let adds: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let size = plan.batch_size;
+        let add_parts: Vec<u64> = parts.iter().map(|p| p.len() as u64).collect();
+        let mut closed = PlanMeta {
+            open: false,
+            adds,
+            removes: 0,
+            add_batches: add_parts.iter().map(|&n| n.div_ceil(size as u64)).sum(),
+            remove_batches: 0,
+            add_parts: if add_parts.len() > 1 { add_parts } else { Vec::new() },
+            removes_file: paths::PENDING_REMOVES.to_string(),
+            chain: None,
+            ..plan.clone()
+        };
+        let target = self.state.path(&plan.target_snapshot);
+        let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
+        self.hold().await?;
+        self.state.mark_started(&plan.run_id).await?;
+        match base {
+            None => {
+                // A first sync: its adds are its target.
+                closed.adds_file = plan.target_snapshot.clone();
+                closed.target_members = adds;
+                ids::write_parts(store, std::slice::from_ref(&target), parts).await?;
+            }
+            Some(base) => {
+                closed.adds_file = paths::PENDING_ADDS.to_string();
+                let added = parts.clone();
+                let members =
+                    on_rayon(move || Arc::new(diff::union(&base, &diff::concat(&added)))).await;
+                closed.target_members = members.len() as u64;
+                let adds_path = self.state.path(paths::PENDING_ADDS);
+                tokio::try_join!(
+                    ids::write_parts(store, std::slice::from_ref(&adds_path), parts),
+                    ids::write(store, &target, members),
+                )?;
+            }
+        }
+        ids::write(store, &self.state.path(paths::PENDING_REMOVES), empty).await?;
+        self.hold().await?;
+        state::write_json(store, &self.state.path(paths::PLAN), &closed).await?;
+        info!(cohort = %self.cohort.name, run = %plan.run_id, parts = closed.add_parts.len().max(1),
+            adds = closed.adds, "closed the interrupted run's plan with the parts it had planned");
+        Ok(Some(closed))
+    }
+
+    /// The error when an unfinished run's base is no longer the committed snapshot.
+    fn base_gone(&self, run: &str) -> Error {
+        Error::config(
+            None,
+            format!(
+                "{}: the unfinished run's base snapshot (run {run}) is no longer the committed \
+                 one, so its target cannot be rebuilt; nothing was committed. Run {} (it sets \
+                 the unfinished run aside and makes the next sync re-send everything and \
+                 remove what left)",
+                self.state.dir,
+                self.state.fix("repair")
+            ),
+        )
     }
 
     /// A crash came before the target snapshot was written: it is `(base − removes) ∪ adds`,
@@ -70,19 +186,7 @@ impl Run<'_> {
                 let pointer = self.state.pointer().await?;
                 match pointer {
                     Some(p) if &p.run_id == run => self.state.snapshot(Some(&p)).await?,
-                    _ => {
-                        return Err(Error::config(
-                            None,
-                            format!(
-                                "{}: the unfinished run's base snapshot (run {run}) is no longer \
-                                 the committed one, so its target cannot be rebuilt; nothing was \
-                                 committed. Run {} (it sets the unfinished run aside and makes \
-                                 the next sync re-send everything and remove what left)",
-                                self.state.dir,
-                                self.state.fix("repair")
-                            ),
-                        ));
-                    }
+                    _ => return Err(self.base_gone(run)),
                 }
             }
         };
