@@ -109,8 +109,8 @@ pub struct StateConfig {
     pub max_deltas: u32,
     /// A sync sends while its cohort is still being sorted: the members come in parts of at
     /// most this many ids, each planned (its adds written) and sent while the next is sorted.
-    /// Smaller parts start sending sooner; each part is one more object written. Default
-    /// 1,048,576.
+    /// Smaller parts start sending sooner; each part is one more object written. 0: plan the
+    /// whole change before sending anything. Default 1,048,576.
     #[serde(default = "default_part_ids")]
     pub part_ids: usize,
 }
@@ -282,9 +282,6 @@ impl Config {
                 "state.max_removal_share: must be between 0 and 1, got {}",
                 self.state.max_removal_share
             ));
-        }
-        if self.state.part_ids == 0 {
-            out.push("state.part_ids: must be at least 1".to_string());
         }
         if self.state.max_deltas > 1000 {
             out.push(format!(

@@ -366,6 +366,7 @@ impl Run<'_> {
         let df = crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params))
             .await?;
         if let (Delivery::Requests(to), Some(sender)) = (delivery, sender)
+            && self.config.state.part_ids > 0
             && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers)
         {
             let piped = self

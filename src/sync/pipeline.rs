@@ -207,7 +207,12 @@ impl Run<'_> {
             Ok::<_, Error>(p)
         };
         let sending = async {
+            let mut set_up = false;
             while let Some((adds, first)) = durable_rx.recv().await {
+                if !set_up {
+                    self.set_up(out).await?;
+                    set_up = true;
+                }
                 let planned: Vec<(u64, Range<usize>)> = batches(adds.len(), size)
                     .into_iter()
                     .map(|(n, r)| (n + first - 1, r))
@@ -271,6 +276,20 @@ impl Run<'_> {
             }
             (walk.removes(), query_members, snapshot_members)
         })
+    }
+
+    /// The destination's one-off request before a plan's first batch (creating the cohort),
+    /// if it has one.
+    async fn set_up(&self, out: &Outgoing<'_>) -> Result<()> {
+        match out.to.setup(self.options.at) {
+            Some(setup) => out
+                .sender
+                .send(&setup)
+                .await
+                .map(|_| ())
+                .map_err(|e| out.to.explain(e)),
+            None => Ok(()),
+        }
     }
 
     /// Writes the open plan (`PlanMeta::open`): from now on parts may be sent.
@@ -409,7 +428,13 @@ impl Run<'_> {
                 ids::write_parts(store, &paths, target).await
             }
         };
-        let send = self.send_list(out, removes, remove_batches, Op::Remove);
+        let send = async {
+            if adds.is_empty() {
+                // No part was sent: the destination is set up before the removals.
+                self.set_up(out).await?;
+            }
+            self.send_list(out, removes, remove_batches, Op::Remove).await
+        };
         let (sent, written) = tokio::join!(send, write);
         sent?;
         written?;
