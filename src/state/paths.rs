@@ -15,12 +15,18 @@ pub const PENDING_ADDS: &str = "pending/adds.parquet";
 /// A plan's ids to remove, when they are not a delta's.
 pub const PENDING_REMOVES: &str = "pending/removes.parquet";
 
-/// The folder of the parts of an open plan (`PlanMeta::open`): each the adds of one part.
+/// The folder of the parts of open plans (`PlanMeta::open`).
 pub const PARTS: &str = "pending/parts";
 
-/// Part `k` of an open plan (numbered from 0, in the order of the ids).
-pub fn part(k: usize) -> String {
-    format!("{PARTS}/{k:06}.parquet")
+/// The folder of the parts of run `run_id`'s open plan: each the adds of one part (a part a
+/// fenced-off run wrote late is never taken for another run's).
+pub fn parts(run_id: &str) -> String {
+    format!("{PARTS}/{run_id}")
+}
+
+/// Part `k` of run `run_id`'s open plan (numbered from 0, in the order of the ids).
+pub fn part(run_id: &str, k: usize) -> String {
+    format!("{}/{k:06}.parquet", parts(run_id))
 }
 
 /// The folder of the journal of acknowledged batches.

@@ -120,7 +120,7 @@ async fn repair_locked(t: &Target, force: bool, partner: PartnerNow<'_>) -> Resu
             // An open plan's lists are its parts (`PlanMeta::open`).
             let files = if plan.open {
                 let listed: Vec<_> = store
-                    .list(Some(&state.path(super::paths::PARTS)))
+                    .list(Some(&state.path(&super::paths::parts(&plan.run_id))))
                     .try_collect()
                     .await?;
                 listed.into_iter().map(|m| m.location).collect()

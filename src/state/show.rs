@@ -188,7 +188,7 @@ async fn unfinished(state: &CohortState, problems: &mut Vec<String>) -> Result<V
         // Sent in parts and interrupted while they were planned: its totals are not known.
         let parts: Vec<_> = state
             .store
-            .list(Some(&state.path(super::paths::PARTS)))
+            .list(Some(&state.path(&super::paths::parts(&plan.run_id))))
             .try_collect()
             .await?;
         return Ok(json!({

@@ -161,11 +161,14 @@ impl Run<'_> {
     ) -> Result<Parts> {
         let (pointer, base) = self.base().await?;
         let full = self.sends_everyone(pointer.as_ref());
-        let (parts_tx, mut parts_rx) = mpsc::channel::<Part>(2);
+        let (parts_tx, parts_rx) = mpsc::channel::<Part>(2);
         let diff = self.diff_stage(base, full, sorted, parts_tx);
         let size = self.dest.delivery.batch_size;
-        let (durable_tx, mut durable_rx) = mpsc::channel::<(Arc<StringArray>, u64)>(1);
+        let (durable_tx, durable_rx) = mpsc::channel::<(Arc<StringArray>, u64)>(1);
+        // Each side owns its ends of the channels, so a side that stops (an error) closes them
+        // and the other side, and the diff stage and the sort behind it, stop too.
         let planner = async {
+            let (durable_tx, mut parts_rx) = (durable_tx, parts_rx);
             let mut p = Parts {
                 pointer,
                 members: Vec::new(),
@@ -192,7 +195,7 @@ impl Run<'_> {
                     self.open_plan(run_id, p.pointer.as_ref()).await?;
                 }
                 let adds = Arc::new(part.adds);
-                let path = self.state.path(&paths::part(p.adds.len()));
+                let path = self.state.path(&paths::part(run_id, p.adds.len()));
                 self.hold().await?;
                 ids::write(self.state.store.as_ref(), &path, adds.clone()).await?;
                 let first = p.batches + 1;
@@ -202,11 +205,10 @@ impl Run<'_> {
                     break; // the sending stopped: its error is the run's
                 }
             }
-            drop(durable_tx);
-            drop(parts_rx);
             Ok::<_, Error>(p)
         };
         let sending = async {
+            let mut durable_rx = durable_rx;
             let mut set_up = false;
             while let Some((adds, first)) = durable_rx.recv().await {
                 if !set_up {

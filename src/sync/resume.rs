@@ -8,6 +8,7 @@ use tracing::info;
 
 use super::Run;
 use super::deliver::Sent;
+use super::plan::Sizes;
 use crate::cohort::diff;
 use crate::deliver::sender::Sender;
 use crate::destinations::Delivery;
@@ -75,7 +76,7 @@ impl Run<'_> {
         let listed: Vec<_> = self
             .state
             .store
-            .list(Some(&self.state.path(paths::PARTS)))
+            .list(Some(&self.state.path(&paths::parts(&plan.run_id))))
             .try_collect()
             .await?;
         let mut names: Vec<String> = listed
@@ -84,9 +85,9 @@ impl Run<'_> {
             .collect();
         names.sort();
         for (k, name) in names.iter().enumerate() {
-            if paths::part(k) != format!("{}/{name}", paths::PARTS) {
+            if paths::part(&plan.run_id, k) != format!("{}/{name}", paths::parts(&plan.run_id)) {
                 return Err(self.state.unreadable(
-                    &self.state.path(paths::PARTS),
+                    &self.state.path(&paths::parts(&plan.run_id)),
                     &format!("part {k} of the open plan is missing (found {name})"),
                     "repair",
                 ));
@@ -102,14 +103,15 @@ impl Run<'_> {
         }
         let mut parts = Vec::with_capacity(names.len());
         for k in 0..names.len() {
-            parts.push(self.state.ids(&paths::part(k)).await?.as_ref().clone());
+            parts.push(self.state.ids(&paths::part(&plan.run_id, k)).await?.as_ref().clone());
         }
         let base = match (&plan.base_run_id, pointer) {
             (None, _) => None,
-            (Some(run), Some(p)) if &p.run_id == run => Some(self.state.snapshot(Some(p)).await?),
+            (Some(run), Some(p)) if &p.run_id == run => Some((p, self.state.base(Some(p)).await?)),
             (Some(run), _) => return Err(self.base_gone(run)),
         };
         let adds: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let keys = parts.iter().any(crate::cohort::identity::needs_format_2);
         let size = plan.batch_size;
         let add_parts: Vec<u64> = parts.iter().map(|p| p.len() as u64).collect();
         let mut closed = PlanMeta {
@@ -119,14 +121,16 @@ impl Run<'_> {
             add_batches: add_parts.iter().map(|&n| n.div_ceil(size as u64)).sum(),
             remove_batches: 0,
             add_parts: if add_parts.len() > 1 { add_parts } else { Vec::new() },
+            adds_file: paths::PENDING_ADDS.to_string(),
             removes_file: paths::PENDING_REMOVES.to_string(),
             chain: None,
             ..plan.clone()
         };
         let target = self.state.path(&plan.target_snapshot);
-        let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
+        let empty = StringArray::from(Vec::<&str>::new());
         self.hold().await?;
         self.state.mark_started(&plan.run_id).await?;
+        let mut replicas = false;
         match base {
             None => {
                 // A first sync: its adds are its target.
@@ -134,20 +138,60 @@ impl Run<'_> {
                 closed.target_members = adds;
                 ids::write_parts(store, std::slice::from_ref(&target), parts).await?;
             }
-            Some(base) => {
-                closed.adds_file = paths::PENDING_ADDS.to_string();
+            Some((pointer, base)) => {
+                // The adds are new ids (unless the run re-sent everyone): the membership is
+                // the base's and theirs.
                 let added = parts.clone();
-                let members =
-                    on_rayon(move || Arc::new(diff::union(&base, &diff::concat(&added)))).await;
-                closed.target_members = members.len() as u64;
-                let adds_path = self.state.path(paths::PENDING_ADDS);
-                tokio::try_join!(
-                    ids::write_parts(store, std::slice::from_ref(&adds_path), parts),
-                    ids::write(store, &target, members),
-                )?;
+                let (base, new) = on_rayon(move || {
+                    let mut walk = base.walk();
+                    let new: usize = added.iter().map(|p| walk.part(p).len()).sum();
+                    drop(walk);
+                    (base, new)
+                })
+                .await;
+                closed.target_members = (base.len() + new) as u64;
+                let sizes = Sizes {
+                    adds: new as u64,
+                    removes: 0,
+                    target: closed.target_members,
+                    adds_are_target: new as u64 != adds,
+                };
+                match self.chain_of(Some(pointer), sizes, &plan.run_id) {
+                    // Committed as a delta, as the run would have (no snapshot written).
+                    Some(chain) => {
+                        let delta = chain.deltas.last().expect("a delta").clone();
+                        (closed.adds_file, closed.removes_file) = (delta.adds, delta.removes);
+                        closed.chain = Some(chain);
+                        replicas = true;
+                        let paths = [
+                            self.state.path(&closed.adds_file),
+                            self.state.path(&state::replica(&closed.adds_file)),
+                        ];
+                        ids::write_parts(store, &paths, parts).await?;
+                    }
+                    None => {
+                        let added = parts.clone();
+                        let members = on_rayon(move || {
+                            Arc::new(diff::union(&base.materialize(), &diff::concat(&added)))
+                        })
+                        .await;
+                        let adds_path = self.state.path(paths::PENDING_ADDS);
+                        tokio::try_join!(
+                            ids::write_parts(store, std::slice::from_ref(&adds_path), parts),
+                            ids::write(store, &target, members),
+                        )?;
+                    }
+                }
             }
         }
-        ids::write(store, &self.state.path(paths::PENDING_REMOVES), empty).await?;
+        if closed.add_parts.is_empty() {
+            closed.format = state::plan_format(closed.chain.is_some(), keys);
+        }
+        let mut removes_paths = vec![self.state.path(&closed.removes_file)];
+        if replicas {
+            removes_paths.push(self.state.path(&state::replica(&closed.removes_file)));
+        }
+        ids::write_parts(store, &removes_paths, vec![empty]).await?;
         self.hold().await?;
         state::write_json(store, &self.state.path(paths::PLAN), &closed).await?;
         info!(cohort = %self.cohort.name, run = %plan.run_id, parts = closed.add_parts.len().max(1),

@@ -193,7 +193,8 @@ fn a_delta_run_killed_mid_delivery_resumes_exactly() {
     let dest = "batch_size = 2\nrequests_per_second = 40\nmax_in_flight = 2";
     let project = project(&partner.handle.base_url(), dest, 24);
     let file = project.dir.path().join("cohort-bridge.toml");
-    let slow = std::fs::read_to_string(&file).unwrap();
+    // The change planned whole (a run in parts is killed and resumed in `pipeline`).
+    let slow = std::fs::read_to_string(&file).unwrap() + "part_ids = 0\n";
     let fast = slow.replace("requests_per_second = 40", "requests_per_second = 5000");
     std::fs::write(&file, &fast).unwrap();
     project.run(&["sync", "active", "--at", &hour(0)]).summary();

@@ -36,6 +36,7 @@ mod klaviyo;
 mod lift;
 mod metrics;
 mod packaging;
+mod pipeline;
 mod proxy;
 mod report;
 mod s3;
