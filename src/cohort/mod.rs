@@ -116,7 +116,10 @@ pub async fn members_of(
 /// uses). Other identifiers make keys that contact normalisation orders again after the sort,
 /// or that the destination checks whole before planning (`Destination::accepts`).
 pub fn comes_in_parts(df: &DataFrame, identifiers: &[identity::Kind]) -> bool {
-    matches!(identity::key_expr(df.schema().as_arrow(), identifiers), Ok(None))
+    matches!(
+        identity::key_expr(df.schema().as_arrow(), identifiers),
+        Ok(None)
+    )
 }
 
 /// Executes a planned cohort query that [`comes_in_parts`] and hands its members to `out` in

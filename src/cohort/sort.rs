@@ -539,7 +539,12 @@ mod tests {
     }
 
     /// `finish_in_parts`: the same ids in the same order, in parts of at most `part_ids`.
-    fn check_parts(columns: &[StringArray], part_ids: usize, want: &[String], counts: (usize, usize)) {
+    fn check_parts(
+        columns: &[StringArray],
+        part_ids: usize,
+        want: &[String],
+        counts: (usize, usize),
+    ) {
         let mut collector = Collector::new();
         for c in columns {
             collector.push(c).unwrap();

@@ -42,7 +42,11 @@ pub async fn write_to(
 
 /// Writes a list given as parts (each sorted and distinct, each part's ids after the previous
 /// part's) to every path, as [`write_to`] does, without joining the parts first.
-pub async fn write_parts(store: &dyn ObjectStore, paths: &[Path], parts: Vec<StringArray>) -> Result<()> {
+pub async fn write_parts(
+    store: &dyn ObjectStore,
+    paths: &[Path],
+    parts: Vec<StringArray>,
+) -> Result<()> {
     let parts = if parts.is_empty() {
         vec![StringArray::from(Vec::<&str>::new())]
     } else {
@@ -126,14 +130,28 @@ async fn write_sized(
             let columns = |slice: StringArray| vec![Arc::new(slice) as ArrayRef];
             let mark = crate::cohort::identity::needs_format_2(&ids);
             let marks = mark.then(|| vec![KeyValue::new(KEY_FORMAT.to_string(), "2".to_string())]);
-            encode(std::slice::from_ref(ids.as_ref()), fields, columns, marks, row_group, emit)
+            encode(
+                std::slice::from_ref(ids.as_ref()),
+                fields,
+                columns,
+                marks,
+                row_group,
+                emit,
+            )
         }
         Layout::ParquetIdentities(names) => {
             let fields = names
                 .iter()
                 .map(|n| Field::new(n, DataType::Utf8, true))
                 .collect();
-            encode(std::slice::from_ref(ids.as_ref()), fields, split_identities, None, row_group, emit)
+            encode(
+                std::slice::from_ref(ids.as_ref()),
+                fields,
+                split_identities,
+                None,
+                row_group,
+                emit,
+            )
         }
         Layout::Csv(column) => encode_csv(&ids, [column], |id| [Some(id)], row_group, emit),
         Layout::CsvIdentities(names) => {

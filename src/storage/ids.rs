@@ -190,7 +190,11 @@ pub fn encode(
     // Row groups: each part's ids cut every `row_group` (a part's last one may be short).
     let starts: Vec<(&StringArray, usize)> = ids
         .iter()
-        .flat_map(|part| (0..part.len()).step_by(row_group.max(1)).map(move |s| (part, s)))
+        .flat_map(|part| {
+            (0..part.len())
+                .step_by(row_group.max(1))
+                .map(move |s| (part, s))
+        })
         .collect();
     for (round, chunk) in starts.chunks(ROW_GROUPS_AT_ONCE).enumerate() {
         let encoded: Vec<Result<Vec<ArrowColumnChunk>>> = chunk

@@ -363,15 +363,13 @@ impl Run<'_> {
         // 3–6 in parts when the cohort's members are its user ids and the destination takes
         // requests: each part is planned and sent while the next is sorted (`pipeline`).
         let params = crate::lake::sql::Params::at(self.options.at);
-        let df = crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params))
-            .await?;
+        let df =
+            crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params)).await?;
         if let (Delivery::Requests(to), Some(sender)) = (delivery, sender)
             && self.config.state.part_ids > 0
             && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers)
         {
-            let piped = self
-                .pipeline(lake, df, run_id, started, to, sender)
-                .await?;
+            let piped = self.pipeline(lake, df, run_id, started, to, sender).await?;
             // 7. The control group, which never reaches the partner.
             self.record_holdout(piped.held).await?;
             return Ok(Done {

@@ -87,14 +87,9 @@ impl Run<'_> {
         let origin = self.cohort.sql_file.display().to_string();
         let (sorted_tx, sorted_rx) = mpsc::channel::<StringArray>(2);
         let members = async {
-            let members = cohort::members_in_parts(
-                lake,
-                df,
-                &origin,
-                self.config.state.part_ids,
-                sorted_tx,
-            )
-            .await;
+            let members =
+                cohort::members_in_parts(lake, df, &origin, self.config.state.part_ids, sorted_tx)
+                    .await;
             (members, started.elapsed().as_secs_f64())
         };
         let journal = Journal::start(
@@ -115,16 +110,14 @@ impl Run<'_> {
         };
         let parts = self.send_parts(sorted_rx, run_id, &out);
         let ((members, query_seconds), parts) = tokio::join!(members, parts);
-        let result = match (members, parts) {
-            // A signal stops planning parts (and so the sort): it is the reason.
-            _ if crate::signals::received().is_some() => crate::signals::check().map(|_| None),
-            // The parts' error first: the sort stops when they do.
+        // A signal stops planning parts (and so the sort): it is the reason. Else the parts'
+        // error first: the sort stops when they do.
+        let result = crate::signals::check().and_then(|()| match (members, parts) {
             (_, Err(e)) | (Err(e), _) => Err(e),
-            (Ok(m), Ok(p)) => Ok(Some((m, p))),
-        };
+            (Ok(m), Ok(p)) => Ok((m, p)),
+        });
         let (members, parts) = match result {
-            Ok(Some(done)) => done,
-            Ok(None) => unreachable!("a signal is an error"),
+            Ok(done) => done,
             Err(e) => {
                 progress.finish();
                 // What was acknowledged is journaled before the error is reported.
@@ -391,9 +384,9 @@ impl Run<'_> {
         // The membership once delivered: the members, and removals held back.
         let target: Vec<StringArray> = match held_back {
             None => member_parts,
-            Some(kept) => vec![
-                on_rayon(move || diff::union(&diff::concat(&member_parts), &kept)).await,
-            ],
+            Some(kept) => {
+                vec![on_rayon(move || diff::union(&diff::concat(&member_parts), &kept)).await]
+            }
         };
         let target_members: usize = target.iter().map(Array::len).sum();
         let sizes = Sizes {
@@ -435,7 +428,8 @@ impl Run<'_> {
                 // No part was sent: the destination is set up before the removals.
                 self.set_up(out).await?;
             }
-            self.send_list(out, removes, remove_batches, Op::Remove).await
+            self.send_list(out, removes, remove_batches, Op::Remove)
+                .await
         };
         let (sent, written) = tokio::join!(send, write);
         sent?;

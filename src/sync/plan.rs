@@ -116,7 +116,12 @@ impl Run<'_> {
     }
 
     /// [`Run::chain`] of a change of `sizes` over `base`.
-    pub(super) fn chain_of(&self, base: Option<&Pointer>, sizes: Sizes, run_id: &str) -> Option<Chain> {
+    pub(super) fn chain_of(
+        &self,
+        base: Option<&Pointer>,
+        sizes: Sizes,
+        run_id: &str,
+    ) -> Option<Chain> {
         base.and_then(|base| {
             let change_ids = sizes.adds + sizes.removes;
             let fits = !sizes.adds_are_target

@@ -103,7 +103,13 @@ impl Run<'_> {
         }
         let mut parts = Vec::with_capacity(names.len());
         for k in 0..names.len() {
-            parts.push(self.state.ids(&paths::part(&plan.run_id, k)).await?.as_ref().clone());
+            parts.push(
+                self.state
+                    .ids(&paths::part(&plan.run_id, k))
+                    .await?
+                    .as_ref()
+                    .clone(),
+            );
         }
         let base = match (&plan.base_run_id, pointer) {
             (None, _) => None,
@@ -120,7 +126,11 @@ impl Run<'_> {
             removes: 0,
             add_batches: add_parts.iter().map(|&n| n.div_ceil(size as u64)).sum(),
             remove_batches: 0,
-            add_parts: if add_parts.len() > 1 { add_parts } else { Vec::new() },
+            add_parts: if add_parts.len() > 1 {
+                add_parts
+            } else {
+                Vec::new()
+            },
             adds_file: paths::PENDING_ADDS.to_string(),
             removes_file: paths::PENDING_REMOVES.to_string(),
             chain: None,

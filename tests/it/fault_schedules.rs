@@ -268,7 +268,9 @@ fn pending_lists(state: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
     if plan["open"] == true {
         let mut adds = BTreeSet::new();
-        let dir = state.join("pending/parts").join(plan["run_id"].as_str().unwrap());
+        let dir = state
+            .join("pending/parts")
+            .join(plan["run_id"].as_str().unwrap());
         for part in std::fs::read_dir(dir).into_iter().flatten() {
             adds.extend(ids(&part.unwrap().path()));
         }
@@ -459,16 +461,12 @@ fn schedules(kind: Kind, default_cases: u32) {
     // Every other case plans its change whole (`state.part_ids = 0`); the others in parts of
     // PART_IDS members, each sent while the next is sorted (a cohort of ~1,950: 7 parts), so
     // faults interrupt runs between and within parts and leave open plans to resume.
-    let whole = cohort_bridge::destinations::parse_config(
-        &(text.clone() + "part_ids = 0\n"),
-        &toml,
-    )
-    .unwrap();
-    let config = cohort_bridge::destinations::parse_config(
-        &format!("{text}part_ids = {PART_IDS}\n"),
-        &toml,
-    )
-    .unwrap();
+    let whole =
+        cohort_bridge::destinations::parse_config(&(text.clone() + "part_ids = 0\n"), &toml)
+            .unwrap();
+    let config =
+        cohort_bridge::destinations::parse_config(&format!("{text}part_ids = {PART_IDS}\n"), &toml)
+            .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lake = runtime
         .block_on(cohort_bridge::project::open_lake(&config))

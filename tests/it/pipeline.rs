@@ -21,7 +21,9 @@ fn open_plan(state: &std::path::Path) -> Option<serde_json::Value> {
 
 fn parts_planned(state: &std::path::Path) -> usize {
     let plan = open_plan(state).unwrap();
-    let dir = state.join("pending/parts").join(plan["run_id"].as_str().unwrap());
+    let dir = state
+        .join("pending/parts")
+        .join(plan["run_id"].as_str().unwrap());
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
@@ -56,14 +58,18 @@ fn a_run_killed_while_its_parts_are_planned_resumes_exactly_and_removes_nothing_
     assert_eq!(show["plan"]["open"], true, "{show}");
     assert_eq!(show["plan"]["parts_planned"], planned, "{show}");
     let held = partner.members("active");
-    assert!(held.is_subset(&e1) && !held.is_empty(), "{} held", held.len());
+    assert!(
+        held.is_subset(&e1) && !held.is_empty(),
+        "{} held",
+        held.len()
+    );
 
     // The next run closes the plan with those parts (their batches alone), commits it, then
     // sends the rest of the cohort as its own change.
     let run = project.run(&["sync", "active", "--at", T1]);
     let summary = run.summary();
-    let resumed = summary["resumed_batches"].as_u64().unwrap()
-        + summary["skipped_batches"].as_u64().unwrap();
+    let resumed =
+        summary["resumed_batches"].as_u64().unwrap() + summary["skipped_batches"].as_u64().unwrap();
     assert!(
         resumed > 0 && resumed <= planned as u64 * 10,
         "the closed plan holds the planned parts' batches: {summary}"
@@ -73,14 +79,21 @@ fn a_run_killed_while_its_parts_are_planned_resumes_exactly_and_removes_nothing_
         "{}",
         run.stderr()
     );
-    assert!(partner.members("active") == e1, "the partner holds the cohort");
+    assert!(
+        partner.members("active") == e1,
+        "the partner holds the cohort"
+    );
     assert!(open_plan(&state).is_none());
 
     // An incremental run killed mid-parts sends adds only: everyone of the old cohort is still
     // there. Its resume then converges exactly.
     let adds: BTreeSet<_> = e2.difference(&e1).cloned().collect();
     let removes: BTreeSet<_> = e1.difference(&e2).cloned().collect();
-    assert!(adds.len() > 200 && !removes.is_empty(), "fixture: {} adds", adds.len());
+    assert!(
+        adds.len() > 200 && !removes.is_empty(),
+        "fixture: {} adds",
+        adds.len()
+    );
     let before = partner.handle.stats().user_requests_applied;
     kill_at(
         &[before + 8],
@@ -88,14 +101,18 @@ fn a_run_killed_while_its_parts_are_planned_resumes_exactly_and_removes_nothing_
         || project.command(&["sync", "active", "--at", T2]),
         || partner.handle.stats().user_requests_applied,
     );
-    assert!(open_plan(&state).is_some(), "killed while its parts were planned");
+    assert!(
+        open_plan(&state).is_some(),
+        "killed while its parts were planned"
+    );
     let held = partner.members("active");
     assert!(e1.is_subset(&held), "no removal before the plan is closed");
     assert!(held.is_subset(&e1.union(&e2).cloned().collect()));
     assert!(held.len() > e1.len(), "some adds were sent");
     let resumed = project.run(&["sync", "active", "--at", T2]).summary();
     assert!(
-        resumed["resumed_batches"].as_u64().unwrap() + resumed["skipped_batches"].as_u64().unwrap() > 0,
+        resumed["resumed_batches"].as_u64().unwrap() + resumed["skipped_batches"].as_u64().unwrap()
+            > 0,
         "{resumed}"
     );
     assert!(partner.members("active") == e2);
@@ -123,7 +140,11 @@ fn parts_and_a_whole_plan_send_the_same_change() {
         let second = project.run(&["sync", "active", "--at", T2]).summary();
         assert!(partner.members("active") == active_7d(T2));
         let counts = |s: &serde_json::Value| {
-            (s["members"].clone(), s["adds"].clone(), s["removes"].clone())
+            (
+                s["members"].clone(),
+                s["adds"].clone(),
+                s["removes"].clone(),
+            )
         };
         outcomes.push((counts(&first), counts(&second)));
     }
