@@ -107,12 +107,17 @@ pub struct StateConfig {
     /// snapshot. Default 24.
     #[serde(default = "default_max_deltas")]
     pub max_deltas: u32,
-    /// A sync sends while its cohort is still being sorted: the members come in parts of at
-    /// most this many ids, each planned (its adds written) and sent while the next is sorted.
-    /// Smaller parts start sending sooner; each part is one more object written. 0: plan the
-    /// whole change before sending anything. Default 1,048,576.
+    /// An incremental sync sends while its cohort is still being sorted: the members come in
+    /// parts of at most this many ids, each planned (its adds written) and sent while the next
+    /// is sorted. Smaller parts start sending sooner; each part is one more object written. 0:
+    /// plan the whole change before sending anything. Default 1,048,576.
     #[serde(default = "default_part_ids")]
     pub part_ids: usize,
+    /// Full syncs (the first, `--full`, a resend after `state repair`) in parts too. Off by
+    /// default: their adds are the whole cohort, written once as parts and again as the target
+    /// snapshot, which cost more than the overlap saved on two cores (docs/benchmarks.md).
+    #[serde(default)]
+    pub pipeline_full_syncs: bool,
 }
 
 fn default_max_deltas() -> u32 {
@@ -138,6 +143,7 @@ impl Default for StateConfig {
             max_removal_share: default_max_removal_share(),
             max_deltas: default_max_deltas(),
             part_ids: default_part_ids(),
+            pipeline_full_syncs: false,
         }
     }
 }

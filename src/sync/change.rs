@@ -189,6 +189,13 @@ impl Run<'_> {
         }
     }
 
+    /// Whether this run sends a change against this cohort's own committed snapshot, under
+    /// this partner identity: not a first sync, `--full`, or a resend after `state repair`.
+    pub(super) async fn incremental(&self) -> Result<bool> {
+        let own = self.state.pointer().await?;
+        Ok(!self.options.full && own.is_some_and(|p| !p.resend_all && p.partner == self.partner))
+    }
+
     /// Whether this run adds every member, not only the new ones: `--full`, or after `state
     /// repair` set aside an unfinished run it could not read (warned).
     pub(super) fn sends_everyone(&self, base: Option<&Pointer>) -> bool {

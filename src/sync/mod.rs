@@ -360,14 +360,16 @@ impl Run<'_> {
         // 2. Time going backwards would roll the partner back to an older cohort.
         self.refuse_rewind().await?;
 
-        // 3–6 in parts when the cohort's members are its user ids and the destination takes
-        // requests: each part is planned and sent while the next is sorted (`pipeline`).
+        // 3–6 in parts when the cohort's members are its user ids, the destination takes
+        // requests and the run is incremental (or `state.pipeline_full_syncs`): each part is
+        // planned and sent while the next is sorted (`pipeline`).
         let params = crate::lake::sql::Params::at(self.options.at);
         let df =
             crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params)).await?;
         if let (Delivery::Requests(to), Some(sender)) = (delivery, sender)
             && self.config.state.part_ids > 0
             && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers)
+            && (self.config.state.pipeline_full_syncs || self.incremental().await?)
         {
             let piped = self.pipeline(lake, df, run_id, started, to, sender).await?;
             // 7. The control group, which never reaches the partner.

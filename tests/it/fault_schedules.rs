@@ -459,14 +459,17 @@ fn schedules(kind: Kind, default_cases: u32) {
     *project_dir.lock().unwrap() = Some(project.dir.path().to_path_buf());
     let sql_file = project.dir.path().join("queries/cohorts/c.sql");
     // Every other case plans its change whole (`state.part_ids = 0`); the others in parts of
-    // PART_IDS members, each sent while the next is sorted (a cohort of ~1,950: 7 parts), so
-    // faults interrupt runs between and within parts and leave open plans to resume.
+    // PART_IDS members, each sent while the next is sorted (a cohort of ~1,950: 7 parts; full
+    // syncs too, `state.pipeline_full_syncs`), so faults interrupt runs between and within
+    // parts and leave open plans to resume.
     let whole =
         cohort_bridge::destinations::parse_config(&(text.clone() + "part_ids = 0\n"), &toml)
             .unwrap();
-    let config =
-        cohort_bridge::destinations::parse_config(&format!("{text}part_ids = {PART_IDS}\n"), &toml)
-            .unwrap();
+    let config = cohort_bridge::destinations::parse_config(
+        &format!("{text}part_ids = {PART_IDS}\npipeline_full_syncs = true\n"),
+        &toml,
+    )
+    .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lake = runtime
         .block_on(cohort_bridge::project::open_lake(&config))

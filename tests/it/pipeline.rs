@@ -1,5 +1,6 @@
 //! A sync sends while its cohort is still being sorted: the members come in parts
-//! (`state.part_ids`), each planned and sent while the next is sorted. A run killed (SIGKILL)
+//! (`state.part_ids`), each planned and sent while the next is sorted (incremental runs by
+//! default; full syncs too here, `state.pipeline_full_syncs`). A run killed (SIGKILL)
 //! while its parts are planned leaves an open plan; the next run closes it with the parts it
 //! planned alone, commits that, and sends the rest as its own change. Removals wait for the
 //! close, so an interrupted run never removes anyone.
@@ -32,7 +33,8 @@ fn a_run_killed_while_its_parts_are_planned_resumes_exactly_and_removes_nothing_
     let partner = Partner::plain();
     let project = Project::new(&partner.handle.base_url(), DEST, &[("active", ACTIVE_7D)]);
     let toml = project.dir.path().join("cohort-bridge.toml");
-    let text = std::fs::read_to_string(&toml).unwrap() + "part_ids = 100\n";
+    let text =
+        std::fs::read_to_string(&toml).unwrap() + "part_ids = 100\npipeline_full_syncs = true\n";
     std::fs::write(&toml, text).unwrap();
     let state = project.cohort_state("active");
     let (e1, e2) = (active_7d(T1), active_7d(T2));
@@ -134,7 +136,8 @@ fn parts_and_a_whole_plan_send_the_same_change() {
             &[("active", ACTIVE_7D)],
         );
         let toml = project.dir.path().join("cohort-bridge.toml");
-        let text = std::fs::read_to_string(&toml).unwrap() + &format!("part_ids = {part_ids}\n");
+        let text = std::fs::read_to_string(&toml).unwrap()
+            + &format!("part_ids = {part_ids}\npipeline_full_syncs = true\n");
         std::fs::write(&toml, text).unwrap();
         let first = project.run(&["sync", "active", "--at", T1]).summary();
         let second = project.run(&["sync", "active", "--at", T2]).summary();
@@ -156,7 +159,8 @@ fn an_unreadable_part_of_an_open_plan_is_refused_then_set_aside_exactly() {
     let partner = Partner::plain();
     let project = Project::new(&partner.handle.base_url(), DEST, &[("active", ACTIVE_7D)]);
     let toml = project.dir.path().join("cohort-bridge.toml");
-    let text = std::fs::read_to_string(&toml).unwrap() + "part_ids = 100\n";
+    let text =
+        std::fs::read_to_string(&toml).unwrap() + "part_ids = 100\npipeline_full_syncs = true\n";
     std::fs::write(&toml, text).unwrap();
     let state = project.cohort_state("active");
     kill_at(
@@ -194,4 +198,27 @@ fn an_unreadable_part_of_an_open_plan_is_refused_then_set_aside_exactly() {
     // part's ids are members at T1: the partner ends exact).
     project.run(&["sync", "active", "--at", T1]).summary();
     assert!(partner.members("active") == active_7d(T1));
+}
+
+#[test]
+fn by_default_a_first_sync_is_planned_whole_and_the_next_in_parts() {
+    // A full sync's adds are the whole cohort: in parts they would be written twice (parts,
+    // then the target snapshot), so only incremental runs are pipelined unless
+    // `state.pipeline_full_syncs`.
+    let partner = Partner::plain();
+    let project = Project::new(
+        &partner.handle.base_url(),
+        "batch_size = 50\nrequests_per_second = 5000",
+        &[("active", ACTIVE_7D)],
+    );
+    let toml = project.dir.path().join("cohort-bridge.toml");
+    let text = std::fs::read_to_string(&toml).unwrap() + "part_ids = 7\n";
+    std::fs::write(&toml, text).unwrap();
+    let first = project.run(&["sync", "active", "--at", T1]);
+    assert!(!first.stderr().contains("plan closed"), "{}", first.stderr());
+    let second = project.run(&["sync", "active", "--at", T2]);
+    assert!(second.stderr().contains("plan closed"), "{}", second.stderr());
+    let full = project.run(&["sync", "active", "--at", T2, "--full"]);
+    assert!(!full.stderr().contains("plan closed"), "{}", full.stderr());
+    assert!(partner.members("active") == active_7d(T2));
 }
