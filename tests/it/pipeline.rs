@@ -125,10 +125,12 @@ fn a_run_killed_while_its_parts_are_planned_resumes_exactly_and_removes_nothing_
 
 #[test]
 fn parts_and_a_whole_plan_send_the_same_change() {
-    // The same two syncs planned whole (`part_ids = 0`) and in parts of 7 members: the partner
-    // ends with the same members, and the runs send the same adds and removes.
+    // The same two syncs planned whole (`part_ids = 0`) and in parts of 7 members, the second
+    // committed as a delta or (`max_deltas = 0`) as a full snapshot — the base with the change
+    // applied: the partner ends with the same members, the runs send the same adds and
+    // removes, and the committed state is the cohort (a third run finds nothing to change).
     let mut outcomes = Vec::new();
-    for part_ids in [0, 7] {
+    for (part_ids, max_deltas) in [(0, 24), (7, 24), (7, 0)] {
         let partner = Partner::plain();
         let project = Project::new(
             &partner.handle.base_url(),
@@ -137,11 +139,28 @@ fn parts_and_a_whole_plan_send_the_same_change() {
         );
         let toml = project.dir.path().join("cohort-bridge.toml");
         let text = std::fs::read_to_string(&toml).unwrap()
-            + &format!("part_ids = {part_ids}\npipeline_full_syncs = true\n");
+            + &format!(
+                "part_ids = {part_ids}\npipeline_full_syncs = true\nmax_deltas = {max_deltas}\n"
+            );
         std::fs::write(&toml, text).unwrap();
         let first = project.run(&["sync", "active", "--at", T1]).summary();
         let second = project.run(&["sync", "active", "--at", T2]).summary();
         assert!(partner.members("active") == active_7d(T2));
+        let third = project.run(&["sync", "active", "--at", T2]).summary();
+        assert_eq!(
+            (&third["adds"], &third["removes"]),
+            (&0.into(), &0.into()),
+            "{third}"
+        );
+        let show: serde_json::Value =
+            serde_json::from_str(&project.run(&["state", "show", "active"]).stdout()).unwrap();
+        assert_eq!(show["pointer"]["members"], active_7d(T2).len(), "{show}");
+        if max_deltas == 0 {
+            assert!(
+                show["pointer"]["deltas"].is_null(),
+                "a full snapshot: {show}"
+            );
+        }
         let counts = |s: &serde_json::Value| {
             (
                 s["members"].clone(),
@@ -215,9 +234,17 @@ fn by_default_a_first_sync_is_planned_whole_and_the_next_in_parts() {
     let text = std::fs::read_to_string(&toml).unwrap() + "part_ids = 7\n";
     std::fs::write(&toml, text).unwrap();
     let first = project.run(&["sync", "active", "--at", T1]);
-    assert!(!first.stderr().contains("plan closed"), "{}", first.stderr());
+    assert!(
+        !first.stderr().contains("plan closed"),
+        "{}",
+        first.stderr()
+    );
     let second = project.run(&["sync", "active", "--at", T2]);
-    assert!(second.stderr().contains("plan closed"), "{}", second.stderr());
+    assert!(
+        second.stderr().contains("plan closed"),
+        "{}",
+        second.stderr()
+    );
     let full = project.run(&["sync", "active", "--at", T2, "--full"]);
     assert!(!full.stderr().contains("plan closed"), "{}", full.stderr());
     assert!(partner.members("active") == active_7d(T2));
