@@ -5,6 +5,8 @@
     python3 benches/e2e.py --cases a,w,W,f --no-peer --interleave   # cases in turn, per pass
     python3 benches/e2e.py --cases a,b,e --no-peer --interleave --before OLD_BIN
                                       # a change measured: another build in turn with this one
+    python3 benches/e2e.py --cases bs,b --no-peer --state 'part_ids = 0'
+                                      # a setting measured: incremental runs planned whole
 
 Generates once and caches under data/: a lake of 20M users with UUID ids in no order
 (`bench-lake-20m-uuid`, `generate --ids uuid`, the default shape; the cohort `benches/half.sql`
@@ -107,6 +109,8 @@ USERS = int(os.environ.get("USERS", "20000000"))
 SMALL_USERS = int(os.environ.get("SMALL_USERS", "2000000"))
 # The scale row (case x): 100M users, a cohort of ~50M. A cohort's ids are limited to 2 GiB
 # (Arrow's 32-bit string offsets): ~59M UUIDs.
+# Extra lines for our projects' [state] section (`--state`), e.g. `part_ids = 0`.
+STATE_EXTRA = ""
 SCALE_USERS = int(os.environ.get("SCALE_USERS", "100000000"))
 
 
@@ -270,6 +274,7 @@ path = "users"
 
 [state]
 url = "{self.dir / 'state'}"
+{STATE_EXTRA}
 
 [destinations.emulator]
 kind = "braze"
@@ -733,7 +738,7 @@ def table(rows):
 
 
 def main():
-    global BIN
+    global BIN, STATE_EXTRA
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=int(os.environ.get("RUNS", "3")))
     p.add_argument("--cases", default="a,as,b,bs,e,es,s,c,d")
@@ -746,7 +751,11 @@ def main():
     p.add_argument("--interleave", action="store_true",
                    help="run the cases in turn, one run of each per pass, --runs passes (on a machine "
                         "whose page cache or neighbours drift, only rows measured in turn compare)")
+    p.add_argument("--state", action="append", default=[], metavar="LINE",
+                   help="a line for our projects' [state] section, e.g. 'part_ids = 0' (whole "
+                        "plans) or 'pipeline_full_syncs = true'; repeatable")
     args = p.parse_args()
+    STATE_EXTRA = "\n".join(args.state)
     cases = args.cases.split(",")
     peer = not args.no_peer
     if peer and not PEER_PYTHON.exists():
