@@ -14,6 +14,21 @@ use crate::support::*;
 /// Batches of 10, paced so the run lasts seconds, in parts of 100 members.
 const DEST: &str = "batch_size = 10\nrequests_per_second = 60\nmax_in_flight = 2";
 
+/// Appends `lines` to the project's `[state]` section, the last of its file.
+fn set_state(project: &Project, lines: &str) {
+    let toml = project.dir.path().join("cohort-bridge.toml");
+    let text = std::fs::read_to_string(&toml).unwrap() + lines;
+    std::fs::write(&toml, text).unwrap();
+}
+
+/// A project of the cohort `active` whose syncs, full ones too, go in parts of 100 members.
+fn in_parts_of_100() -> (Partner, Project) {
+    let partner = Partner::plain();
+    let project = Project::new(&partner.handle.base_url(), DEST, &[("active", ACTIVE_7D)]);
+    set_state(&project, "part_ids = 100\npipeline_full_syncs = true\n");
+    (partner, project)
+}
+
 fn open_plan(state: &std::path::Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(state.join("pending/plan.json")).ok()?;
     let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -30,12 +45,7 @@ fn parts_planned(state: &std::path::Path) -> usize {
 
 #[test]
 fn a_run_killed_while_its_parts_are_planned_resumes_exactly_and_removes_nothing_early() {
-    let partner = Partner::plain();
-    let project = Project::new(&partner.handle.base_url(), DEST, &[("active", ACTIVE_7D)]);
-    let toml = project.dir.path().join("cohort-bridge.toml");
-    let text =
-        std::fs::read_to_string(&toml).unwrap() + "part_ids = 100\npipeline_full_syncs = true\n";
-    std::fs::write(&toml, text).unwrap();
+    let (partner, project) = in_parts_of_100();
     let state = project.cohort_state("active");
     let (e1, e2) = (active_7d(T1), active_7d(T2));
     let batches = e1.len().div_ceil(10) as u64;
@@ -137,12 +147,12 @@ fn parts_and_a_whole_plan_send_the_same_change() {
             "batch_size = 50\nrequests_per_second = 5000",
             &[("active", ACTIVE_7D)],
         );
-        let toml = project.dir.path().join("cohort-bridge.toml");
-        let text = std::fs::read_to_string(&toml).unwrap()
-            + &format!(
+        set_state(
+            &project,
+            &format!(
                 "part_ids = {part_ids}\npipeline_full_syncs = true\nmax_deltas = {max_deltas}\n"
-            );
-        std::fs::write(&toml, text).unwrap();
+            ),
+        );
         let first = project.run(&["sync", "active", "--at", T1]).summary();
         let second = project.run(&["sync", "active", "--at", T2]).summary();
         assert!(partner.members("active") == active_7d(T2));
@@ -175,12 +185,7 @@ fn parts_and_a_whole_plan_send_the_same_change() {
 
 #[test]
 fn an_unreadable_part_of_an_open_plan_is_refused_then_set_aside_exactly() {
-    let partner = Partner::plain();
-    let project = Project::new(&partner.handle.base_url(), DEST, &[("active", ACTIVE_7D)]);
-    let toml = project.dir.path().join("cohort-bridge.toml");
-    let text =
-        std::fs::read_to_string(&toml).unwrap() + "part_ids = 100\npipeline_full_syncs = true\n";
-    std::fs::write(&toml, text).unwrap();
+    let (partner, project) = in_parts_of_100();
     let state = project.cohort_state("active");
     kill_at(
         &[12],
@@ -230,9 +235,7 @@ fn by_default_a_first_sync_is_planned_whole_and_the_next_in_parts() {
         "batch_size = 50\nrequests_per_second = 5000",
         &[("active", ACTIVE_7D)],
     );
-    let toml = project.dir.path().join("cohort-bridge.toml");
-    let text = std::fs::read_to_string(&toml).unwrap() + "part_ids = 7\n";
-    std::fs::write(&toml, text).unwrap();
+    set_state(&project, "part_ids = 7\n");
     let first = project.run(&["sync", "active", "--at", T1]);
     assert!(
         !first.stderr().contains("plan closed"),
