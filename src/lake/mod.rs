@@ -6,6 +6,7 @@
 pub mod ballista;
 mod runtime;
 pub mod sql;
+mod substr;
 
 use std::sync::Arc;
 
@@ -153,7 +154,11 @@ impl Lake {
             ),
         };
         let ctx = match engine {
-            Engine::Local => SessionContext::new_with_config_rt(session, runtime),
+            Engine::Local => {
+                // `substr`: DataFusion's own with an ASCII fast path (a cluster runs its
+                // executors' own).
+                substr::install(SessionContext::new_with_config_rt(session, runtime))
+            }
             #[cfg(feature = "ballista")]
             Engine::Ballista { host, port } => {
                 ballista::context(session, runtime, &host, port, &config.lake.options)?
