@@ -173,14 +173,26 @@ fn views(
             None => None,
         };
         let s = strings.value(i);
-        // The bytes up to the substring's end: when they are ASCII, so are its characters.
-        let end = match count {
-            Some(c) => from.saturating_sub(1).saturating_add(c),
-            None => s.len() as i64,
+        let len = s.len() as i64;
+        // 0-based, as DataFusion counts them (a negative length or a start of i64::MIN is
+        // DataFusion's error: its function says so).
+        let (begin, end) = match (from.checked_sub(1), count) {
+            (Some(b), Some(c)) if c >= 0 => (b, b.saturating_add(c)),
+            (Some(b), None) => (b, len),
+            _ => {
+                let (a, b) = get_true_start_end(s, from, count, false)?;
+                out.append_value(&s[a..b]);
+                continue;
+            }
         };
-        let probe = end.clamp(0, s.len() as i64) as usize;
-        let ascii = s.as_bytes()[..probe].is_ascii();
-        let (a, b) = get_true_start_end(s, from, count, ascii)?;
+        let (a, b) = (begin.clamp(0, len) as usize, end.clamp(0, len) as usize);
+        // The bytes up to the substring's end: when they are ASCII, characters are bytes and
+        // these are its bounds; otherwise DataFusion walks the characters.
+        let (a, b) = if s.as_bytes()[..b].is_ascii() {
+            (a, b)
+        } else {
+            get_true_start_end(s, from, count, false)?
+        };
         out.append_value(&s[a..b]);
     }
     Ok(Arc::new(out.finish()))
