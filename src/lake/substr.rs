@@ -1,8 +1,9 @@
 //! `substr` (and `substring`) as DataFusion 55 defines it, with an ASCII fast path it lacks for
 //! short prefixes of string views.
 //!
-//! DataFusion skips its ASCII check when `start + length` is at most 32 and then finds every
-//! row's substring by walking its characters: in the benchmark cohort of short ids
+//! DataFusion skips its ASCII check when `start + length` is at most 32 (a whole-array check
+//! cost more than the walk it saves for short prefixes: apache/datafusion#12444) and then finds
+//! every row's substring by walking its characters: in the benchmark cohort of short ids
 //! (`substr(user_id, 8, 4)` over 20M rows) that walk was 12% of a dry run's CPU and the call
 //! around it another 10% (docs/benchmarks.md). Here each row checks only the bytes up to its
 //! substring's end: when they are ASCII, characters are bytes and the substring is sliced
