@@ -6,16 +6,15 @@
 //! every row's substring by walking its characters: in the benchmark cohort of short ids
 //! (`substr(user_id, 8, 4)` over 20M rows) that walk was 12% of a dry run's CPU and the call
 //! around it another 10% (docs/benchmarks.md). Here each row checks only the bytes up to its
-//! substring's end: when they are ASCII, characters are bytes and the substring is sliced
-//! directly; otherwise DataFusion's own character walk runs. Either way the bounds come from
-//! DataFusion's `get_true_start_end`, so the results — negative starts, lengths past the end,
-//! errors for a negative length — are exactly DataFusion's. Everything but a string-view
-//! column with integer positions is left to DataFusion's function itself.
+//! substring's end: when they are ASCII, characters are bytes and the bounds are DataFusion's
+//! arithmetic on them; otherwise, and for a negative length or an overflowing start (its
+//! errors), DataFusion's `get_true_start_end` walks the characters. The results are DataFusion's
+//! (a property test compares them). Everything but a string-view column with integer positions
+//! is left to DataFusion's function itself.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringViewArray, StringViewBuilder};
-use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue};
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -83,13 +82,6 @@ impl Position<'_> {
             Position::Array(a) => a.is_valid(i).then(|| a.value(i)),
         }
     }
-
-    fn nulls(&self) -> Option<&NullBuffer> {
-        match self {
-            Position::Scalar(_) => None,
-            Position::Array(a) => a.nulls(),
-        }
-    }
 }
 
 impl ScalarUDFImpl for Substr {
@@ -142,36 +134,21 @@ fn views(
     start: &Position<'_>,
     count: Option<&Position<'_>>,
 ) -> Result<ArrayRef> {
-    // A NULL position given once makes every row NULL, as in DataFusion's function.
-    let all_null =
-        matches!(start, Position::Scalar(None)) || matches!(count, Some(Position::Scalar(None)));
-    let nulls = if all_null {
-        Some(NullBuffer::new_null(strings.len()))
-    } else {
-        NullBuffer::union_many([
-            strings.nulls(),
-            start.nulls(),
-            count.and_then(Position::nulls),
-        ])
-    };
     let mut out = StringViewBuilder::with_capacity(strings.len());
     for i in 0..strings.len() {
-        let row = (start.value(i), count.map(|c| c.value(i)));
-        let (Some(from), count) = row else {
-            out.append_null();
-            continue;
+        // A NULL argument makes the row NULL (a position given once as NULL, every row).
+        let row = match (
+            strings.is_valid(i),
+            start.value(i),
+            count.map(|c| c.value(i)),
+        ) {
+            (true, Some(from), None) => Some((from, None)),
+            (true, Some(from), Some(Some(c))) => Some((from, Some(c))),
+            _ => None,
         };
-        if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+        let Some((from, count)) = row else {
             out.append_null();
             continue;
-        }
-        let count = match count {
-            Some(None) => {
-                out.append_null();
-                continue;
-            }
-            Some(Some(c)) => Some(c),
-            None => None,
         };
         let s = strings.value(i);
         let len = s.len() as i64;

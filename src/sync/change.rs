@@ -193,18 +193,24 @@ impl Run<'_> {
     /// this partner identity: not a first sync, `--full`, or a resend after `state repair`.
     pub(super) async fn incremental(&self) -> Result<bool> {
         let own = self.state.pointer().await?;
-        Ok(!self.options.full && own.is_some_and(|p| !p.resend_all && p.partner == self.partner))
+        let own = own.filter(|p| p.partner == self.partner);
+        Ok(own.is_some() && !self.resends_all(own.as_ref()))
     }
 
-    /// Whether this run adds every member, not only the new ones: `--full`, or after `state
-    /// repair` set aside an unfinished run it could not read (warned).
+    /// `--full`, or `state repair` set aside an unfinished run it could not read.
+    fn resends_all(&self, base: Option<&Pointer>) -> bool {
+        self.options.full || base.is_some_and(|p| p.resend_all)
+    }
+
+    /// Whether this run adds every member, not only the new ones ([`Run::resends_all`];
+    /// warned after a repair).
     pub(super) fn sends_everyone(&self, base: Option<&Pointer>) -> bool {
         let repaired = base.is_some_and(|p| p.resend_all);
         if repaired && !self.options.full {
             warn!(cohort = %self.cohort.name,
                 "`state repair` set aside an unfinished run it could not read: re-sending every member and removing every snapshot id not in the cohort (as --full)");
         }
-        self.options.full || repaired
+        self.resends_all(base)
     }
 
     /// The removals to send and the target membership: suspicious removals (see

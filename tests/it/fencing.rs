@@ -18,10 +18,7 @@ const SLOW: &str =
 /// A project whose runs pace themselves slowly, with a one-second lock.
 fn slow_project(partner: &Partner) -> Project {
     let project = Project::new(&partner.handle.base_url(), SLOW, &[("active", ACTIVE_7D)]);
-    let toml = project.dir.path().join("cohort-bridge.toml");
-    // `[state]` is the file's last section.
-    let text = std::fs::read_to_string(&toml).unwrap() + "lock_ttl = \"1s\"\n";
-    std::fs::write(&toml, text).unwrap();
+    project.set_state("lock_ttl = \"1s\"\n");
     project
 }
 

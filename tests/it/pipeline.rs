@@ -14,18 +14,11 @@ use crate::support::*;
 /// Batches of 10, paced so the run lasts seconds, in parts of 100 members.
 const DEST: &str = "batch_size = 10\nrequests_per_second = 60\nmax_in_flight = 2";
 
-/// Appends `lines` to the project's `[state]` section, the last of its file.
-fn set_state(project: &Project, lines: &str) {
-    let toml = project.dir.path().join("cohort-bridge.toml");
-    let text = std::fs::read_to_string(&toml).unwrap() + lines;
-    std::fs::write(&toml, text).unwrap();
-}
-
 /// A project of the cohort `active` whose syncs, full ones too, go in parts of 100 members.
 fn in_parts_of_100() -> (Partner, Project) {
     let partner = Partner::plain();
     let project = Project::new(&partner.handle.base_url(), DEST, &[("active", ACTIVE_7D)]);
-    set_state(&project, "part_ids = 100\npipeline_full_syncs = true\n");
+    project.set_state("part_ids = 100\npipeline_full_syncs = true\n");
     (partner, project)
 }
 
@@ -147,12 +140,9 @@ fn parts_and_a_whole_plan_send_the_same_change() {
             "batch_size = 50\nrequests_per_second = 5000",
             &[("active", ACTIVE_7D)],
         );
-        set_state(
-            &project,
-            &format!(
-                "part_ids = {part_ids}\npipeline_full_syncs = true\nmax_deltas = {max_deltas}\n"
-            ),
-        );
+        project.set_state(&format!(
+            "part_ids = {part_ids}\npipeline_full_syncs = true\nmax_deltas = {max_deltas}\n"
+        ));
         let first = project.run(&["sync", "active", "--at", T1]).summary();
         let second = project.run(&["sync", "active", "--at", T2]).summary();
         assert!(partner.members("active") == active_7d(T2));
@@ -235,7 +225,7 @@ fn by_default_a_first_sync_is_planned_whole_and_the_next_in_parts() {
         "batch_size = 50\nrequests_per_second = 5000",
         &[("active", ACTIVE_7D)],
     );
-    set_state(&project, "part_ids = 7\n");
+    project.set_state("part_ids = 7\n");
     let first = project.run(&["sync", "active", "--at", T1]);
     assert!(
         !first.stderr().contains("plan closed"),

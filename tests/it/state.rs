@@ -249,9 +249,7 @@ fn interrupted_at_t2(partner: Partner) -> (Partner, Project) {
     let project = Project::new(&partner.handle.base_url(), FAST, &[("active", ACTIVE_7D)]);
     // Its change planned whole: the lists these tests damage are `pending/adds.parquet` and
     // `pending/removes.parquet` (an open plan's parts: `pipeline`).
-    let toml = project.dir.path().join("cohort-bridge.toml");
-    let text = std::fs::read_to_string(&toml).unwrap() + "part_ids = 0\n";
-    std::fs::write(&toml, text).unwrap();
+    project.set_state("part_ids = 0\n");
     let first = project.run(&["sync", "active", "--at", T1]);
     assert!(first.code() == 0 || first.code() == 3, "{}", first.stderr());
     set_config(&project, FAST, SLOW);

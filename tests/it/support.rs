@@ -302,6 +302,13 @@ partitions = [{{ name = "event_date", type = "date" }}]
         out
     }
 
+    /// Appends `lines` to the project file's `[state]` section, its last.
+    pub fn set_state(&self, lines: &str) {
+        let toml = self.dir.path().join("cohort-bridge.toml");
+        let text = std::fs::read_to_string(&toml).unwrap() + lines;
+        std::fs::write(&toml, text).unwrap();
+    }
+
     /// The state folder of one cohort at the `braze` destination.
     pub fn cohort_state(&self, cohort_id: &str) -> PathBuf {
         self.dir.path().join("state/cohorts/braze").join(cohort_id)
