@@ -182,9 +182,11 @@ pub fn apply(base: &StringArray, adds: &StringArray, removes: &StringArray) -> S
 /// A committed membership as its snapshot and the net change of its deltas, not applied: the
 /// diff walks `(snapshot − removes) ∪ adds` as a merge, so an incremental run never holds the
 /// applied membership beside the snapshot (for 10M UUIDs that copy was 400 MB of its peak).
+/// The snapshot is held as arrays in order (each one's ids after the previous one's): 100M
+/// UUIDs are past one array's 2 GiB.
 #[derive(Debug, Clone)]
 pub struct Base {
-    pub snapshot: Arc<StringArray>,
+    snapshot: Arc<[StringArray]>,
     pub adds: Arc<StringArray>,
     pub removes: Arc<StringArray>,
     len: usize,
@@ -193,22 +195,28 @@ pub struct Base {
 impl Base {
     /// A membership with no deltas on top.
     pub fn whole(ids: Arc<StringArray>) -> Base {
+        Base::in_chunks(vec![ids.as_ref().clone()])
+    }
+
+    /// A membership with no deltas on top, given as arrays in order.
+    pub fn in_chunks(snapshot: Vec<StringArray>) -> Base {
         let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
         Base {
-            len: ids.len(),
-            snapshot: ids,
+            len: snapshot.iter().map(Array::len).sum(),
+            snapshot: snapshot.into(),
             adds: empty.clone(),
             removes: empty,
         }
     }
 
-    /// `snapshot` with the net `adds` and `removes` (sorted, distinct, disjoint) on top; counts
-    /// the members in one pass.
+    /// `snapshot` (arrays in order) with the net `adds` and `removes` (sorted, distinct,
+    /// disjoint) on top; counts the members in one pass.
     pub fn with_changes(
-        snapshot: Arc<StringArray>,
+        snapshot: Vec<StringArray>,
         adds: Arc<StringArray>,
         removes: Arc<StringArray>,
     ) -> Base {
+        let snapshot: Arc<[StringArray]> = snapshot.into();
         let len = Applied::new(&snapshot, &adds, &removes).count();
         Base {
             snapshot,
@@ -230,13 +238,67 @@ impl Base {
         !self.adds.is_empty() || !self.removes.is_empty()
     }
 
-    /// The membership as one array (the snapshot itself when no delta changed it).
-    pub fn materialize(&self) -> Arc<StringArray> {
-        if self.has_changes() {
-            Arc::new(apply(&self.snapshot, &self.adds, &self.removes))
-        } else {
-            self.snapshot.clone()
+    /// The membership as one array (the snapshot itself when it is one and no delta changed
+    /// it); `Err` past one array's 2 GiB.
+    pub fn materialize(&self) -> Result<Arc<StringArray>, String> {
+        if let [one] = self.snapshot.as_ref()
+            && !self.has_changes()
+        {
+            return Ok(Arc::new(one.clone()));
         }
+        let bytes = self
+            .snapshot
+            .iter()
+            .chain([self.adds.as_ref()])
+            .map(|a| a.value_data().len())
+            .sum::<usize>();
+        if i32::try_from(bytes).is_err() {
+            return Err(format!(
+                "a membership of {} ids over 2 GiB does not fit one array",
+                self.len
+            ));
+        }
+        let mut out = StringBuilder::with_capacity(self.len, bytes);
+        for id in self.ids() {
+            out.append_value(id);
+        }
+        Ok(Arc::new(out.finish()))
+    }
+
+    /// This membership with `added` (arrays in order, sorted and distinct) merged in, as
+    /// arrays of at most `chunk_bytes` of ids each, in order (a membership past 2 GiB too).
+    pub fn union_in_chunks(&self, added: &[StringArray], chunk_bytes: usize) -> Vec<StringArray> {
+        let mut a = self.ids().peekable();
+        let mut b = added
+            .iter()
+            .flat_map(|p| (0..p.len()).map(move |i| p.value(i)))
+            .peekable();
+        let mut chunks = Vec::new();
+        let mut out = StringBuilder::new();
+        let mut bytes = 0;
+        loop {
+            let id = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match x.cmp(y) {
+                    Ordering::Less => a.next(),
+                    Ordering::Greater => b.next(),
+                    Ordering::Equal => {
+                        b.next();
+                        a.next()
+                    }
+                },
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            let Some(id) = id else { break };
+            if bytes + id.len() > chunk_bytes && bytes > 0 {
+                chunks.push(out.finish());
+                bytes = 0;
+            }
+            out.append_value(id);
+            bytes += id.len();
+        }
+        chunks.push(out.finish());
+        chunks
     }
 
     /// The change from this membership to `now` (sorted, distinct), as [`diff`].
@@ -255,26 +317,41 @@ impl Base {
     }
 }
 
-/// `(base − removes) ∪ adds` walked in order, as [`apply`] writes it.
+/// `(base − removes) ∪ adds` walked in order, as [`apply`] writes it; `base` is arrays in order.
 struct Applied<'a> {
-    base: &'a StringArray,
+    base: &'a [StringArray],
     adds: &'a StringArray,
     removes: &'a StringArray,
+    /// The array of `base` and the position in it.
+    c: usize,
     i: usize,
     a: usize,
     r: usize,
 }
 
 impl<'a> Applied<'a> {
-    fn new(base: &'a StringArray, adds: &'a StringArray, removes: &'a StringArray) -> Self {
+    fn new(base: &'a [StringArray], adds: &'a StringArray, removes: &'a StringArray) -> Self {
         Applied {
             base,
             adds,
             removes,
+            c: 0,
             i: 0,
             a: 0,
             r: 0,
         }
+    }
+
+    /// The next id of `base`, not taken yet.
+    fn next_base(&mut self) -> Option<&'a str> {
+        let base = self.base;
+        while let Some(array) = base.get(self.c) {
+            if self.i < array.len() {
+                return Some(array.value(self.i));
+            }
+            (self.c, self.i) = (self.c + 1, 0);
+        }
+        None
     }
 }
 
@@ -282,9 +359,8 @@ impl<'a> Iterator for Applied<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let (base, adds, removes) = (self.base, self.adds, self.removes);
-        while self.i < base.len() {
-            let b = base.value(self.i);
+        let (adds, removes) = (self.adds, self.removes);
+        while let Some(b) = self.next_base() {
             if self.a < adds.len() && adds.value(self.a) < b {
                 self.a += 1;
                 return Some(adds.value(self.a - 1));
@@ -377,18 +453,30 @@ mod tests {
             removes in proptest::collection::btree_set("[a-f]{1,2}", 0..10),
             now in proptest::collection::btree_set("[a-f]{1,2}", 0..20),
             cut in 1usize..8,
+            chunk in 1usize..8,
         ) {
             let sorted = |s: &BTreeSet<String>| StringArray::from(s.iter().map(String::as_str).collect::<Vec<_>>());
             let removes: BTreeSet<String> = removes.difference(&adds).cloned().collect();
+            // The snapshot as arrays of up to `chunk` ids (some empty), as a base past 2 GiB
+            // is read.
+            let ids: Vec<&str> = snapshot.iter().map(String::as_str).collect();
+            let mut chunks: Vec<StringArray> = ids.chunks(chunk).map(|c| StringArray::from(c.to_vec())).collect();
+            chunks.insert(chunks.len() / 2, arr(&[]));
             let base = Base::with_changes(
-                Arc::new(sorted(&snapshot)),
+                chunks,
                 Arc::new(sorted(&adds)),
                 Arc::new(sorted(&removes)),
             );
             let applied = apply(&sorted(&snapshot), &sorted(&adds), &sorted(&removes));
             proptest::prop_assert_eq!(base.len(), applied.len());
-            let materialized = base.materialize();
+            let materialized = base.materialize().unwrap();
             proptest::prop_assert_eq!(vals(&materialized), vals(&applied));
+            // Merged with more ids, in arrays of up to `chunk` bytes: the sorted union.
+            let more = sorted(&now);
+            let merged = base.union_in_chunks(std::slice::from_ref(&more), chunk);
+            proptest::prop_assert!(merged.iter().all(|c| c.value_data().len() <= chunk.max(2)));
+            let (merged, expected) = (concat(&merged), union(&applied, &more));
+            proptest::prop_assert_eq!(vals(&merged), vals(&expected));
             let (ours, theirs) = (base.diff(&sorted(&now)), diff(&applied, &sorted(&now)));
             proptest::prop_assert_eq!(vals(&ours.adds), vals(&theirs.adds));
             proptest::prop_assert_eq!(vals(&ours.removes), vals(&theirs.removes));

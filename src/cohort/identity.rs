@@ -268,7 +268,9 @@ pub fn needs_format_2(ids: &StringArray) -> bool {
 /// external id, itself, although it starts with 0x01, becomes [`external`]'s key of it, and the
 /// list is sorted again. `None` when nothing changes (no such key).
 pub fn from_format_1(ids: &StringArray) -> Option<StringArray> {
-    tagged_keys(ids).find(|k| format_1_tag(k).is_none())?;
+    if !needs_format_2(ids) {
+        return None;
+    }
     let mut keys: Vec<Cow<'_, str>> = ids
         .iter()
         .flatten()

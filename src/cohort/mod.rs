@@ -77,21 +77,58 @@ pub async fn members(lake: &Lake, cohort: &Cohort, params: &Params) -> Result<Me
     let df = plan(lake, cohort, params).await?;
     members_of(
         lake,
-        df,
+        Query::Planned(df),
         &cohort.sql_file.display().to_string(),
         &cohort.identifiers,
     )
     .await
 }
 
+/// A cohort query to execute, or one executed whose ids wait in collectors, not sorted yet
+/// ([`Query::collect`]).
+pub enum Query {
+    Planned(DataFrame),
+    Collected(Vec<Collector>),
+}
+
+impl Query {
+    /// Executes a query that [`comes_in_parts`] (its ids are then collected, not sorted).
+    pub async fn collect(self, lake: &Lake, origin: &str) -> Result<Query> {
+        Ok(Query::Collected(
+            self.collectors(lake, origin, &[identity::Kind::UserId])
+                .await?,
+        ))
+    }
+
+    /// The bytes of the ids collected, duplicates included (`None`: not executed yet).
+    pub fn bytes(&self) -> Option<usize> {
+        match self {
+            Query::Planned(_) => None,
+            Query::Collected(parts) => Some(parts.iter().map(Collector::bytes).sum()),
+        }
+    }
+
+    async fn collectors(
+        self,
+        lake: &Lake,
+        origin: &str,
+        identifiers: &[identity::Kind],
+    ) -> Result<Vec<Collector>> {
+        match self {
+            Query::Planned(df) => collect(lake, df, origin, identifiers).await,
+            Query::Collected(parts) => Ok(parts),
+        }
+    }
+}
+
 /// Executes a planned cohort query on the query runtime and collects its distinct ids.
 pub async fn members_of(
     lake: &Lake,
-    df: DataFrame,
+    query: Query,
     origin: &str,
     identifiers: &[identity::Kind],
 ) -> Result<Members> {
-    let parts = collect(lake, df, origin, identifiers).await?;
+    let parts = query.collectors(lake, origin, identifiers).await?;
     tracing::debug!(origin = %origin, "query read; sorting its ids");
     let contacts = identifiers
         .iter()
@@ -128,13 +165,15 @@ pub fn comes_in_parts(df: &DataFrame, identifiers: &[identity::Kind]) -> bool {
 /// (the receiver gone) stops the sort.
 pub async fn members_in_parts(
     lake: &Lake,
-    df: DataFrame,
+    query: Query,
     origin: &str,
     part_ids: usize,
     out: tokio::sync::mpsc::Sender<StringArray>,
 ) -> Result<Members> {
     let origin = origin.to_string();
-    let parts = collect(lake, df, &origin, &[identity::Kind::UserId]).await?;
+    let parts = query
+        .collectors(lake, &origin, &[identity::Kind::UserId])
+        .await?;
     tracing::debug!(origin = %origin, "query read; sorting its ids in parts");
     let sorted = tokio::task::spawn_blocking(move || {
         sort::Collector::finish_in_parts(parts, part_ids, |part| {

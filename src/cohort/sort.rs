@@ -177,6 +177,12 @@ impl Collector {
         }
     }
 
+    /// The bytes of the ids held, duplicates included ([`Collector::finish`] makes one array of
+    /// them: it takes at most 2 GiB).
+    pub fn bytes(&self) -> usize {
+        self.groups.iter().flatten().map(|a| a.bytes()).sum()
+    }
+
     /// Copies the non-NULL, non-empty ids of a `Utf8`, `LargeUtf8` or `Utf8View` array; other
     /// types are the caller's to cast. Errs on an id over [`MAX_ID_BYTES`], and when one group
     /// of one collector would pass 4 GiB (a cohort's ids are limited to 2 GiB anyway).
@@ -219,9 +225,12 @@ impl Collector {
     /// `parts` are in partition order (an input already sorted across them is only checked).
     pub fn finish(parts: Vec<Collector>) -> Result<Sorted, String> {
         // Sized once (duplicates included): no doubling copies of hundreds of megabytes.
-        let arenas = || parts.iter().flat_map(|p| p.groups.iter().flatten());
-        let bytes: usize = arenas().map(|a| a.bytes()).sum();
-        let total: usize = arenas().map(|a| a.len()).sum();
+        let bytes: usize = parts.iter().map(Collector::bytes).sum();
+        let total: usize = parts
+            .iter()
+            .flat_map(|p| p.groups.iter().flatten())
+            .map(|a| a.len())
+            .sum();
         if i32::try_from(bytes).is_err() {
             return Err("the ids of a cohort exceed 2 GiB".into());
         }

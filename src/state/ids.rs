@@ -194,29 +194,60 @@ pub async fn read(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Arc<Strin
         .map_err(|why| Error::storage(format!("{path}: {why}")))
 }
 
-/// Reads an id list: a store failure is an error; a missing object, or one that is not a sorted,
-/// distinct list of member keys, is the inner `Err` with the reason. A list without the
-/// [`KEY_FORMAT`] mark is read as the release before meant it.
+/// Reads an id list: a store failure is an error, and so is a list past one array's 2 GiB
+/// ([`try_read_chunks`] reads it); a missing object, or one that is not a sorted, distinct list
+/// of member keys, is the inner `Err` with the reason. A list without the [`KEY_FORMAT`] mark
+/// is read as the release before meant it.
 pub async fn try_read(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
 ) -> Result<std::result::Result<Arc<StringArray>, String>> {
-    let (mut ids, current_keys) =
-        match crate::storage::ids::try_read(store, path, "user_id", KEY_FORMAT).await? {
+    Ok(
+        match try_read_chunks(store, path, crate::storage::ids::ARRAY_BYTES).await? {
+            Ok(mut chunks) if chunks.len() == 1 => Ok(Arc::new(chunks.remove(0))),
+            Ok(_) => {
+                return Err(Error::storage(format!(
+                    "{path}: an id list over 2 GiB, more than one array holds; only a sync's base reads it in parts"
+                )));
+            }
+            Err(why) => Err(why),
+        },
+    )
+}
+
+/// Reads an id list as [`try_read`] does, in arrays of at most `chunk_bytes` of ids each, in
+/// order (a sync's base: a snapshot of 100M UUIDs is past one array's 2 GiB).
+pub async fn try_read_chunks(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    chunk_bytes: usize,
+) -> Result<std::result::Result<Vec<StringArray>, String>> {
+    let (mut chunks, current_keys) =
+        match crate::storage::ids::try_read_chunks(store, path, "user_id", KEY_FORMAT, chunk_bytes)
+            .await?
+        {
             Ok(read) => read,
             Err(why) => return Ok(Err(why)),
         };
-    if !current_keys && let Some(now) = crate::cohort::identity::from_format_1(&ids) {
-        ids = now;
+    // An earlier release's keys, re-keyed and sorted again (it wrote one array, below 2 GiB).
+    if !current_keys
+        && chunks
+            .iter()
+            .any(|c| crate::cohort::identity::needs_format_2(c))
+    {
+        let whole = crate::cohort::diff::concat(&chunks);
+        chunks = vec![crate::cohort::identity::from_format_1(&whole).unwrap_or(whole)];
     }
     // A key that names no member must not be taken for one.
-    if let Some(bad) = crate::cohort::identity::first_malformed(&ids) {
-        return Ok(Err(format!(
-            "corrupt id list: `{}` is not a member key of this cohort-bridge",
-            bad.escape_debug()
-        )));
+    for ids in &chunks {
+        if let Some(bad) = crate::cohort::identity::first_malformed(ids) {
+            return Ok(Err(format!(
+                "corrupt id list: `{}` is not a member key of this cohort-bridge",
+                bad.escape_debug()
+            )));
+        }
     }
-    Ok(Ok(Arc::new(ids)))
+    Ok(Ok(chunks))
 }
 
 /// Whether the id list at `path` holds keys of the current key format that an earlier
@@ -253,6 +284,51 @@ mod tests {
         let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
         write(store.as_ref(), &path, empty).await.unwrap();
         assert_eq!(read(&store, &path).await.unwrap().len(), 0);
+    }
+
+    /// A list read in arrays of at most so many bytes: the same ids in order, each array
+    /// within the bound; the sortedness check runs across the arrays' edges.
+    #[tokio::test]
+    async fn read_in_chunks_as_a_base_past_2_gib_is() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("s/ids.parquet");
+        let ids = Arc::new(StringArray::from_iter_values(
+            (0..2500).map(|i| format!("u{i:05}")),
+        ));
+        write(store.as_ref(), &path, ids.clone()).await.unwrap();
+        let chunks = try_read_chunks(&store, &path, 1000).await.unwrap().unwrap();
+        assert_eq!(chunks.len(), 16); // 6 bytes an id: 166 ids a chunk
+        assert!(chunks.iter().all(|c| c.value_data().len() <= 1000));
+        assert_eq!(&crate::cohort::diff::concat(&chunks), ids.as_ref());
+        let one = try_read_chunks(&store, &path, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.len(), 1);
+
+        // Out of order across what would be two arrays' edge: damage, whatever the arrays.
+        let mut swapped: Vec<String> = (0..2500).map(|i| format!("u{i:05}")).collect();
+        swapped.swap(165, 166); // the first array's last id and the next one's first
+        let bytes = {
+            let mut bytes = Vec::new();
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "user_id",
+                DataType::Utf8,
+                false,
+            )]));
+            let mut w = ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+            let column = Arc::new(StringArray::from(swapped)) as ArrayRef;
+            w.write(&RecordBatch::try_from_iter([("user_id", column)]).unwrap())
+                .unwrap();
+            w.close().unwrap();
+            bytes
+        };
+        store.put(&path, bytes.into()).await.unwrap();
+        let why = try_read_chunks(&store, &path, 1000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("not sorted and distinct at row 166"), "{why}");
     }
 
     /// A list holding keys an earlier release would misread is marked and read as it is; an

@@ -405,7 +405,10 @@ impl CohortState {
         pointer: Option<&Pointer>,
     ) -> Result<Arc<datafusion::arrow::array::StringArray>> {
         let base = self.base(pointer).await?;
-        Ok(crate::parallel::on_rayon(move || base.materialize()).await)
+        let at = pointer.map(|p| self.path(&p.snapshot));
+        crate::parallel::on_rayon(move || base.materialize())
+            .await
+            .map_err(|why| Error::storage(format!("{}: {why}", at.unwrap_or_default())))
     }
 
     /// The committed membership as its snapshot and the net change of the pointer's deltas,
@@ -418,9 +421,10 @@ impl CohortState {
             )));
         };
         if p.deltas.is_empty() {
-            return Ok(Base::whole(self.ids(&p.snapshot).await?));
+            let base = Base::in_chunks(self.snapshot_chunks(&p.snapshot).await?);
+            return self.counted(base, p);
         }
-        let (base, changes) = futures::try_join!(self.ids(&p.snapshot), async {
+        let (base, changes) = futures::try_join!(self.snapshot_chunks(&p.snapshot), async {
             let mut changes = Vec::with_capacity(p.deltas.len());
             for d in &p.deltas {
                 changes.push((self.ids(&d.adds).await?, self.ids(&d.removes).await?));
@@ -432,19 +436,39 @@ impl CohortState {
             Base::with_changes(base, Arc::new(adds), Arc::new(removes))
         })
         .await;
-        if members.len() as u64 != p.members {
+        self.counted(members, p)
+    }
+
+    /// A snapshot read in arrays of up to 2 GiB of ids each (a base past one array).
+    async fn snapshot_chunks(
+        &self,
+        rel: &str,
+    ) -> Result<Vec<datafusion::arrow::array::StringArray>> {
+        let path = self.path(rel);
+        ids::try_read_chunks(&self.store, &path, crate::storage::ids::ARRAY_BYTES)
+            .await?
+            .map_err(|why| self.unreadable(&path, &why, "repair"))
+    }
+
+    /// `base`, unless its members are not the pointer's count.
+    fn counted(
+        &self,
+        base: crate::cohort::diff::Base,
+        p: &Pointer,
+    ) -> Result<crate::cohort::diff::Base> {
+        if base.len() as u64 != p.members {
             return Err(self.unreadable(
                 &self.path(paths::POINTER),
                 &format!(
                     "its snapshot and {} deltas make {} members, it records {}",
                     p.deltas.len(),
-                    members.len(),
+                    base.len(),
                     p.members
                 ),
                 "repair",
             ));
         }
-        Ok(members)
+        Ok(base)
     }
 
     /// Runs with a full snapshot (file stems, replicas folded in), with the newest

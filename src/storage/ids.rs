@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, StringArray, StringBuilder,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use futures::StreamExt;
@@ -297,19 +299,26 @@ pub fn compression_for(ids: &StringArray) -> Compression {
     }
 }
 
-/// Reads a sorted id list (its column `name`), and whether its footer carries the key `mark`: a
-/// store failure is an error; a missing object, or one that is not a sorted, distinct list, is
-/// the inner `Err` with the reason.
+/// The most bytes of ids one `StringArray` holds (its offsets are `i32`): a list past it is
+/// read in more arrays than one ([`try_read_chunks`]).
+pub const ARRAY_BYTES: usize = i32::MAX as usize;
+
+/// Reads a sorted id list (its column `name`) in arrays of at most `chunk_bytes` of ids each (in
+/// order: each array's ids after the previous one's; always at least one array), and whether
+/// its footer carries the key `mark`: a store failure is an error; a missing object, or one
+/// that is not a sorted, distinct list, is the inner `Err` with the reason.
 ///
-/// Row groups are fetched and decoded one at a time into one array sized from the footer, so
+/// Row groups are fetched and decoded one at a time into arrays sized from the footer, so
 /// reading a 10M-id snapshot holds the ids once, not the file, its batches and their
 /// concatenation together.
-pub async fn try_read(
+pub async fn try_read_chunks(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     name: &str,
     mark: &str,
-) -> Result<std::result::Result<(StringArray, bool), String>> {
+    chunk_bytes: usize,
+) -> Result<std::result::Result<(Vec<StringArray>, bool), String>> {
+    let chunk_bytes = chunk_bytes.clamp(1, ARRAY_BYTES);
     let meta = match store.head(path).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Ok(Err("missing".into())),
@@ -359,10 +368,18 @@ pub async fn try_read(
         });
     // The footer is untrusted: its counts size buffers only up to what the object could hold.
     let cap = meta.size.saturating_mul(4);
-    let mut out = StringBuilder::with_capacity(
+    let (mut rows_left, mut bytes_left) = (
         rows.min(cap) as usize,
         bytes.saturating_sub(4 * rows).min(cap) as usize,
     );
+    // Each array sized for its share of what is left (the last one, for all of it).
+    let sized = |rows_left: usize, bytes_left: usize| {
+        let bytes = bytes_left.min(chunk_bytes);
+        let rows = (rows_left as u128 * bytes as u128 / bytes_left.max(1) as u128) as usize;
+        StringBuilder::with_capacity(rows.max(1), bytes)
+    };
+    let mut out = sized(rows_left, bytes_left);
+    let mut chunks = Vec::new();
     let mut stream = match builder.with_batch_size(ROW_GROUP).build() {
         Ok(s) => s,
         Err(e) => return classify(e).map(Err),
@@ -396,13 +413,21 @@ pub async fn try_read(
                     String::from_utf8_lossy(prev)
                 )));
             }
+            if out.values_slice().len() + id.len() > chunk_bytes && !out.is_empty() {
+                let chunk = out.finish();
+                rows_left = rows_left.saturating_sub(chunk.len());
+                bytes_left = bytes_left.saturating_sub(chunk.value_data().len());
+                chunks.push(chunk);
+                out = sized(rows_left, bytes_left);
+            }
             out.append_value(id);
             prev = Some(id.as_bytes());
             row += 1;
         }
         last = prev.map(<[u8]>::to_vec);
     }
-    Ok(Ok((out.finish(), marked)))
+    chunks.push(out.finish());
+    Ok(Ok((chunks, marked)))
 }
 
 fn marked_in(meta: &parquet::file::metadata::ParquetMetaData, mark: &str) -> bool {

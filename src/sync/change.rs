@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, StringArray};
-use datafusion::dataframe::DataFrame;
 use tracing::{info, warn};
 
 use super::Run;
@@ -90,16 +89,16 @@ impl Run<'_> {
         &self,
         lake: &Lake,
         started: &Instant,
-        planned: Option<DataFrame>,
+        planned: Option<cohort::Query>,
     ) -> Result<Change> {
         // The query and the snapshot read overlap: one is CPU on the query runtime, the other
         // mostly I/O and decoding on rayon.
         let params = Params::at(self.options.at);
         let members = async {
             match planned {
-                Some(df) => {
+                Some(query) => {
                     let origin = self.cohort.sql_file.display().to_string();
-                    cohort::members_of(lake, df, &origin, &self.cohort.identifiers).await
+                    cohort::members_of(lake, query, &origin, &self.cohort.identifiers).await
                 }
                 None => cohort::members(lake, self.cohort, &params).await,
             }

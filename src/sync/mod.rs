@@ -34,6 +34,7 @@ use object_store::path::Path;
 use serde::Serialize;
 use tracing::info;
 
+use crate::cohort::Query;
 use crate::cohort::shard::Shard;
 use crate::config::{Cohort, Config, Credentials, DestinationConfig};
 use crate::deliver::sender::{SendStats, Sender};
@@ -361,17 +362,27 @@ impl Run<'_> {
         self.refuse_rewind().await?;
 
         // 3–6 in parts when the cohort's members are its user ids, the destination takes
-        // requests and the run is incremental (or `state.pipeline_full_syncs`): each part is
-        // planned and sent while the next is sorted (`pipeline`).
+        // requests and the run is incremental (or `state.pipeline_full_syncs`, or its ids are
+        // past one array's 2 GiB): each part is planned and sent while the next is sorted
+        // (`pipeline`).
         let params = crate::lake::sql::Params::at(self.options.at);
         let df =
             crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params)).await?;
-        if let (Delivery::Requests(to), Some(sender)) = (delivery, sender)
+        let mut in_parts = matches!((delivery, sender), (Delivery::Requests(_), Some(_)))
             && self.config.state.part_ids > 0
-            && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers)
-            && (self.config.state.pipeline_full_syncs || self.incremental().await?)
-        {
-            let piped = self.pipeline(lake, df, run_id, started, to, sender).await?;
+            && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers);
+        let mut query = Query::Planned(df);
+        if in_parts && !(self.config.state.pipeline_full_syncs || self.incremental().await?) {
+            // A full sync: planned whole, unless its ids are past what one array holds (the
+            // query tells).
+            let origin = self.cohort.sql_file.display().to_string();
+            query = crate::signals::interruptible(query.collect(lake, &origin)).await?;
+            in_parts = query.bytes() > Some(crate::storage::ids::ARRAY_BYTES);
+        }
+        if in_parts && let (Delivery::Requests(to), Some(sender)) = (delivery, sender) {
+            let piped = self
+                .pipeline(lake, query, run_id, started, to, sender)
+                .await?;
             // 7. The control group, which never reaches the partner.
             self.record_holdout(piped.held).await?;
             return Ok(Done {
@@ -383,7 +394,7 @@ impl Run<'_> {
         }
 
         // 3. This run's change (a signal during the query stops here: nothing was planned).
-        let change = crate::signals::interruptible(self.change(lake, started, Some(df))).await?;
+        let change = crate::signals::interruptible(self.change(lake, started, Some(query))).await?;
         // Members the destination cannot identify are refused before anything is planned.
         match delivery {
             Delivery::Requests(d) => d.accepts(&change.adds)?,

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, StringArray};
-use datafusion::dataframe::DataFrame;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -78,7 +77,7 @@ impl Run<'_> {
     pub(super) async fn pipeline(
         &self,
         lake: &Lake,
-        df: DataFrame,
+        query: cohort::Query,
         run_id: &str,
         started: &Instant,
         to: &Arc<dyn Destination>,
@@ -87,9 +86,14 @@ impl Run<'_> {
         let origin = self.cohort.sql_file.display().to_string();
         let (sorted_tx, sorted_rx) = mpsc::channel::<StringArray>(2);
         let members = async {
-            let members =
-                cohort::members_in_parts(lake, df, &origin, self.config.state.part_ids, sorted_tx)
-                    .await;
+            let members = cohort::members_in_parts(
+                lake,
+                query,
+                &origin,
+                self.config.state.part_ids,
+                sorted_tx,
+            )
+            .await;
             (members, started.elapsed().as_secs_f64())
         };
         let journal = Journal::start(
@@ -385,7 +389,11 @@ impl Run<'_> {
         let target: Vec<StringArray> = match held_back {
             None => member_parts,
             Some(kept) => {
-                vec![on_rayon(move || diff::union(&diff::concat(&member_parts), &kept)).await]
+                on_rayon(move || {
+                    diff::Base::in_chunks(member_parts)
+                        .union_in_chunks(&[kept], crate::storage::ids::ARRAY_BYTES)
+                })
+                .await
             }
         };
         let target_members: usize = target.iter().map(Array::len).sum();

@@ -182,13 +182,13 @@ impl Run<'_> {
                     None => {
                         let added = parts.clone();
                         let members = on_rayon(move || {
-                            Arc::new(diff::union(&base.materialize(), &diff::concat(&added)))
+                            base.union_in_chunks(&added, crate::storage::ids::ARRAY_BYTES)
                         })
                         .await;
                         let adds_path = self.state.path(paths::PENDING_ADDS);
                         tokio::try_join!(
                             ids::write_parts(store, std::slice::from_ref(&adds_path), parts),
-                            ids::write(store, &target, members),
+                            ids::write_parts(store, std::slice::from_ref(&target), members),
                         )?;
                     }
                 }
