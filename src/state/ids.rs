@@ -215,6 +215,16 @@ pub async fn try_read(
     )
 }
 
+/// Reads an id list as [`try_read`] does, in arrays of up to 2 GiB of ids each, in order: for
+/// whoever only checks or counts a list (`state show`, `state repair`), or walks it (a sync's
+/// base), which a snapshot of 100M UUIDs must not stop.
+pub async fn try_read_arrays(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<std::result::Result<Vec<StringArray>, String>> {
+    try_read_chunks(store, path, crate::storage::ids::ARRAY_BYTES).await
+}
+
 /// Reads an id list as [`try_read`] does, in arrays of at most `chunk_bytes` of ids each, in
 /// order (a sync's base: a snapshot of 100M UUIDs is past one array's 2 GiB).
 pub async fn try_read_chunks(
@@ -230,11 +240,7 @@ pub async fn try_read_chunks(
             Err(why) => return Ok(Err(why)),
         };
     // An earlier release's keys, re-keyed and sorted again (it wrote one array, below 2 GiB).
-    if !current_keys
-        && chunks
-            .iter()
-            .any(|c| crate::cohort::identity::needs_format_2(c))
-    {
+    if !current_keys && chunks.iter().any(crate::cohort::identity::needs_format_2) {
         let whole = crate::cohort::diff::concat(&chunks);
         chunks = vec![crate::cohort::identity::from_format_1(&whole).unwrap_or(whole)];
     }

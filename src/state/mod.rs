@@ -445,7 +445,7 @@ impl CohortState {
         rel: &str,
     ) -> Result<Vec<datafusion::arrow::array::StringArray>> {
         let path = self.path(rel);
-        ids::try_read_chunks(&self.store, &path, crate::storage::ids::ARRAY_BYTES)
+        ids::try_read_arrays(&self.store, &path)
             .await?
             .map_err(|why| self.unreadable(&path, &why, "repair"))
     }

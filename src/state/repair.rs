@@ -128,7 +128,7 @@ async fn repair_locked(t: &Target, force: bool, partner: PartnerNow<'_>) -> Resu
                 vec![state.path(&plan.adds_file), state.path(&plan.removes_file)]
             };
             for path in files {
-                if let Err(why) = ids::try_read(&state.store, &path).await? {
+                if let Err(why) = ids::try_read_arrays(&state.store, &path).await? {
                     unreadable = Some(format!("{path}: {why}"));
                 }
             }
@@ -304,7 +304,10 @@ async fn newest_readable(
     for (run, at) in candidates {
         let snapshot = super::paths::snapshot(run);
         match restore_snapshot(state, &snapshot, actions).await? {
-            Ok(ids) => return Ok(Some((run.clone(), *at, snapshot, ids.len() as u64))),
+            Ok(ids) => {
+                let members = ids.iter().map(|a| a.len() as u64).sum();
+                return Ok(Some((run.clone(), *at, snapshot, members)));
+            }
             Err(why) => actions.push(format!(
                 "skipped snapshot of run {run}: it and its replica are unreadable ({why})"
             )),
@@ -337,7 +340,8 @@ async fn deltas_after(
             super::paths::delta_removes(&run),
         ] {
             match restore_snapshot(state, &file, actions).await? {
-                Ok(ids) => lists.push(ids),
+                // A delta's lists are small (under a tenth of its target).
+                Ok(ids) => lists.push(Arc::new(crate::cohort::diff::concat(&ids))),
                 Err(why) => {
                     return Err(Error::config(
                         None,
@@ -400,12 +404,12 @@ async fn restore_snapshot(
     state: &CohortState,
     snapshot: &str,
     actions: &mut Vec<String>,
-) -> Result<std::result::Result<Arc<StringArray>, String>> {
+) -> Result<std::result::Result<Vec<StringArray>, String>> {
     let store = state.store.as_ref();
     let (main, copy) = (state.path(snapshot), state.path(&replica(snapshot)));
     let (m, c) = (
-        ids::try_read(&state.store, &main).await?,
-        ids::try_read(&state.store, &copy).await?,
+        ids::try_read_arrays(&state.store, &main).await?,
+        ids::try_read_arrays(&state.store, &copy).await?,
     );
     Ok(match (m, c) {
         (Ok(ids), Ok(_)) => Ok(ids),

@@ -2,8 +2,6 @@
 //! snapshot and deltas, the unfinished run, the lock, dead letters — with every problem found
 //! and the command that fixes it (the command prints it: `cli::state`).
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use datafusion::arrow::array::{Array, StringArray};
 use futures::TryStreamExt;
@@ -90,9 +88,9 @@ pub async fn show(
 }
 
 /// A file of ids, as `show` describes it: how many, or why it cannot be read.
-fn describe(r: &std::result::Result<Arc<StringArray>, String>) -> Value {
+fn describe(r: &std::result::Result<Vec<StringArray>, String>) -> Value {
     match r {
-        Ok(ids) => json!({"ids": ids.len()}),
+        Ok(ids) => json!({"ids": ids.iter().map(|a| a.len()).sum::<usize>()}),
         Err(why) => json!({"error": why}),
     }
 }
@@ -121,8 +119,8 @@ async fn committed(
             p.partner
         ));
     }
-    let main = ids::try_read(&state.store, &state.path(&p.snapshot)).await?;
-    let copy = ids::try_read(&state.store, &state.path(&replica(&p.snapshot))).await?;
+    let main = ids::try_read_arrays(&state.store, &state.path(&p.snapshot)).await?;
+    let copy = ids::try_read_arrays(&state.store, &state.path(&replica(&p.snapshot))).await?;
     if main.is_err() || copy.is_err() {
         problems.push(format!(
             "the committed snapshot {} or its replica is missing or unreadable: run {}",
@@ -134,8 +132,8 @@ async fn committed(
     for d in &p.deltas {
         let mut files = serde_json::Map::new();
         for (kind, file) in [("adds", &d.adds), ("removes", &d.removes)] {
-            let main = ids::try_read(&state.store, &state.path(file)).await?;
-            let copy = ids::try_read(&state.store, &state.path(&replica(file))).await?;
+            let main = ids::try_read_arrays(&state.store, &state.path(file)).await?;
+            let copy = ids::try_read_arrays(&state.store, &state.path(&replica(file))).await?;
             if main.is_err() || copy.is_err() {
                 problems.push(format!(
                     "the {kind} of committed delta {} ({file}) or its replica is missing or \

@@ -29,7 +29,7 @@ pub use identity::partner_identity;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::StringArray;
 use object_store::path::Path;
 use serde::Serialize;
 use tracing::info;
@@ -361,24 +361,10 @@ impl Run<'_> {
         // 2. Time going backwards would roll the partner back to an older cohort.
         self.refuse_rewind().await?;
 
-        // 3–6 in parts when the cohort's members are its user ids, the destination takes
-        // requests and the run is incremental (or `state.pipeline_full_syncs`, or its ids are
-        // past one array's 2 GiB): each part is planned and sent while the next is sorted
-        // (`pipeline`).
-        let params = crate::lake::sql::Params::at(self.options.at);
-        let df =
-            crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params)).await?;
-        let mut in_parts = matches!((delivery, sender), (Delivery::Requests(_), Some(_)))
-            && self.config.state.part_ids > 0
-            && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers);
-        let mut query = Query::Planned(df);
-        if in_parts && !(self.config.state.pipeline_full_syncs || self.incremental().await?) {
-            // A full sync: planned whole, unless its ids are past what one array holds (the
-            // query tells).
-            let origin = self.cohort.sql_file.display().to_string();
-            query = crate::signals::interruptible(query.collect(lake, &origin)).await?;
-            in_parts = query.bytes() > Some(crate::storage::ids::ARRAY_BYTES);
-        }
+        // 3–6 in parts when the destination takes requests and `route` says so: each part is
+        // planned and sent while the next is sorted (`pipeline`).
+        let requests = matches!((delivery, sender), (Delivery::Requests(_), Some(_)));
+        let (in_parts, query) = self.route(lake, requests).await?;
         if in_parts && let (Delivery::Requests(to), Some(sender)) = (delivery, sender) {
             let piped = self
                 .pipeline(lake, query, run_id, started, to, sender)
@@ -421,25 +407,52 @@ impl Run<'_> {
         })
     }
 
-    /// `--dry-run`: the change and the batches it would take; nothing is sent or written.
+    /// Plans the cohort's query and tells whether its change goes in parts: when its members
+    /// are its user ids, `state.part_ids` is not 0, the destination takes requests
+    /// (`requests`), and the run is incremental, or `state.pipeline_full_syncs`, or its ids are
+    /// past what one array holds (2 GiB: a full sync executes its query first to tell).
+    async fn route(&self, lake: &Lake, requests: bool) -> Result<(bool, Query)> {
+        let params = crate::lake::sql::Params::at(self.options.at);
+        let df =
+            crate::signals::interruptible(crate::cohort::plan(lake, self.cohort, &params)).await?;
+        let mut in_parts = requests
+            && self.config.state.part_ids > 0
+            && crate::cohort::comes_in_parts(&df, &self.cohort.identifiers);
+        let mut query = Query::Planned(df);
+        if in_parts && !(self.config.state.pipeline_full_syncs || self.incremental().await?) {
+            let origin = self.cohort.sql_file.display().to_string();
+            query = crate::signals::interruptible(query.collect(lake, &origin)).await?;
+            in_parts = query.bytes() > Some(crate::storage::ids::ARRAY_BYTES);
+        }
+        Ok((in_parts, query))
+    }
+
+    /// `--dry-run`: the change and the batches it would take; nothing is sent or written. In
+    /// parts as the sync would be (`route`; a dry run opens no destination: as one taking
+    /// requests), with the same figures either way.
     async fn dry_run(
         &self,
         lake: &Lake,
         started: &Instant,
         head: SyncSummary,
     ) -> Result<SyncSummary> {
-        let change = self.change(lake, started, None).await?;
-        let batches = (change.adds.len().div_ceil(self.dest.delivery.batch_size)
-            + change.removes.len().div_ceil(self.dest.delivery.batch_size))
-            as u64;
+        let size = self.dest.delivery.batch_size;
+        let (in_parts, query) = self.route(lake, true).await?;
+        let (counts, sample_adds, sample_removes) = if in_parts {
+            self.dry_run_in_parts(lake, query, started).await?
+        } else {
+            let change = self.change(lake, started, Some(query)).await?;
+            (change.counts, sample(&change.adds), sample(&change.removes))
+        };
+        let batches = counts.adds.div_ceil(size as u64) + counts.removes.div_ceil(size as u64);
         Ok(SyncSummary {
             outcome: "dry_run",
             batches,
             requests: batches + 1,
-            sample_adds: Some(sample(&change.adds)),
-            sample_removes: Some(sample(&change.removes)),
+            sample_adds: Some(sample_adds),
+            sample_removes: Some(sample_removes),
             seconds: started.elapsed().as_secs_f64(),
-            ..head.counted(&change.counts)
+            ..head.counted(&counts)
         })
     }
 

@@ -277,6 +277,107 @@ impl Run<'_> {
         })
     }
 
+    /// The removals to send, and those held back (see `suspicious_removals`) unless
+    /// `--allow-mass-removal`, counted.
+    fn held_back(
+        &self,
+        removes: StringArray,
+        query_members: usize,
+        snapshot_members: usize,
+        counts: &mut Counts,
+    ) -> (StringArray, Option<StringArray>) {
+        let suspicious = suspicious_removals(
+            removes.len(),
+            query_members,
+            snapshot_members as u64,
+            self.config.state.max_removal_share,
+        );
+        match suspicious.filter(|_| !self.options.allow_mass_removal) {
+            Some(why) => {
+                warn!(
+                    cohort = %self.cohort.name, removes = removes.len(), members = counts.members,
+                    snapshot = snapshot_members,
+                    "holding back removals: {why}; pass --allow-mass-removal if this is intended"
+                );
+                counts.removes_held_back = removes.len() as u64;
+                (StringArray::from(Vec::<&str>::new()), Some(removes))
+            }
+            None => (removes, None),
+        }
+    }
+
+    /// `--dry-run` of a change in parts: its parts as [`Run::pipeline`] makes them, counted
+    /// (the members are not kept); nothing is written or sent. Returns the counts and up to 5
+    /// adds and removes.
+    pub(super) async fn dry_run_in_parts(
+        &self,
+        lake: &Lake,
+        query: cohort::Query,
+        started: &Instant,
+    ) -> Result<(Counts, Vec<String>, Vec<String>)> {
+        let origin = self.cohort.sql_file.display().to_string();
+        let (sorted_tx, sorted_rx) = mpsc::channel::<StringArray>(2);
+        let members = async {
+            let part_ids = self.config.state.part_ids;
+            let members = cohort::members_in_parts(lake, query, &origin, part_ids, sorted_tx).await;
+            (members, started.elapsed().as_secs_f64())
+        };
+        let counted = async {
+            let (pointer, base) = self.base().await?;
+            let full = self.sends_everyone(pointer.as_ref());
+            let (parts_tx, mut parts_rx) = mpsc::channel::<Part>(2);
+            let diff = self.diff_stage(base, full, sorted_rx, parts_tx);
+            let (mut parts, mut members, mut held, mut adds) = (0, 0, 0, 0);
+            let mut sample_adds = Vec::new();
+            while let Some(part) = parts_rx.recv().await {
+                parts += 1;
+                members += part.members.len();
+                held += part.held.len();
+                adds += part.adds.len();
+                let more = 5 - sample_adds.len();
+                sample_adds.extend(part.adds.iter().flatten().take(more).map(str::to_string));
+            }
+            let (removes, query_members, snapshot_members) = diff
+                .await
+                .map_err(|e| Error::Internal(format!("the diff stage: {e}")))?;
+            info!(cohort = %self.cohort.name, parts, members, "dry run: the change computed in parts");
+            Ok::<_, Error>((
+                members,
+                held,
+                adds,
+                sample_adds,
+                removes,
+                query_members,
+                snapshot_members,
+            ))
+        };
+        let ((sorted, query_seconds), counted) = tokio::join!(members, counted);
+        // The counting side's error first: the sort stops when it does.
+        let (members, held, adds, sample_adds, removes, query_members, snapshot_members) = counted?;
+        let sorted = sorted?;
+        let mut counts = Counts {
+            held_out: held as u64,
+            query_seconds,
+            members: members as u64,
+            rows: sorted.rows,
+            nulls_skipped: sorted.nulls_skipped,
+            empty_skipped: sorted.empty_skipped,
+            duplicates_removed: sorted.duplicates_removed,
+            snapshot_members: snapshot_members as u64,
+            adds: adds as u64,
+            ..Counts::default()
+        };
+        let (removes, _) = self.held_back(removes, query_members, snapshot_members, &mut counts);
+        counts.removes = removes.len() as u64;
+        let sample_removes = removes
+            .iter()
+            .flatten()
+            .take(5)
+            .map(str::to_string)
+            .collect();
+        Ok((counts, sample_adds, sample_removes))
+    }
+
     /// The destination's one-off request before a plan's first batch (creating the cohort),
     /// if it has one.
     async fn set_up(&self, out: &Outgoing<'_>) -> Result<()> {
@@ -360,24 +461,8 @@ impl Run<'_> {
         info!(cohort = %self.cohort.name, members = member_count, parts = member_parts.len(),
             nulls_skipped = members.nulls_skipped, duplicates_removed = members.duplicates_removed,
             seconds = query_seconds, "cohort computed");
-        let suspicious = suspicious_removals(
-            removes.len(),
-            query_members,
-            snapshot_members as u64,
-            self.config.state.max_removal_share,
-        );
-        let (removes, held_back) = match suspicious.filter(|_| !self.options.allow_mass_removal) {
-            Some(why) => {
-                warn!(
-                    cohort = %self.cohort.name, removes = removes.len(), members = member_count,
-                    snapshot = snapshot_members,
-                    "holding back removals: {why}; pass --allow-mass-removal if this is intended"
-                );
-                counts.removes_held_back = removes.len() as u64;
-                (StringArray::from(Vec::<&str>::new()), Some(removes))
-            }
-            None => (removes, None),
-        };
+        let (removes, held_back) =
+            self.held_back(removes, query_members, snapshot_members, &mut counts);
         let add_count: usize = adds.iter().map(|a| a.len()).sum();
         counts.adds = add_count as u64;
         counts.removes = removes.len() as u64;

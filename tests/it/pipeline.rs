@@ -144,8 +144,22 @@ fn parts_and_a_whole_plan_send_the_same_change() {
             "part_ids = {part_ids}\npipeline_full_syncs = true\nmax_deltas = {max_deltas}\n"
         ));
         let first = project.run(&["sync", "active", "--at", T1]).summary();
+        // The dry run goes in parts as the sync does, and tells the same change.
+        let dry = project.run(&["sync", "active", "--at", T2, "--dry-run"]);
+        assert_eq!(
+            dry.stderr().contains("the change computed in parts"),
+            part_ids > 0,
+            "{}",
+            dry.stderr()
+        );
+        let dry = dry.summary();
         let second = project.run(&["sync", "active", "--at", T2]).summary();
         assert!(partner.members("active") == active_7d(T2));
+        assert_eq!(
+            (&dry["adds"], &dry["removes"], &dry["members"]),
+            (&second["adds"], &second["removes"], &second["members"]),
+            "{dry}"
+        );
         let third = project.run(&["sync", "active", "--at", T2]).summary();
         assert_eq!(
             (&third["adds"], &third["removes"]),
@@ -168,9 +182,19 @@ fn parts_and_a_whole_plan_send_the_same_change() {
                 s["removes"].clone(),
             )
         };
-        outcomes.push((counts(&first), counts(&second)));
+        let told = |s: &serde_json::Value| {
+            [
+                "batches",
+                "snapshot_members",
+                "sample_adds",
+                "sample_removes",
+            ]
+            .map(|k| s[k].clone())
+        };
+        outcomes.push((counts(&first), counts(&second), told(&dry)));
     }
     assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[1], outcomes[2]);
 }
 
 #[test]
