@@ -398,6 +398,15 @@ impl CohortState {
             .map_err(|why| self.unreadable(&path, &why, "repair"))
     }
 
+    /// An id list of this state as [`CohortState::ids`] reads it, in arrays of up to 2 GiB of
+    /// ids each, in order (a snapshot, or a first sync's adds, of 100M UUIDs is past one).
+    pub async fn id_arrays(&self, rel: &str) -> Result<Vec<datafusion::arrow::array::StringArray>> {
+        let path = self.path(rel);
+        ids::try_read_arrays(&self.store, &path)
+            .await?
+            .map_err(|why| self.unreadable(&path, &why, "repair"))
+    }
+
     /// The committed membership (empty when nothing was ever committed): the snapshot with
     /// the pointer's deltas applied.
     pub async fn snapshot(
@@ -421,10 +430,10 @@ impl CohortState {
             )));
         };
         if p.deltas.is_empty() {
-            let base = Base::in_chunks(self.snapshot_chunks(&p.snapshot).await?);
+            let base = Base::in_chunks(self.id_arrays(&p.snapshot).await?);
             return self.counted(base, p);
         }
-        let (base, changes) = futures::try_join!(self.snapshot_chunks(&p.snapshot), async {
+        let (base, changes) = futures::try_join!(self.id_arrays(&p.snapshot), async {
             let mut changes = Vec::with_capacity(p.deltas.len());
             for d in &p.deltas {
                 changes.push((self.ids(&d.adds).await?, self.ids(&d.removes).await?));
@@ -437,17 +446,6 @@ impl CohortState {
         })
         .await;
         self.counted(members, p)
-    }
-
-    /// A snapshot read in arrays of up to 2 GiB of ids each (a base past one array).
-    async fn snapshot_chunks(
-        &self,
-        rel: &str,
-    ) -> Result<Vec<datafusion::arrow::array::StringArray>> {
-        let path = self.path(rel);
-        ids::try_read_arrays(&self.store, &path)
-            .await?
-            .map_err(|why| self.unreadable(&path, &why, "repair"))
     }
 
     /// `base`, unless its members are not the pointer's count.

@@ -22,6 +22,57 @@ use crate::state::dead::{self, DeadLetter};
 use crate::state::journal::{self, Journal};
 use crate::state::{self, PlanMeta, ids, lock, new_run_id};
 
+/// Batches to send: each one's number and range of its list.
+type Batches = Vec<(u64, Range<usize>)>;
+
+/// `batches` (number, range of the whole list, in order) of a list held as `arrays` in order,
+/// each sent from one array: ranges inside an array as they are (made relative to it), a batch
+/// across two arrays' edge copied out into an array of its own.
+fn by_array(arrays: &[StringArray], batches: Batches) -> Vec<(Arc<StringArray>, Batches)> {
+    if let [one] = arrays {
+        return vec![(Arc::new(one.clone()), batches)];
+    }
+    // Where each array starts in the whole list.
+    let starts: Vec<usize> = arrays
+        .iter()
+        .scan(0, |at, a| {
+            let start = *at;
+            *at += a.len();
+            Some(start)
+        })
+        .collect();
+    let array_of = |i: usize| starts.partition_point(|&s| s <= i) - 1;
+    let mut out: Vec<(Arc<StringArray>, Batches)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for (n, range) in batches {
+        if range.is_empty() {
+            continue;
+        }
+        let (first, last) = (array_of(range.start), array_of(range.end - 1));
+        if first == last {
+            let local = range.start - starts[first]..range.end - starts[first];
+            match (current, out.last_mut()) {
+                (Some(c), Some((_, group))) if c == first => group.push((n, local)),
+                _ => {
+                    out.push((Arc::new(arrays[first].clone()), vec![(n, local)]));
+                    current = Some(first);
+                }
+            }
+        } else {
+            let ids: StringArray = range
+                .clone()
+                .map(|i| {
+                    let a = array_of(i);
+                    Some(arrays[a].value(i - starts[a]))
+                })
+                .collect();
+            out.push((Arc::new(ids), vec![(n, 0..range.len())]));
+            current = None;
+        }
+    }
+    out
+}
+
 /// What one plan's delivery did (`Run::deliver`, then `Run::finish` for its dead letters).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Sent {
@@ -122,10 +173,13 @@ impl Run<'_> {
         let acked = journal::read(self.state, plan).await?;
         // Everything the plan needs is read before anything is sent.
         let lists = match in_memory {
-            Some([adds, removes, _]) => [adds, removes],
+            Some([adds, removes, _]) => {
+                [vec![adds.as_ref().clone()], vec![removes.as_ref().clone()]]
+            }
+            // In arrays of up to 2 GiB: a first sync's adds of 100M UUIDs are past one.
             None => [
-                self.state.ids(&plan.adds_file).await?,
-                self.state.ids(&plan.removes_file).await?,
+                self.state.id_arrays(&plan.adds_file).await?,
+                self.state.id_arrays(&plan.removes_file).await?,
             ],
         };
         if let Some(setup) = to.setup(plan.at) {
@@ -142,7 +196,7 @@ impl Run<'_> {
         to: &Arc<dyn Destination>,
         sender: &Sender,
         acked: &BTreeSet<u64>,
-        lists: [Arc<StringArray>; 2],
+        lists: [Vec<StringArray>; 2],
     ) -> Result<Sent> {
         let journal = Journal::start(
             self.state.clone(),
@@ -162,11 +216,12 @@ impl Run<'_> {
             progress: &progress,
             window: self.window(),
         };
-        let removes = batches(lists[1].len(), plan.batch_size)
+        let removes_len = lists[1].iter().map(Array::len).sum();
+        let removes = batches(removes_len, plan.batch_size)
             .into_iter()
             .map(|(n, range)| (n + plan.add_batches, range));
         let mut result = Ok(());
-        for (k, op, batches) in [
+        'lists: for (k, op, batches) in [
             (0, Op::Add, plan.add_batches_by_part()),
             (1, Op::Remove, removes.collect()),
         ] {
@@ -174,9 +229,11 @@ impl Run<'_> {
                 .into_iter()
                 .filter(|(n, _)| !acked.contains(n))
                 .collect();
-            result = self.send_list(&out, lists[k].clone(), batches, op).await;
-            if result.is_err() {
-                break;
+            for (ids, batches) in by_array(&lists[k], batches) {
+                result = self.send_list(&out, ids, batches, op).await;
+                if result.is_err() {
+                    break 'lists;
+                }
             }
         }
         progress.finish();
@@ -434,4 +491,46 @@ async fn isolate(
         }
     }
     Ok(dead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Batches of a list held in arrays (some empty) carry the same ids, in the same order,
+        /// as the same batches of the list held whole.
+        #[test]
+        fn batches_of_a_list_in_arrays_are_those_of_the_whole_list(
+            sizes in proptest::collection::vec(0usize..9, 1..6),
+            size in 1usize..5,
+            skip in proptest::collection::btree_set(1u64..20, 0..4),
+        ) {
+            let total: usize = sizes.iter().sum();
+            let ids: Vec<String> = (0..total).map(|i| format!("u{i:03}")).collect();
+            let mut arrays = Vec::new();
+            let mut at = 0;
+            for n in &sizes {
+                arrays.push(StringArray::from(ids[at..at + n].to_vec()));
+                at += n;
+            }
+            let planned: Vec<_> = batches(total, size)
+                .into_iter()
+                .filter(|(n, _)| !skip.contains(n))
+                .collect();
+            let mut sent = Vec::new();
+            for (array, group) in by_array(&arrays, planned.clone()) {
+                for (n, range) in group {
+                    let got: Vec<String> =
+                        range.map(|i| array.value(i).to_string()).collect();
+                    sent.push((n, got));
+                }
+            }
+            let whole: Vec<_> = planned
+                .into_iter()
+                .map(|(n, range)| (n, ids[range].to_vec()))
+                .collect();
+            proptest::prop_assert_eq!(sent, whole);
+        }
+    }
 }

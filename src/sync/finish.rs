@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::StringArray;
 use object_store::ObjectStoreExt;
 
 use super::Run;
@@ -103,7 +103,7 @@ impl Run<'_> {
     async fn leave_out_refused(&self, plan: &PlanMeta, dead: &[DeadLetter]) -> Result<u64> {
         let store = self.state.store.as_ref();
         let target_path = self.state.path(&plan.target_snapshot);
-        let target = ids::read(&self.state.store, &target_path).await?;
+        let target = self.state.id_arrays(&plan.target_snapshot).await?;
         let pick = |change: &str| {
             let mut v: Vec<&str> = dead
                 .iter()
@@ -115,17 +115,21 @@ impl Run<'_> {
             StringArray::from(v)
         };
         let (refused_adds, refused_removes) = (pick("add"), pick("remove"));
-        let adjusted = on_rayon(move || {
-            let kept = diff::diff(&refused_adds, &target).adds;
-            Arc::new(diff::union(&kept, &refused_removes))
+        // (target − refused adds) ∪ refused removes, in arrays of up to 2 GiB (100M UUIDs).
+        let (adjusted, members) = on_rayon(move || {
+            let base =
+                diff::Base::with_changes(target, Arc::new(refused_removes), Arc::new(refused_adds));
+            (
+                base.union_in_chunks(&[], crate::storage::ids::ARRAY_BYTES),
+                base.len() as u64,
+            )
         })
         .await;
-        let members = adjusted.len() as u64;
         let paths = [
             target_path.clone(),
             self.state.path(&state::replica(&plan.target_snapshot)),
         ];
-        ids::write_to(store, &paths, adjusted).await?;
+        ids::write_parts(store, &paths, adjusted).await?;
         dead::write(
             self.state,
             &plan.run_id,
@@ -194,13 +198,20 @@ impl Run<'_> {
                     ids::copy(store, &from, &to).await?;
                 }
             } else {
-                let ids = self.state.ids(file).await?;
+                // The list without the refused ids, in arrays of up to 2 GiB (a first sync's
+                // adds of 100M UUIDs are past one).
+                let ids = self.state.id_arrays(file).await?;
                 let mut refused = refused;
                 refused.sort_unstable();
                 refused.dedup();
-                let refused = StringArray::from(refused);
-                let kept = on_rayon(move || Arc::new(diff::diff(&refused, &ids).adds)).await;
-                ids::write(store, &to, kept).await?;
+                let refused = Arc::new(StringArray::from(refused));
+                let kept = on_rayon(move || {
+                    let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
+                    diff::Base::with_changes(ids, empty, refused)
+                        .union_in_chunks(&[], crate::storage::ids::ARRAY_BYTES)
+                })
+                .await;
+                ids::write_parts(store, std::slice::from_ref(&to), kept).await?;
             }
         }
         Ok(())
