@@ -103,6 +103,21 @@ pub fn concat(parts: &[StringArray]) -> StringArray {
     }
 }
 
+/// Arrays in order as one array; `Err` past the 2 GiB one array holds.
+pub fn one_array(mut arrays: Vec<StringArray>) -> Result<StringArray, String> {
+    if arrays.len() == 1 {
+        return Ok(arrays.remove(0));
+    }
+    let bytes: usize = arrays.iter().map(|a| a.value_data().len()).sum();
+    if i32::try_from(bytes).is_err() {
+        return Err(format!(
+            "{} ids over 2 GiB do not fit one array",
+            arrays.iter().map(Array::len).sum::<usize>()
+        ));
+    }
+    Ok(concat(&arrays))
+}
+
 /// The sorted union of two sorted, distinct, disjoint-or-not id lists.
 pub fn union(a: &StringArray, b: &StringArray) -> StringArray {
     let mut out = StringBuilder::with_capacity(

@@ -339,7 +339,12 @@ impl Run<'_> {
         let members = match (lists.wants_members(), target) {
             (false, _) => None,
             (true, Some(target)) => Some(target),
-            (true, None) => Some(self.target_of(plan).await?),
+            (true, None) => {
+                let target = self.target_of(plan).await?;
+                let one = crate::cohort::diff::one_array(target)
+                    .map_err(|why| Error::storage(format!("{}: {why}", plan.target_snapshot)))?;
+                Some(Arc::new(one))
+            }
         };
         crate::signals::check()?;
         let of = ListsOf {

@@ -229,26 +229,34 @@ impl Run<'_> {
     pub(super) async fn rebuild_target(&self, plan: &PlanMeta) -> Result<()> {
         let target = self.target_of(plan).await?;
         let store = self.state.store.as_ref();
-        ids::write(store, &self.state.path(&plan.target_snapshot), target).await
+        let path = self.state.path(&plan.target_snapshot);
+        ids::write_parts(store, std::slice::from_ref(&path), target).await
     }
 
-    /// The membership once `plan` is delivered, rebuilt from its base and its lists.
-    pub(super) async fn target_of(&self, plan: &PlanMeta) -> Result<Arc<StringArray>> {
+    /// The membership once `plan` is delivered, rebuilt from its base and its lists, in arrays
+    /// of up to 2 GiB of ids each (100M UUIDs are past one).
+    pub(super) async fn target_of(&self, plan: &PlanMeta) -> Result<Vec<StringArray>> {
         let base = match &plan.base_run_id {
-            None => Arc::new(StringArray::from(Vec::<&str>::new())),
+            None => None,
             Some(run) => {
                 let pointer = self.state.pointer().await?;
                 match pointer {
-                    Some(p) if &p.run_id == run => self.state.snapshot(Some(&p)).await?,
+                    Some(p) if &p.run_id == run => Some(self.state.base(Some(&p)).await?),
                     _ => return Err(self.base_gone(run)),
                 }
             }
         };
-        let adds = self.state.ids(&plan.adds_file).await?;
+        let adds = self.state.id_arrays(&plan.adds_file).await?;
         let removes = self.state.ids(&plan.removes_file).await?;
         Ok(on_rayon(move || {
-            let kept = diff::diff(&removes, &base).adds;
-            Arc::new(diff::union(&kept, &adds))
+            let Some(base) = base else {
+                return adds;
+            };
+            // (base − removes) ∪ adds: the base's membership first (its deltas applied).
+            let members = base.union_in_chunks(&[], crate::storage::ids::ARRAY_BYTES);
+            let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
+            diff::Base::with_changes(members, empty, removes)
+                .union_in_chunks(&adds, crate::storage::ids::ARRAY_BYTES)
         })
         .await)
     }
