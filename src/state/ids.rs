@@ -202,17 +202,15 @@ pub async fn try_read(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
 ) -> Result<std::result::Result<Arc<StringArray>, String>> {
-    Ok(
-        match try_read_chunks(store, path, crate::storage::ids::ARRAY_BYTES).await? {
-            Ok(mut chunks) if chunks.len() == 1 => Ok(Arc::new(chunks.remove(0))),
-            Ok(_) => {
-                return Err(Error::storage(format!(
-                    "{path}: an id list over 2 GiB, more than one array holds; only a sync's base reads it in parts"
-                )));
-            }
-            Err(why) => Err(why),
-        },
-    )
+    Ok(match try_read_arrays(store, path).await? {
+        Ok(mut chunks) if chunks.len() == 1 => Ok(Arc::new(chunks.remove(0))),
+        Ok(_) => {
+            return Err(Error::storage(format!(
+                "{path}: an id list over 2 GiB, more than one array holds; only a sync's base reads it in parts"
+            )));
+        }
+        Err(why) => Err(why),
+    })
 }
 
 /// Reads an id list as [`try_read`] does, in arrays of up to 2 GiB of ids each, in order: for
@@ -278,14 +276,36 @@ mod tests {
     use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder};
     use parquet::basic::Compression;
 
-    #[tokio::test]
-    async fn round_trip() {
+    /// A list of 2,500 ids (`u00000`…) as `write` writes it, in memory.
+    async fn written() -> (Arc<dyn ObjectStore>, Path, Arc<StringArray>) {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let path = Path::from("s/ids.parquet");
         let ids = Arc::new(StringArray::from_iter_values(
             (0..2500).map(|i| format!("u{i:05}")),
         ));
         write(store.as_ref(), &path, ids.clone()).await.unwrap();
+        (store, path, ids)
+    }
+
+    /// `ids` as Parquet in a `user_id` column, without the key-format mark (as an earlier
+    /// release wrote lists, or as damage would leave them: `ids` are taken as they are).
+    fn unmarked(ids: Arc<StringArray>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Utf8,
+            false,
+        )]));
+        let mut w = ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+        w.write(&RecordBatch::try_from_iter([("user_id", ids as ArrayRef)]).unwrap())
+            .unwrap();
+        w.close().unwrap();
+        bytes
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let (store, path, ids) = written().await;
         assert_eq!(read(&store, &path).await.unwrap().as_ref(), ids.as_ref());
         let empty = Arc::new(StringArray::from(Vec::<&str>::new()));
         write(store.as_ref(), &path, empty).await.unwrap();
@@ -296,12 +316,7 @@ mod tests {
     /// within the bound; the sortedness check runs across the arrays' edges.
     #[tokio::test]
     async fn read_in_chunks_as_a_base_past_2_gib_is() {
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let path = Path::from("s/ids.parquet");
-        let ids = Arc::new(StringArray::from_iter_values(
-            (0..2500).map(|i| format!("u{i:05}")),
-        ));
-        write(store.as_ref(), &path, ids.clone()).await.unwrap();
+        let (store, path, ids) = written().await;
         let chunks = try_read_chunks(&store, &path, 1000).await.unwrap().unwrap();
         assert_eq!(chunks.len(), 16); // 6 bytes an id: 166 ids a chunk
         assert!(chunks.iter().all(|c| c.value_data().len() <= 1000));
@@ -315,20 +330,7 @@ mod tests {
         // Out of order across what would be two arrays' edge: damage, whatever the arrays.
         let mut swapped: Vec<String> = (0..2500).map(|i| format!("u{i:05}")).collect();
         swapped.swap(165, 166); // the first array's last id and the next one's first
-        let bytes = {
-            let mut bytes = Vec::new();
-            let schema = Arc::new(Schema::new(vec![Field::new(
-                "user_id",
-                DataType::Utf8,
-                false,
-            )]));
-            let mut w = ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
-            let column = Arc::new(StringArray::from(swapped)) as ArrayRef;
-            w.write(&RecordBatch::try_from_iter([("user_id", column)]).unwrap())
-                .unwrap();
-            w.close().unwrap();
-            bytes
-        };
+        let bytes = unmarked(Arc::new(StringArray::from(swapped)));
         store.put(&path, bytes.into()).await.unwrap();
         let why = try_read_chunks(&store, &path, 1000)
             .await
@@ -363,20 +365,7 @@ mod tests {
         assert_eq!(read(&store, &path).await.unwrap(), current);
 
         // The same bytes without the mark: an earlier release's external ids.
-        let mut bytes = Vec::new();
-        let mut w = ArrowWriter::try_new(
-            &mut bytes,
-            Arc::new(Schema::new(vec![Field::new(
-                "user_id",
-                DataType::Utf8,
-                false,
-            )])),
-            None,
-        )
-        .unwrap();
-        w.write(&RecordBatch::try_from_iter([("user_id", current.clone() as ArrayRef)]).unwrap())
-            .unwrap();
-        w.close().unwrap();
+        let bytes = unmarked(current.clone());
         store.put(&path, bytes.into()).await.unwrap();
         let read_back = read(&store, &path).await.unwrap();
         let members: Vec<Id<'_>> = read_back.iter().flatten().map(parse).collect();

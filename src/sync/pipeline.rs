@@ -83,19 +83,8 @@ impl Run<'_> {
         to: &Arc<dyn Destination>,
         sender: &Sender,
     ) -> Result<Piped> {
-        let origin = self.cohort.sql_file.display().to_string();
         let (sorted_tx, sorted_rx) = mpsc::channel::<StringArray>(2);
-        let members = async {
-            let members = cohort::members_in_parts(
-                lake,
-                query,
-                &origin,
-                self.config.state.part_ids,
-                sorted_tx,
-            )
-            .await;
-            (members, started.elapsed().as_secs_f64())
-        };
+        let members = self.sorted_in_parts(lake, query, started, sorted_tx);
         let journal = Journal::start(
             self.state.clone(),
             journal::writer(run_id, &new_run_id()),
@@ -146,6 +135,21 @@ impl Run<'_> {
             delivered,
             held,
         })
+    }
+
+    /// Executes the query (unless it ran already) and hands its members to `out` in parts of
+    /// `state.part_ids`, sorted; returns the counts and the seconds since the run started.
+    async fn sorted_in_parts(
+        &self,
+        lake: &Lake,
+        query: cohort::Query,
+        started: &Instant,
+        out: mpsc::Sender<StringArray>,
+    ) -> (Result<cohort::Members>, f64) {
+        let origin = self.cohort.sql_file.display().to_string();
+        let part_ids = self.config.state.part_ids;
+        let members = cohort::members_in_parts(lake, query, &origin, part_ids, out).await;
+        (members, started.elapsed().as_secs_f64())
     }
 
     /// The parts as they come: each diffed, its adds written and sent. Returns when the sort
@@ -315,13 +319,8 @@ impl Run<'_> {
         query: cohort::Query,
         started: &Instant,
     ) -> Result<(Counts, Vec<String>, Vec<String>)> {
-        let origin = self.cohort.sql_file.display().to_string();
         let (sorted_tx, sorted_rx) = mpsc::channel::<StringArray>(2);
-        let members = async {
-            let part_ids = self.config.state.part_ids;
-            let members = cohort::members_in_parts(lake, query, &origin, part_ids, sorted_tx).await;
-            (members, started.elapsed().as_secs_f64())
-        };
+        let members = self.sorted_in_parts(lake, query, started, sorted_tx);
         let counted = async {
             let (pointer, base) = self.base().await?;
             let full = self.sends_everyone(pointer.as_ref());
